@@ -1,0 +1,3 @@
+"""rra: Representational Response Analysis of convolutional networks."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,188 @@
+"""Artifact I/O shared by every stage: atomic writes, hashing, provenance, streamed .npy files.
+
+Rules of the house (see docs/design.md):
+- Every file is written under a temporary name in the destination directory and then renamed,
+  so an interrupted job never leaves a half-written artifact under its final name.
+- Every artifact records what produced it (`provenance()`): package versions, seed and config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+PathLike = str | os.PathLike
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` when the block succeeds.
+
+    On error the temporary file is removed and an existing ``path`` is left untouched.
+    ``suffix`` is appended to the temporary name for writers that insist on an extension
+    (``np.save`` appends ``.npy`` unless the name already ends with it).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_json(path: PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented, key-sorted JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    return Path(path)
+
+
+def read_json(path: PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing JSON file: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"corrupt JSON file {path}: {err}") from err
+
+
+def save_npy(path: PathLike, array: np.ndarray) -> Path:
+    """``np.save`` atomically (never leaves a truncated .npy under the final name)."""
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
+    return Path(path)
+
+
+def load_npy(path: PathLike, mmap: bool = True) -> np.ndarray:
+    """Load a .npy file (memory-mapped by default) with a clear error for missing/corrupt files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing array file: {path}")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"corrupt or truncated array file {path}: {err}") from err
+
+
+class NpyRowWriter:
+    """Stream rows into a ``.npy`` file of known final shape without holding it in memory.
+
+    The header is written first, rows are appended in order with :meth:`write`, and
+    :meth:`close` checks that exactly ``shape[0]`` rows arrived before renaming the temporary
+    file onto ``path``. Use as a context manager; on error nothing appears under ``path``.
+    """
+
+    def __init__(self, path: PathLike, shape: tuple[int, ...], dtype: Any = np.float32):
+        self.path = Path(path)
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.rows = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        self._tmp = Path(tmp)
+        self._fh = os.fdopen(fd, "wb")
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": self.shape}
+        np.lib.format.write_array_header_1_0(self._fh, header)
+
+    def write(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.shape[1:] != self.shape[1:]:
+            raise ValueError(f"{self.path.name}: row shape {rows.shape[1:]} != {self.shape[1:]}")
+        if self.rows + rows.shape[0] > self.shape[0]:
+            raise ValueError(f"{self.path.name}: more than {self.shape[0]} rows written")
+        self._fh.write(rows.tobytes())
+        self.rows += rows.shape[0]
+
+    def close(self) -> Path:
+        self._fh.close()
+        if self.rows != self.shape[0]:
+            self.abort()
+            raise ValueError(f"{self.path.name}: wrote {self.rows} rows, expected {self.shape[0]}")
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._tmp.unlink()
+
+    def __enter__(self) -> "NpyRowWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_array(array: np.ndarray) -> str:
+    """Hash of an array's dtype, shape and bytes (stable across runs and machines)."""
+    h = hashlib.sha256()
+    h.update(f"{array.dtype.str}{tuple(array.shape)}".encode())
+    arr = np.ascontiguousarray(array)
+    flat = arr.reshape(-1)
+    step = max(1, (1 << 24) // max(1, arr.itemsize))
+    for start in range(0, flat.shape[0], step):
+        h.update(flat[start:start + step].tobytes())
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Versions of the interpreter and the packages whose behaviour affects the numbers."""
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for pkg in ("rra", "torch", "torchvision", "numpy", "annoy", "polars", "snakemake"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def provenance(config: Any = None, seed: int | None = None, **extra: Any) -> dict[str, Any]:
+    """The record every artifact carries: versions, seed, the config that made it, extras."""
+    rec: dict[str, Any] = {"versions": versions()}
+    if seed is not None:
+        rec["seed"] = int(seed)
+    if config is not None:
+        rec["config"] = config
+    rec.update(extra)
+    return rec
