@@ -1,0 +1,1 @@
+"""Metrics derived from the common kNN model (methods.md §3)."""
