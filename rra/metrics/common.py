@@ -11,7 +11,11 @@ import numpy as np
 
 
 def check_graph(idx: np.ndarray, name: str = "graph") -> np.ndarray:
-    """Validate one neighbour-index array and return it as a C-contiguous int64 array."""
+    """Validate one neighbour-index array and return it as a C-contiguous int64 array.
+
+    Checks: 2-D, 1 ≤ k < n, integer, indices in [0, n), no row lists itself, no row lists a
+    neighbour twice (every set operation here relies on the last two).
+    """
     idx = np.asarray(idx)
     if idx.ndim != 2:
         raise ValueError(f"{name}: neighbour indices must be 2-D (n × k), got shape {idx.shape}")
@@ -25,14 +29,28 @@ def check_graph(idx: np.ndarray, name: str = "graph") -> np.ndarray:
     idx = np.ascontiguousarray(idx, dtype=np.int64)
     if idx.min() < 0 or idx.max() >= n:
         raise ValueError(f"{name}: neighbour index out of range [0, {n})")
+    self_rows = np.flatnonzero((idx == np.arange(n)[:, None]).any(axis=1))
+    if self_rows.size:
+        raise ValueError(f"{name}: row {self_rows[0]} lists itself as a neighbour "
+                         "(self must be excluded)")
+    ordered = np.sort(idx, axis=1)
+    dup_rows = np.flatnonzero((ordered[:, 1:] == ordered[:, :-1]).any(axis=1))
+    if dup_rows.size:
+        raise ValueError(f"{name}: row {dup_rows[0]} lists a neighbour more than once")
     return idx
 
 
 def prefix(idx: np.ndarray, k: int | None, name: str = "graph") -> np.ndarray:
     """The graph at ``k`` neighbours (the first ``k`` columns); ``None`` keeps all columns."""
-    idx = check_graph(idx, name)
+    return cut(check_graph(idx, name), k, name)
+
+
+def cut(idx: np.ndarray, k: int | None, name: str = "graph") -> np.ndarray:
+    """``prefix`` for a graph that ``check_graph`` has already validated (no second check)."""
     if k is None:
         return idx
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"{name}: k must be an integer or None, got {k!r}")
     k = int(k)
     if k < 1:
         raise ValueError(f"{name}: k must be at least 1, got {k}")
@@ -51,7 +69,7 @@ def check_pair(idx_a: np.ndarray, idx_b: np.ndarray, k: int | None = None,
                          "graphs must be built on the same probe rows")
     if k is None:
         k = min(a.shape[1], b.shape[1])
-    return prefix(a, k, names[0]), prefix(b, k, names[1])
+    return cut(a, k, names[0]), cut(b, k, names[1])
 
 
 def overlap_counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -62,3 +80,16 @@ def overlap_counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     both = np.sort(np.concatenate([a, b], axis=1), axis=1)
     return (both[:, 1:] == both[:, :-1]).sum(axis=1).astype(np.int64)
+
+
+def check_labels(labels: np.ndarray, n: int) -> np.ndarray:
+    """Validate a label vector for ``n`` probe rows; return it as int64 (n,)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(f"labels: expected a 1-D array of {n} labels (one per graph row), "
+                         f"got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels: must be integers, got {labels.dtype}")
+    if n and labels.min() < 0:
+        raise ValueError(f"labels: must be non-negative, got minimum {labels.min()}")
+    return labels.astype(np.int64, copy=False)

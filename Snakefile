@@ -1,0 +1,24 @@
+# rra: Representational Response Analysis study.
+# A table of contents: configuration and its validation, one .smk per stage, and `rule all`.
+# Run: `snakemake --cores 2` (or `make study`); `snakemake -n` shows the plan.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/embed.smk"
+include: "rules/knn.smk"
+include: "rules/metrics.smk"
+
+
+rule all:
+    input:
+        study_targets(),
+    default_target: True

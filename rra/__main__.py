@@ -1,0 +1,3 @@
+from rra.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""Study configuration: schema validation, semantic checks, the run grid and per-stage settings.
+
+`config/schema.yaml` (JSON schema, defaults filled in) catches wrong keys, types and ranges;
+:func:`check_config` adds what a schema cannot express: names that must exist in a registry,
+a data directory that must exist, scales that must parse. Every message names the config key.
+
+The helpers here turn the validated config into the exact settings each stage receives.
+Snakemake passes those settings to the stage as JSON ``params``, so editing one config value
+reruns exactly the jobs whose settings changed (Snakemake's ``params`` rerun trigger).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
+
+#: attention names that are workflow variants rather than modules: ``stac-auto`` is the ``stac``
+#: module with per-stage scales chosen by the ClassRepSim analysis of a trained baseline.
+AUTO_ATTENTION = {"stac-auto": "stac"}
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key."""
+
+
+@dataclass(frozen=True, order=True)
+class Run:
+    """One trained model of the grid; its name is the results folder."""
+
+    model: str
+    attention: str
+    augmentation: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}-{self.attention}-{self.augmentation}-s{self.seed}"
+
+
+def load_config(path: str | Path, *overlays: str | Path) -> dict[str, Any]:
+    """Read a config file (plus overlays merged on top), validate it and fill in defaults."""
+    import yaml
+
+    config: dict[str, Any] = {}
+    for p in (path, *overlays):
+        p = Path(p)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file not found: {p}")
+        merge(config, yaml.safe_load(p.read_text()) or {})
+    validate(config)
+    return config
+
+
+def merge(base: dict, overlay: dict) -> dict:
+    """Recursive dict update (lists and scalars replace), as Snakemake merges --configfile."""
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def validate(config: dict[str, Any]) -> dict[str, Any]:
+    """Schema validation (fills defaults in place), then :func:`check_config`."""
+    from snakemake.utils import validate as schema_validate
+
+    schema_validate(config, str(SCHEMA))
+    check_config(config)
+    return config
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Checks beyond the schema: registry names, data directory, splits, scales, run grid."""
+    from rra.data import DATASETS, dataset_info
+    from rra.models import MODELS
+    from rra.models.attention import ATTENTION
+    from rra.train import AUGMENTATIONS
+
+    name = config["dataset"]
+    if name not in DATASETS:
+        raise ConfigError(f"config key 'dataset': unknown dataset {name!r}; known: {sorted(DATASETS)}")
+    info = dataset_info(name)
+    if info.needs_data_dir:
+        data_dir = config.get("data_dir")
+        if not data_dir:
+            raise ConfigError(f"config key 'data_dir': dataset {name!r} loads from a local "
+                              "directory; set data_dir to the folder that holds it")
+        if not Path(data_dir).is_dir():
+            raise ConfigError(f"config key 'data_dir': directory not found: {data_dir}")
+    split = config["probe"]["split"]
+    if split not in info.splits:
+        raise ConfigError(f"config key 'probe.split': dataset {name!r} has splits "
+                          f"{list(info.splits)}, not {split!r}")
+    for i, run in enumerate(config["runs"]):
+        where = f"runs[{i}]"
+        if run["model"] not in MODELS:
+            raise ConfigError(f"config key '{where}.model': unknown model {run['model']!r}; "
+                              f"known: {sorted(MODELS)}")
+        for attn in run["attention"]:
+            if AUTO_ATTENTION.get(attn, attn) not in ATTENTION:
+                raise ConfigError(f"config key '{where}.attention': unknown attention {attn!r}; "
+                                  f"known: {sorted(ATTENTION) + sorted(AUTO_ATTENTION)}")
+        for aug in run["augmentation"]:
+            if aug not in AUGMENTATIONS:
+                raise ConfigError(f"config key '{where}.augmentation': unknown augmentation "
+                                  f"{aug!r}; known: {sorted(AUGMENTATIONS)}")
+    for attn in config["attention"]:
+        if attn not in ATTENTION:
+            raise ConfigError(f"config key 'attention.{attn}': unknown attention module; "
+                              f"known: {sorted(ATTENTION)}")
+    runs = runs_of(config)
+    if len(set(runs)) != len(runs):
+        dup = sorted({r.name for r in runs if runs.count(r) > 1})
+        raise ConfigError(f"config key 'runs': runs listed twice: {dup}")
+    embed_scales(config)
+
+
+def runs_of(config: dict[str, Any]) -> list[Run]:
+    """The training grid in config order: model × attention × augmentation × seed."""
+    out = []
+    for run in config["runs"]:
+        for attn, aug, seed in itertools.product(run["attention"], run["augmentation"], run["seeds"]):
+            out.append(Run(run["model"], attn, aug, int(seed)))
+    return out
+
+
+def _run_entry(config: dict[str, Any], run: Run) -> dict[str, Any]:
+    for entry in config["runs"]:
+        if (entry["model"] == run.model and run.attention in entry["attention"]
+                and run.augmentation in entry["augmentation"] and run.seed in entry["seeds"]):
+            return entry
+    raise ConfigError(f"run {run.name!r} is not in the config's 'runs' grid")
+
+
+def train_spec(config: dict[str, Any], run: Run, attention_kwargs: dict | None = None) -> dict:
+    """Everything the training stage needs for one run (what its params trigger watches).
+
+    ``attention_kwargs`` overrides the config's block for the module (used by ``stac-auto``,
+    whose scales come from an artifact rather than from the config).
+    """
+    entry = _run_entry(config, run)
+    module = AUTO_ATTENTION.get(run.attention, run.attention)
+    kwargs = dict(config["attention"].get(module, {}))
+    if run.attention in AUTO_ATTENTION:
+        kwargs.pop("scales", None)
+    kwargs.update(attention_kwargs or {})
+    spec = {
+        "dataset": config["dataset"],
+        "model": run.model,
+        "model_kwargs": dict(entry.get("model_kwargs", {})),
+        "attention": module,
+        "attention_kwargs": kwargs,
+        "augmentation": run.augmentation,
+        "seed": run.seed,
+    }
+    spec.update(config["training"])
+    spec.update(entry.get("training", {}))
+    return spec
+
+
+def embed_scales(config: dict[str, Any]) -> list[str]:
+    """Configured scales as strings ('1', '2', 'full'), coarse to fine, duplicates refused."""
+    raw = config["embed"]["scales"]
+    ints = [s for s in raw if s != "full"]
+    if len(set(map(str, raw))) != len(raw):
+        raise ConfigError(f"config key 'embed.scales': repeated scale in {raw}")
+    return [str(s) for s in sorted(ints)] + (["full"] if "full" in raw else [])
+
+
+def probe_name(config: dict[str, Any]) -> str:
+    p = config["probe"]
+    return f"{p['split']}-n{p['n_per_class']}-s{p['seed']}"
+
+
+def knn_params(config: dict[str, Any]) -> dict[str, Any]:
+    """Settings of the kNN stage: one graph per embedding at k_max = max(knn.k)."""
+    knn = config["knn"]
+    return {"k": max(knn["k"]), "exact_budget": knn["exact_budget"], "annoy": dict(knn["annoy"])}
+
+
+def metrics_params(config: dict[str, Any]) -> dict[str, Any]:
+    return {"k": sorted(set(config["knn"]["k"])), "nntp_alpha": sorted(set(config["metrics"]["nntp_alpha"]))}
+
+
+def as_json(obj: Any) -> str:
+    """Canonical JSON (sorted keys), the form in which settings reach a stage."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,50 @@
+# Helpers shared by every rule: config validation, the run grid, paths and stage settings.
+# All logic lives in the rra package (rra/config.py); these are thin adapters for wildcards.
+
+import sys
+
+from rra import config as rc
+
+rc.validate(config)  # schema (defaults filled in) + registry names; fails before any job runs
+
+PY = sys.executable  # the interpreter that runs Snakemake (the project's .venv)
+RESULTS = config["results_dir"]
+DATASET = config["dataset"]
+PROBE = rc.probe_name(config)
+SCALES = rc.embed_scales(config)
+RUNS = rc.runs_of(config)
+KNN_SPECS = [f"{d}-{config['knn']['backend']}" for d in config["knn"]["distance"]]
+
+
+wildcard_constraints:
+    dataset=r"[a-z0-9]+",
+    model=r"[a-z][a-z0-9]*",
+    attention=r"[a-z]+(-auto)?",
+    augmentation=r"[a-z]+",
+    seed=r"\d+",
+    probe=r"[a-z]+-n\d+-s\d+",
+    distance=r"euclidean|cosine",
+    backend=r"auto|exact|annoy",
+
+
+RUN_DIR = RESULTS + "/{dataset}/{model}-{attention}-{augmentation}-s{seed}"
+DATA_DIR = RESULTS + "/data/{dataset}"
+
+
+def run_of(wildcards):
+    return rc.Run(wildcards.model, wildcards.attention, wildcards.augmentation, int(wildcards.seed))
+
+
+def run_dir(run, dataset=DATASET):
+    return f"{RESULTS}/{dataset}/{run.name}"
+
+
+def study_targets():
+    """Every final artifact of the configured study, for `rule all`."""
+    targets = []
+    for run in RUNS:
+        base = run_dir(run)
+        targets.append(f"{base}/metrics.json")
+        for spec in KNN_SPECS:
+            targets.append(f"{base}/metrics/{PROBE}/{spec}/manifest.json")
+    return targets

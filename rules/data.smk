@@ -1,0 +1,32 @@
+# Dataset preparation and probe-set selection (rra/data).
+
+
+rule prepare_data:
+    output:
+        DATA_DIR + "/manifest.json",
+    params:
+        options=lambda w: rc.as_json(config["dataset_options"]),
+        data_dir=lambda w: config["data_dir"] or "",
+    log:
+        DATA_DIR + "/logs/prepare.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "{PY} -m rra prepare --dataset {wildcards.dataset} --data-dir {params.data_dir:q}"
+        " --options {params.options:q} --out {RESULTS}/data/{wildcards.dataset} 2> {log}"
+
+
+rule select_probe:
+    input:
+        DATA_DIR + "/manifest.json",
+    output:
+        DATA_DIR + "/probe/{split}-n{n}-s{pseed}.npy",
+    log:
+        DATA_DIR + "/logs/probe-{split}-n{n}-s{pseed}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    shell:
+        "{PY} -m rra probe --split-dir {RESULTS}/data/{wildcards.dataset}/{wildcards.split}"
+        " --n-per-class {wildcards.n} --seed {wildcards.pseed} --out {output} 2> {log}"
