@@ -2,12 +2,15 @@
 # A table of contents: configuration and its validation, one .smk per stage, and `rule all`.
 # Run: `snakemake --cores 2` (or `make study`); `snakemake -n` shows the plan.
 
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The default study; `--configfile X.yaml` overlays (merges into) it.
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 include: "rules/common.smk"

@@ -3,11 +3,18 @@
 
 import sys
 
+from snakemake.settings.types import DeploymentMethod
+
+sys.path.insert(0, workflow.basedir)  # the rra package of this checkout, installed or not
 from rra import config as rc
 
 rc.validate(config)  # schema (defaults filled in) + registry names; fails before any job runs
 
-PY = sys.executable  # the interpreter that runs Snakemake (the project's .venv)
+# How rules call the package: the interpreter running Snakemake (the project's .venv), or the
+# rule's conda env under `--sdm conda`; the source tree on PYTHONPATH either way.
+_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+RRA = f"PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}} {'python' if _CONDA else sys.executable} -m rra"
+ENV = os.path.join(workflow.basedir, "envs", "rra.yaml")
 RESULTS = config["results_dir"]
 DATASET = config["dataset"]
 PROBE = rc.probe_name(config)

@@ -9,11 +9,13 @@ rule prepare_data:
         data_dir=lambda w: config["data_dir"] or "",
     log:
         DATA_DIR + "/logs/prepare.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
     shell:
-        "{PY} -m rra prepare --dataset {wildcards.dataset} --data-dir {params.data_dir:q}"
+        "{RRA} prepare --dataset {wildcards.dataset} --data-dir {params.data_dir:q}"
         " --options {params.options:q} --out {RESULTS}/data/{wildcards.dataset} 2> {log}"
 
 
@@ -24,9 +26,11 @@ rule select_probe:
         DATA_DIR + "/probe/{split}-n{n}-s{pseed}.npy",
     log:
         DATA_DIR + "/logs/probe-{split}-n{n}-s{pseed}.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
     shell:
-        "{PY} -m rra probe --split-dir {RESULTS}/data/{wildcards.dataset}/{wildcards.split}"
+        "{RRA} probe --split-dir {RESULTS}/data/{wildcards.dataset}/{wildcards.split}"
         " --n-per-class {wildcards.n} --seed {wildcards.pseed} --out {output} 2> {log}"

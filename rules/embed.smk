@@ -11,13 +11,17 @@ rule embed:
         scales=lambda w: rc.as_json(SCALES),
         batch_size=config["embed"]["batch_size"],
         device=config["device"],
-        split=lambda w: w.probe.split("-")[0],
+        split_dir=lambda w: f"{RESULTS}/data/{w.dataset}/{w.probe.split('-')[0]}",
+        run_dir=lambda w, input: os.path.dirname(input.model),
+        out_dir=lambda w, output: os.path.dirname(output[0]),
     log:
         RUN_DIR + "/logs/embed-{probe}.log",
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=4000,
     shell:
-        "{PY} -m rra embed --run-dir $(dirname {input.model}) --split-dir {RESULTS}/data/{wildcards.dataset}/{params.split}"
-        " --probe {input.probe} --out $(dirname {output}) --scales {params.scales:q}"
+        "{RRA} embed --run-dir {params.run_dir} --split-dir {params.split_dir}"
+        " --probe {input.probe} --out {params.out_dir} --scales {params.scales:q}"
         " --batch-size {params.batch_size} --device {params.device} --threads {threads} 2> {log}"

@@ -8,12 +8,16 @@ rule knn:
         RUN_DIR + "/knn/{probe}/{distance}-{backend}/manifest.json",
     params:
         knn=lambda w: rc.as_json(rc.knn_params(config)),
+        embed_dir=lambda w, input: os.path.dirname(input[0]),
+        out_dir=lambda w, output: os.path.dirname(output[0]),
     log:
         RUN_DIR + "/logs/knn-{probe}-{distance}-{backend}.log",
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=8000,
     shell:
-        "{PY} -m rra knn --embed-dir $(dirname {input}) --out $(dirname {output})"
+        "{RRA} knn --embed-dir {params.embed_dir} --out {params.out_dir}"
         " --distance {wildcards.distance} --backend {wildcards.backend} --params {params.knn:q}"
         " --threads {threads} 2> {log}"

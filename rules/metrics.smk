@@ -12,11 +12,16 @@ rule metrics:
         metrics=lambda w: rc.as_json(rc.metrics_params(config)),
         run=lambda w: rc.as_json({"dataset": w.dataset, "model": w.model, "attention": w.attention,
                                   "augmentation": w.augmentation, "seed": int(w.seed), "probe": w.probe}),
+        embed_dir=lambda w, input: os.path.dirname(input.embed),
+        knn_dir=lambda w, input: os.path.dirname(input.knn),
+        out_dir=lambda w, output: os.path.dirname(output[0]),
     log:
         RUN_DIR + "/logs/metrics-{probe}-{distance}-{backend}.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=8000,
     shell:
-        "{PY} -m rra metrics --embed-dir $(dirname {input.embed}) --knn-dir $(dirname {input.knn})"
-        " --out $(dirname {output}) --params {params.metrics:q} --run {params.run:q} 2> {log}"
+        "{RRA} metrics --embed-dir {params.embed_dir} --knn-dir {params.knn_dir}"
+        " --out {params.out_dir} --params {params.metrics:q} --run {params.run:q} 2> {log}"

@@ -12,14 +12,17 @@ rule train:
     params:
         spec=lambda w: rc.as_json(rc.train_spec(config, run_of(w))),
         device=config["device"],
+        run_dir=lambda w, output: os.path.dirname(output.model),
     log:
         RUN_DIR + "/logs/train.log",
     benchmark:
         RUN_DIR + "/benchmarks/train.tsv"
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=6000,
     shell:
-        "{PY} -m rra train --spec {params.spec:q} --data {RESULTS}/data/{wildcards.dataset}"
-        " --out {RESULTS}/{wildcards.dataset}/{wildcards.model}-{wildcards.attention}-{wildcards.augmentation}-s{wildcards.seed}"
+        "{RRA} train --spec {params.spec:q} --data {RESULTS}/data/{wildcards.dataset}"
+        " --out {params.run_dir}"
         " --device {params.device} --threads {threads} 2> {log}"

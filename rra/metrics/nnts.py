@@ -70,6 +70,8 @@ def prepare_graphs(graphs: Sequence[np.ndarray], k: int | None = None,
     if not graphs:
         raise ValueError("graphs: need at least one graph")
     names = [f"graph {i}" for i in range(len(graphs))] if names is None else list(names)
+    if len(names) != len(graphs):
+        raise ValueError(f"names: got {len(names)} names for {len(graphs)} graphs")
     checked = [check_graph(g, name) for g, name in zip(graphs, names)]
     n = checked[0].shape[0]
     for g, name in zip(checked, names):

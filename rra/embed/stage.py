@@ -1,0 +1,87 @@
+"""The embed stage: a trained run + a probe set -> ``results/{dataset}/{run}/embed/{probe}/``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from rra.embed.dump import dump_embeddings
+from rra.io import PathLike, load_npy, save_npy, sha256_file
+
+
+class ProbeRows:
+    """Rows ``images[probe]`` in probe order, read lazily one slice at a time.
+
+    Slicing gives ``images[probe[a:b]]`` (for a memory map: only those rows are read), so the
+    probe set's images are never copied whole.
+    """
+
+    def __init__(self, images: Any, probe: np.ndarray):
+        self.images = images
+        self.probe = probe
+
+    def __len__(self) -> int:
+        return int(self.probe.shape[0])
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        if not isinstance(rows, slice):
+            raise TypeError("ProbeRows supports slices only")
+        return np.asarray(self.images[self.probe[rows]])
+
+
+def load_probe(probe_path: PathLike, n_rows: int) -> np.ndarray:
+    """Probe row indices from ``probe_path`` (.npy, next to its .json sidecar), validated.
+
+    Raises ``FileNotFoundError`` for a missing file or sidecar and ``ValueError`` unless the
+    indices are a non-empty 1-D integer array of distinct rows in [0, n_rows).
+    """
+    probe_path = Path(probe_path)
+    sidecar = probe_path.with_suffix(".json")
+    if not sidecar.is_file():
+        raise FileNotFoundError(f"missing probe sidecar {sidecar} next to {probe_path}")
+    probe = np.asarray(load_npy(probe_path, mmap=False))
+    if probe.ndim != 1 or probe.size == 0 or not np.issubdtype(probe.dtype, np.integer):
+        raise ValueError(f"{probe_path}: probe indices must be a non-empty 1-D integer array, "
+                         f"got {probe.dtype} {probe.shape}")
+    if probe.min() < 0 or probe.max() >= n_rows:
+        raise ValueError(f"{probe_path}: probe index out of range [0, {n_rows}) of the split")
+    if np.unique(probe).size != probe.size:
+        raise ValueError(f"{probe_path}: probe indices repeat a row")
+    return probe.astype(np.int64)
+
+
+def embed_run(run_dir: PathLike, split_dir: PathLike, probe_path: PathLike, out_dir: PathLike, *,
+              scales: Iterable[object], batch_size: int = 256, device: str = "auto") -> dict:
+    """Dump the embeddings of a trained run on a probe set; return the manifest.
+
+    Loads the model (``rra.train.load_trained(run_dir)``), the split
+    (``rra.data.load_split(split_dir)``) and the probe indices; embeds ``images[probe]`` in
+    probe order, normalised for the model, at every hook of ``model.hook_names`` and every
+    applicable scale (:func:`rra.embed.dump_embeddings`). Also writes the probe rows' labels to
+    ``out_dir/labels.npy`` (int64, n) for the metrics stage. Every record carries the SHA-256 of
+    ``run_dir/model.pt`` and of the probe file, and the dataset and split names.
+    """
+    from rra.data import dataset_info, load_split, normalise
+    from rra.train import load_trained
+
+    run_dir, split_dir, out_dir = Path(run_dir), Path(split_dir), Path(out_dir)
+    checkpoint = run_dir / "model.pt"
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"missing trained model {checkpoint}")
+    split = load_split(split_dir)
+    probe = load_probe(probe_path, int(split.images.shape[0]))
+    dataset = split.manifest.get("dataset", split_dir.parent.name)
+    info = dataset_info(dataset)
+    model = load_trained(run_dir)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_npy(out_dir / "labels.npy", np.asarray(split.labels[probe], dtype=np.int64))
+    meta = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
+            "probe": str(probe_path), "probe_sha256": sha256_file(probe_path),
+            "dataset": dataset, "split": split.manifest.get("split", split_dir.name),
+            "labels": "labels.npy"}
+    return dump_embeddings(model, ProbeRows(split.images, probe), list(model.hook_names), scales,
+                           out_dir, batch_size=batch_size, device=device,
+                           transform=lambda batch: normalise(batch, info), meta=meta)

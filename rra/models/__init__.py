@@ -1,0 +1,77 @@
+"""Models stage: a registry of CNNs that expose named hook points (design.md "rra.models").
+
+``build_model(name, in_channels=…, num_classes=…, image_size=…, attention=…)`` is the one
+entry point. Every model has
+
+- ``model.hook_names``: module names (usable with ``model.get_submodule``) in forward order;
+  each module's forward output is the embedding of that hook point, never modified in place;
+- ``model.stages``: the residual block names per stage (``[]`` for LeNet-5);
+- ``model.spec``: the arguments it was built from (``build_model(**spec)`` rebuilds it).
+
+| name | model |
+|---|---|
+| `lenet5` | LeNet-5, every atomic op a hook point (``rra.models.lenet``) |
+| `cifar_resnet` | CIFAR ResNet, ``depth`` = 6n + 2 keyword (``rra.models.resnet``) |
+| `resnet8` … `resnet56` | aliases of ``cifar_resnet`` at depth 8, 14, 20, 32, 44, 56 |
+| `resnet18` | CIFAR ResNet-18 (4 stages, projection shortcuts) |
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from .attention import ATTENTION, build_attention, get_attn, list_attention
+from .lenet import lenet5
+from .registry import check_kwargs, lookup
+from .resnet import CIFAR_ALIASES, cifar_resnet, resnet18
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "lenet5": lenet5,
+    "cifar_resnet": cifar_resnet,
+    **CIFAR_ALIASES,
+    "resnet18": resnet18,
+}
+
+__all__ = ["ATTENTION", "MODELS", "build_attention", "build_model", "get_attn",
+           "list_attention", "list_models"]
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(MODELS)
+
+
+def build_model(name: str, *, in_channels: int, num_classes: int, image_size: int,
+                attention: str = "none", attention_kwargs: dict[str, Any] | None = None,
+                **kwargs: Any) -> nn.Module:
+    """Build registry model ``name`` for ``in_channels`` × ``image_size``² inputs.
+
+    ``attention``/``attention_kwargs`` select the module on every residual branch (see
+    ``rra.models.attention``); models without residual blocks (LeNet-5) accept only
+    ``"none"``. Extra ``kwargs`` go to the builder (e.g. ``depth`` for ``cifar_resnet``).
+    Unknown names and keywords raise a ValueError listing what is accepted.
+    """
+    builder = lookup(MODELS, name, "model")
+    get_attn(attention)  # unknown attention names fail here for every model
+    attention_kwargs = dict(attention_kwargs or {})
+    check_kwargs(builder, kwargs, f"model {name!r}",
+                 reserved=("in_channels", "num_classes", "image_size", "attention",
+                           "attention_kwargs"))
+    if "attention" in inspect.signature(builder).parameters:
+        model = builder(in_channels=in_channels, num_classes=num_classes, image_size=image_size,
+                        attention=attention, attention_kwargs=attention_kwargs, **kwargs)
+    else:
+        if attention != "none" or attention_kwargs:
+            raise ValueError(f"model {name!r} has no residual blocks: attention must be 'none' "
+                             f"without attention_kwargs, got {attention!r}, {attention_kwargs}")
+        model = builder(in_channels=in_channels, num_classes=num_classes, image_size=image_size,
+                        **kwargs)
+    model.spec = {"name": name, "in_channels": in_channels, "num_classes": num_classes,
+                  "image_size": image_size, "attention": attention,
+                  "attention_kwargs": copy.deepcopy(attention_kwargs), **copy.deepcopy(kwargs)}
+    return model
