@@ -16,9 +16,9 @@ for debiased CKA by Nguyen et al. 2021 and by platonic-rep's ``unbiased_cka``,
 
     HSIC_1(K, L) = [ tr(K̃L̃) + (1ᵀK̃1)(1ᵀL̃1) / ((n − 1)(n − 2)) − 2/(n − 2) · 1ᵀK̃L̃1 ] / (n(n − 3)),
 
-K̃ = K − diag(K), L̃ = L − diag(L); needs n ≥ 4. HSIC_1 of linear kernels does not change when a
-constant row is added to X (it is a U-statistic of differences), so we evaluate it on centred
-data for numerical stability. With a_i = ‖x_c,i‖², b_i = ‖y_c,i‖² and X_cᵀ1 = 0:
+K̃ = K − diag(K), L̃ = L − diag(L); needs n ≥ 4. HSIC_1 of linear kernels does not change when the same
+vector is added to every row of X (it is a U-statistic of differences), so we evaluate it on
+centred data for numerical stability (tested against eq. 5 on uncentred data). With a_i = ‖x_c,i‖², b_i = ‖y_c,i‖² and X_cᵀ1 = 0:
 tr(K̃L̃) = ‖X_cᵀY_c‖_F² − a·b, 1ᵀK̃1 = −Σa, 1ᵀL̃1 = −Σb, 1ᵀK̃L̃1 = (K̃1)·(L̃1) = a·b
 (the same identities as Kornblith et al.'s ``feature_space_linear_cka``). [source]
 

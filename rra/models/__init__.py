@@ -57,8 +57,9 @@ def build_model(name: str, *, in_channels: int, num_classes: int, image_size: in
     Unknown names and keywords raise a ValueError listing what is accepted.
     """
     builder = lookup(MODELS, name, "model")
-    get_attn(attention)  # unknown attention names fail here for every model
     attention_kwargs = dict(attention_kwargs or {})
+    check_kwargs(get_attn(attention), attention_kwargs, f"attention {attention!r}",
+                 reserved=("channels", "stage"))
     check_kwargs(builder, kwargs, f"model {name!r}",
                  reserved=("in_channels", "num_classes", "image_size", "attention",
                            "attention_kwargs"))

@@ -17,8 +17,9 @@ Policies:
   (``DatasetInfo.allow_flip``; off for digits). Draw order per batch: dy (N values), dx (N),
   then the flip coins (N, only when flips are allowed).
 
-Add a policy by writing a class with ``__init__(self, *, allow_flip: bool, **kwargs)`` and
-``__call__(self, images, generator)`` and registering it in :data:`AUGMENTATIONS`.
+Add a policy by writing a class with ``__init__(self, *, allow_flip: bool, pad: int)`` (its
+options are training-spec keys: today only ``pad``; a new option becomes a new spec key) and
+``__call__(self, images, generator)``, and registering it in :data:`AUGMENTATIONS`.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ import torch
 class NoAugmentation:
     """The identity policy (``augmentation: none``)."""
 
-    def __init__(self, *, allow_flip: bool = False) -> None:
-        self.allow_flip = allow_flip
+    def __init__(self, *, allow_flip: bool = False, pad: int = 0) -> None:
+        self.allow_flip = allow_flip  # options are accepted and unused
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return images
@@ -75,11 +76,8 @@ AUGMENTATIONS: dict[str, Callable[..., Any]] = {
 }
 
 
-def build_augmentation(name: str, *, allow_flip: bool, **kwargs: Any):
-    """The policy registered under ``name``, configured with ``allow_flip`` and ``kwargs``."""
+def build_augmentation(name: str, *, allow_flip: bool, pad: int = 4):
+    """The policy registered under ``name``, configured with ``allow_flip`` and ``pad``."""
     if name not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {name!r}; known: {sorted(AUGMENTATIONS)}")
-    try:
-        return AUGMENTATIONS[name](allow_flip=allow_flip, **kwargs)
-    except TypeError as err:
-        raise ValueError(f"augmentation {name!r}: bad augmentation_kwargs {kwargs}: {err}") from err
+    return AUGMENTATIONS[name](allow_flip=allow_flip, pad=pad)

@@ -1,0 +1,305 @@
+"""Metric tables of one run, computed from its stored kNN graphs, as tidy polars frames.
+
+One row per value. Every table has the columns of :data:`SCHEMA`; a column that does not apply
+to a measure is null. ``hook_a``/``pos_a`` name a hook and its forward position (the order of
+plot axes); ``scale_a``/``scale_b`` are pooled scales ("1", "2", "4", "full"); ``class_b`` is the
+neighbours' class of the class-composition matrix; ``alpha`` the NNTP gap tolerance.
+
+Which hooks are compared: all hooks that have an embedding at a scale, in forward order, at that
+scale (the `full` scale covers every hook). ClassRepSim compares the scales of one hook.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from rra.io import PathLike, load_npy, provenance, read_json, sha256_file, write_json
+
+SCHEMA: dict[str, str] = {
+    "dataset": "str", "model": "str", "attention": "str", "augmentation": "str", "seed": "int",
+    "probe": "str", "distance": "str", "backend": "str", "measure": "str",
+    "hook_a": "str", "hook_b": "str", "pos_a": "int", "pos_b": "int",
+    "scale_a": "str", "scale_b": "str", "k": "int", "alpha": "int",
+    "class": "int", "class_b": "int", "value": "float",
+}
+TABLES = ("nnts", "nntp", "class_response", "classrepsim", "peers", "cka", "knn")
+CSV_MAX_ROWS = 200_000
+
+
+def polars_schema() -> dict[str, Any]:
+    import polars as pl
+
+    types = {"str": pl.Utf8, "int": pl.Int64, "float": pl.Float64}
+    return {name: types[t] for name, t in SCHEMA.items()}
+
+
+def frame(rows: Iterable[Mapping[str, Any]], constants: Mapping[str, Any]):
+    """Rows (dicts with some of the columns) plus constant columns → a frame with SCHEMA."""
+    import polars as pl
+
+    data = [{**constants, **row} for row in rows]
+    return pl.DataFrame(data, schema=polars_schema(), strict=False)
+
+
+class RunGraphs:
+    """Access to one run's embeddings and stored graphs, by (hook, scale), in forward order."""
+
+    def __init__(self, embed_dir: PathLike, knn_dir: PathLike):
+        from rra.knn import load_graph
+
+        self.embed_dir, self.knn_dir = Path(embed_dir), Path(knn_dir)
+        self.embed = read_json(self.embed_dir / "manifest.json")
+        self.knn = read_json(self.knn_dir / "manifest.json")
+        self._load_graph = load_graph
+        self.hooks: list[str] = list(self.embed["hooks"])
+        self.pos = {h: i for i, h in enumerate(self.hooks)}
+        self.entries = {(e["hook"], str(e["scale"])): e for e in self.embed["entries"]}
+        self.scales: list[str] = [str(s) for s in self.embed["scales"]
+                                  if any(sc == str(s) for _, sc in self.entries)]
+        self.labels = load_npy(self.embed_dir / "labels.npy", mmap=False).astype(np.int64)
+        self.k_max = int(self.knn["k"])
+        self.distance = self.knn["distance"]
+        self._cache: dict[tuple[str, str], np.ndarray] = {}
+
+    def hooks_at(self, scale: str) -> list[str]:
+        return [h for h in self.hooks if (h, scale) in self.entries]
+
+    def scales_of(self, hook: str) -> list[str]:
+        return [s for s in self.scales if (hook, s) in self.entries]
+
+    def graph(self, hook: str, scale: str) -> np.ndarray:
+        key = (hook, scale)
+        if key not in self._cache:
+            idx, _ = self._load_graph(self.knn_dir, hook, scale)
+            self._cache[key] = np.asarray(idx)
+        return self._cache[key]
+
+    def embedding(self, hook: str, scale: str) -> np.ndarray:
+        return load_npy(self.embed_dir / self.entries[(hook, scale)]["file"])
+
+
+def _pairs(hooks: list[str], ordered: bool) -> Iterable[tuple[str, str]]:
+    for i, a in enumerate(hooks):
+        for b in hooks if ordered else hooks[i + 1:]:
+            if a != b:
+                yield a, b
+
+
+def nnts_rows(g: RunGraphs, ks: list[int]) -> list[dict]:
+    from rra.metrics.nnts import nnts_by_class, nnts_matrix
+
+    rows: list[dict] = []
+    for scale in g.scales:
+        hooks = g.hooks_at(scale)
+        graphs = [g.graph(h, scale) for h in hooks]
+        for k in ks:
+            mat = nnts_matrix(graphs, k)
+            for i, a in enumerate(hooks):
+                for j, b in enumerate(hooks):
+                    rows.append(dict(measure="nnts", hook_a=a, hook_b=b, pos_a=g.pos[a], pos_b=g.pos[b],
+                                     scale_a=scale, scale_b=scale, k=k, value=float(mat[i, j])))
+            for a, b in _pairs(hooks, ordered=False):
+                per_class = nnts_by_class(g.graph(a, scale), g.graph(b, scale), g.labels, k)
+                for c, v in per_class.items():
+                    for x, y in ((a, b), (b, a)):
+                        rows.append(dict(measure="nnts_class", hook_a=x, hook_b=y, pos_a=g.pos[x],
+                                         pos_b=g.pos[y], scale_a=scale, scale_b=scale, k=k,
+                                         **{"class": int(c)}, value=float(v)))
+    return rows
+
+
+def nntp_rows(g: RunGraphs, ks: list[int], alphas: list[int]) -> list[dict]:
+    from rra.metrics.nntp import nntp
+
+    rows: list[dict] = []
+    for scale in g.scales:
+        hooks = g.hooks_at(scale)
+        if len(hooks) < 2:
+            continue
+        graphs = [g.graph(h, scale) for h in hooks]
+        for k in ks:
+            for alpha in alphas:
+                res = nntp(graphs, k=k, alpha=alpha)
+                common = dict(scale_a=scale, scale_b=scale, k=k, alpha=alpha)
+                for f, a in enumerate(hooks):
+                    rows.append(dict(common, measure="nntp_edges", hook_a=a, pos_a=g.pos[a],
+                                     value=float(res.edge_totals[f])))
+                    for l in range(f, len(hooks)):
+                        b = hooks[l]
+                        rows.append(dict(common, measure="nntp_runs", hook_a=a, hook_b=b, pos_a=g.pos[a],
+                                         pos_b=g.pos[b], value=float(res.table[f, l])))
+                rows.append(dict(common, measure="nntp_persistent_all", hook_a=hooks[0], hook_b=hooks[-1],
+                                 pos_a=g.pos[hooks[0]], pos_b=g.pos[hooks[-1]], value=float(res.persistent_all)))
+    return rows
+
+
+def class_response_rows(g: RunGraphs, ks: list[int]) -> list[dict]:
+    from rra.metrics.class_response import class_response
+
+    rows: list[dict] = []
+    for hook in g.hooks:
+        for scale in g.scales_of(hook):
+            for k in ks:
+                cr = class_response(g.graph(hook, scale), g.labels, k)
+                common = dict(hook_a=hook, pos_a=g.pos[hook], scale_a=scale, k=k)
+                for i, c in enumerate(cr.classes):
+                    for j, c2 in enumerate(cr.classes):
+                        rows.append(dict(common, measure="class_composition", **{"class": int(c)},
+                                         class_b=int(c2), value=float(cr.P[i, j])))
+                    rows.append(dict(common, measure="knn_vote_accuracy_class", **{"class": int(c)},
+                                     value=float(cr.vote_accuracy_per_class[i])))
+                rows.append(dict(common, measure="knn_purity", value=cr.purity))
+                rows.append(dict(common, measure="knn_purity_rows", value=cr.row_weighted_purity))
+                rows.append(dict(common, measure="knn_vote_accuracy", value=cr.vote_accuracy))
+    return rows
+
+
+def classrepsim_rows(g: RunGraphs, ks: list[int]) -> list[dict]:
+    from rra.metrics.classrepsim import classrepsim
+
+    rows: list[dict] = []
+    for hook in g.hooks:
+        scales = g.scales_of(hook)
+        if len(scales) < 2:
+            continue
+        for k in ks:
+            res = classrepsim({s: g.graph(hook, s) for s in scales}, g.labels, k)
+            for a, s in enumerate(res.scales):
+                for b, t in enumerate(res.scales):
+                    common = dict(hook_a=hook, hook_b=hook, pos_a=g.pos[hook], pos_b=g.pos[hook],
+                                  scale_a=s, scale_b=t, k=k)
+                    rows.append(dict(common, measure="classrepsim_mean", value=float(res.class_mean[a, b])))
+                    rows.append(dict(common, measure="classrepsim_spread", value=float(res.class_spread[a, b])))
+                    for i, c in enumerate(res.classes):
+                        rows.append(dict(common, measure="classrepsim", **{"class": int(c)},
+                                         value=float(res.S[i, a, b])))
+                        rows.append(dict(common, measure="class_response_agreement", **{"class": int(c)},
+                                         value=float(res.agreement[i, a, b])))
+    return rows
+
+
+def peer_rows(g: RunGraphs, ks: list[int]) -> list[dict]:
+    from rra.metrics import peers
+
+    rows: list[dict] = []
+    for scale in g.scales:
+        hooks = g.hooks_at(scale)
+        for k in ks:
+            for a, b in _pairs(hooks, ordered=True):
+                ga, gb = g.graph(a, scale), g.graph(b, scale)
+                common = dict(hook_a=a, hook_b=b, pos_a=g.pos[a], pos_b=g.pos[b], scale_a=scale,
+                              scale_b=scale, k=k)
+                rows.append(dict(common, measure="cycle_knn", value=peers.cycle_knn(ga, gb, k)))
+                if g.pos[a] < g.pos[b]:  # symmetric measures: computed once, stored both ways
+                    values = {
+                        "mutual_knn": peers.mutual_knn(ga, gb, k),
+                        "rank_similarity": peers.rank_similarity(ga, gb, k),
+                        "second_order_cosine": peers.second_order_cosine(
+                            ga, gb, g.embedding(a, scale), g.embedding(b, scale), k, g.distance),
+                    }
+                    for measure, v in values.items():
+                        rows.append(dict(common, measure=measure, value=float(v)))
+                        rows.append(dict(common, measure=measure, hook_a=b, hook_b=a, pos_a=g.pos[b],
+                                         pos_b=g.pos[a], value=float(v)))
+    return rows
+
+
+def cka_rows(g: RunGraphs) -> list[dict]:
+    from rra.metrics.cka import linear_cka
+
+    rows: list[dict] = []
+    for scale in g.scales:
+        hooks = g.hooks_at(scale)
+        for a, b in _pairs(hooks, ordered=False):
+            xa, xb = g.embedding(a, scale), g.embedding(b, scale)
+            for measure, debiased in (("cka_linear", False), ("cka_linear_debiased", True)):
+                v = float(linear_cka(xa, xb, debiased=debiased))
+                for x, y in ((a, b), (b, a)):
+                    rows.append(dict(measure=measure, hook_a=x, hook_b=y, pos_a=g.pos[x], pos_b=g.pos[y],
+                                     scale_a=scale, scale_b=scale, value=v))
+    return rows
+
+
+def knn_rows(g: RunGraphs) -> list[dict]:
+    """Per-graph kNN facts: the backend actually used (in ``backend``) and its recall@k."""
+    rows = []
+    for e in g.knn["entries"]:
+        hook, scale = e["hook"], str(e["scale"])
+        common = dict(hook_a=hook, pos_a=g.pos[hook], scale_a=scale, k=g.k_max, backend=e["backend"])
+        if e.get("recall") is not None:
+            rows.append(dict(common, measure="knn_recall", value=float(e["recall"])))
+        if e.get("search_k") is not None:
+            rows.append(dict(common, measure="annoy_search_k", value=float(e["search_k"])))
+    return rows
+
+
+def run_tables(embed_dir: PathLike, knn_dir: PathLike, out_dir: PathLike, *, ks: list[int],
+               alphas: list[int], run: Mapping[str, Any]) -> dict:
+    """Compute every metric table of one run and write them (Parquet, CSV when small).
+
+    ``run`` holds the identity columns (dataset, model, attention, augmentation, seed, probe).
+    ``ks`` must not exceed the graphs' stored k_max. The manifest is written last.
+    """
+    g = RunGraphs(embed_dir, knn_dir)
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[-1] > g.k_max:
+        raise ValueError(f"metrics: k values {ks} must be in [1, stored k_max = {g.k_max}]; "
+                         "rebuild the kNN graphs with a larger knn.k")
+    alphas = sorted({int(a) for a in alphas})
+    constants = dict(run, distance=g.distance, backend=g.knn.get("backend", ""))
+    builders = {
+        "nnts": lambda: nnts_rows(g, ks),
+        "nntp": lambda: nntp_rows(g, ks, alphas),
+        "class_response": lambda: class_response_rows(g, ks),
+        "classrepsim": lambda: classrepsim_rows(g, ks),
+        "peers": lambda: peer_rows(g, ks),
+        "cka": lambda: cka_rows(g),
+        "knn": lambda: knn_rows(g),
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, build in builders.items():
+        t0 = time.perf_counter()
+        df = frame(build(), constants)
+        written[name] = write_table(df, out / name) | {"seconds": round(time.perf_counter() - t0, 3)}
+    manifest = dict(
+        tables=written, ks=ks, alphas=alphas, run=dict(run), k_max=g.k_max, distance=g.distance,
+        embed_manifest_sha256=sha256_file(g.embed_dir / "manifest.json"),
+        knn_manifest_sha256=sha256_file(g.knn_dir / "manifest.json"),
+        **provenance(config={"ks": ks, "alphas": alphas}),
+    )
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def write_table(df, stem: Path) -> dict:
+    """Write ``stem.parquet`` (and ``stem.csv`` when small) atomically; return file facts."""
+    from rra.io import atomic_path
+
+    with atomic_path(stem.with_suffix(".parquet")) as tmp:
+        df.write_parquet(tmp)
+    files = [stem.with_suffix(".parquet")]
+    if df.height <= CSV_MAX_ROWS:
+        with atomic_path(stem.with_suffix(".csv")) as tmp:
+            df.write_csv(tmp)
+        files.append(stem.with_suffix(".csv"))
+    return {"rows": df.height, "files": [f.name for f in files],
+            "sha256": sha256_file(stem.with_suffix(".parquet"))}
+
+
+def load_tables(results_dir: PathLike = "results", name: str | None = None):
+    """Every metric table of a study as one frame (or only table ``name``, e.g. "nnts")."""
+    import polars as pl
+
+    if name is not None and name not in TABLES:
+        raise ValueError(f"unknown table {name!r}; known: {list(TABLES)}")
+    pattern = f"{name}.parquet" if name else "*.parquet"
+    files = sorted(p for p in Path(results_dir).glob(f"*/*/metrics/*/*/{pattern}"))
+    if not files:
+        return pl.DataFrame(schema=polars_schema())
+    return pl.concat([pl.read_parquet(f) for f in files], how="vertical")

@@ -1,0 +1,193 @@
+"""End-to-end: the Snakemake workflow on config/test.yaml in a temporary directory.
+
+Checks the artifacts' contents against direct computations (a model's forward pass, brute-force
+kNN), that a second run has nothing to do, that a config edit reruns only what depends on it,
+and that a training job killed mid-run resumes to the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_CONFIG = ROOT / "config" / "test.yaml"
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, configfiles: tuple[Path, ...] = (TEST_CONFIG,),
+              check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+           "--cores", "2", "--configfile", *map(str, configfiles), *args]
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def planned_jobs(workdir: Path, configfiles: tuple[Path, ...] = (TEST_CONFIG,)) -> dict[str, int]:
+    """Rule → number of jobs a dry run plans."""
+    out = snakemake(workdir, "-n", configfiles=configfiles)
+    text = out.stdout + out.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:")[1]
+    jobs = {}
+    for line in table.splitlines()[3:]:
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+            jobs[parts[0]] = int(parts[1])
+        elif parts and parts[0] == "total":
+            break
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("study")
+    snakemake(work)
+    return work
+
+
+RUNS = ["lenet5-none-none-s0", "lenet5-none-standard-s0", "resnet8-none-standard-s0"]
+PROBE = "test-n12-s0"
+
+
+def test_training_artifacts(study):
+    for run in RUNS:
+        d = study / "results" / "mnist5k" / run
+        metrics = json.loads((d / "metrics.json").read_text())
+        log = json.loads((d / "train_log.json").read_text())
+        epochs = log["epochs"] if isinstance(log, dict) else log
+        assert len(epochs) == 2
+        assert metrics["versions"]["torch"].startswith("2.14.1")
+        assert metrics["seed"] == 0 and metrics["config"]["model"] == run.split("-")[0]
+        # 300 training images, 2 epochs: well above chance (0.1) for LeNet-5
+        if run.startswith("lenet5"):
+            assert metrics["eval_acc"] > 0.3, metrics
+        assert sorted(p.name for p in (d / "checkpoints").iterdir())[-1] == "epoch-002.pt"
+
+
+def test_embeddings_equal_forward_pass(study):
+    import torch
+
+    from rra.data import load_split, normalise
+    from rra.train import load_trained
+
+    run = study / "results" / "mnist5k" / "lenet5-none-standard-s0"
+    embed = run / "embed" / PROBE
+    manifest = json.loads((embed / "manifest.json").read_text())
+    model = load_trained(run)
+    assert manifest["hooks"] == model.hook_names
+    probe = np.load(study / "results" / "data" / "mnist5k" / "probe" / f"{PROBE}.npy")
+    assert len(probe) == 120
+    split = load_split(study / "results" / "data" / "mnist5k" / "test")
+    x = torch.from_numpy(normalise(np.asarray(split.images[probe]), split.info))
+    outputs = {}
+    hooks = [model.get_submodule(h).register_forward_hook(
+        lambda m, i, o, name=h: outputs.__setitem__(name, o.detach().clone())) for h in model.hook_names]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    assert np.array_equal(np.load(embed / "labels.npy"), split.labels[probe])
+    conv = np.load(embed / "conv1@full.npy")
+    np.testing.assert_allclose(conv, outputs["conv1"].flatten(1).numpy(), rtol=1e-5, atol=1e-5)
+    pooled = np.load(embed / "conv1@2.npy")
+    ref = torch.nn.functional.adaptive_avg_pool2d(outputs["conv1"], 2).flatten(1).numpy()
+    np.testing.assert_allclose(pooled, ref, rtol=1e-5, atol=1e-5)
+    assert not (embed / "fc2@2.npy").exists()  # 2-D outputs exist only at `full`
+
+
+def test_knn_graphs_equal_brute_force(study):
+    run = study / "results" / "mnist5k" / "resnet8-none-standard-s0"
+    knn = run / "knn" / PROBE / "euclidean-auto"
+    manifest = json.loads((knn / "manifest.json").read_text())
+    assert manifest["k"] == 5
+    for hook in ("stem", "layer3.0", "fc"):
+        x = np.load(run / "embed" / PROBE / f"{hook}@full.npy").astype(np.float64)
+        idx = np.load(knn / f"{hook}@full.idx.npy")
+        d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+        np.fill_diagonal(d, np.inf)
+        order = np.lexsort((np.broadcast_to(np.arange(len(x)), d.shape), d), axis=1)[:, :5]
+        assert np.array_equal(idx, order), hook
+
+
+def test_metric_tables(study):
+    import polars as pl
+
+    from rra.metrics.tables import load_tables
+
+    nnts = load_tables(study / "results", "nnts")
+    assert set(nnts["model"].unique()) == {"lenet5", "resnet8"}
+    assert set(nnts["k"].unique()) == {3, 5}
+    diag = nnts.filter((pl.col("measure") == "nnts") & (pl.col("hook_a") == pl.col("hook_b")))
+    assert diag["value"].to_list() == pytest.approx([1.0] * diag.height)
+    # NNTS between two hooks recomputed from the stored graphs
+    run = study / "results" / "mnist5k" / "lenet5-none-none-s0"
+    knn = run / "knn" / PROBE / "euclidean-auto"
+    a, b = (np.load(knn / f"{h}@full.idx.npy")[:, :3] for h in ("conv1", "fc1"))
+    j = [len(set(x) & set(y)) / len(set(x) | set(y)) for x, y in zip(a, b)]
+    got = nnts.filter((pl.col("measure") == "nnts") & (pl.col("hook_a") == "conv1") & (pl.col("hook_b") == "fc1")
+                      & (pl.col("k") == 3) & (pl.col("scale_a") == "full")
+                      & (pl.col("augmentation") == "none") & (pl.col("model") == "lenet5"))
+    assert got["value"].to_list() == pytest.approx([np.mean(j)], abs=1e-12)
+    everything = load_tables(study / "results")
+    assert {"nnts", "nntp_runs", "knn_purity", "classrepsim", "mutual_knn", "cka_linear"} <= set(everything["measure"].unique())
+
+
+def test_rerun_does_nothing_and_edits_rerun_dependents(study, tmp_path):
+    assert planned_jobs(study) == {}
+    overlay = tmp_path / "edit.yaml"
+    overlay.write_text(yaml.safe_dump({"knn": {"k": [3, 6]}}))
+    assert planned_jobs(study, (TEST_CONFIG, overlay)) == {"knn": 3, "metrics": 3, "all": 1}
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["runs"][1]["training"] = {"lr": 0.01}
+    overlay.write_text(yaml.safe_dump({"runs": cfg["runs"]}))
+    assert planned_jobs(study, (TEST_CONFIG, overlay)) == {"train": 1, "embed": 1, "knn": 1, "metrics": 1, "all": 1}
+
+
+def test_bad_config_fails_before_any_job(tmp_path):
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text(yaml.safe_dump({"runs": [{"model": "vgg11"}]}))
+    proc = snakemake(tmp_path, "-n", configfiles=(TEST_CONFIG, overlay), check=False)
+    assert proc.returncode != 0
+    assert "config key 'runs[0].model': unknown model 'vgg11'" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_killed_training_resumes_to_same_weights(study, tmp_path):
+    import torch
+
+    target = "results/mnist5k/resnet8-none-standard-s0/model.pt"
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
+           "--cores", "2", "--configfile", str(TEST_CONFIG), target]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = tmp_path / "results/mnist5k/resnet8-none-standard-s0/checkpoints/epoch-001.pt"
+    deadline = time.time() + 300
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert first.exists(), "training never wrote its first checkpoint"
+    os.killpg(proc.pid, signal.SIGKILL)  # kill Snakemake and the training job mid-epoch 2
+    proc.wait()
+    assert not (tmp_path / target).exists()
+    snakemake(tmp_path, "--rerun-incomplete", target)
+    resumed = torch.load(tmp_path / target, weights_only=True)
+    reference = torch.load(study / target, weights_only=True)
+    sd_a, sd_b = resumed["state_dict"], reference["state_dict"]
+    assert sd_a.keys() == sd_b.keys()
+    for key in sd_a:
+        assert torch.equal(sd_a[key], sd_b[key]), key
+    log = (tmp_path / "results/mnist5k/resnet8-none-standard-s0/logs/train.log").read_text()
+    assert re.search(r"resum", log, re.IGNORECASE), log[-2000:]
