@@ -13,6 +13,15 @@ from rra.models.cost import count_params
 KWARGS = {"none": {}, "se": {}, "cbam": {}, "ac": {}, "stac": {"scale": 2}}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors on a shared 2-core machine: extra intra-op threads only add contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _randomise_bn(module: torch.nn.Module, seed: int = 1) -> None:
     """Non-trivial BatchNorm statistics and affine parameters (eval-mode tests)."""
     g = torch.Generator().manual_seed(seed)
@@ -54,7 +63,7 @@ def test_gradients_reach_every_parameter(name):
     torch.manual_seed(0)
     kwargs = {"reduction": 2} if name in ("se", "cbam") else KWARGS[name]  # hidden 4: no dead unit
     m = build_attention(name, 8, **kwargs).train()
-    x = torch.randn(4, 8, 8, 8, requires_grad=True)
+    x = (torch.randn(4, 8, 8, 8) + 3 * torch.randn(4, 8, 1, 1)).requires_grad_()
     m(x).square().sum().backward()
     for pname, p in m.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, pname

@@ -381,7 +381,7 @@ class Wide(nn.Module):
         super().__init__()
         self.expand = nn.Conv2d(1, 64, 1)
         self.act = nn.ReLU()
-        self.mix = nn.Conv2d(64, 64, 1, groups=64)
+        self.mix = nn.Hardtanh(0.0, 0.5)
     def forward(self, x):
         return self.mix(self.act(self.expand(x)))
 
@@ -431,3 +431,37 @@ def test_dump_memory_is_bounded(tmp_path):
     assert res["total_mb"] > 3000  # the activations written are > 3 GB …
     assert res["peak_mb"] - res["base_mb"] < 600, res  # … but the process stays small
     assert files["act@full.npy"] >= n * 64 * 32 * 32 * 4 and len(files) == 12
+
+
+# ---------------------------------------------------------------- the real model registry
+
+@pytest.mark.parametrize("name,attention,size,channels", [
+    ("lenet5", "none", 28, 1), ("resnet8", "se", 16, 3), ("resnet8", "cbam", 16, 3)])
+def test_dump_real_models_every_hook(tmp_path, name, attention, size, channels):
+    models = pytest.importorskip("rra.models")
+    torch.manual_seed(0)
+    model = models.build_model(name, in_channels=channels, num_classes=10, image_size=size,
+                               attention=attention)
+    x = torch.randn(7, channels, size, size, generator=torch.Generator().manual_seed(2))
+    ref = reference(model, x, model.hook_names)
+    man = dump_embeddings(model, x, model.hook_names, SCALES, tmp_path, batch_size=3,
+                          device="cpu", progress=False)
+    assert man["hooks"] == model.hook_names
+    assert {(e["hook"], e["scale"]) for e in man["entries"]} == set(ref)
+    assert [e["hook"] for e in man["entries"]] == sorted(
+        (e["hook"] for e in man["entries"]), key=model.hook_names.index)
+    for e in man["entries"]:
+        np.testing.assert_allclose(np.load(tmp_path / e["file"]), ref[(e["hook"], e["scale"])],
+                                   rtol=1e-4, atol=1e-5, err_msg=e["file"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_dump_on_cuda_matches_cpu(tmp_path):
+    model, x = small_net(), images(10)
+    ref = reference(model, x, SmallNet.hook_names)
+    man = dump_embeddings(model, x, SmallNet.hook_names, SCALES, tmp_path, batch_size=4,
+                          device="cuda", progress=False)
+    assert man["device"].startswith("cuda")
+    for e in man["entries"]:
+        np.testing.assert_allclose(np.load(tmp_path / e["file"]), ref[(e["hook"], e["scale"])],
+                                   rtol=1e-3, atol=1e-4)

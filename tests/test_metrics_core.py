@@ -12,7 +12,7 @@ from rra.metrics.class_response import class_response
 from rra.metrics.classrepsim import (ClassRepSim, choose_stac_scale, classrepsim,
                                      scale_to_full)
 from rra.metrics.nnts import jaccard_per_row, nnts, nnts_by_class, nnts_matrix
-from rra.metrics.nntp import nntp
+from rra.metrics.nntp import nntp, undirected_edge_codes
 
 TOL = 1e-12
 
@@ -247,6 +247,16 @@ def test_nntp_random_vs_brute(seed, L):
             if alpha == 0:
                 lengths = np.arange(L)[None, :] - np.arange(L)[:, None] + 1
                 assert (res.table * lengths).sum() == sum(edges)
+
+
+def test_undirected_edge_codes():
+    # hook 4 of HAND_CHAIN: 0→1 1→2 2→1 3→2 -> pairs {0,1}, {1,2}, {2,3} -> codes 1, 6, 11 (n = 4)
+    assert undirected_edge_codes(HAND_CHAIN[4]).tolist() == [1, 6, 11]
+    assert sorted(undirected_edge_codes(HAND_CHAIN[4], unique=False).tolist()) == [1, 6, 6, 11]
+    rng = np.random.default_rng(11)
+    g = random_graph(rng, 13, 4).astype(np.int64)
+    ref = sorted({min(i, j) * 13 + max(i, j) for i in range(13) for j in g[i]})
+    assert undirected_edge_codes(g).tolist() == ref
 
 
 def test_nntp_identical_chain_and_errors():

@@ -30,10 +30,14 @@ except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.numeric import _frombuffer  # type: ignore[no-redef]
 
 
+class RefusedGlobal(pickle.UnpicklingError):
+    """The pickle names a global outside the allowed set."""
+
+
 def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
     """``_codecs.encode`` limited to what pickle uses it for: str -> bytes in latin-1."""
     if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
-        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}")
+        raise RefusedGlobal(f"refusing _codecs.encode with encoding {encoding!r}")
     return text.encode("latin1")
 
 
@@ -47,10 +51,6 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy._core.numeric", "_frombuffer"): _frombuffer,
     ("_codecs", "encode"): _latin1_bytes,
 }
-
-
-class RefusedGlobal(pickle.UnpicklingError):
-    """The pickle names a global outside the allowed set."""
 
 
 class SafeUnpickler(pickle.Unpickler):

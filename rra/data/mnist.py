@@ -76,8 +76,9 @@ class Mnist(Dataset):
     def _paths(self, split: str) -> tuple[Path, Path]:
         self.check_split(split)
         stem = f"MNIST/raw/{self._prefix[split]}"
-        return tuple(self.find(f"{stem}-{kind}-ubyte", f"{stem}-{kind}-ubyte.gz")
-                     for kind in ("images-idx3", "labels-idx1"))  # type: ignore[return-value]
+        images = self.find(f"{stem}-images-idx3-ubyte", f"{stem}-images-idx3-ubyte.gz")
+        labels = self.find(f"{stem}-labels-idx1-ubyte", f"{stem}-labels-idx1-ubyte.gz")
+        return images, labels
 
     def source_files(self, split: str) -> list[Path]:
         return list(self._paths(split))

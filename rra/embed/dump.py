@@ -93,7 +93,8 @@ def dump_embeddings(model: "nn.Module", images: Any, hooks: Sequence[str], scale
             handles = [modules[h].register_forward_hook(sink.hook(h, plan[h])) for h in hook_list]
             try:
                 bar = tqdm(itertools.chain([first], batch_iter), total=n_batches, unit="batch",
-                           desc=f"embed {len(sink.writers)} arrays", disable=None if progress else True)
+                           desc=f"embed {len(sink.writers)} arrays",
+                           disable=None if progress else True)
                 for x in bar:
                     sink.begin(x.shape[0])
                     model(x.to(dev))
@@ -122,10 +123,11 @@ def dump_embeddings(model: "nn.Module", images: Any, hooks: Sequence[str], scale
                  "shape": list(writer.shape)}
         write_json(out_dir / f"{stem}.json", {**entry, "dtype": "float32", **record})
         entries.append(entry)
+    if _is_loader(images):
+        batch_size = getattr(images, "batch_size", None)
     manifest = {"hooks": hook_list, "scales": [scale_name(s) for s in scale_list],
-                "entries": entries, "n": n, "dtype": "float32",
-                "batch_size": None if _is_loader(images) else batch_size, "device": str(dev),
-                **record}
+                "entries": entries, "n": n, "dtype": "float32", "batch_size": batch_size,
+                "device": str(dev), **record}
     write_json(out_dir / MANIFEST, manifest)
     return manifest
 
@@ -150,18 +152,27 @@ class _Sink:
         def write(module: Any, inputs: Any, output: Any) -> None:
             rows = f"rows {self.offset}..{self.offset + self.batch - 1}"
             if not isinstance(output, torch.Tensor) or output.shape[0] != self.batch:
-                got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+                got = (tuple(output.shape) if isinstance(output, torch.Tensor)
+                       else type(output).__name__)
                 raise ValueError(f"hook {name!r}: expected an output with {self.batch} rows for "
                                  f"{rows}, got {got}")
             for scale in scales:
                 emb = pool_embedding(output, scale)
-                if not bool(torch.isfinite(emb).all()):
+                if not _all_finite(emb):
                     raise ValueError(f"hook {name!r} (scale {scale_name(scale)}): NaN or inf in "
                                      f"the embedding of probe {rows}")
                 # written at once: a later in-place op cannot change what is stored
                 self.writers[(name, scale)].write(emb.cpu().numpy())
 
         return write
+
+
+def _all_finite(t: "torch.Tensor") -> bool:
+    """True iff no NaN/inf in ``t``: a NaN or inf makes the sum non-finite, so the exact
+    element-wise check runs only when the (fast) sum is not finite, e.g. on overflow."""
+    import torch
+
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
 def _dry_forward(model: "nn.Module", modules: dict, hooks: list[str], x: "torch.Tensor") -> dict:
@@ -249,14 +260,16 @@ def _check_meta(meta: dict | None) -> dict:
 
 
 def _check_batch_size(batch_size: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+            or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     return int(batch_size)
 
 
 def _is_loader(images: Any) -> bool:
     """A DataLoader-like source: iterable of batches, with no row slicing of its own."""
-    return hasattr(images, "__iter__") and hasattr(images, "dataset") and not hasattr(images, "__getitem__")
+    return (hasattr(images, "__iter__") and hasattr(images, "dataset")
+            and not hasattr(images, "__getitem__"))
 
 
 def _batches(images: Any, batch_size: int, transform: Callable | None
@@ -308,8 +321,8 @@ def _model_input(batch: Any, transform: Callable | None) -> "torch.Tensor":
     import torch
 
     x = transform(batch) if transform is not None else batch
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.array(x))  # a copy: memory maps are read-only
+    if isinstance(x, np.ndarray):  # read-only arrays (memory maps) are copied, others shared
+        x = torch.from_numpy(x if x.flags.writeable else np.array(x))
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"an input batch is a {type(x).__name__}, not a tensor or array")
     if not torch.is_floating_point(x):

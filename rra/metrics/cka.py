@@ -16,9 +16,10 @@ for debiased CKA by Nguyen et al. 2021 and by platonic-rep's ``unbiased_cka``,
 
     HSIC_1(K, L) = [ tr(K̃L̃) + (1ᵀK̃1)(1ᵀL̃1) / ((n − 1)(n − 2)) − 2/(n − 2) · 1ᵀK̃L̃1 ] / (n(n − 3)),
 
-K̃ = K − diag(K), L̃ = L − diag(L); needs n ≥ 4. HSIC_1 of linear kernels does not change when the same
-vector is added to every row of X (it is a U-statistic of differences), so we evaluate it on
-centred data for numerical stability (tested against eq. 5 on uncentred data). With a_i = ‖x_c,i‖², b_i = ‖y_c,i‖² and X_cᵀ1 = 0:
+K̃ = K − diag(K), L̃ = L − diag(L); needs n ≥ 4. HSIC_1 of linear kernels does not change
+when the same vector is added to every row of X (it is a U-statistic of differences), so we
+evaluate it on centred data for numerical stability (tested against eq. 5 on uncentred data).
+With a_i = ‖x_c,i‖², b_i = ‖y_c,i‖² and X_cᵀ1 = 0:
 tr(K̃L̃) = ‖X_cᵀY_c‖_F² − a·b, 1ᵀK̃1 = −Σa, 1ᵀL̃1 = −Σb, 1ᵀK̃L̃1 = (K̃1)·(L̃1) = a·b
 (the same identities as Kornblith et al.'s ``feature_space_linear_cka``). [source]
 
@@ -167,7 +168,7 @@ def _hsic_unbiased_scaled(tr_kl: float, a: np.ndarray, b: np.ndarray) -> float:
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray, debiased: bool = False, *, method: str = "auto",
-               block_rows: int = 4096, max_elements: int = 2**25) -> float:
+               block_rows: int = 4096, max_elements: int = 2**24) -> float:
     """Linear CKA between two representations of the same n rows (see the module docstring).
 
     Parameters
@@ -177,8 +178,12 @@ def linear_cka(x: np.ndarray, y: np.ndarray, debiased: bool = False, *, method: 
         can then be slightly negative for unrelated representations.
     method : ``"auto"`` (smaller estimated cost), ``"feature"`` or ``"gram"``; all give the
         same value up to rounding.
-    block_rows : rows per block (also the Gram tile size).
-    max_elements : bound on the float64 accumulator of the feature form (elements).
+    block_rows : rows per block (also the Gram tile size); capped at ``max_elements / max(p, q)``.
+    max_elements : bound (in float64 values) on one row block and on the feature-form
+        accumulator, so peak memory stays at a few times ``8 · max_elements`` bytes.
+
+    Cost: ~ min(n(p² + q² + pq), n²(p + q)/2) multiply-adds per call (e.g. ~10¹⁴ for
+    n = 60k, p = q = 20k: hours on a few cores), memory independent of n.
 
     Raises ValueError for non-2-D input, different row counts, NaN/inf, a constant
     representation (named), n < 4 when debiased, or a non-positive debiased self-HSIC.
@@ -198,6 +203,7 @@ def linear_cka(x: np.ndarray, y: np.ndarray, debiased: bool = False, *, method: 
         raise ValueError(f"debiased CKA needs at least 4 rows, got n = {n}")
     if n < 2:
         raise ValueError(f"CKA needs at least 2 rows, got n = {n}")
+    block_rows = max(1, min(block_rows, max_elements // max(p, q)))   # bound a block's memory
     mx = _column_means(x, "x", block_rows)
     my = _column_means(y, "y", block_rows)
     if method == "auto":

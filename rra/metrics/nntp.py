@@ -11,8 +11,8 @@ before counting, and a bridged run is counted from its first to its last present
 and trailing absences are not gaps. α = 0 is plain persistence.
 
 Memory is O(total edges), never n × n: an undirected pair i < j is encoded as the int64 code
-i·n + j; each hook's codes are made unique; the (code, hook) records of all hooks are packed
-into one int64 key per record, sorted once, and runs are found with vectorised differences.
+i·n + j; the (code, hook) records of all hooks are packed into one int64 key per record,
+sorted once and made unique, and runs are found with vectorised differences.
 """
 
 from __future__ import annotations
@@ -48,15 +48,30 @@ class NNTPResult:
     alpha: int
 
 
-def undirected_edge_codes(idx: np.ndarray) -> np.ndarray:
-    """Sorted unique codes i·n + j (i < j) of the undirected pairs of a kNN graph [source].
+def undirected_edge_codes(idx: np.ndarray, unique: bool = True) -> np.ndarray:
+    """Codes i·n + j (i < j) of the undirected pairs of a kNN graph, sorted and unique [source].
 
     {i, j} is an edge if j ∈ K[i] or i ∈ K[j]. ``idx`` must be a validated graph (no self).
+    ``unique=False`` returns one code per directed edge, unsorted (a mutual pair twice).
+    Sorting is used instead of ``np.unique``, whose hash-based path in numpy 2.x is two orders
+    of magnitude slower on many distinct int64 values.
     """
     n, k = idx.shape
     rows = np.repeat(np.arange(n, dtype=np.int64), k)
     cols = idx.ravel().astype(np.int64)
-    return np.unique(np.minimum(rows, cols) * n + np.maximum(rows, cols))
+    codes = np.minimum(rows, cols) * n + np.maximum(rows, cols)
+    if not unique:
+        return codes
+    codes.sort()
+    return codes[_first_of_equal(codes)]
+
+
+def _first_of_equal(sorted_values: np.ndarray) -> np.ndarray:
+    """Mask of the first element of each group of equal values in a sorted 1-D array."""
+    first = np.empty(sorted_values.size, dtype=bool)
+    first[:1] = True
+    first[1:] = sorted_values[1:] != sorted_values[:-1]
+    return first
 
 
 def nntp(graphs: Sequence[np.ndarray], k: int | None = None, alpha: int = 0) -> NNTPResult:
@@ -79,23 +94,20 @@ def nntp(graphs: Sequence[np.ndarray], k: int | None = None, alpha: int = 0) -> 
     bits = max(1, (n_hooks - 1).bit_length())
     if n * n >= 2 ** (63 - bits):
         raise ValueError(f"nntp: n = {n} rows and {n_hooks} hooks overflow the int64 pair keys")
-    edge_totals = np.zeros(n_hooks, dtype=np.int64)
-    parts = []
-    for v, g in enumerate(tqdm(prepared, desc="nntp edges", disable=None, leave=False)):
-        codes = undirected_edge_codes(g)
-        edge_totals[v] = codes.size
-        parts.append((codes << bits) | v)
+    parts = [(undirected_edge_codes(g, unique=False) << bits) | v
+             for v, g in enumerate(tqdm(prepared, desc="nntp edges", disable=None, leave=False))]
     keys = np.concatenate(parts)
     del parts
     keys.sort()
+    keys = keys[_first_of_equal(keys)]  # a mutual pair appears twice per hook: keep one
 
     code = keys >> bits
     hook = keys & ((1 << bits) - 1)
     del keys
-    starts = np.empty(code.size, dtype=bool)
-    starts[:1] = True
+    edge_totals = np.bincount(hook, minlength=n_hooks).astype(np.int64)
     # A run starts where the pair changes or where more than alpha hooks are absent.
-    starts[1:] = (code[1:] != code[:-1]) | (hook[1:] - hook[:-1] > alpha + 1)
+    starts = _first_of_equal(code)
+    starts[1:] |= hook[1:] - hook[:-1] > alpha + 1
     del code
     first = np.flatnonzero(starts)
     last = np.append(first[1:] - 1, starts.size - 1)

@@ -94,7 +94,7 @@ def spec_mismatch(stored: dict, spec: dict) -> list[str]:
     return sorted(k for k in set(stored) | set(spec) if stored.get(k, "<absent>") != spec.get(k, "<absent>"))
 
 
-def _mismatch_error(path: Path, stored: dict, spec: dict, run_dir: Path) -> ValueError:
+def mismatch_error(path: Path, stored: dict, spec: dict, run_dir: Path) -> ValueError:
     keys = spec_mismatch(stored, spec)
     detail = ", ".join(f"{k}: {stored.get(k, '<absent>')!r} -> {spec.get(k, '<absent>')!r}" for k in keys)
     return ValueError(f"{path} was written for a different training spec ({detail}); "
@@ -125,7 +125,7 @@ def load_resume_checkpoint(run_dir: PathLike, spec: dict) -> dict[str, Any] | No
                           RuntimeWarning, stacklevel=2)
             continue
         if state["spec"] != spec:
-            raise _mismatch_error(path, state["spec"], spec, run_dir)
+            raise mismatch_error(path, state["spec"], spec, run_dir)
         return state
     return None
 

@@ -1,0 +1,186 @@
+"""The data stage's artifacts: prepared splits (``images.npy``, ``labels.npy``, manifest) and
+probe sets (row indices + sidecar). Layout in docs/design.md, "Artifacts"."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from rra.io import (NpyRowWriter, load_npy, provenance, read_json, save_npy, sha256_array,
+                    sha256_file, write_json)
+
+from .base import Dataset, DatasetInfo
+from .registry import dataset_info, get_dataset
+
+MANIFEST = "manifest.json"
+IMAGES = "images.npy"
+LABELS = "labels.npy"
+
+
+def prepare_dataset(name: str, out_dir: str | Path, data_dir: str | Path | None = None,
+                    **options: Any) -> dict[str, Any]:
+    """Write every split of dataset ``name`` under ``out_dir/{split}/`` and return the manifest.
+
+    Per split: ``images.npy`` (uint8 N × H × W × C, streamed batch by batch), ``labels.npy``
+    (int64 N) and ``manifest.json`` (shapes, class names and counts, SHA-256 of both arrays and
+    of every source file, options, provenance). Last, ``out_dir/manifest.json`` lists the
+    splits' manifests; it is the completion marker of the whole stage. All writes are atomic;
+    a split's stale manifest is removed before its arrays are rewritten.
+    Every source file must exist before anything is written.
+    """
+    dataset = get_dataset(name, data_dir, **options)
+    out_dir = Path(out_dir)
+    sources = {split: dataset.source_files(split) for split in dataset.info.splits}
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    unique = list(dict.fromkeys(p for paths in sources.values() for p in paths))
+    hashes = {path: sha256_file(path)
+              for path in tqdm(unique, desc=f"{name}: sha256 of sources", disable=None)}
+    splits = {split: _write_split(dataset, split, out_dir / split,
+                                  [{"path": str(p), "sha256": hashes[p]} for p in paths])
+              for split, paths in sources.items()}
+    manifest = {"dataset": name, "splits": splits, "options": dataset.options,
+                "provenance": provenance({"dataset": name, "options": dataset.options},
+                                         seed=dataset.options.get("seed"))}
+    write_json(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def _write_split(dataset: Dataset, split: str, split_dir: Path,
+                 sources: list[dict[str, str]]) -> dict[str, Any]:
+    info = dataset.info
+    (split_dir / MANIFEST).unlink(missing_ok=True)
+    n, batches = dataset.read(split)
+    labels = np.empty(n, dtype=np.int64)
+    pos = 0
+    with NpyRowWriter(split_dir / IMAGES, (n, *info.image_shape), np.uint8) as writer:
+        for images, batch_labels in batches:
+            if images.dtype != np.uint8 or images.shape[1:] != info.image_shape:
+                raise ValueError(f"{info.name} {split}: loader gave {images.dtype} images of "
+                                 f"shape {images.shape}, expected uint8 B × {info.image_shape}")
+            if batch_labels.shape != (images.shape[0],) or pos + images.shape[0] > n:
+                raise ValueError(f"{info.name} {split}: batch of {images.shape[0]} images with "
+                                 f"labels {batch_labels.shape} at row {pos} of {n}")
+            writer.write(images)
+            labels[pos:pos + images.shape[0]] = batch_labels
+            pos += images.shape[0]
+    save_npy(split_dir / LABELS, labels)
+    manifest = {
+        "dataset": info.name,
+        "split": split,
+        "n": n,
+        "image_shape": list(info.image_shape),
+        "channels": info.channels,
+        "num_classes": info.num_classes,
+        "class_names": list(info.class_names),
+        "class_counts": np.bincount(labels, minlength=info.num_classes).tolist(),
+        "images_file": IMAGES,
+        "images_sha256": sha256_file(split_dir / IMAGES),
+        "labels_file": LABELS,
+        "labels_sha256": sha256_file(split_dir / LABELS),
+        "sources": sources,
+        "options": dataset.options,
+        "note": dataset.note,
+        "provenance": provenance({"dataset": info.name, "split": split,
+                                  "options": dataset.options},
+                                 seed=dataset.options.get("seed")),
+    }
+    write_json(split_dir / MANIFEST, manifest)
+    return manifest
+
+
+@dataclass(frozen=True)
+class Split:
+    """A prepared split: ``images`` uint8 N × H × W × C (memory-mapped), ``labels`` int64 N."""
+
+    path: Path
+    images: np.ndarray
+    labels: np.ndarray
+    manifest: dict[str, Any]
+    info: DatasetInfo
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def load_split(split_dir: str | Path, verify: bool = False) -> Split:
+    """Open a prepared split and check its arrays against its manifest.
+
+    Checks dtype and shape of both arrays and the label range; ``verify=True`` also recomputes
+    the SHA-256 of both files (reads every byte).
+    """
+    split_dir = Path(split_dir)
+    manifest = read_json(split_dir / MANIFEST)
+    for key in ("dataset", "split", "n", "image_shape", "images_sha256", "labels_sha256"):
+        if key not in manifest:
+            raise ValueError(f"{split_dir / MANIFEST}: missing key {key!r}")
+    info = dataset_info(manifest["dataset"])
+    n = int(manifest["n"])
+    images = load_npy(split_dir / IMAGES, mmap=True)
+    labels = load_npy(split_dir / LABELS, mmap=False)
+    expected = {IMAGES: (images, np.uint8, (n, *info.image_shape)),
+                LABELS: (labels, np.int64, (n,))}
+    for file, (arr, dtype, shape) in expected.items():
+        if arr.dtype != dtype or arr.shape != shape:
+            raise ValueError(f"{split_dir / file}: {arr.dtype} array of shape {arr.shape}, but "
+                             f"the manifest says {np.dtype(dtype)} of shape {shape}")
+    if list(manifest["image_shape"]) != list(info.image_shape):
+        raise ValueError(f"{split_dir / MANIFEST}: image_shape {manifest['image_shape']} is not "
+                         f"{info.name}'s {list(info.image_shape)}")
+    if n and (labels.min() < 0 or labels.max() >= info.num_classes):
+        raise ValueError(f"{split_dir / LABELS}: labels outside [0, {info.num_classes})")
+    if verify:
+        for file, key in ((IMAGES, "images_sha256"), (LABELS, "labels_sha256")):
+            if sha256_file(split_dir / file) != manifest[key]:
+                raise ValueError(f"{split_dir / file}: SHA-256 differs from the manifest's "
+                                 f"{key} (file changed after preparation)")
+    return Split(split_dir, images, labels, manifest, info)
+
+
+def select_probe(split_dir: str | Path, n_per_class: int, seed: int,
+                 out_path: str | Path) -> np.ndarray:
+    """Draw the probe set: ``n_per_class`` rows of every class, seeded. [ours: the draw;
+    the per-class probe set itself is [source]]
+
+    One ``Generator(PCG64(seed))``; for c = 0, 1, …, C−1 in order: ``rng.choice`` of
+    ``n_per_class`` distinct rows among the split's rows of class c, sorted ascending. The
+    result (int64) is sorted by (label, row index). Writes ``out_path`` (.npy) and a sidecar
+    ``out_path`` with suffix .json (n_per_class, seed, split, counts, SHA-256 of the indices
+    and of the split's manifest file, provenance).
+    """
+    out_path = Path(out_path)
+    if out_path.suffix != ".npy":
+        raise ValueError(f"probe output must be a .npy file, got {out_path}")
+    if isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer)) \
+            or n_per_class < 1:
+        raise ValueError(f"n_per_class must be an integer >= 1, got {n_per_class!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    split = load_split(split_dir)
+    labels = np.asarray(split.labels)
+    rng = np.random.Generator(np.random.PCG64(int(seed)))
+    picks = []
+    for c, class_name in enumerate(split.info.class_names):
+        rows = np.flatnonzero(labels == c)
+        if rows.size < n_per_class:
+            raise ValueError(f"{split.path}: class {c} ({class_name!r}) has {rows.size} rows, "
+                             f"fewer than n_per_class = {n_per_class}")
+        picks.append(np.sort(rng.choice(rows, size=int(n_per_class), replace=False)))
+    indices = np.concatenate(picks).astype(np.int64)
+    save_npy(out_path, indices)
+    write_json(out_path.with_suffix(".json"), {
+        "dataset": split.info.name,
+        "split": split.manifest["split"],
+        "n_per_class": int(n_per_class),
+        "seed": int(seed),
+        "n": int(indices.shape[0]),
+        "counts": np.bincount(labels[indices], minlength=split.info.num_classes).tolist(),
+        "indices_sha256": sha256_array(indices),
+        "split_manifest_sha256": sha256_file(split.path / MANIFEST),
+        "provenance": provenance({"split_dir": str(split.path), "n_per_class": int(n_per_class)},
+                                 seed=int(seed)),
+    })
+    return indices

@@ -1,0 +1,276 @@
+"""Model registry: every model × attention variant; hook points; sizes; parameter and FLOP counts."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rra.models import ATTENTION, MODELS, build_model, list_models
+from rra.models.cost import cost_table, count_flops, count_params
+from rra.models.resnet import PadShortcut
+
+MODEL_KWARGS = {"cifar_resnet": {"depth": 8}}
+ATTN_KWARGS = {"stac": {"scale": 2}}
+CASES = [(m, a) for m in sorted(MODELS) for a in sorted(ATTENTION)
+         if m != "lenet5" or a == "none"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors on a shared 2-core machine: extra intra-op threads only add contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _size(name: str) -> int:
+    return 28 if name == "lenet5" else 12  # tiny maps keep the sweep fast
+
+
+@functools.lru_cache(maxsize=None)
+def _model(name: str, attention: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(name, in_channels=3, num_classes=7, image_size=_size(name),
+                       attention=attention, attention_kwargs=ATTN_KWARGS.get(attention),
+                       **MODEL_KWARGS.get(name, {})).eval()
+
+
+def _input(name: str, batch: int = 2) -> torch.Tensor:
+    size = _size(name)
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def test_registry_names():
+    expected = {"lenet5", "cifar_resnet", "resnet8", "resnet14", "resnet20", "resnet32",
+                "resnet44", "resnet56", "resnet18"}
+    assert set(list_models()) == expected and list_models() == sorted(expected)
+
+
+@pytest.mark.parametrize("name,attention", CASES)
+def test_forward_and_hooks(name, attention):
+    model = _model(name, attention)
+    x = _input(name)
+    order, captured = [], {}
+
+    def make_hook(hook):
+        def fn(module, inputs, output):
+            order.append(hook)
+            captured[hook] = (output, output.clone())
+        return fn
+
+    handles = [model.get_submodule(h).register_forward_hook(make_hook(h))
+               for h in model.hook_names]
+    try:
+        with torch.no_grad():
+            y = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert y.shape == (2, 7)
+    assert torch.isfinite(y).all()
+    assert len(set(model.hook_names)) == len(model.hook_names)
+    assert order == model.hook_names  # each hook fires once, in the listed order
+    for hook, (ref, copy) in captured.items():
+        assert torch.equal(ref, copy), f"{hook}: output modified in place after the hook"
+    assert torch.equal(captured[model.hook_names[-1]][0], y)
+    assert not any(getattr(m, "inplace", False) for m in model.modules())
+
+
+@pytest.mark.parametrize("name,attention", CASES)
+def test_deterministic_for_seed(name, attention):
+    a = _model(name, attention)
+    torch.manual_seed(0)
+    b = build_model(**a.spec).eval()
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    with torch.no_grad():
+        assert torch.equal(a(_input(name)), b(_input(name)))
+    torch.manual_seed(1)
+    c = build_model(**a.spec)
+    assert not all(torch.equal(sa[k], v) for k, v in c.state_dict().items()
+                   if k.endswith("weight"))
+
+
+@pytest.mark.parametrize("name", ["resnet8", "resnet18"])
+def test_resnet_hooks_are_block_outputs(name):
+    """stem → layer1.0 → … → pool → fc is a chain: each hook's output is the next one's input."""
+    model = _model(name, "se")
+    ins, outs = {}, {}
+    handles = []
+    for h in model.hook_names:
+        mod = model.get_submodule(h)
+        handles.append(mod.register_forward_pre_hook(lambda m, i, h=h: ins.__setitem__(h, i[0])))
+        handles.append(mod.register_forward_hook(lambda m, i, o, h=h: outs.__setitem__(h, o)))
+    with torch.no_grad():
+        model(_input(name))
+    for handle in handles:
+        handle.remove()
+    hooks = model.hook_names
+    for prev, nxt in zip(hooks[:-2], hooks[1:-1]):
+        if nxt == "pool":
+            assert torch.equal(ins[nxt], outs[prev])
+        else:
+            assert ins[nxt] is outs[prev] or torch.equal(ins[nxt], outs[prev])
+    assert torch.equal(ins["fc"], outs["pool"])
+    for h in hooks[:-2]:
+        assert (outs[h] >= 0).all(), f"{h} is not after a ReLU"
+    last = model.stages[-1][-1]
+    assert torch.allclose(outs["pool"], outs[last].mean(dim=(2, 3)))
+    assert outs["pool"].dim() == 2
+
+
+def test_stages_and_hook_names():
+    m = build_model("resnet20", in_channels=3, num_classes=10, image_size=32)
+    assert m.stages == [[f"layer{s}.{b}" for b in range(3)] for s in (1, 2, 3)]
+    assert m.hook_names == ["stem", *sum(m.stages, []), "pool", "fc"]
+    r18 = _model("resnet18", "none")
+    assert r18.stages == [[f"layer{s}.{b}" for b in range(2)] for s in (1, 2, 3, 4)]
+    lenet = _model("lenet5", "none")
+    assert lenet.hook_names == ["conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3",
+                                "relu3", "fc1", "relu4", "fc2"]
+    assert lenet.stages == []
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet8", "resnet18"])
+@pytest.mark.parametrize("in_channels", [1, 3])
+@pytest.mark.parametrize("size", [28, 32, 64])
+def test_input_sizes(name, in_channels, size):
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=in_channels, num_classes=10, image_size=size).eval()
+    with torch.no_grad():
+        y = model(torch.randn(1, in_channels, size, size))
+    assert y.shape == (1, 10)
+
+
+def test_lenet_param_counts():
+    def lenet_params(c, side, k):
+        return ((c * 25 + 1) * 6 + (6 * 25 + 1) * 16 + (16 * 25 + 1) * 120
+                + (120 * side * side + 1) * 84 + (84 + 1) * k)
+
+    m = build_model("lenet5", in_channels=1, num_classes=10, image_size=28)
+    assert count_params(m) == 61_706 == lenet_params(1, 1, 10)
+    for size, side in [(32, 2), (64, 10)]:
+        m = build_model("lenet5", in_channels=3, num_classes=100, image_size=size)
+        assert count_params(m) == lenet_params(3, side, 100)
+        assert m.fc1.in_features == 120 * side * side
+
+
+def test_resnet20_params_and_flops():
+    m = build_model("resnet20", in_channels=3, num_classes=10, image_size=32)
+    convs = 3 * 16 * 9 + 6 * 16 * 16 * 9 + (16 * 32 + 5 * 32 * 32) * 9 + (32 * 64 + 5 * 64 * 64) * 9
+    bns = 2 * (16 + 6 * 16 + 6 * 32 + 6 * 64)
+    assert count_params(m) == convs + bns + 64 * 10 + 10 == 269_722
+    assert abs(count_params(m) - 0.27e6) < 0.005e6
+    macs = (3 * 16 * 9 * 32 * 32 + 6 * 16 * 16 * 9 * 32 * 32
+            + (16 * 32 + 5 * 32 * 32) * 9 * 16 * 16 + (32 * 64 + 5 * 64 * 64) * 9 * 8 * 8 + 640)
+    flops = count_flops(m, (3, 32, 32))
+    assert flops == 2 * macs
+    assert abs(flops / 2 - 41e6) / 41e6 < 0.03
+    assert count_flops(m, (4, 3, 32, 32)) == 4 * flops
+    assert m.training  # the training flag is restored
+
+
+def test_resnet18_params():
+    m = _model("resnet18", "none")
+    assert count_params(build_model("resnet18", in_channels=3, num_classes=10,
+                                    image_size=32)) == 11_173_962
+    shortcut = m.layer2[0].shortcut
+    assert shortcut.conv.stride == (2, 2) and shortcut.conv.kernel_size == (1, 1)
+
+
+def test_option_a_shortcut():
+    x = torch.randn(2, 4, 5, 5)
+    y = PadShortcut(4, 8, 2)(x)
+    assert y.shape == (2, 8, 3, 3)
+    assert torch.equal(y[:, 2:6], x[:, :, ::2, ::2])
+    assert (y[:, :2] == 0).all() and (y[:, 6:] == 0).all()
+    m = _model("resnet8", "none")
+    assert count_params(m.layer2[0].shortcut) == 0
+
+
+def test_stac_scales_per_stage():
+    torch.manual_seed(0)
+    m = build_model("resnet20", in_channels=3, num_classes=10, image_size=32,
+                    attention="stac", attention_kwargs={"scales": [4, 2, 1]})
+    sizes = [[m.get_submodule(b).attn.size for b in stage] for stage in m.stages]
+    assert sizes == [[4] * 3, [2] * 3, [1] * 3]
+    with pytest.raises(ValueError, match="scales has 3 entries"):
+        build_model("resnet18", in_channels=3, num_classes=10, image_size=32,
+                    attention="stac", attention_kwargs={"scales": [4, 2, 1]})
+
+
+def test_cost_table():
+    rows = cost_table("resnet20", {"none": {}, "se": {},
+                                   "stac": {"attention_kwargs": {"scales": [4, 2, 1]}}},
+                      in_channels=3, num_classes=10, image_size=32)
+    by = {r["variant"]: r for r in rows}
+    assert by["none"]["params_ratio"] == 1.0 and by["none"]["flops_ratio"] == 1.0
+    base_p, base_f = by["none"]["params"], by["none"]["flops"]
+    # SE: per block C·h + h + h·C + C params and 2·(C·h + h·C) FLOPs (two linear layers)
+    se = [(c, max(1, c // 16)) for c in (16, 32, 64) for _ in range(3)]
+    assert by["se"]["params_extra"] == sum(2 * c * h + h + c for c, h in se)
+    assert by["se"]["flops_extra"] == sum(2 * 2 * c * h for c, h in se)
+    # STAC: 3×3 and 1×1 convs on the s × s map: 2·(9C² + C²)·s² FLOPs per block
+    st = [(c, s) for c, s in ((16, 4), (32, 2), (64, 1)) for _ in range(3)]
+    assert by["stac"]["params_extra"] == sum(10 * c * c + 3 * c + 1 for c, _ in st)
+    assert by["stac"]["flops_extra"] == sum(2 * 10 * c * c * s * s for c, s in st)
+    assert by["stac"]["params"] == base_p + by["stac"]["params_extra"]
+    assert by["stac"]["flops_ratio"] == pytest.approx(by["stac"]["flops"] / base_f)
+    assert 1.0 < by["stac"]["flops_ratio"] < 1.02 < by["stac"]["params_ratio"] < 2.0
+    with pytest.raises(ValueError, match="unknown key"):
+        cost_table("resnet8", {"x": {"attn": "se"}}, 3, 10, 32)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"name": "vgg16"}, "unknown model 'vgg16'.*resnet20"),
+    ({"name": "resnet20", "depth": 20}, "unknown keyword.*depth"),
+    ({"name": "lenet5", "width": 2}, "unknown keyword.*width"),
+    ({"name": "cifar_resnet", "depth": 21}, "6n \\+ 2"),
+    ({"name": "cifar_resnet", "depth": 2}, "6n \\+ 2"),
+    ({"name": "resnet20", "attention": "xx"}, "unknown attention 'xx'"),
+    ({"name": "resnet20", "attention": "se", "attention_kwargs": {"scale": 2}},
+     "attention 'se'.*unknown keyword"),
+    ({"name": "resnet20", "attention": "stac", "attention_kwargs": {"stage": 1, "scale": 2}},
+     "unknown keyword.*stage"),
+    ({"name": "resnet20", "attention": "stac"}, "exactly one of scale"),
+    ({"name": "lenet5", "attention": "se"}, "no residual blocks"),
+    ({"name": "lenet5", "image_size": 27}, "at least 28"),
+    ({"name": "resnet20", "in_channels": 0}, "in_channels"),
+    ({"name": "resnet18", "num_classes": 0}, "num_classes"),
+])
+def test_bad_arguments_raise(kwargs, match):
+    args = {"in_channels": 3, "num_classes": 10, "image_size": 32, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        build_model(**args)
+
+
+def test_count_flops_bad_shape():
+    with pytest.raises(ValueError, match="input_shape"):
+        count_flops(_model("resnet8", "none"), (32, 32))
+
+
+def test_stac_matches_functional_block():
+    """One block with STAC at s = 1 computed by hand: relu(x + V·σ(K)·S)."""
+    torch.manual_seed(0)
+    m = build_model("resnet8", in_channels=3, num_classes=10, image_size=8,
+                    attention="stac", attention_kwargs={"scale": 1}).eval()
+    block = m.layer1[0]
+    x = torch.relu(torch.randn(2, 16, 8, 8))
+
+    def bn(b, t):
+        return F.batch_norm(t, b.running_mean, b.running_var, b.weight, b.bias, False, 0.0, b.eps)
+
+    v = bn(block.bn2, F.conv2d(torch.relu(bn(block.bn1, F.conv2d(x, block.conv1.weight,
+                                                                   padding=1))),
+                               block.conv2.weight, padding=1))
+    a = block.attn
+    h = torch.relu(bn(a.bn, (v.mean(dim=(2, 3)) @ a.conv3.weight[:, :, 1, 1].T)[:, :, None, None]))
+    k = h[:, :, 0, 0] @ a.conv1.weight[:, :, 0, 0].T + a.conv1.bias
+    expected = torch.relu(x + v * torch.sigmoid(k)[:, :, None, None] * a.gain)
+    with torch.no_grad():
+        assert torch.allclose(block(x), expected, atol=1e-5)
