@@ -19,7 +19,8 @@ from rra.models import build_model
 from rra.models.cost import cost_table
 
 
-def step_seconds(model: torch.nn.Module, batch: torch.Tensor, repeats: int, warmup: int = 2) -> float:
+def step_seconds(model: torch.nn.Module, batch: torch.Tensor, repeats: int,
+                 warmup: int = 2) -> float:
     """Mean wall time of one forward + backward pass on ``batch``."""
     model.train()
     for i in range(warmup + repeats):
@@ -53,7 +54,8 @@ def main() -> None:
     torch.manual_seed(0)
     batch = torch.randn(args.batch_size, args.in_channels, args.image_size, args.image_size,
                         device=device)
-    print(f"{args.model} {args.in_channels}×{args.image_size}² on {device}, batch {args.batch_size}")
+    print(f"{args.model} {args.in_channels}×{args.image_size}² on {device}, "
+          f"batch {args.batch_size}")
     print(f"{'variant':8} {'params':>11} {'×':>6} {'MFLOPs':>9} {'×':>6} {'s/step':>8}")
     for row in rows:
         torch.manual_seed(0)

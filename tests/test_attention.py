@@ -121,9 +121,9 @@ def test_ac_values():
     x = torch.randn(2, c, 8, 8)
     q = x.reshape(2, c, 4, 2, 4, 2).amax(dim=(3, 5))  # 2×2 max-pool
     per = c // g
-    e = torch.cat([F.conv2d(q[:, i * per:(i + 1) * per], m.embed_group.weight[i * per:(i + 1) * per],
-                            m.embed_group.bias[i * per:(i + 1) * per], padding=1)
-                   for i in range(g)], dim=1)
+    groups = [slice(i * per, (i + 1) * per) for i in range(g)]
+    e = torch.cat([F.conv2d(q[:, sl], m.embed_group.weight[sl], m.embed_group.bias[sl], padding=1)
+                   for sl in groups], dim=1)
     k = torch.einsum("oc,bchw->bohw", m.embed_point.weight[:, :, 0, 0], torch.relu(e))
     k = k + m.embed_point.bias[None, :, None, None]
     a = torch.sigmoid(k.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3))

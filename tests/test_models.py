@@ -1,4 +1,4 @@
-"""Model registry: every model × attention variant; hook points; sizes; parameter and FLOP counts."""
+"""Model registry: every model × attention variant, hook points, sizes, parameters, FLOPs."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def test_deterministic_for_seed(name, attention):
 
 @pytest.mark.parametrize("name", ["resnet8", "resnet18"])
 def test_resnet_hooks_are_block_outputs(name):
-    """stem → layer1.0 → … → pool → fc is a chain: each hook's output is the next one's input."""
+    """stem → layer1.0 → … → pool → fc is a chain: each hook's output is the next's input."""
     model = _model(name, "se")
     ins, outs = {}, {}
     handles = []

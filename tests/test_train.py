@@ -280,9 +280,11 @@ def test_same_seed_is_bit_identical_and_other_seed_differs(reference, digits, tm
     assert log_without_times(reference) == log_without_times(tmp_path / "again")
     assert checkpoint_sha256(reference) == checkpoint_sha256(tmp_path / "again")
     assert [e for e, _ in list_checkpoints(tmp_path / "again")] == [3, 2]  # keep the last two
+    rng_state = torch.get_rng_state()
     out = train({**SPEC, "seed": 1}, digits, tmp_path / "seed1", device="cpu", progress=False,
                 stop_after_epoch=1)
     assert out == {"complete": False, "epochs_done": 1, "epochs": 3}
+    assert torch.equal(torch.get_rng_state(), rng_state)  # the global RNG is left as it was
     other = weights(tmp_path / "seed1", 1)
     assert not torch.equal(other["conv1.weight"], weights(reference, 1)["conv1.weight"])
 
@@ -292,11 +294,15 @@ def test_resume_after_stop_equals_uninterrupted_run(reference, digits, tmp_path)
     train(SPEC, digits, run, device="cpu", progress=False, stop_after_epoch=1)
     assert [e for e, _ in list_checkpoints(run)] == [1]
     assert not (run / "model.pt").exists() and not (run / "metrics.json").exists()
-    assert len(read_json(run / "train_log.json")["epochs"]) == 1
+    first = read_json(run / "train_log.json")["epochs"]
+    assert len(first) == 1
     metrics = train(SPEC, digits, run, device="cpu", progress=False)
     assert metrics["complete"] and metrics["epochs"] == 3
     assert_same_weights(weights(reference), weights(run))
     assert log_without_times(reference) == log_without_times(run)
+    # epoch 1 was resumed, not retrained (a retrained epoch would be bit-identical too,
+    # so the wall time copied from the checkpoint's log is the witness)
+    assert read_json(run / "train_log.json")["epochs"][0]["seconds"] == first[0]["seconds"]
     # a finished run called again only rewrites the same final artifacts
     again = train(SPEC, digits, run, device="cpu", progress=False)
     assert again["model_sha256"] == metrics["model_sha256"]
@@ -312,6 +318,9 @@ def test_resume_after_kill_mid_epoch_and_corrupt_checkpoint(reference, digits, t
     train(SPEC, digits, run, device="cpu", progress=False)
     assert_same_weights(weights(reference), weights(run))
     assert not list(run.rglob("*.tmp"))
+    ref_seconds = [r["seconds"] for r in read_json(reference / "train_log.json")["epochs"]]
+    seconds = [r["seconds"] for r in read_json(run / "train_log.json")["epochs"]]
+    assert seconds[0] == ref_seconds[0] and seconds[1] != ref_seconds[1]  # resumed after epoch 1
     # newest checkpoint truncated (e.g. the disk filled up): fall back to the previous one
     run = tmp_path / "corrupt"
     (run / "checkpoints").mkdir(parents=True)
@@ -322,6 +331,8 @@ def test_resume_after_kill_mid_epoch_and_corrupt_checkpoint(reference, digits, t
         train(SPEC, digits, run, device="cpu", progress=False)
     assert_same_weights(weights(reference), weights(run))
     assert log_without_times(reference) == log_without_times(run)
+    seconds = [r["seconds"] for r in read_json(run / "train_log.json")["epochs"]]
+    assert seconds[0] == ref_seconds[0] and seconds[1] != ref_seconds[1]
 
 
 def test_spec_mismatch_is_an_error(reference, digits, tmp_path):

@@ -72,7 +72,7 @@ def build_graphs(embed_dir: str | Path, out_dir: str | Path, *, k: int, distance
         t0 = time.perf_counter()
         try:
             idx, dist, info = knn(x, k, distance, backend, index_path=annoy_path,
-                                  progress=progress, **options)
+                                  **{"progress": progress, **options})
         except ValueError as err:
             raise ValueError(f"{emb_path} ({stem}): {err}") from err
         seconds = time.perf_counter() - t0

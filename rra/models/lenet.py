@@ -6,7 +6,8 @@ conv1 6@5×5 pad 2 → relu1 → pool1 (max 2×2) → conv2 16@5×5 → relu2 �
 image play the role of the original 32×32 input]
 
 Other sizes [ours]: the layers are the same and conv3's output is S × S with
-S = ⌊(⌊H/2⌋ − 4)/2⌋ − 4 (28 → 1, 32 → 2, 64 → 10); it is flattened and fc1 takes 120·S² inputs.
+S = ⌊(⌊H/2⌋ − 4)/2⌋ − 4 (28 → 1, 32 → 2, 64 → 10); it is flattened and fc1 takes 120·S²
+inputs.
 Inputs smaller than 28 leave no room for conv3 and are refused. The flatten is a reshape in
 ``forward`` (not a hook point: it only re-lays out relu3's output). ReLUs are not in-place.
 Parameters at 1×28×28, 10 classes: 61,706. Initialisation: PyTorch defaults.

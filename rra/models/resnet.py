@@ -142,7 +142,8 @@ class ResNet(nn.Module):
         return self.fc(self.pool(x))
 
 
-def _check_common(name: str, in_channels: int, num_classes: int, image_size: int) -> tuple[int, int]:
+def _check_common(name: str, in_channels: int, num_classes: int,
+                  image_size: int) -> tuple[int, int]:
     positive_int(image_size, "image_size", name)  # any size works; checked for a clear error
     return (positive_int(in_channels, "in_channels", name),
             positive_int(num_classes, "num_classes", name))

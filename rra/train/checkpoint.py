@@ -62,6 +62,13 @@ def remove_stale_temporaries(run_dir: PathLike) -> list[Path]:
     return gone
 
 
+def _save(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` atomically, through a file handle: given a path, torch names the zip's
+    inner folder after the (random) temporary file, so equal contents would hash differently."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(state, fh)
+
+
 def _cpu_state(state: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
 
@@ -81,8 +88,7 @@ def save_checkpoint(run_dir: PathLike, epoch: int, spec: dict, model: torch.nn.M
         "scheduler": scheduler.state_dict(),
         "log": log,
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    _save(state, path)
     if keep is not None:
         for _, old in list_checkpoints(run_dir)[max(1, int(keep)):]:
             old.unlink(missing_ok=True)
@@ -136,8 +142,7 @@ def save_model(run_dir: PathLike, model: torch.nn.Module, spec: dict,
     path = Path(run_dir) / "model.pt"
     state = {"format": MODEL_FORMAT, "state_dict": _cpu_state(model.state_dict()),
              "spec": spec, "model_args": model_args}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    _save(state, path)
     return path
 
 
