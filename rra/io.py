@@ -117,7 +117,7 @@ class NpyRowWriter:
             raise ValueError(f"{self.path.name}: row shape {rows.shape[1:]} != {self.shape[1:]}")
         if self.rows + rows.shape[0] > self.shape[0]:
             raise ValueError(f"{self.path.name}: more than {self.shape[0]} rows written")
-        self._fh.write(rows.tobytes())
+        self._fh.write(memoryview(rows).cast("B"))  # no copy of the batch
         self.rows += rows.shape[0]
 
     def close(self) -> Path:

@@ -15,7 +15,7 @@ rule prepare_data:
     resources:
         mem_mb=4000,
     shell:
-        "{RRA} prepare --dataset {wildcards.dataset} --data-dir {params.data_dir:q}"
+        "{RRA} prepare --dataset {wildcards.dataset} --data-dir={params.data_dir:q}"
         " --options {params.options:q} --out {RESULTS}/data/{wildcards.dataset} 2> {log}"
 
 

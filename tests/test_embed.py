@@ -465,3 +465,41 @@ def test_dump_on_cuda_matches_cpu(tmp_path):
     for e in man["entries"]:
         np.testing.assert_allclose(np.load(tmp_path / e["file"]), ref[(e["hook"], e["scale"])],
                                    rtol=1e-3, atol=1e-4)
+
+
+def test_embed_run_end_to_end_with_real_stages(tmp_path):
+    """rra.data (mnist5k) + a saved lenet5 run + rra.embed, against a direct forward pass."""
+    data = pytest.importorskip("rra.data")
+    models = pytest.importorskip("rra.models")
+    checkpoint = pytest.importorskip("rra.train.checkpoint")
+    try:
+        data.prepare_dataset("mnist5k", tmp_path / "data")
+    except (FileNotFoundError, ImportError) as err:
+        pytest.skip(f"mnist5k not available: {err}")
+    split_dir = tmp_path / "data" / "test"
+    probe_path = tmp_path / "probe" / "test-n2-s0.npy"
+    probe = data.select_probe(split_dir, 2, 0, probe_path)
+    torch.manual_seed(0)
+    args = {"name": "lenet5", "in_channels": 1, "num_classes": 10, "image_size": 28,
+            "attention": "none", "attention_kwargs": {}, "kwargs": {}}
+    model = models.build_model("lenet5", in_channels=1, num_classes=10, image_size=28)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    checkpoint.save_model(run_dir, model, {"model": "lenet5"}, args)
+    out = tmp_path / "embed"
+    man = embed_run(run_dir, split_dir, probe_path, out, scales=[1, 2, "full"], batch_size=7,
+                    device="cpu")
+    split = data.load_split(split_dir)
+    x = torch.from_numpy(data.normalise(np.asarray(split.images[probe]), split.info))
+    ref = reference(model, x, model.hook_names, [1, 2, "full"])
+    assert man["hooks"] == model.hook_names and man["n"] == 20
+    assert (man["dataset"], man["split"]) == ("mnist5k", "test")
+    assert man["checkpoint_sha256"] == sha256_file(run_dir / "model.pt")
+    np.testing.assert_array_equal(np.load(out / "labels.npy"), split.labels[probe])
+    assert {(e["hook"], e["scale"]) for e in man["entries"]} == set(ref)
+    for e in man["entries"]:
+        np.testing.assert_allclose(np.load(out / e["file"]), ref[(e["hook"], e["scale"])],
+                                   rtol=1e-5, atol=1e-5, err_msg=e["file"])
+    np.save(probe_path, probe[::-1].copy())  # indices no longer match the sidecar's hash
+    with pytest.raises(ValueError, match="differ from the hash"):
+        embed_run(run_dir, split_dir, probe_path, out, scales=[1], device="cpu")

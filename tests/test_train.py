@@ -296,6 +296,10 @@ def test_resume_after_stop_equals_uninterrupted_run(reference, digits, tmp_path)
     assert not (run / "model.pt").exists() and not (run / "metrics.json").exists()
     first = read_json(run / "train_log.json")["epochs"]
     assert len(first) == 1
+    ckpt_hash = sha256_file(run / "checkpoints" / "epoch-001.pt")
+    assert train(SPEC, digits, run, device="cpu", progress=False, stop_after_epoch=1) == \
+        {"complete": False, "epochs_done": 1, "epochs": 3}  # nothing left to do up to epoch 1
+    assert sha256_file(run / "checkpoints" / "epoch-001.pt") == ckpt_hash
     metrics = train(SPEC, digits, run, device="cpu", progress=False)
     assert metrics["complete"] and metrics["epochs"] == 3
     assert_same_weights(weights(reference), weights(run))

@@ -8,7 +8,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from rra.embed.dump import dump_embeddings
-from rra.io import PathLike, load_npy, save_npy, sha256_file
+from rra.io import PathLike, load_npy, read_json, save_npy, sha256_array, sha256_file
 
 
 class ProbeRows:
@@ -31,16 +31,21 @@ class ProbeRows:
         return np.asarray(self.images[self.probe[rows]])
 
 
-def load_probe(probe_path: PathLike, n_rows: int) -> np.ndarray:
+def load_probe(probe_path: PathLike, n_rows: int, split_dir: PathLike | None = None
+               ) -> np.ndarray:
     """Probe row indices from ``probe_path`` (.npy, next to its .json sidecar), validated.
 
     Raises ``FileNotFoundError`` for a missing file or sidecar and ``ValueError`` unless the
-    indices are a non-empty 1-D integer array of distinct rows in [0, n_rows).
+    indices are a non-empty 1-D integer array of distinct rows in [0, n_rows). Where the
+    sidecar records them (``rra.data.select_probe``), the indices' hash (``indices_sha256``)
+    and the split manifest's hash (``split_manifest_sha256``, checked against
+    ``split_dir/manifest.json``) must match: a probe set drawn from another split is an error.
     """
     probe_path = Path(probe_path)
-    sidecar = probe_path.with_suffix(".json")
-    if not sidecar.is_file():
-        raise FileNotFoundError(f"missing probe sidecar {sidecar} next to {probe_path}")
+    sidecar_path = probe_path.with_suffix(".json")
+    if not sidecar_path.is_file():
+        raise FileNotFoundError(f"missing probe sidecar {sidecar_path} next to {probe_path}")
+    sidecar = read_json(sidecar_path)
     probe = np.asarray(load_npy(probe_path, mmap=False))
     if probe.ndim != 1 or probe.size == 0 or not np.issubdtype(probe.dtype, np.integer):
         raise ValueError(f"{probe_path}: probe indices must be a non-empty 1-D integer array, "
@@ -49,6 +54,14 @@ def load_probe(probe_path: PathLike, n_rows: int) -> np.ndarray:
         raise ValueError(f"{probe_path}: probe index out of range [0, {n_rows}) of the split")
     if np.unique(probe).size != probe.size:
         raise ValueError(f"{probe_path}: probe indices repeat a row")
+    if "indices_sha256" in sidecar and sha256_array(probe) != sidecar["indices_sha256"]:
+        raise ValueError(f"{probe_path}: indices differ from the hash in {sidecar_path}")
+    split_manifest = Path(split_dir) / "manifest.json" if split_dir is not None else None
+    if ("split_manifest_sha256" in sidecar and split_manifest is not None
+            and split_manifest.is_file()
+            and sha256_file(split_manifest) != sidecar["split_manifest_sha256"]):
+        raise ValueError(f"{probe_path} was drawn from another split than {split_manifest.parent} "
+                         f"(split_manifest_sha256 in {sidecar_path} differs)")
     return probe.astype(np.int64)
 
 
@@ -61,7 +74,8 @@ def embed_run(run_dir: PathLike, split_dir: PathLike, probe_path: PathLike, out_
     probe order, normalised for the model, at every hook of ``model.hook_names`` and every
     applicable scale (:func:`rra.embed.dump_embeddings`). Also writes the probe rows' labels to
     ``out_dir/labels.npy`` (int64, n) for the metrics stage. Every record carries the SHA-256 of
-    ``run_dir/model.pt`` and of the probe file, and the dataset and split names.
+    ``run_dir/model.pt`` and of the probe .npy file, and the dataset and split names. The probe
+    set is checked against its sidecar and the split (:func:`load_probe`).
     """
     from rra.data import dataset_info, load_split, normalise
     from rra.train import load_trained
@@ -71,7 +85,7 @@ def embed_run(run_dir: PathLike, split_dir: PathLike, probe_path: PathLike, out_
     if not checkpoint.is_file():
         raise FileNotFoundError(f"missing trained model {checkpoint}")
     split = load_split(split_dir)
-    probe = load_probe(probe_path, int(split.images.shape[0]))
+    probe = load_probe(probe_path, int(split.images.shape[0]), split_dir)
     dataset = split.manifest.get("dataset", split_dir.parent.name)
     info = dataset_info(dataset)
     model = load_trained(run_dir)

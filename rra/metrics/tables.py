@@ -182,45 +182,45 @@ def classrepsim_rows(g: RunGraphs, ks: list[int]) -> list[dict]:
     return rows
 
 
-def peer_rows(g: RunGraphs, ks: list[int]) -> list[dict]:
-    from rra.metrics import peers
+PEERS = ("mutual_knn", "cycle_knn", "rank_similarity", "second_order_cosine")
+CKA = ("linear_cka", "linear_cka_debiased")
 
-    rows: list[dict] = []
-    for scale in g.scales:
-        hooks = g.hooks_at(scale)
-        for k in ks:
-            for a, b in _pairs(hooks, ordered=True):
-                ga, gb = g.graph(a, scale), g.graph(b, scale)
-                common = dict(hook_a=a, hook_b=b, pos_a=g.pos[a], pos_b=g.pos[b], scale_a=scale,
-                              scale_b=scale, k=k)
-                rows.append(dict(common, measure="cycle_knn", value=peers.cycle_knn(ga, gb, k)))
-                if g.pos[a] < g.pos[b]:  # symmetric measures: computed once, stored both ways
-                    values = {
-                        "mutual_knn": peers.mutual_knn(ga, gb, k),
-                        "rank_similarity": peers.rank_similarity(ga, gb, k),
-                        "second_order_cosine": peers.second_order_cosine(
-                            ga, gb, g.embedding(a, scale), g.embedding(b, scale), k, g.distance),
-                    }
-                    for measure, v in values.items():
-                        rows.append(dict(common, measure=measure, value=float(v)))
-                        rows.append(dict(common, measure=measure, hook_a=b, hook_b=a, pos_a=g.pos[b],
-                                         pos_b=g.pos[a], value=float(v)))
-    return rows
+
+def peer_rows(g: RunGraphs, ks: list[int]) -> list[dict]:
+    """kNN-based peer measures for every ordered hook pair at each scale.
+
+    Symmetric measures (declared in MEASURES) are computed once per pair and stored both ways.
+    """
+    from rra.metrics import MEASURES
+
+    return _pair_rows(g, [MEASURES[m] for m in PEERS], ks)
 
 
 def cka_rows(g: RunGraphs) -> list[dict]:
-    from rra.metrics.cka import linear_cka
+    from rra.metrics import MEASURES
 
+    return _pair_rows(g, [MEASURES[m] for m in CKA], [None])
+
+
+def _pair_rows(g: RunGraphs, measures: list, ks: list[int | None]) -> list[dict]:
     rows: list[dict] = []
     for scale in g.scales:
         hooks = g.hooks_at(scale)
-        for a, b in _pairs(hooks, ordered=False):
-            xa, xb = g.embedding(a, scale), g.embedding(b, scale)
-            for measure, debiased in (("cka_linear", False), ("cka_linear_debiased", True)):
-                v = float(linear_cka(xa, xb, debiased=debiased))
-                for x, y in ((a, b), (b, a)):
-                    rows.append(dict(measure=measure, hook_a=x, hook_b=y, pos_a=g.pos[x], pos_b=g.pos[y],
-                                     scale_a=scale, scale_b=scale, value=v))
+        for a, b in _pairs(hooks, ordered=True):
+            for measure in measures:
+                if measure.symmetric and g.pos[a] > g.pos[b]:
+                    continue
+                for k in ks:
+                    if measure.kind == "embeddings":
+                        v = measure.fn(g.embedding(a, scale), g.embedding(b, scale))
+                    elif measure.kind == "pair+embeddings":
+                        v = measure.fn(g.graph(a, scale), g.graph(b, scale), g.embedding(a, scale),
+                                       g.embedding(b, scale), k, g.distance)
+                    else:
+                        v = measure.fn(g.graph(a, scale), g.graph(b, scale), k)
+                    for x, y in ((a, b), (b, a)) if measure.symmetric else ((a, b),):
+                        rows.append(dict(measure=measure.name, hook_a=x, hook_b=y, pos_a=g.pos[x],
+                                         pos_b=g.pos[y], scale_a=scale, scale_b=scale, k=k, value=float(v)))
     return rows
 
 

@@ -209,8 +209,9 @@ def train(spec: dict[str, Any], data_dir: PathLike, out_dir: PathLike, device: A
     finds checkpoints in ``out_dir`` resumes after the newest one that loads (see
     :func:`rra.train.checkpoint.load_resume_checkpoint`); checkpoints of another spec are an
     error. ``keep_checkpoints``: how many epoch checkpoints to keep (``None``: all).
-    ``stop_after_epoch``: return after that epoch's checkpoint without the final artifacts (a
-    time-limited job, or a test of resuming); the returned dict then has ``complete: False``.
+    ``stop_after_epoch``: train no epoch beyond this one; if that leaves the run unfinished,
+    return ``{"complete": False, "epochs_done", "epochs"}`` without writing ``model.pt`` and
+    ``metrics.json`` (a time-limited job, or a test of resuming; rerun to continue).
     Returns the final metrics (the contents of ``metrics.json``).
     """
     from rra.data import dataset_info
@@ -277,6 +278,8 @@ def _run(spec: dict, info: Any, train_set: SplitArrays, eval_set: SplitArrays, o
 
     with tqdm(total=epochs, initial=done, desc=f"train {run}", unit="epoch", disable=disable) as ebar:
         for epoch in range(done + 1, epochs + 1):
+            if stop_after_epoch is not None and epoch > stop_after_epoch:
+                return {"complete": False, "epochs_done": epoch - 1, "epochs": epochs}
             t0 = time.perf_counter()
             prev = snapshot(model)
             lr = optimizer.param_groups[0]["lr"]
@@ -297,8 +300,6 @@ def _run(spec: dict, info: Any, train_set: SplitArrays, eval_set: SplitArrays, o
             write_log(out_dir, spec, log)
             ebar.update(1)
             ebar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.3f}", eval_acc=f"{eval_acc:.3f}")
-            if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < epochs:
-                return {"complete": False, "epochs_done": epoch, "epochs": epochs}
 
     write_log(out_dir, spec, log)  # also when resuming a finished run
     model_path = ckpt.save_model(out_dir, model, spec, model_args)

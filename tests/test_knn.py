@@ -1,0 +1,359 @@
+"""Tests of the common kNN model (rra.knn) against brute-force float64 references."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rra.knn import (build_graphs, choose_backend, knn, knn_annoy, knn_exact, load_graph,
+                     load_manifest, recall_at_k)
+from rra.knn.common import prepare_points
+from rra.knn.exact import exact_neighbours
+
+
+def brute_force(x: np.ndarray, k: int, distance: str = "euclidean"):
+    """Reference: full float64 distance matrix, each row lexsorted by (distance, index)."""
+    z = np.asarray(x, dtype=np.float64)
+    if distance == "cosine":
+        z = z / np.linalg.norm(z, axis=1)[:, None]
+    d2 = ((z[:, None, :] - z[None, :, :]) ** 2).sum(axis=-1)
+    n = z.shape[0]
+    idx = np.empty((n, k), dtype=np.int64)
+    for i in range(n):
+        order = np.lexsort((np.arange(n), d2[i]))
+        idx[i] = order[order != i][:k]
+    return idx, np.sqrt(np.take_along_axis(d2, idx, axis=1))
+
+
+def assert_matches_reference(x, k, distance="euclidean", **opts):
+    idx, dist = knn_exact(x, k, distance, progress=False, **opts)
+    ref_idx, ref_dist = brute_force(x, k, distance)
+    assert idx.dtype == np.int32 and dist.dtype == np.float32
+    assert idx.shape == dist.shape == (len(x), k)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(dist, ref_dist, rtol=1e-6, atol=1e-7)
+    return idx, dist
+
+
+def blobs(n=3000, d=32, centres=20, seed=0, spread=4.0):
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, d)) * spread
+    return (c[rng.integers(0, centres, n)] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- exact backend
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+@pytest.mark.parametrize("block_rows", [None, 37, 1])
+def test_exact_random_matches_brute_force(distance, block_rows):
+    x = np.random.default_rng(1).normal(size=(203, 12)).astype(np.float32)
+    assert_matches_reference(x, 7, distance, block_rows=block_rows)
+
+
+def test_exact_ties_at_kth_boundary_keep_smallest_indices():
+    # 2-D integer grid: many equal distances, also at the k-th place (k = 6: 4 at 1, then 4 at √2)
+    g = np.stack(np.meshgrid(np.arange(9), np.arange(7), indexing="ij"), -1).reshape(-1, 2)
+    x = g.astype(np.float32)
+    idx, dist = assert_matches_reference(x, 6, block_rows=10)
+    centre = 4 * 7 + 3  # grid point (4, 3): neighbours at 1 are rows 24, 30, 32, 38; at √2 23, 25, ...
+    np.testing.assert_array_equal(idx[centre], [24, 30, 32, 38, 23, 25])
+    np.testing.assert_allclose(dist[centre], [1, 1, 1, 1, np.sqrt(2), np.sqrt(2)], rtol=1e-7)
+
+
+def test_exact_duplicates_ordered_by_index():
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 3, size=(150, 3)).astype(np.float32)  # 27 distinct points: many duplicates
+    idx, dist = assert_matches_reference(x, 9, block_rows=16)
+    dup = np.flatnonzero((x == x[0]).all(axis=1))[1:]
+    n0 = min(9, dup.size)
+    np.testing.assert_array_equal(idx[0, :n0], dup[:n0])
+    assert (dist[0, :n0] == 0).all()
+
+
+def test_exact_k_is_n_minus_1_and_float64_int_memmap_inputs(tmp_path):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 5))
+    assert_matches_reference(x, 39, block_rows=6)                       # float64 input, k = n − 1
+    assert_matches_reference(rng.integers(-5, 5, size=(60, 4)), 11)    # integer input
+    np.save(tmp_path / "x.npy", x.astype(np.float32))
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert_matches_reference(mm, 8, "cosine", block_rows=9)
+
+
+def test_exact_certification_rechecks_cancellation_rows():
+    # Two clusters far apart with tiny spread: after centring ‖c‖² ≈ 1e6 while neighbour
+    # distances² ≈ 1e-6, far below float32 resolution, so candidates alone cannot be trusted.
+    rng = np.random.default_rng(4)
+    x = rng.normal(scale=1e-3, size=(120, 6))
+    x[:60, 0] += 1e3
+    x[60:, 0] -= 1e3
+    assert_matches_reference(x, 5, block_rows=50)
+    _, _, stats = exact_neighbours(prepare_points(x, "euclidean"), 5, block_rows=50,
+                                   progress=False)
+    assert stats["rows_rechecked"] > 0
+
+
+def test_exact_float64_products_and_queries_subset():
+    x = blobs(n=300, d=10, seed=5)
+    ref_idx, ref_dist = brute_force(x, 4)
+    idx, dist = knn_exact(x, 4, dtype="float64", progress=False)
+    np.testing.assert_array_equal(idx, ref_idx)
+    rows = np.array([0, 17, 299, 5])
+    sub, sqd, _ = exact_neighbours(prepare_points(x, "euclidean"), 4, queries=rows, block_rows=3,
+                                   progress=False)
+    np.testing.assert_array_equal(sub, ref_idx[rows])
+    np.testing.assert_allclose(np.sqrt(sqd), ref_dist[rows], rtol=1e-12)
+
+
+def test_exact_prefix_property_and_sorted_rows():
+    x = np.random.default_rng(6).integers(0, 4, size=(90, 2)).astype(np.float32)  # heavy ties
+    idx10, dist10 = knn_exact(x, 10, block_rows=13, progress=False)
+    for k in (1, 3, 7):
+        idx, dist = knn_exact(x, k, block_rows=29, progress=False)
+        np.testing.assert_array_equal(idx, idx10[:, :k])
+        np.testing.assert_array_equal(dist, dist10[:, :k])
+    assert (np.diff(dist10, axis=1) >= 0).all()
+    assert (idx10 != np.arange(90)[:, None]).all()
+    tie = (np.diff(dist10, axis=1) == 0)
+    assert (np.diff(idx10, axis=1)[tie] > 0).all()
+
+
+def test_exact_deterministic():
+    x = blobs(n=500, d=16, seed=7)
+    a = knn_exact(x, 6, block_rows=77, progress=False)
+    b = knn_exact(x, 6, progress=False)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_exact_errors():
+    x = np.random.default_rng(8).normal(size=(20, 3))
+    with pytest.raises(ValueError, match="smaller than the number of rows"):
+        knn_exact(x, 20)
+    with pytest.raises(ValueError, match="at least 1"):
+        knn_exact(x, 0)
+    with pytest.raises(ValueError, match="integer"):
+        knn_exact(x, 2.5)
+    with pytest.raises(ValueError, match="2-D"):
+        knn_exact(x[0], 2)
+    with pytest.raises(ValueError, match="2-D"):
+        knn_exact(x[None], 2)
+    with pytest.raises(ValueError, match="unknown distance"):
+        knn_exact(x, 2, "manhattan")
+    with pytest.raises(ValueError, match="block_rows"):
+        knn_exact(x, 2, block_rows=0)
+    bad = x.copy()
+    bad[7, 1] = np.nan
+    bad[12, 0] = np.inf
+    with pytest.raises(ValueError, match="row 7 contains NaN or inf"):
+        knn_exact(bad, 2)
+    bad = x.copy()
+    bad[[3, 11]] = 0
+    with pytest.raises(ValueError, match=r"2 row\(s\) have zero norm.*rows 3, 11"):
+        knn_exact(bad, 2, "cosine")
+    knn_exact(bad, 2, "euclidean", progress=False)  # zero rows are fine under euclidean
+
+
+# --------------------------------------------------------------------------- annoy backend
+
+def sample_rows(n, size, seed):
+    """The documented recall sample: sorted seeded choice without replacement."""
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False))
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    x = blobs()
+    return x, knn_exact(x, 10, progress=False)
+
+
+def test_annoy_auto_meets_recall_target_truthfully(clustered, tmp_path):
+    x, (exact_idx, exact_dist) = clustered
+    idx, dist, info = knn_annoy(x, 10, "euclidean", n_trees=10, search_k="auto", seed=0,
+                                index_path=tmp_path / "g.annoy", progress=False)
+    assert idx.shape == (3000, 10) and idx.dtype == np.int32 and dist.dtype == np.float32
+    assert info["recall"] >= 0.95
+    rows = sample_rows(3000, 500, 0)
+    assert info["recall_sample"] == 500
+    assert info["recall"] == pytest.approx(recall_at_k(idx[rows], exact_idx[rows]), abs=1e-12)
+    # trajectory: doubling from n_trees·(k+1); only the last step meets the target
+    steps = [s for s, _ in info["tuning"]]
+    assert steps[0] == 10 * 11 and all(b == 2 * a for a, b in zip(steps, steps[1:]))
+    assert info["search_k"] == steps[-1]
+    assert info["tuning"][-1][1] == pytest.approx(info["recall"], abs=1e-12)
+    assert all(r < 0.95 for _, r in info["tuning"][:-1])
+    # whole-graph recall agrees with the sample estimate
+    assert recall_at_k(idx, exact_idx) == pytest.approx(info["recall"], abs=0.03)
+    # rows are sorted by (distance, index) with exact distances
+    assert (np.diff(dist, axis=1) >= 0).all() and (idx != np.arange(3000)[:, None]).all()
+    z = x.astype(np.float64)
+    np.testing.assert_allclose(dist, np.linalg.norm(z[idx] - z[:, None], axis=-1), rtol=1e-6)
+    assert (tmp_path / "g.annoy").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp.annoy")]
+
+
+def test_annoy_deterministic_graph_and_index_file(clustered, tmp_path):
+    x, _ = clustered
+    x = x[:1500]
+    runs = [knn_annoy(x, 10, "cosine", n_trees=5, search_k=200, seed=3,
+                      index_path=tmp_path / f"{r}.annoy", progress=False) for r in range(2)]
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    assert (tmp_path / "0.annoy").read_bytes() == (tmp_path / "1.annoy").read_bytes()
+    info = runs[0][2]
+    assert info["tuning"] == [] and info["search_k"] == 200 and info["metric"] == "angular"
+    exact_idx, _ = knn_exact(x, 10, "cosine", progress=False)
+    rows = sample_rows(1500, 500, 3)
+    assert info["recall"] == pytest.approx(recall_at_k(runs[0][0][rows], exact_idx[rows]))
+
+
+def test_annoy_short_rows_fall_back_to_exact():
+    x = np.random.default_rng(9).normal(size=(300, 6)).astype(np.float32)
+    idx, dist, info = knn_annoy(x, 8, "euclidean", n_trees=2, search_k=1, recall_sample=50,
+                                progress=False)
+    # search_k = 1 visits a single leaf (fewer than k + 1 rows): every row falls back to exact
+    assert info["rows_exact_fallback"] == 300
+    np.testing.assert_array_equal(idx, brute_force(x, 8)[0])
+    assert info["recall"] == 1.0
+
+
+def test_annoy_errors():
+    x = np.random.default_rng(10).normal(size=(30, 3))
+    for kwargs, msg in [({"n_trees": 0}, "n_trees"), ({"search_k": "fast"}, "search_k"),
+                        ({"search_k": 0}, "search_k"), ({"recall_target": 1.5}, "recall_target"),
+                        ({"recall_sample": 0}, "recall_sample")]:
+        with pytest.raises(ValueError, match=msg):
+            knn_annoy(x, 3, "euclidean", progress=False, **kwargs)
+    with pytest.raises(ValueError, match="smaller than the number of rows"):
+        knn_annoy(x, 30, "euclidean", progress=False)
+
+
+def test_recall_at_k():
+    a = np.array([[1, 2, 3], [0, 2, 3]])
+    e = np.array([[3, 2, 0], [1, 2, 3]])
+    assert recall_at_k(a, e) == pytest.approx((2 / 3 + 2 / 3) / 2)
+    assert recall_at_k(e, e) == 1.0
+    with pytest.raises(ValueError, match="same shape"):
+        recall_at_k(a, e[:, :2])
+
+
+# --------------------------------------------------------------------------- knn dispatcher
+
+def test_knn_auto_backend_by_budget():
+    x = blobs(n=200, d=8, seed=11)
+    assert choose_backend(200, 8, "auto", exact_budget=200 * 200 * 8) == "exact"
+    assert choose_backend(200, 8, "auto", exact_budget=200 * 200 * 8 - 1) == "annoy"
+    idx, dist, info = knn(x, 5, backend="auto", exact_budget=1e9, n_trees=4, progress=False)
+    assert info["backend"] == "exact" and info["recall"] == 1.0 and info["search_k"] is None
+    np.testing.assert_array_equal(idx, brute_force(x, 5)[0])
+    _, _, info = knn(x, 5, backend="auto", exact_budget=1e3, n_trees=4, block_rows=7,
+                     progress=False)
+    assert info["backend"] == "annoy" and info["backend_requested"] == "auto"
+    assert info["n_trees"] == 4
+    with pytest.raises(ValueError, match="unknown kNN option"):
+        knn(x, 5, backend="exact", n_tree=4)
+    with pytest.raises(ValueError, match="unknown kNN backend"):
+        knn(x, 5, backend="faiss")
+
+
+# --------------------------------------------------------------------------- stage
+
+def write_embed_dir(root: Path, shapes: dict[tuple[str, str], tuple[int, int]]) -> Path:
+    rng = np.random.default_rng(12)
+    entries = []
+    for (hook, scale), shape in shapes.items():
+        name = f"{hook}@{scale}.npy"
+        np.save(root / name, rng.normal(size=shape).astype(np.float32))
+        entries.append({"hook": hook, "scale": scale, "file": name, "shape": list(shape)})
+    hooks = list(dict.fromkeys(h for h, _ in shapes))
+    scales = list(dict.fromkeys(s for _, s in shapes))
+    (root / "manifest.json").write_text(json.dumps({"entries": entries, "hooks": hooks,
+                                                    "scales": scales}))
+    return root
+
+
+@pytest.fixture()
+def embed_dir(tmp_path):
+    root = tmp_path / "embed"
+    root.mkdir()
+    return write_embed_dir(root, {("layer1.0", "1"): (80, 16), ("layer1.0", "full"): (80, 64),
+                                  ("fc", "full"): (80, 10)})
+
+
+def test_build_graphs_load_graph_round_trip(embed_dir, tmp_path):
+    out = tmp_path / "knn" / "euclidean-exact"
+    manifest = build_graphs(embed_dir, out, k=6, distance="euclidean", backend="exact",
+                            options={"block_rows": 11}, progress=False)
+    assert manifest == load_manifest(out)
+    assert manifest["k_max"] == 6 and manifest["backend"] == "exact"
+    assert [(e["hook"], e["scale"]) for e in manifest["entries"]] == \
+        [("layer1.0", "1"), ("layer1.0", "full"), ("fc", "full")]
+    assert manifest["hooks"] == ["layer1.0", "fc"]
+    for entry in manifest["entries"]:
+        x = np.load(embed_dir / f"{entry['hook']}@{entry['scale']}.npy")
+        ref_idx, ref_dist = brute_force(x, 6)
+        idx, dist = load_graph(out, entry["hook"], entry["scale"])
+        np.testing.assert_array_equal(idx, ref_idx)
+        np.testing.assert_allclose(dist, ref_dist, rtol=1e-6)
+        idx3, dist3 = load_graph(out, entry["hook"], entry["scale"], k=3)
+        np.testing.assert_array_equal(idx3, ref_idx[:, :3])
+        np.testing.assert_array_equal(idx3, knn_exact(x, 3, progress=False)[0])
+        side = json.loads((out / f"{entry['hook']}@{entry['scale']}.json").read_text())
+        assert side["backend"] == "exact" and side["k"] == 6 and side["info"]["recall"] == 1.0
+        assert side["embedding"]["sha256"] == entry["embedding_sha256"]
+        assert "versions" in side["provenance"]
+        assert entry["recall"] == 1.0 and entry["search_k"] is None
+    assert not list(out.glob("*.annoy"))
+    assert not list(out.glob(".*tmp*"))
+    assert load_graph(out, "fc", "full")[0].dtype == np.int32
+
+
+def test_build_graphs_annoy_writes_index_and_recall(embed_dir, tmp_path):
+    out = tmp_path / "knn" / "cosine-annoy"
+    manifest = build_graphs(embed_dir, out, k=5, distance="cosine", backend="annoy",
+                            options={"n_trees": 4, "seed": 1, "recall_sample": 40},
+                            progress=False)
+    for entry in manifest["entries"]:
+        stem = f"{entry['hook']}@{entry['scale']}"
+        assert (out / f"{stem}.annoy").is_file() and entry["files"]["annoy"] == f"{stem}.annoy"
+        assert entry["backend"] == "annoy" and 0 < entry["recall"] <= 1
+        side = json.loads((out / f"{stem}.json").read_text())
+        assert side["info"]["search_k"] == entry["search_k"] and side["info"]["seed"] == 1
+        assert side["provenance"]["seed"] == 1
+
+
+def test_stage_errors(embed_dir, tmp_path):
+    out = tmp_path / "knn" / "euclidean-exact"
+    build_graphs(embed_dir, out, k=4, distance="euclidean", backend="exact", options={},
+                 progress=False)
+    with pytest.raises(ValueError, match=r"no graph for hook 'conv9'.*available: layer1.0@1, "
+                                         r"layer1.0@full, fc@full"):
+        load_graph(out, "conv9", "full")
+    with pytest.raises(ValueError, match="k_max = 4"):
+        load_graph(out, "fc", "full", k=5)
+    with pytest.raises(FileNotFoundError, match="missing kNN manifest"):
+        load_graph(tmp_path / "nowhere", "fc", "full")
+    # a failing rebuild leaves no manifest behind (its presence means complete graphs)
+    (embed_dir / "fc@full.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="fc@full.npy"):
+        build_graphs(embed_dir, out, k=4, distance="euclidean", backend="exact", options={},
+                     progress=False)
+    assert not (out / "manifest.json").exists()
+    with pytest.raises(ValueError, match=r"layer1.0@1.*smaller than the number of rows"):
+        build_graphs(embed_dir, out, k=80, distance="euclidean", backend="exact", options={},
+                     progress=False)
+    with pytest.raises(ValueError, match="unknown kNN backend"):
+        build_graphs(embed_dir, out, k=4, distance="euclidean", backend="hnsw", options={})
+    with pytest.raises(FileNotFoundError, match="missing JSON file"):
+        build_graphs(tmp_path, out, k=4, distance="euclidean", backend="exact", options={})
+    shape_bad = tmp_path / "bad"
+    shape_bad.mkdir()
+    write_embed_dir(shape_bad, {("fc", "full"): (30, 4)})
+    manifest = json.loads((shape_bad / "manifest.json").read_text())
+    manifest["entries"][0]["shape"] = [31, 4]
+    (shape_bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="differs from the embed manifest"):
+        build_graphs(shape_bad, out, k=4, distance="euclidean", backend="exact", options={})
