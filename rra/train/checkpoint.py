@@ -97,12 +97,15 @@ def save_checkpoint(run_dir: PathLike, epoch: int, spec: dict, model: torch.nn.M
 
 def spec_mismatch(stored: dict, spec: dict) -> list[str]:
     """Keys whose values differ between a stored spec and the current one."""
-    return sorted(k for k in set(stored) | set(spec) if stored.get(k, "<absent>") != spec.get(k, "<absent>"))
+    absent = "<absent>"
+    keys = set(stored) | set(spec)
+    return sorted(k for k in keys if stored.get(k, absent) != spec.get(k, absent))
 
 
 def mismatch_error(path: Path, stored: dict, spec: dict, run_dir: Path) -> ValueError:
     keys = spec_mismatch(stored, spec)
-    detail = ", ".join(f"{k}: {stored.get(k, '<absent>')!r} -> {spec.get(k, '<absent>')!r}" for k in keys)
+    detail = ", ".join(f"{k}: {stored.get(k, '<absent>')!r} -> {spec.get(k, '<absent>')!r}"
+                       for k in keys)
     return ValueError(f"{path} was written for a different training spec ({detail}); "
                       f"delete the run directory {run_dir} to train it from scratch")
 
@@ -150,7 +153,8 @@ def read_model_file(run_dir: PathLike) -> dict[str, Any]:
     """Load ``run_dir/model.pt`` with ``weights_only=True``; clear errors if missing or damaged."""
     path = Path(run_dir) / "model.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"no trained model at {path} (has `rra train` finished for this run?)")
+        raise FileNotFoundError(f"no trained model at {path} "
+                                "(has `rra train` finished for this run?)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001

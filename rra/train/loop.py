@@ -171,11 +171,14 @@ def deterministic(device: torch.device) -> Iterator[None]:
     """Deterministic kernels and a private copy of torch's global RNG, restored on exit."""
     cudnn = torch.backends.cudnn
     saved = (torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(), cudnn.benchmark, cudnn.deterministic)
+             torch.is_deterministic_algorithms_warn_only_enabled(), cudnn.benchmark,
+             cudnn.deterministic)
     cuda = device.type == "cuda"
     if cuda:  # cuBLAS reads this when it initialises; without it matmuls may vary run to run
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    rng_devices = [device.index if device.index is not None else torch.cuda.current_device()] if cuda else []
+    rng_devices = []
+    if cuda:
+        rng_devices = [device.index if device.index is not None else torch.cuda.current_device()]
     try:
         torch.use_deterministic_algorithms(True, warn_only=cuda)
         cudnn.benchmark, cudnn.deterministic = False, True
@@ -276,7 +279,8 @@ def _run(spec: dict, info: Any, train_set: SplitArrays, eval_set: SplitArrays, o
     n_batches = len(batch_bounds(len(train_set), spec["batch_size"]))
     disable = None if progress else True
 
-    with tqdm(total=epochs, initial=done, desc=f"train {run}", unit="epoch", disable=disable) as ebar:
+    with tqdm(total=epochs, initial=done, desc=f"train {run}", unit="epoch",
+              disable=disable) as ebar:
         for epoch in range(done + 1, epochs + 1):
             if stop_after_epoch is not None and epoch > stop_after_epoch:
                 return {"complete": False, "epochs_done": epoch - 1, "epochs": epochs}
@@ -299,7 +303,8 @@ def _run(spec: dict, info: Any, train_set: SplitArrays, eval_set: SplitArrays, o
             ckpt.save_checkpoint(out_dir, epoch, spec, model, optimizer, scheduler, log, keep)
             write_log(out_dir, spec, log)
             ebar.update(1)
-            ebar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.3f}", eval_acc=f"{eval_acc:.3f}")
+            ebar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.3f}",
+                             eval_acc=f"{eval_acc:.3f}")
 
     write_log(out_dir, spec, log)  # also when resuming a finished run
     model_path = ckpt.save_model(out_dir, model, spec, model_args)

@@ -154,7 +154,8 @@ def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
     if milestones is None:
         milestones = []
     if (not isinstance(milestones, (list, tuple))
-            or any(isinstance(m, bool) or not isinstance(m, (int, np.integer)) for m in milestones)):
+            or any(isinstance(m, bool) or not isinstance(m, (int, np.integer))
+                   for m in milestones)):
         raise _err("milestones", f"expected a list of epoch numbers, got {milestones!r}")
     milestones = [int(m) for m in milestones]
     if any(m < 1 for m in milestones) or any(b <= a for a, b in zip(milestones, milestones[1:])):
@@ -165,11 +166,12 @@ def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         return json.loads(json.dumps(out, sort_keys=True))
     except (TypeError, ValueError) as err:
-        raise ValueError(f"training spec must hold JSON values only (kwargs included): {err}") from err
+        raise ValueError(f"training spec must hold JSON values only (kwargs included): "
+                         f"{err}") from err
 
 
 def lr_factor(spec: dict[str, Any], completed_epochs: int) -> float:
-    """Multiplier of ``spec['lr']`` for the epoch after ``completed_epochs`` epochs (see module doc)."""
+    """Multiplier of ``spec['lr']`` for the epoch after ``completed_epochs`` epochs (module doc)."""
     t = int(completed_epochs)
     if spec["schedule"] == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * t / spec["epochs"]))
@@ -184,5 +186,6 @@ def derive_seed(seed: int, stream: int, *more: int) -> int:
     ``numpy.random.SeedSequence`` hashes the tuple, so neighbouring seeds or epochs give
     unrelated streams, and the value depends on nothing but its arguments.
     """
-    words = np.random.SeedSequence([int(seed), int(stream), *map(int, more)]).generate_state(2, np.uint32)
+    entropy = [int(seed), int(stream), *map(int, more)]
+    words = np.random.SeedSequence(entropy).generate_state(2, np.uint32)
     return int((int(words[0]) << 31) ^ int(words[1])) & ((1 << 63) - 1)

@@ -35,7 +35,7 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def relative_weight_change(prev: torch.Tensor, curr: torch.Tensor,
                            eps: float = EPS) -> dict[str, float]:
-    """``{"l1": ‖ΔW‖₁/‖W_prev‖₁, "elementwise": mean |ΔW| / max(|W_prev|, ε)}`` in float64."""
+    """``{"l1": ‖ΔW‖₁ / ‖W_prev‖₁, "elementwise": mean |ΔW| / max(|W_prev|, ε)}``, float64."""
     if prev.shape != curr.shape:
         raise ValueError(f"weight shapes differ: {tuple(prev.shape)} vs {tuple(curr.shape)}")
     p = prev.detach().to(torch.float64)
