@@ -179,9 +179,13 @@ def probe_name(config: dict[str, Any]) -> str:
 
 
 def knn_params(config: dict[str, Any]) -> dict[str, Any]:
-    """Settings of the kNN stage: one graph per embedding at k_max = max(knn.k)."""
+    """Settings of the kNN stage: one graph per embedding at k_max = max(knn.k).
+
+    The Annoy block is flattened into the options of :func:`rra.knn.knn` (n_trees, search_k,
+    recall_target, recall_sample, seed); ``exact_budget`` decides the ``auto`` backend.
+    """
     knn = config["knn"]
-    return {"k": max(knn["k"]), "exact_budget": knn["exact_budget"], "annoy": dict(knn["annoy"])}
+    return {"k": max(knn["k"]), "exact_budget": knn["exact_budget"], **knn["annoy"]}
 
 
 def metrics_params(config: dict[str, Any]) -> dict[str, Any]:

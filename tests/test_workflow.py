@@ -116,7 +116,7 @@ def test_knn_graphs_equal_brute_force(study):
     run = study / "results" / "mnist5k" / "resnet8-none-standard-s0"
     knn = run / "knn" / PROBE / "euclidean-auto"
     manifest = json.loads((knn / "manifest.json").read_text())
-    assert manifest["k"] == 5
+    assert manifest["k_max"] == 5
     for hook in ("stem", "layer3.0", "fc"):
         x = np.load(run / "embed" / PROBE / f"{hook}@full.npy").astype(np.float64)
         idx = np.load(knn / f"{hook}@full.idx.npy")

@@ -61,7 +61,7 @@ class RunGraphs:
         self.scales: list[str] = [str(s) for s in self.embed["scales"]
                                   if any(sc == str(s) for _, sc in self.entries)]
         self.labels = load_npy(self.embed_dir / "labels.npy", mmap=False).astype(np.int64)
-        self.k_max = int(self.knn["k"])
+        self.k_max = int(self.knn["k_max"])
         self.distance = self.knn["distance"]
         self._cache: dict[tuple[str, str], np.ndarray] = {}
 
