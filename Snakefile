@@ -19,6 +19,7 @@ include: "rules/train.smk"
 include: "rules/embed.smk"
 include: "rules/knn.smk"
 include: "rules/metrics.smk"
+include: "rules/attention.smk"
 
 
 rule all:

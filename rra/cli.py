@@ -42,7 +42,34 @@ def cmd_train(a: argparse.Namespace) -> None:
     from rra.train import train
 
     _threads(a.threads)
-    train(a.spec, a.data, a.out, device=a.device)
+    spec = dict(a.spec)
+    if a.attention_kwargs_file:
+        from rra.stac import read_attention_kwargs
+
+        spec["attention_kwargs"] = {**spec.get("attention_kwargs", {}),
+                                    **read_attention_kwargs(a.attention_kwargs_file)}
+    train(spec, a.data, a.out, device=a.device)
+
+
+def cmd_stac_scales(a: argparse.Namespace) -> None:
+    from rra.stac import choose_scales
+    from rra.train.checkpoint import build_from_args, read_model_file
+
+    model = build_from_args(read_model_file(a.run_dir)["model_args"])
+    choose_scales(a.classrepsim, model.stages, a.out, tau=a.tau, k=a.k)
+
+
+def cmd_cost(a: argparse.Namespace) -> None:
+    from rra.models.cost import cost_stage
+
+    _threads(a.threads)
+    cost_stage(a.dataset, a.variants, a.out)
+
+
+def cmd_summary(a: argparse.Namespace) -> None:
+    from rra.train.summary import accuracy_summary
+
+    accuracy_summary(a.runs, a.dataset, a.out)
 
 
 def cmd_embed(a: argparse.Namespace) -> None:
@@ -95,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="prepared dataset directory")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--device", default="auto")
+    p.add_argument("--attention-kwargs-file", default="",
+                   help="JSON whose 'scales' are merged into the spec's attention_kwargs "
+                        "(the stac-auto scales written by `rra stac-scales`)")
 
     p = stage("embed", cmd_embed, "dump every hook's embeddings of the probe set")
     p.add_argument("--run-dir", required=True)
@@ -118,6 +148,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--params", type=_json, required=True)
     p.add_argument("--run", type=_json, required=True, help="run identity columns")
+
+    p = stage("stac-scales", cmd_stac_scales,
+              "choose the stac-auto scales per stage from a baseline's ClassRepSim table")
+    p.add_argument("--classrepsim", required=True, help="the baseline's classrepsim.parquet")
+    p.add_argument("--run-dir", required=True, help="the baseline's run directory (model.pt)")
+    p.add_argument("--tau", type=float, required=True)
+    p.add_argument("--k", type=int, required=True)
+    p.add_argument("--out", required=True, help="JSON file to write")
+
+    p = stage("cost", cmd_cost, "parameters and FLOPs of every (model, attention) of the grid")
+    p.add_argument("--dataset", required=True, help="input size from this dataset")
+    p.add_argument("--variants", type=_json, required=True,
+                   help="JSON list of {model, model_kwargs, attention, module, attention_kwargs"
+                        "[, attention_kwargs_file]}")
+    p.add_argument("--out", required=True, help="table stem (writes .parquet and .csv)")
+
+    p = stage("summary", cmd_summary, "collect every run's metrics.json into one table")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--runs", type=_json, required=True,
+                   help="JSON list of {model, attention, augmentation, seed, metrics}")
+    p.add_argument("--out", required=True, help="table stem (writes .parquet and .csv)")
     return parser
 
 

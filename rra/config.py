@@ -11,6 +11,7 @@ reruns exactly the jobs whose settings changed (Snakemake's ``params`` rerun tri
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 from dataclasses import dataclass
@@ -76,7 +77,8 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_config(config: dict[str, Any]) -> None:
-    """Checks beyond the schema: registry names, data directory, splits, scales, run grid."""
+    """Checks beyond the schema: registry names, data directory, splits, scales, run grid, and
+    what a ``stac-auto`` run needs (:func:`check_stac_auto`)."""
     from rra.data import DATASETS, dataset_info
     from rra.models import MODELS
     from rra.models.attention import ATTENTION
@@ -114,11 +116,70 @@ def check_config(config: dict[str, Any]) -> None:
         if attn not in ATTENTION:
             raise ConfigError(f"config key 'attention.{attn}': unknown attention module; "
                               f"known: {sorted(ATTENTION)}")
+    for i, run in enumerate(config["runs"]):
+        if (any(a != "none" for a in run["attention"])
+                and "attention" not in inspect.signature(MODELS[run["model"]]).parameters):
+            raise ConfigError(f"config key 'runs[{i}].attention': model {run['model']!r} has no "
+                              f"residual blocks, so it takes attention 'none' only, got "
+                              f"{run['attention']}")
     runs = runs_of(config)
     if len(set(runs)) != len(runs):
         dup = sorted({r.name for r in runs if runs.count(r) > 1})
         raise ConfigError(f"config key 'runs': runs listed twice: {dup}")
-    embed_scales(config)
+    scales = embed_scales(config)
+    check_stac_auto(config, runs, scales)
+
+
+def check_stac_auto(config: dict[str, Any], runs: list[Run], scales: list[str]) -> None:
+    """A ``stac-auto`` run needs its baseline in the grid and the analysis its choice reads."""
+    auto = [r for r in runs if r.attention in AUTO_ATTENTION]
+    if not auto:
+        return
+    grid = set(runs)
+    for run in auto:
+        base = stac_baseline(config, run.model)
+        if base not in grid:
+            raise ConfigError(
+                f"config key 'stac_auto': run {run.name!r} takes its STAC scales from the baseline "
+                f"run {base.name!r} (same model, attention 'none', augmentation "
+                f"stac_auto.baseline_augmentation={base.augmentation!r}, seed "
+                f"stac_auto.baseline_seed={base.seed}), which is not in the 'runs' grid; add it")
+        mine, theirs = (_run_entry(config, r).get("model_kwargs", {}) for r in (run, base))
+        if mine != theirs:
+            raise ConfigError(f"config key 'runs': run {run.name!r} has model_kwargs {mine} but its "
+                              f"stac_auto baseline {base.name!r} has {theirs}; they must be the "
+                              "same model")
+    k = config["stac_auto"]["k"]
+    if k not in config["knn"]["k"]:
+        raise ConfigError(f"config key 'stac_auto.k': k={k} is not among knn.k "
+                          f"{config['knn']['k']}; the scale choice reads ClassRepSim at that k")
+    if "full" not in scales or len(scales) < 2:
+        raise ConfigError(f"config key 'embed.scales': stac-auto compares integer scales with "
+                          f"'full', so embed.scales needs 'full' and an integer scale, got {scales}")
+
+
+def stac_baseline(config: dict[str, Any], model: str) -> Run:
+    """The run whose ClassRepSim analysis sets the scales of ``model``'s ``stac-auto`` runs: the
+    same model with attention ``none``, augmentation ``stac_auto.baseline_augmentation`` and seed
+    ``stac_auto.baseline_seed`` (every stac-auto run of a model shares one scale choice)."""
+    block = config["stac_auto"]
+    return Run(model, "none", block["baseline_augmentation"], int(block["baseline_seed"]))
+
+
+def cost_variants(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """One entry per (model, model_kwargs, attention variant) of the grid, in config order, for
+    ``rra.models.cost.cost_stage``: model, model_kwargs, attention (the grid's name), module
+    and attention_kwargs (as training gets them; ``stac-auto`` scales come from a file)."""
+    out, seen = [], set()
+    for run in runs_of(config):
+        spec = train_spec(config, run)
+        key = (run.model, as_json(spec["model_kwargs"]), run.attention)
+        if key not in seen:
+            seen.add(key)
+            out.append({"model": run.model, "model_kwargs": spec["model_kwargs"],
+                        "attention": run.attention, "module": spec["attention"],
+                        "attention_kwargs": spec["attention_kwargs"]})
+    return out
 
 
 def runs_of(config: dict[str, Any]) -> list[Run]:

@@ -46,9 +46,32 @@ def run_dir(run, dataset=DATASET):
     return f"{RESULTS}/{dataset}/{run.name}"
 
 
+def stac_scales_file(model, dataset=DATASET):
+    """The scale choice that configures `model`'s stac-auto runs (rules/attention.smk)."""
+    return f"{RESULTS}/{dataset}/stac_scales/{rc.stac_baseline(config, model).name}.json"
+
+
+def stac_scales_of(wildcards):
+    """Extra input of a stac-auto run's training: its scale choice; nothing for other runs."""
+    run = run_of(wildcards)
+    return [stac_scales_file(run.model, wildcards.dataset)] if run.attention in rc.AUTO_ATTENTION else []
+
+
+def cost_variants(dataset=DATASET):
+    """The grid's (model, attention) variants for `rra cost`, stac-auto with its scales file."""
+    return [dict(v, attention_kwargs_file=stac_scales_file(v["model"], dataset))
+            if v["attention"] in rc.AUTO_ATTENTION else v for v in rc.cost_variants(config)]
+
+
+def summary_runs(dataset=DATASET):
+    """Every run of the grid with its metrics.json, for `rra summary`."""
+    return [{"model": r.model, "attention": r.attention, "augmentation": r.augmentation,
+             "seed": r.seed, "metrics": f"{run_dir(r, dataset)}/metrics.json"} for r in RUNS]
+
+
 def study_targets():
     """Every final artifact of the configured study, for `rule all`."""
-    targets = []
+    targets = [f"{RESULTS}/{DATASET}/cost.parquet", f"{RESULTS}/{DATASET}/accuracy.parquet"]
     for run in RUNS:
         base = run_dir(run)
         targets.append(f"{base}/metrics.json")

@@ -27,8 +27,9 @@ pytestmark = pytest.mark.slow
 
 def snakemake(workdir: Path, *args: str, configfiles: tuple[Path, ...] = (TEST_CONFIG,),
               check: bool = True) -> subprocess.CompletedProcess:
+    # --configfile takes several values: targets and flags go before it
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-           "--cores", "2", "--configfile", *map(str, configfiles), *args]
+           "--cores", "2", *args, "--configfile", *map(str, configfiles)]
     env = dict(os.environ, PYTHONHASHSEED="0")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
@@ -174,7 +175,7 @@ def test_killed_training_resumes_to_same_weights(study, tmp_path):
 
     target = "results/mnist5k/resnet8-none-standard-s0/model.pt"
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
-           "--cores", "2", "--configfile", str(TEST_CONFIG), target]
+           "--cores", "2", target, "--configfile", str(TEST_CONFIG)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     first = tmp_path / "results/mnist5k/resnet8-none-standard-s0/checkpoints/epoch-001.pt"
     deadline = time.time() + 300
@@ -184,6 +185,7 @@ def test_killed_training_resumes_to_same_weights(study, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # kill Snakemake and the training job mid-epoch 2
     proc.wait()
     assert not (tmp_path / target).exists()
+    snakemake(tmp_path, "--unlock", target)  # a hard kill leaves Snakemake's lock behind
     snakemake(tmp_path, "--rerun-incomplete", target)
     resumed = torch.load(tmp_path / target, weights_only=True)
     reference = torch.load(study / target, weights_only=True)

@@ -87,3 +87,59 @@ def cost_table(model_name: str, variants: Mapping[str, Mapping[str, Any]], in_ch
                      "params_ratio": params / base_params, "flops_ratio": flops / base_flops,
                      "params_extra": params - base_params, "flops_extra": flops - base_flops})
     return rows
+
+
+def cost_stage(dataset: str, variants: Sequence[Mapping[str, Any]], out_stem: Any) -> Any:
+    """Cost accounting of a study's grid: ``{out_stem}.parquet`` (+ ``.csv``), one row per
+    (model, model_kwargs, attention variant), at the input size of ``dataset``.
+
+    ``variants``: dicts with ``model``, ``attention`` (the variant's name in the grid, e.g.
+    ``stac-auto``), ``module`` (the attention module, e.g. ``stac``), ``attention_kwargs`` and
+    optionally ``model_kwargs`` and ``attention_kwargs_file`` (a ``rra.stac.choose_scales``
+    JSON whose ``scales`` are merged into ``attention_kwargs``, as training does). Each model's
+    ``none`` baseline is measured once; ratios and differences are variant / baseline and
+    variant − baseline (params and FLOPs as in :func:`count_params`, :func:`count_flops`).
+    Returns the polars frame written.
+    """
+    import json
+    from pathlib import Path
+
+    import polars as pl
+
+    from rra.data import dataset_info
+    from rra.metrics.tables import write_table
+    from rra.stac import read_attention_kwargs
+
+    info = dataset_info(dataset)
+    groups: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for v in variants:
+        missing = [key for key in ("model", "attention", "module") if key not in v]
+        if missing:
+            raise ValueError(f"cost_stage: variant {dict(v)} lacks key(s) {missing}")
+        kwargs = dict(v.get("attention_kwargs") or {})
+        if v.get("attention_kwargs_file"):
+            kwargs.update(read_attention_kwargs(v["attention_kwargs_file"]))
+        key = (v["model"], json.dumps(v.get("model_kwargs") or {}, sort_keys=True))
+        if v["attention"] in groups.setdefault(key, {}):
+            raise ValueError(f"cost_stage: variant {v['attention']!r} of model {v['model']!r} "
+                             "listed twice")
+        groups[key][v["attention"]] = {"attention": v["module"], "attention_kwargs": kwargs}
+    rows = []
+    for (model, model_kwargs), group in groups.items():
+        for row in cost_table(model, group, info.channels, info.num_classes, info.image_size,
+                              model_kwargs=json.loads(model_kwargs)):
+            rows.append({"dataset": dataset, "model": model, "model_kwargs": model_kwargs,
+                         "attention": row["variant"], "module": row["attention"],
+                         "attention_kwargs": json.dumps(row["attention_kwargs"], sort_keys=True),
+                         "in_channels": info.channels, "image_size": info.image_size,
+                         "num_classes": info.num_classes,
+                         **{k: row[k] for k in ("params", "flops", "params_ratio", "flops_ratio",
+                                                "params_extra", "flops_extra")}})
+    schema = {"dataset": pl.Utf8, "model": pl.Utf8, "model_kwargs": pl.Utf8, "attention": pl.Utf8,
+              "module": pl.Utf8, "attention_kwargs": pl.Utf8, "in_channels": pl.Int64,
+              "image_size": pl.Int64, "num_classes": pl.Int64, "params": pl.Int64,
+              "flops": pl.Int64, "params_ratio": pl.Float64, "flops_ratio": pl.Float64,
+              "params_extra": pl.Int64, "flops_extra": pl.Int64}
+    df = pl.DataFrame(rows, schema=schema)
+    write_table(df, Path(out_stem))
+    return df

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,6 +240,9 @@ def train(spec: dict[str, Any], data_dir: PathLike, out_dir: PathLike, device: A
         if stored != spec:
             raise ckpt.mismatch_error(out_dir / "model.pt", stored, spec, out_dir)
     resume = ckpt.load_resume_checkpoint(out_dir, spec)
+    if resume is not None:
+        print(f"rra train: resuming {out_dir} after epoch {resume['epoch']} of {spec['epochs']}",
+              file=sys.stderr)
 
     train_set = load_arrays(data_dir, spec["train_split"], info)
     if spec["max_train_per_class"] is not None:

@@ -1,0 +1,108 @@
+"""Python API: run RRA on any ``torch.nn.Module`` and image set, outside the workflow.
+
+:func:`analyse` chains the same stage functions the Snakemake rules call — streamed embedding
+dumps (:func:`rra.embed.dump_embeddings`), one kNN graph per (hook, scale)
+(:func:`rra.knn.build_graphs`) and the metric tables (:func:`rra.metrics.tables.run_tables`) —
+so its tables have exactly the workflow's columns and values.
+
+Example (offline: an untrained torchvision model and random images)::
+
+    import torch, torchvision
+    from rra.api import analyse
+
+    model = torchvision.models.resnet18(weights=None, num_classes=10)
+    x, y = torch.randn(200, 3, 32, 32), torch.randint(0, 10, (200,))
+    tables = analyse(model, x, y, hooks=["layer1", "layer2", "layer3", "layer4", "fc"],
+                     scales=[1, 2, "full"], k=[10])
+    print(tables["nnts"])
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from rra.io import PathLike, save_npy
+
+
+def analyse(model: Any, images: Any, labels: Any = None, *, hooks: Iterable[str] | None = None,
+            scales: Iterable[object] = ("full",), k: int | Iterable[int] = 10,
+            distance: str = "euclidean", backend: str = "auto", nntp_alpha: Iterable[int] = (0,),
+            knn_options: dict | None = None, batch_size: int = 256, device: str = "auto",
+            transform: Callable[[Any], Any] | None = None, out_dir: PathLike | None = None,
+            run: dict | None = None, progress: bool = True) -> dict[str, Any]:
+    """Representational Response Analysis of ``model`` on ``images``; returns the metric tables.
+
+    Parameters
+    ----------
+    model : any ``torch.nn.Module``; its weights are used as they are (no training).
+    images : float N×C×H×W tensor/array (or uint8 images with a ``transform``), or a
+        non-shuffling ``DataLoader`` yielding ``x`` or ``(x, y, …)`` batches.
+    labels : N class labels (integers). ``None`` puts every row in one class 0, which makes
+        the class-conditioned measures trivial.
+    hooks : module names (``model.get_submodule``) in forward order; default
+        ``model.hook_names`` (rra's models have it).
+    scales : pooled scales: integers s (s × s average pooling) and/or ``"full"``.
+    k : neighbourhood size(s); one graph at max(k) serves every k.
+    distance, backend : ``euclidean``/``cosine``; ``auto``/``exact``/``annoy``.
+    knn_options : options of :func:`rra.knn.knn` (e.g. ``exact_budget``, ``n_trees``,
+        ``search_k``, ``recall_target``).
+    out_dir : keep the embeddings, graphs and tables there (default: a temporary directory,
+        removed on return).
+    run : identity columns for the tables (dataset, model, attention, augmentation, seed,
+        probe); default ``{"model": type(model).__name__}``.
+
+    Returns a dict table name → polars DataFrame (``nnts``, ``nntp``, ``class_response``,
+    ``classrepsim``, ``peers``, ``cka``, ``knn``; columns in :data:`rra.metrics.tables.SCHEMA`).
+    """
+    if hooks is None:
+        hooks = getattr(model, "hook_names", None)
+        if hooks is None:
+            raise ValueError("hooks: give the module names to analyse (the model has no hook_names)")
+    hooks = list(hooks)
+    ks = sorted({int(v) for v in ([k] if isinstance(k, (int, np.integer)) else k)})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"k: need positive neighbourhood sizes, got {ks}")
+    run = dict(run) if run is not None else {"model": type(model).__name__}
+    if out_dir is None:
+        with tempfile.TemporaryDirectory(prefix="rra-") as tmp:
+            return _analyse(model, images, labels, Path(tmp), hooks, scales, ks, distance, backend,
+                            nntp_alpha, knn_options, batch_size, device, transform, run, progress)
+    return _analyse(model, images, labels, Path(out_dir), hooks, scales, ks, distance, backend,
+                    nntp_alpha, knn_options, batch_size, device, transform, run, progress)
+
+
+def _analyse(model, images, labels, out: Path, hooks, scales, ks, distance, backend, nntp_alpha,
+             knn_options, batch_size, device, transform, run, progress) -> dict[str, Any]:
+    import polars as pl
+
+    from rra.embed import dump_embeddings
+    from rra.knn import build_graphs
+    from rra.metrics.tables import TABLES, run_tables
+
+    embed_dir, knn_dir = out / "embed", out / "knn" / f"{distance}-{backend}"
+    metrics_dir = out / "metrics" / f"{distance}-{backend}"
+    manifest = dump_embeddings(model, images, hooks, scales, embed_dir, batch_size=batch_size,
+                               device=device, transform=transform, progress=progress)
+    n = int(manifest["n"])
+    y = np.zeros(n, dtype=np.int64) if labels is None else _as_labels(labels)
+    if y.shape != (n,):
+        raise ValueError(f"labels: expected {n} labels (one per image), got shape {y.shape}")
+    save_npy(embed_dir / "labels.npy", y)
+    build_graphs(embed_dir, knn_dir, k=ks[-1], distance=distance, backend=backend,
+                 options=dict(knn_options or {}), progress=progress)
+    run_tables(embed_dir, knn_dir, metrics_dir, ks=ks, alphas=list(nntp_alpha), run=run)
+    return {name: pl.read_parquet(metrics_dir / f"{name}.parquet") for name in TABLES}
+
+
+def _as_labels(labels: Any) -> np.ndarray:
+    if hasattr(labels, "detach"):
+        labels = labels.detach().cpu().numpy()
+    y = np.asarray(labels)
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels: must be integers, got dtype {y.dtype}")
+    return y.astype(np.int64).reshape(-1) if y.ndim == 1 else y

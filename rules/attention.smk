@@ -1,0 +1,51 @@
+# Attention variants (rra/stac.py, rra/models/cost.py): the stac-auto loop analysis → design,
+# and the parameter/FLOP accounting of every (model, attention) of the grid.
+
+
+# The stac-auto scales of a model, chosen from its baseline's ClassRepSim table (the first
+# configured distance and backend, the configured probe). tau and k are params: changing one
+# reruns this choice and the stac-auto runs that train with it, nothing else.
+rule stac_scales:
+    input:
+        metrics=RESULTS + "/{dataset}/{model}-none-{augmentation}-s{seed}/metrics/" + PROBE + "/" + KNN_SPECS[0] + "/manifest.json",
+        model=RESULTS + "/{dataset}/{model}-none-{augmentation}-s{seed}/model.pt",
+    output:
+        RESULTS + "/{dataset}/stac_scales/{model}-none-{augmentation}-s{seed}.json",
+    params:
+        tau=config["stac_auto"]["tau"],
+        k=config["stac_auto"]["k"],
+        classrepsim=lambda w, input: os.path.join(os.path.dirname(input.metrics), "classrepsim.parquet"),
+        run_dir=lambda w, input: os.path.dirname(input.model),
+    log:
+        RESULTS + "/{dataset}/stac_scales/logs/{model}-none-{augmentation}-s{seed}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+    shell:
+        "{RRA} stac-scales --classrepsim {params.classrepsim} --run-dir {params.run_dir}"
+        " --tau {params.tau} --k {params.k} --out {output} 2> {log}"
+
+
+# Parameters and FLOPs (one image at the dataset's input size) per (model, attention variant),
+# with ratios to the model's `none` baseline; stac-auto is measured with its chosen scales.
+rule cost:
+    input:
+        lambda w: [v["attention_kwargs_file"] for v in cost_variants(w.dataset) if "attention_kwargs_file" in v],
+    output:
+        RESULTS + "/{dataset}/cost.parquet",
+        RESULTS + "/{dataset}/cost.csv",
+    params:
+        variants=lambda w: rc.as_json(cost_variants(w.dataset)),
+        stem=lambda w, output: output[0].removesuffix(".parquet"),
+    log:
+        RESULTS + "/{dataset}/logs/cost.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "{RRA} cost --dataset {wildcards.dataset} --variants {params.variants:q} --out {params.stem}"
+        " --threads {threads} 2> {log}"

@@ -1,0 +1,93 @@
+"""The Python API on a torchvision model: tables equal direct computations on the hooks' outputs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import torchvision
+
+from rra.api import analyse
+
+ROOT = Path(__file__).resolve().parent.parent
+HOOKS = ["layer1", "layer3", "avgpool", "fc"]
+
+
+def brute_knn(x: np.ndarray, k: int) -> np.ndarray:
+    x = x.astype(np.float64)
+    d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(d, np.inf)
+    return np.lexsort((np.broadcast_to(np.arange(len(x)), d.shape), d), axis=1)[:, :k]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=4).eval()
+    x = torch.randn(36, 3, 32, 32)
+    y = torch.arange(36) % 4
+    outputs = {}
+    handles = [model.get_submodule(h).register_forward_hook(
+        lambda m, i, o, name=h: outputs.__setitem__(name, o.detach().clone())) for h in HOOKS]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return model, x, y, outputs
+
+
+def test_tables_match_direct_computation(setup, tmp_path):
+    model, x, y, outputs = setup
+    tables = analyse(model, x, y, hooks=HOOKS, scales=[1, "full"], k=[3, 5], batch_size=10,
+                     out_dir=tmp_path, progress=False)
+    assert set(tables) == {"nnts", "nntp", "class_response", "classrepsim", "peers", "cka", "knn"}
+    flat = {h: outputs[h].flatten(1).numpy() for h in HOOKS}
+    graphs = {h: brute_knn(v, 5) for h, v in flat.items()}
+    nnts = tables["nnts"].filter((pl.col("measure") == "nnts") & (pl.col("scale_a") == "full"))
+    for a, b in [("layer1", "layer3"), ("layer3", "fc"), ("avgpool", "fc")]:
+        for k in (3, 5):
+            ref = np.mean([len(set(p[:k]) & set(q[:k])) / len(set(p[:k]) | set(q[:k]))
+                           for p, q in zip(graphs[a], graphs[b])])
+            got = nnts.filter((pl.col("hook_a") == a) & (pl.col("hook_b") == b) & (pl.col("k") == k))["value"]
+            assert got.to_list() == pytest.approx([ref], abs=1e-12), (a, b, k)
+    purity = tables["class_response"].filter((pl.col("measure") == "knn_purity_rows") & (pl.col("hook_a") == "fc")
+                                             & (pl.col("k") == 5))
+    labels = y.numpy()
+    ref = np.mean(labels[graphs["fc"]] == labels[:, None])
+    assert purity["value"].to_list() == pytest.approx([ref], abs=1e-12)
+    # layer1 pooled to 1×1 is the channel mean; its graph is a different one from full
+    assert (tmp_path / "embed" / "layer1@1.npy").exists() and not (tmp_path / "embed" / "fc@1.npy").exists()
+    assert tables["nnts"]["model"].unique().to_list() == ["ResNet"]
+
+
+def test_dataloader_and_defaults(setup):
+    model, x, y, _ = setup
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    a = analyse(model, loader, y, hooks=HOOKS, k=4, progress=False)
+    b = analyse(model, x, y.numpy(), hooks=HOOKS, k=4, progress=False)
+    assert a["nnts"].equals(b["nnts"])
+    single = analyse(model, x, None, hooks=HOOKS[:2], k=4, progress=False)
+    assert single["class_response"].filter(pl.col("measure") == "knn_purity")["value"].to_list() == [1.0, 1.0]
+
+
+def test_errors(setup):
+    model, x, y, _ = setup
+    with pytest.raises(ValueError, match="layer9"):
+        analyse(model, x, y, hooks=["layer9"], progress=False)
+    with pytest.raises(ValueError, match="expected 36 labels"):
+        analyse(model, x, y[:10], hooks=HOOKS, progress=False)
+    with pytest.raises(ValueError, match="hooks: give the module names"):
+        analyse(model, x, y, progress=False)
+    with pytest.raises(ValueError, match=r"k = 36 must be smaller"):
+        analyse(model, x, y, hooks=HOOKS, k=36, progress=False)
+
+
+def test_readme_example_runs():
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```python\n(.*?from rra\.api import analyse.*?)```", text, re.S)
+    assert block, "README lost its Python API example"
+    exec(compile(block.group(1), "README example", "exec"), {})
