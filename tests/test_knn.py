@@ -58,7 +58,7 @@ def test_exact_ties_at_kth_boundary_keep_smallest_indices():
     g = np.stack(np.meshgrid(np.arange(9), np.arange(7), indexing="ij"), -1).reshape(-1, 2)
     x = g.astype(np.float32)
     idx, dist = assert_matches_reference(x, 6, block_rows=10)
-    centre = 4 * 7 + 3  # grid point (4, 3): neighbours at 1 are rows 24, 30, 32, 38; at √2 23, 25, ...
+    centre = 4 * 7 + 3  # grid point (4, 3): at 1 rows 24, 30, 32, 38; at √2 rows 23, 25, 37, 39
     np.testing.assert_array_equal(idx[centre], [24, 30, 32, 38, 23, 25])
     np.testing.assert_allclose(dist[centre], [1, 1, 1, 1, np.sqrt(2), np.sqrt(2)], rtol=1e-7)
 

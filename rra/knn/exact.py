@@ -8,7 +8,8 @@ row index. The result equals a brute-force float64 computation (full distance ma
 
 1. Centre the rows, ``c_i = fl32(z_i − μ)`` (distances do not change; cancellation shrinks).
 2. Per block of query rows, ``a_ij = ‖c_j‖² − 2 c_i·c_j`` by one matrix product (``+‖c_i‖²``
-   is constant along a row and added only where needed), self set to +inf.
+   is constant along a row and added only where needed), self excluded. (The code holds −a and
+   takes the largest values: torch's CPU top-k is faster that way.)
 3. Candidates: the ``k + margin`` smallest ``a_ij`` per row (``torch.topk``). Their exact squared
    distances ``e_ij = ‖z_i − z_j‖²`` are computed directly in float64 and sorted by
    (e, index); ``E_i`` is the k-th of them.
@@ -137,11 +138,13 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
                          f"{sq.max():.3g} after centring); use dtype='float64'")
     nc = np.sqrt(sq)
     radius = float(nc.max())
-    sq_row = torch.from_numpy(sq.astype(np_dtype)).to(dev)[None, :]
+    neg_sq_row = torch.from_numpy(-sq.astype(np_dtype)).to(dev)[None, :]
+    sq_dev = torch.from_numpy(sq).to(dev)
     nc_dev = torch.from_numpy(nc).to(dev)
 
     n_cand = min(n - 1, k + candidate_margin(k))
-    b = int(block_rows) if block_rows is not None else default_block_rows(n, np.dtype(np_dtype).itemsize)
+    itemsize = np.dtype(np_dtype).itemsize
+    b = int(block_rows) if block_rows is not None else default_block_rows(n, itemsize)
     if b < 1:
         raise ValueError(f"block_rows must be at least 1, got {block_rows}")
     b = min(b, max(1, m))
@@ -159,11 +162,11 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
         bb = q.size
         q_dev = torch.from_numpy(q).to(dev)
         rows_q = c[s:s + bb] if queries is None else c.index_select(0, q_dev)
-        # 2. a_ij = ‖c_j‖² − 2 c_i·c_j, self excluded
-        a = torch.addmm(sq_row, rows_q, c.T, alpha=-2, out=buf[:bb])
-        a[torch.arange(bb, device=dev), q_dev] = inf
-        # 3. candidates and their exact distances
-        vals, cand = torch.topk(a, n_cand, dim=1, largest=False, sorted=False)
+        # 2. neg_a_ij = −(‖c_j‖² − 2 c_i·c_j), self excluded
+        neg_a = torch.addmm(neg_sq_row, rows_q, c.T, alpha=2, out=buf[:bb])
+        neg_a[torch.arange(bb, device=dev), q_dev] = -inf
+        # 3. candidates (the largest −a) and their exact distances
+        vals, cand = torch.topk(neg_a, n_cand, dim=1, largest=True, sorted=False)
         cand = cand.cpu().numpy()
         cols, e = sort_neighbours(cand, points.sqdist(q, cand), n_cand)
         exact_pairs += cand.size
@@ -172,7 +175,7 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
         if n_cand == n - 1:
             ok = np.ones(bb, dtype=bool)
         else:
-            floor = vals.max(dim=1).values.double().cpu().numpy() + sq[q]
+            floor = sq[q] - vals.min(dim=1).values.double().cpu().numpy()
             ok = kth < floor - gamma * (nc[q] + radius) ** 2
         out_idx[s:s + bb] = cols[:, :k]
         out_sqd[s:s + bb] = e[:, :k]
@@ -182,10 +185,12 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
             sub = max(1, (BLOCK_BYTES // 3) // (8 * n))
             for r0 in range(0, bad.size, sub):
                 rr = bad[r0:r0 + sub]
-                rr_dev = torch.from_numpy(rr).to(dev)
                 qi = q[rr]
-                lower = (a.index_select(0, rr_dev).double() + torch.from_numpy(sq[qi]).to(dev)[:, None]
-                         - gamma * (nc_dev[torch.from_numpy(qi).to(dev)][:, None] + nc_dev[None, :]) ** 2)
+                qi_dev = torch.from_numpy(qi).to(dev)
+                # lower bound of e_ij: a_ij + ‖c_i‖² − γ (‖c_i‖ + ‖c_j‖)²
+                lower = (sq_dev[qi_dev][:, None]
+                         - neg_a.index_select(0, torch.from_numpy(rr).to(dev)).double()
+                         - gamma * (nc_dev[qi_dev][:, None] + nc_dev[None, :]) ** 2)
                 mask = lower <= torch.from_numpy(kth[rr]).to(dev)[:, None]
                 loc, jj = (t.cpu().numpy() for t in torch.nonzero(mask, as_tuple=True))
                 del lower, mask

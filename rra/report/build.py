@@ -1,0 +1,318 @@
+"""``build_report``: the standard figures of whatever a results directory holds. [ours]
+
+Figures (each HTML + PNG + SVG under ``reports/``, listed by ``reports/index.html``):
+
+per analysis ``{dataset}/{probe}/{distance}-{backend}/`` (metric tables):
+  ``nnts-{model}``             NNTS heat maps, rows = variant, columns = k (E1);
+  ``nntp-{run group}``         NNTP table heat map + per-hook edge totals at one k, alpha (E1);
+  ``curves-{model}``           kNN class purity, kNN-vote accuracy and NNTS to logits per hook,
+                               mean and band over seeds, one curve per variant (E3, E5);
+  ``classrepsim-{run group}``  scale × scale ClassRepSim, class mean, last hook of each stage
+                               (E4), and ``classrepsim-class-…`` per class for ``none`` variants;
+per dataset:
+  ``accuracy``                 accuracy (mean ± sd over seeds), with parameters, FLOPs and their
+                               ratios when ``cost.parquet`` exists (E3, E5);
+  ``weight-change-…``          layer × epoch heat maps and per-layer curves (E6);
+  ``knn-{probe}-{distance}``   Annoy recall@k and time against exact, when some graph used Annoy
+                               (E2).
+
+A figure whose inputs are absent is skipped. Options come from ``config["report"]``
+(:data:`DEFAULTS`): the pooled ``scale`` of the hook-pair figures, ``k`` (default: the smallest
+computed), ``alpha`` of NNTP, and the seed ``band`` (``minmax`` or ``sd``).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+from rra.io import PathLike, sha256_file
+from rra.report.index import FigureRecord, build_index
+
+DEFAULTS: dict[str, Any] = {"scale": "full", "k": None, "alpha": 0, "band": "minmax"}
+# Study config blocks recorded with each kind of figure (when the study config is given).
+BLOCKS = {
+    "metrics": ("dataset", "probe", "embed", "knn", "metrics"),
+    "training": ("dataset", "training", "runs", "attention"),
+    "knn": ("dataset", "probe", "embed", "knn"),
+}
+CURVE_MEASURES = {"knn_purity": "kNN class purity", "knn_vote_accuracy": "kNN-vote accuracy",
+                  "nnts_to_logits": "NNTS to logits"}
+
+
+def report_options(config: dict | None) -> dict[str, Any]:
+    """``DEFAULTS`` updated by ``config["report"]``; unknown keys and bad values are errors."""
+    given = dict((config or {}).get("report") or {})
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"config report: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
+    opts = {**DEFAULTS, **given}
+    if opts["band"] not in ("minmax", "sd"):
+        raise ValueError(f"config report.band must be 'minmax' or 'sd', got {opts['band']!r}")
+    opts["scale"] = str(opts["scale"])
+    return opts
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+
+
+class _Report:
+    """Collects figures: saves each chart, hashes inputs (once per file), records config."""
+
+    def __init__(self, results_dir: Path, reports_dir: Path, config: dict | None):
+        self.results_dir, self.reports_dir = results_dir, reports_dir
+        self.config = config
+        self.opts = report_options(config)
+        self.records: list[FigureRecord] = []
+        self._sha: dict[Path, str] = {}
+
+    def show_path(self, path: Path) -> str:
+        try:
+            return (Path(self.results_dir.name) / path.relative_to(self.results_dir)).as_posix()
+        except ValueError:
+            return path.as_posix()
+
+    def inputs(self, paths: Iterable[Path]) -> dict[str, str]:
+        out = {}
+        for p in sorted(set(paths)):
+            if p not in self._sha:
+                self._sha[p] = sha256_file(p)
+            out[self.show_path(p)] = self._sha[p]
+        return out
+
+    def emit(self, chart: Any, stem: str, *, title: str, caption: str, group: str,
+             selection: dict[str, Any], kind: str, inputs: Iterable[Path]) -> None:
+        from rra.report.save import save_chart
+
+        files = save_chart(chart, self.reports_dir / stem)
+        config = dict(selection)
+        if self.config is not None:
+            config.update({b: self.config[b] for b in BLOCKS[kind] if b in self.config})
+        self.records.append(FigureRecord(
+            id=slug(stem), title=title, caption=caption, group=group,
+            files={p.relative_to(self.reports_dir).as_posix(): h for p, h in files.items()},
+            config=config, inputs=self.inputs(inputs)))
+
+
+def _pick(values: Sequence[Any], wanted: Any, name: str) -> Any:
+    """``wanted`` if computed, the smallest value when ``wanted`` is None."""
+    values = sorted(v for v in values if v is not None)
+    if wanted is None:
+        return values[0]
+    if wanted not in values:
+        raise ValueError(f"config report.{name} = {wanted!r} was not computed; available: {values}")
+    return wanted
+
+
+def _colour(df) -> str:
+    varying = [c for c in ("attention", "augmentation") if df[c].n_unique() > 1]
+    return varying[0] if len(varying) == 1 else "variant"
+
+
+def _metric_figures(rep: _Report, dirs: list) -> None:
+    import polars as pl
+
+    from rra.report import charts
+    from rra.report.frames import nnts_to_logits, parse_run, read_tables, stage_last_hooks
+
+    d0 = dirs[0]
+    sel = {"dataset": d0.dataset, "probe": d0.probe, "distance": d0.distance,
+           "backend": d0.backend}
+    prefix = f"{d0.dataset}/{d0.probe}/{d0.distance}-{d0.backend}"
+    group = f"{d0.dataset} · probe {d0.probe} · {d0.distance} distance, {d0.backend} backend"
+    scale, band = rep.opts["scale"], rep.opts["band"]
+    nnts = read_tables(dirs, "nnts")
+    if scale not in nnts["scale_a"].unique().to_list():
+        warnings.warn(f"{prefix}: scale {scale!r} not computed; no NNTS/NNTP/curve figures",
+                      stacklevel=2)
+        return
+    nnts = nnts.filter(pl.col("scale_a") == scale)
+    nntp = read_tables(dirs, "nntp").filter(pl.col("scale_a") == scale)
+    response = read_tables(dirs, "class_response")
+    crs = read_tables(dirs, "classrepsim")
+    k = _pick(nnts["k"].unique().to_list(), rep.opts["k"], "k")
+    alpha = (_pick(nntp["alpha"].unique().to_list(),
+                   rep.opts["alpha"] if rep.opts["alpha"] in nntp["alpha"].to_list() else None,
+                   "alpha") if nntp.height else None)
+    runs = {d.run: parse_run(d.run) for d in dirs}
+
+    for model in sorted({r["model"] for r in runs.values()}):
+        mdirs = [d for d in dirs if runs[d.run]["model"] == model]
+        manifests = [d.manifest for d in mdirs]
+        of_model = pl.col("model") == model
+        m_sel = {**sel, "model": model, "scale": scale}
+
+        df = charts.add_variant(nnts.filter(of_model & (pl.col("measure") == "nnts")))
+        several = df["variant"].n_unique() > 1
+        rep.emit(charts.nnts_heatmap(df, row="variant" if several else None, column="k",
+                                     title=f"NNTS, {model} at scale {scale}"),
+                 f"{prefix}/nnts-{model}", kind="metrics", group=group, inputs=manifests,
+                 title=f"NNTS heat maps: {model}",
+                 caption=f"NNTS between hooks (forward order) at scale {scale}, mean over seeds; "
+                         "columns: k" + ("; rows: attention · augmentation" if several else ""),
+                 selection={**m_sel, "k": sorted(df["k"].unique().to_list())})
+
+        curves = pl.concat([
+            response.filter(pl.col("measure").is_in(["knn_purity", "knn_vote_accuracy"])),
+            nnts_to_logits(nnts),
+        ], how="vertical").filter(of_model & (pl.col("scale_a") == scale) & (pl.col("k") == k))
+        curves = charts.add_variant(curves.with_columns(pl.col("measure").replace(CURVE_MEASURES)))
+        rep.emit(charts.hook_curves(curves, color=_colour(curves), band=band,
+                                    title=f"Per-hook curves, {model} (scale {scale}, k = {k})"),
+                 f"{prefix}/curves-{model}", kind="metrics", group=group, inputs=manifests,
+                 title=f"Per-hook curves: {model}",
+                 caption="kNN class purity, kNN-vote accuracy and NNTS to the last hook (logits) "
+                         f"per hook at k = {k}; line: mean over seeds, band: "
+                         f"{'min–max' if band == 'minmax' else 'mean ± sd'}",
+                 selection={**m_sel, "k": k, "band": band})
+
+        for (attention, augmentation), vd in groupby(
+                sorted(mdirs, key=lambda d: (runs[d.run]["attention"], runs[d.run]["augmentation"])),
+                key=lambda d: (runs[d.run]["attention"], runs[d.run]["augmentation"])):
+            vdirs = list(vd)
+            name = f"{model}-{attention}-{augmentation}"
+            of_variant = (of_model & (pl.col("attention") == attention)
+                          & (pl.col("augmentation") == augmentation))
+            v_sel = {**m_sel, "attention": attention, "augmentation": augmentation,
+                     "seeds": sorted(runs[d.run]["seed"] for d in vdirs)}
+            v_inputs = [d.manifest for d in vdirs]
+            t = nntp.filter(of_variant & (pl.col("k") == k) & (pl.col("alpha") == alpha))
+            if t.height:
+                rep.emit(charts.nntp_heatmap(t, title=f"NNTP, {name} (scale {scale}, k = {k}, "
+                                                      f"α = {alpha})"),
+                         f"{prefix}/nntp-{name}", kind="metrics", group=group, inputs=v_inputs,
+                         title=f"NNTP table: {name}",
+                         caption=f"NNTP runs T[f, l] (first hook f, last hook l) and undirected "
+                                 f"kNN edges per hook at k = {k}, α = {alpha}; mean over seeds",
+                         selection={**v_sel, "k": k, "alpha": alpha})
+            _classrepsim_figures(rep, crs.filter(of_variant & (pl.col("k") == k)), name,
+                                 attention, prefix, group, {**v_sel, "k": k}, v_inputs,
+                                 stage_last_hooks)
+
+
+def _classrepsim_figures(rep: _Report, crs, name: str, attention: str, prefix: str, group: str,
+                         sel: dict, inputs: list, stage_last_hooks) -> None:
+    import polars as pl
+
+    from rra.report import charts
+
+    mean = crs.filter(pl.col("measure") == "classrepsim_mean")
+    if mean.height == 0:
+        return
+    ordered = mean.sort("pos_a")["hook_a"].unique(maintain_order=True).to_list()
+    hooks = stage_last_hooks(ordered)
+    sel = {**sel, "hooks": hooks}
+    rep.emit(charts.classrepsim_heatmaps(mean.filter(pl.col("hook_a").is_in(hooks)),
+                                         title=f"ClassRepSim class mean, {name}"),
+             f"{prefix}/classrepsim-{name}", kind="metrics", group=group, inputs=inputs,
+             title=f"ClassRepSim (class mean): {name}",
+             caption="Scale × scale ClassRepSim S[s, t] (mean over classes and seeds) at the last "
+                     f"hook of each stage, k = {sel['k']}", selection=sel)
+    per_class = crs.filter((pl.col("measure") == "classrepsim") & pl.col("hook_a").is_in(hooks))
+    cells = per_class.select("class", "hook_a", "scale_a", "scale_b").unique().height
+    if attention != "none" or per_class.height == 0:
+        return
+    if cells > charts._max_rows():
+        warnings.warn(f"{prefix}/classrepsim-class-{name}: {cells} cells exceed the plot limit; "
+                      "per-class figure skipped", stacklevel=2)
+        return
+    rep.emit(charts.classrepsim_heatmaps(per_class, title=f"ClassRepSim per class, {name}"),
+             f"{prefix}/classrepsim-class-{name}", kind="metrics", group=group, inputs=inputs,
+             title=f"ClassRepSim per class: {name}",
+             caption="Scale × scale ClassRepSim per class (rows) at the last hook of each stage "
+                     f"(columns), mean over seeds, k = {sel['k']}", selection=sel)
+
+
+def _dataset_figures(rep: _Report, dataset: str) -> None:
+    import polars as pl
+
+    from rra.report import charts
+    from rra.report.frames import (accuracy_cost_frame, accuracy_frame, accuracy_sources,
+                                   knn_graph_frame, knn_manifests, train_logs,
+                                   weight_change_frame)
+
+    group = f"{dataset} · training and kNN backends"
+    sel = {"dataset": dataset}
+    sources = accuracy_sources(rep.results_dir, dataset)
+    if sources:
+        cost_path = rep.results_dir / dataset / "cost.parquet"
+        cost = pl.read_parquet(cost_path) if cost_path.is_file() else None
+        frame = accuracy_cost_frame(accuracy_frame(sources), cost)
+        what = "Accuracy, parameters and FLOPs" if cost is not None else "Accuracy"
+        rep.emit(charts.accuracy_cost(frame, title=f"{what}, {dataset}"), f"{dataset}/accuracy",
+                 kind="training", group=group, title=f"{what}: {dataset}",
+                 inputs=[*sources, *([cost_path] if cost is not None else [])],
+                 caption="Top-1 evaluation accuracy, mean ± sd over seeds"
+                         + ("; parameters, FLOPs and ratios to each model's baseline (none), and "
+                            "accuracy against the ratios" if cost is not None else ""),
+                 selection=sel)
+
+    logs = [p for p in train_logs(rep.results_dir) if p.parent.parent.name == dataset]
+    wc = weight_change_frame(rep.results_dir, logs) if logs else None
+    if wc is not None and wc.height:
+        wc = charts.add_variant(wc, ("model", "attention", "augmentation"))
+        for variant in ("l1", "elementwise"):
+            df = wc.filter(pl.col("measure") == f"weight_change_{variant}")
+            formula = ("‖ΔW‖₁ / ‖W_{t−1}‖₁" if variant == "l1"
+                       else "mean |ΔW| / max(|W_{t−1}|, ε)")
+            for kind, fn in (("heatmap", charts.weight_change_heatmap),
+                             ("curves", charts.weight_change_curves)):
+                rep.emit(fn(df, title=f"Relative weight change ({variant}), {dataset}"),
+                         f"{dataset}/weight-change-{variant}-{kind}", kind="training",
+                         group=group, inputs=logs,
+                         title=f"Relative weight change ({variant}, {kind}): {dataset}",
+                         caption=f"{formula} per conv/linear layer (module order) and epoch, "
+                                 "mean over seeds; one panel per model · attention · augmentation",
+                         selection={**sel, "measure": f"weight_change_{variant}"})
+
+    manifests = [p for p in knn_manifests(rep.results_dir)
+                 if p.parents[3].parent.name == dataset]
+    graphs = knn_graph_frame(manifests) if manifests else None
+    if graphs is None or not (graphs["backend_used"] == "annoy").any():
+        return
+    for (probe, distance), df in graphs.group_by(["probe", "distance"], maintain_order=True):
+        if not (df["backend_used"] == "annoy").any():
+            continue
+        used = [p for p in manifests if p.parents[1].name == probe
+                and p.parent.name.startswith(f"{distance}-")]
+        rep.emit(charts.knn_recall(df, title=f"Annoy vs exact kNN, {dataset} ({probe}, {distance})"),
+                 f"{dataset}/knn-{probe}-{distance}", kind="knn", group=group, inputs=used,
+                 title=f"Annoy recall and time vs exact: {dataset}, {probe}, {distance}",
+                 caption="recall@k of the Annoy graphs against exact neighbours (on the manifest's "
+                         "row sample) and seconds per graph, per hook and scale; mean over runs",
+                 selection={**sel, "probe": probe, "distance": distance,
+                            "k": sorted(df["k"].unique().to_list())})
+
+
+def build_report(results_dir: PathLike, reports_dir: PathLike, *,
+                 config: dict | None = None) -> list[FigureRecord]:
+    """Build every standard figure that ``results_dir`` has inputs for, and the index page.
+
+    Writes ``{reports_dir}/.../{figure}.{html,png,svg}``, ``{reports_dir}/index.html`` and
+    ``index.json``. ``config``: the study config; its ``report`` block sets the options
+    (:data:`DEFAULTS`) and its blocks are recorded with each figure. Returns the records.
+    """
+    from rra.report.frames import datasets, metric_dirs
+
+    results_dir, reports_dir = Path(results_dir), Path(reports_dir)
+    if not results_dir.is_dir():
+        raise FileNotFoundError(f"results directory {results_dir} does not exist")
+    rep = _Report(results_dir, reports_dir, config)
+    dirs = metric_dirs(results_dir)
+    for dataset in datasets(results_dir):
+        by_analysis: dict[tuple, list] = {}
+        for d in dirs:
+            if d.dataset == dataset:
+                by_analysis.setdefault(d.analysis, []).append(d)
+        for key in sorted(by_analysis):
+            _metric_figures(rep, by_analysis[key])
+        _dataset_figures(rep, dataset)
+    build_index(rep.records, reports_dir / "index.html", title="rra report",
+                intro=f"Figures built from {results_dir.name}/ "
+                      f"({len(datasets(results_dir))} dataset(s)).")
+    return rep.records

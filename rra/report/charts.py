@@ -1,0 +1,410 @@
+"""Altair charts of the study's figures, one function per figure. [ours]
+
+Every function takes polars frames already filtered to what the figure shows (one scale, one k,
+one distance, ...) and returns an Altair chart. Seeds are aggregated here, in polars, before any
+data reaches Altair, so the charts embed small frames (a few hundred rows) and Altair's row limit
+never triggers; a frame that still has several values in a column the figure does not show
+(two scales, say) is an error naming that column, instead of a silent average over it.
+
+Hook axes follow the forward order of the network: they are sorted by ``pos_a``/``pos_b`` (the
+hook's forward position, see :mod:`rra.metrics.tables`), per facet, so models with different
+hooks can share a figure. Scales are ordered 1, 2, 4, ..., full.
+
+Across seeds, per cell: ``mean``, ``sd`` (sample standard deviation, ddof = 1; 0 for one seed),
+``min``, ``max`` and ``n`` (number of seeds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import altair as alt
+import polars as pl
+
+HOOK_A = alt.EncodingSortField(field="pos_a", op="min", order="ascending")
+HOOK_B = alt.EncodingSortField(field="pos_b", op="min", order="ascending")
+HEAT = "viridis"
+
+
+# ---------------------------------------------------------------------------------------------
+# Frame helpers (polars only)
+
+def require_columns(df: pl.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: frame lacks column(s) {missing}; it has {df.columns}")
+    if df.height == 0:
+        raise ValueError(f"{what}: the frame is empty (nothing to plot)")
+
+
+def check_constant(df: pl.DataFrame, keys: Sequence[str], vary: Sequence[str], what: str) -> None:
+    """Every column other than ``keys`` and ``vary`` must hold one value per group of ``keys``.
+
+    This is what makes the aggregation honest: only the ``vary`` columns (seeds) are averaged
+    over; anything else (two scales, two distances) must be filtered out or faceted by.
+    """
+    others = [c for c in df.columns if c not in set(keys) | set(vary) | {"value"}]
+    if not others:
+        return
+    exprs = [pl.col(c).n_unique() for c in others]
+    counts = df.group_by(list(keys)).agg(exprs) if keys else df.select(exprs)
+    for c in others:
+        if counts[c].max() > 1:
+            values = df[c].unique().sort(nulls_last=True).to_list()[:8]
+            raise ValueError(f"{what}: column {c!r} has several values {values} within one "
+                             f"plotted cell; filter the frame to one value or facet by {c!r}")
+
+
+def aggregate(df: pl.DataFrame, keys: Sequence[str], what: str, *,
+              vary: Sequence[str] = ("seed",), value: str = "value") -> pl.DataFrame:
+    """Mean, sd (ddof = 1, 0 for a single value), min, max and count of ``value`` per ``keys``.
+
+    [ours] Sorted by ``keys`` so the result (and the chart built from it) is deterministic.
+    """
+    require_columns(df, [*keys, value], what)
+    check_constant(df, keys, [v for v in vary if v in df.columns], what)
+    out = (df.group_by(list(keys))
+             .agg(mean=pl.col(value).mean(), sd=pl.col(value).std(ddof=1),
+                  min=pl.col(value).min(), max=pl.col(value).max(), n=pl.col(value).count())
+             .with_columns(pl.col("sd").fill_null(0.0).fill_nan(0.0)))
+    return out.sort(list(keys), nulls_last=True)
+
+
+def scale_order(scales: Sequence[Any]) -> list[str]:
+    """Pooled scales as strings, numeric ones ascending, then ``full`` (and any other name)."""
+    names = sorted({str(s) for s in scales if s is not None})
+    numeric = sorted((s for s in names if s.isdigit()), key=int)
+    return numeric + [s for s in names if not s.isdigit()]
+
+
+def add_variant(df: pl.DataFrame, columns: Sequence[str] = ("attention", "augmentation"),
+                name: str = "variant") -> pl.DataFrame:
+    """Add a label column joining ``columns`` with " · " (e.g. ``se · standard``)."""
+    require_columns(df, columns, "add_variant")
+    return df.with_columns(pl.concat_str([pl.col(c).cast(pl.Utf8) for c in columns],
+                                         separator=" · ").alias(name))
+
+
+def _max_rows() -> int:
+    return int(alt.data_transformers.options.get("max_rows", 5000))
+
+
+def _check_rows(df: pl.DataFrame, what: str) -> pl.DataFrame:
+    if df.height > _max_rows():
+        raise ValueError(f"{what}: {df.height} rows after aggregation exceed Altair's limit of "
+                         f"{_max_rows()}; filter the frame (fewer hooks, classes or k values)")
+    return df
+
+
+def _facet_kwargs(df: pl.DataFrame, row: str | None, column: str | None) -> dict[str, Any]:
+    kw: dict[str, Any] = {}
+    for name, field, channel in (("row", row, alt.Row), ("column", column, alt.Column)):
+        if field is not None:
+            require_columns(df, [field], "facet")
+            kw[name] = channel(f"{field}:{'O' if df[field].dtype.is_integer() else 'N'}",
+                               sort="ascending")
+    return kw
+
+
+# ---------------------------------------------------------------------------------------------
+# E1: NNTS and NNTP
+
+def nnts_heatmap(df: pl.DataFrame, *, row: str | None = None, column: str | None = "k",
+                 title: str = "NNTS") -> alt.FacetChart | alt.Chart:
+    """NNTS(a, b) heat map, hook × hook in forward order, faceted by ``row``/``column``.
+
+    ``df``: rows of the nnts table with one measure (``nnts``) at one scale; seeds averaged
+    (cell = mean over seeds, ``n`` seeds in the tooltip). Facets: e.g. ``column="k"``,
+    ``row="model"`` or ``row="variant"`` (see :func:`add_variant`). Hook axes are independent
+    per facet when the facets hold different models. [source: NNTS matrix; ours: layout]
+    """
+    facets = [f for f in (row, column) if f is not None]
+    keys = [*facets, "hook_a", "pos_a", "hook_b", "pos_b"]
+    agg = _check_rows(aggregate(df, keys, "nnts_heatmap"), "nnts_heatmap")
+    chart = alt.Chart(agg).mark_rect().encode(
+        x=alt.X("hook_b:N", sort=HOOK_B, title="hook b (forward order)"),
+        y=alt.Y("hook_a:N", sort=HOOK_A, title="hook a (forward order)"),
+        color=alt.Color("mean:Q", title="NNTS", scale=alt.Scale(scheme=HEAT, domain=[0, 1])),
+        tooltip=[*facets, "hook_a", "hook_b", alt.Tooltip("mean:Q", format=".4f"),
+                 alt.Tooltip("sd:Q", format=".4f"), "n"],
+    ).properties(width=alt.Step(18), height=alt.Step(18))
+    if not facets:
+        return chart.properties(title=title)
+    out = chart.facet(**_facet_kwargs(agg, row, column)).properties(title=title)
+    if "model" in facets or "variant" in facets:
+        out = out.resolve_scale(x="independent", y="independent")
+    return out
+
+
+def nntp_heatmap(df: pl.DataFrame, *, title: str = "NNTP") -> alt.HConcatChart:
+    """NNTP table T[f, l] as a heat map (first hook f × last hook l, counts as text) and the
+    per-hook edge totals as bars, concatenated. [source: NNTP table and edge totals]
+
+    ``df``: the nntp table of one model variant at one scale, k and alpha (measures
+    ``nntp_runs``, ``nntp_edges``, optionally ``nntp_persistent_all``); seeds averaged.
+    """
+    require_columns(df, ["measure", "hook_a", "pos_a", "value"], "nntp_heatmap")
+    runs = df.filter(pl.col("measure") == "nntp_runs")
+    edges = df.filter(pl.col("measure") == "nntp_edges").drop("hook_b", "pos_b", strict=False)
+    if runs.height == 0 or edges.height == 0:
+        raise ValueError("nntp_heatmap: the frame needs rows of both measures 'nntp_runs' and "
+                         f"'nntp_edges'; it has {df['measure'].unique().to_list()}")
+    t = aggregate(runs, ["hook_a", "pos_a", "hook_b", "pos_b"], "nntp_heatmap (runs)")
+    t = _check_rows(t.with_columns(dark=pl.col("mean") < pl.col("mean").max() / 2),
+                    "nntp_heatmap")
+    e = aggregate(edges, ["hook_a", "pos_a"], "nntp_heatmap (edges)")
+    persistent = df.filter(pl.col("measure") == "nntp_persistent_all")["value"].mean()
+    subtitle = ([f"pairs present at every hook: {persistent:,.1f} (mean over seeds)"]
+                if persistent is not None else [])
+    base = alt.Chart(t).encode(
+        x=alt.X("hook_b:N", sort=HOOK_B, title="last hook l of the run"),
+        y=alt.Y("hook_a:N", sort=HOOK_A, title="first hook f of the run"),
+    )
+    heat = base.mark_rect().encode(
+        color=alt.Color("mean:Q", title="runs T[f, l]", scale=alt.Scale(scheme=HEAT, type="symlog")),
+        tooltip=["hook_a", "hook_b", alt.Tooltip("mean:Q", format=",.1f"),
+                 alt.Tooltip("sd:Q", format=",.1f"), "n"],
+    )
+    text = base.mark_text(fontSize=8).encode(
+        text=alt.Text("mean:Q", format=".3~s"),
+        color=alt.condition("datum.dark", alt.value("white"), alt.value("black")),
+    )
+    table = alt.layer(heat, text).properties(width=alt.Step(30), height=alt.Step(22),
+                                             title="NNTP table (runs from f to l)")
+    bars = alt.Chart(e).mark_bar().encode(
+        x=alt.X("hook_a:N", sort=HOOK_A, title="hook (forward order)"),
+        y=alt.Y("mean:Q", title="undirected kNN edges"),
+        tooltip=["hook_a", alt.Tooltip("mean:Q", format=",.1f"), alt.Tooltip("sd:Q", format=",.1f"),
+                 "n"],
+    ).properties(width=alt.Step(22), height=200, title="edge totals per hook")
+    return alt.hconcat(table, bars).resolve_scale(color="independent").properties(
+        title=alt.TitleParams(title, subtitle=subtitle))
+
+
+# ---------------------------------------------------------------------------------------------
+# E3 / E5: per-hook curves with seed bands
+
+def hook_curves(df: pl.DataFrame, *, color: str = "augmentation", band: str = "minmax",
+                column: str | None = "measure", row: str | None = None,
+                title: str = "per-hook curves") -> alt.FacetChart:
+    """Measure vs hook (forward order): mean over seeds as a line, a band across seeds.
+
+    ``band="minmax"``: min to max over seeds; ``"sd"``: mean ± sd. ``color`` names the
+    column that tells the curves apart (``augmentation``, ``attention`` or ``variant``);
+    ``column``/``row`` facet (default: one panel per ``measure``, independent y). [ours]
+    """
+    if band not in ("minmax", "sd"):
+        raise ValueError(f"hook_curves: band must be 'minmax' or 'sd', got {band!r}")
+    facets = [f for f in (row, column) if f is not None]
+    keys = [*facets, color, "hook_a", "pos_a"]
+    agg = aggregate(df, keys, "hook_curves")
+    lo, hi = ((pl.col("min"), pl.col("max")) if band == "minmax"
+              else (pl.col("mean") - pl.col("sd"), pl.col("mean") + pl.col("sd")))
+    agg = _check_rows(agg.with_columns(lo=lo, hi=hi), "hook_curves")
+    base = alt.Chart().encode(
+        x=alt.X("hook_a:N", sort=HOOK_A, title="hook (forward order)"),
+        color=alt.Color(f"{color}:N", title=color),
+        order=alt.Order("pos_a:Q"),
+    )
+    band_layer = base.mark_area(opacity=0.25).encode(y=alt.Y("lo:Q", title="value"), y2="hi:Q")
+    line = base.mark_line(point=True).encode(
+        y=alt.Y("mean:Q", title="value"),
+        tooltip=[*facets, color, "hook_a", alt.Tooltip("mean:Q", format=".4f"),
+                 alt.Tooltip("sd:Q", format=".4f"), alt.Tooltip("min:Q", format=".4f"),
+                 alt.Tooltip("max:Q", format=".4f"), "n"],
+    )
+    layered = alt.layer(band_layer, line, data=agg).properties(width=alt.Step(24), height=180)
+    band_text = "min–max" if band == "minmax" else "mean ± sd"
+    return (layered.facet(**_facet_kwargs(agg, row, column))
+            .resolve_scale(x="independent", y="independent")
+            .properties(title=alt.TitleParams(title, subtitle=[f"line: mean over seeds; band: "
+                                                              f"{band_text} over seeds"])))
+
+
+# ---------------------------------------------------------------------------------------------
+# E4: ClassRepSim
+
+def classrepsim_heatmaps(df: pl.DataFrame, *, title: str = "ClassRepSim",
+                         columns: int = 4) -> alt.FacetChart:
+    """Scale × scale ClassRepSim heat maps, one panel per hook in forward order.
+
+    ``df``: classrepsim rows of one model variant at one k, with one measure:
+    ``classrepsim_mean`` (class mean, panels wrap by hook) or ``classrepsim`` (per class: rows =
+    class, columns = hook). Seeds averaged. [ours: ClassRepSim reconstruction]
+    """
+    require_columns(df, ["measure", "hook_a", "pos_a", "scale_a", "scale_b", "value"],
+                    "classrepsim_heatmaps")
+    per_class = "class" in df.columns and df["class"].null_count() < df.height
+    keys = ["hook_a", "pos_a", "scale_a", "scale_b"] + (["class"] if per_class else [])
+    agg = _check_rows(aggregate(df, keys, "classrepsim_heatmaps"), "classrepsim_heatmaps")
+    scales = scale_order(agg["scale_a"].to_list() + agg["scale_b"].to_list())
+    hooks = agg.sort("pos_a")["hook_a"].unique(maintain_order=True).to_list()
+    base = alt.Chart().encode(
+        x=alt.X("scale_b:O", sort=scales, title="scale t"),
+        y=alt.Y("scale_a:O", sort=scales, title="scale s"),
+    )
+    heat = base.mark_rect().encode(
+        color=alt.Color("mean:Q", title="ClassRepSim", scale=alt.Scale(scheme=HEAT, domain=[0, 1])),
+        tooltip=["hook_a", "scale_a", "scale_b", *(["class"] if per_class else []),
+                 alt.Tooltip("mean:Q", format=".3f"), alt.Tooltip("sd:Q", format=".3f"), "n"],
+    )
+    text = base.mark_text(fontSize=8).encode(
+        text=alt.Text("mean:Q", format=".2f"),
+        color=alt.condition("datum.mean < 0.5", alt.value("white"), alt.value("black")),
+    )
+    layered = alt.layer(heat, text, data=agg).properties(width=alt.Step(22), height=alt.Step(22))
+    if per_class:
+        chart = layered.facet(row=alt.Row("class:O", sort="ascending"),
+                              column=alt.Column("hook_a:N", sort=hooks, title="hook"))
+    else:
+        chart = layered.facet(facet=alt.Facet("hook_a:N", sort=hooks, title="hook"),
+                              columns=columns)
+    return chart.properties(title=title)
+
+
+# ---------------------------------------------------------------------------------------------
+# E3 / E5: accuracy, parameters and FLOPs
+
+ACC_COLUMNS = ["variant", "acc_mean", "acc_sd", "acc_min", "acc_max", "n_seeds"]
+COST_COLUMNS = ["params", "flops", "params_ratio", "flops_ratio"]
+
+
+def accuracy_cost(df: pl.DataFrame, *, title: str = "Accuracy and cost") -> alt.VConcatChart:
+    """A table-like text chart of accuracy (mean ± sd over seeds), parameters, FLOPs and their
+    ratios to the baseline, and a scatter of accuracy against the FLOPs and parameter ratios.
+
+    ``df``: one row per variant, from :func:`rra.report.frames.accuracy_cost_frame`; without
+    the cost columns only the accuracy table is drawn. [ours]
+    """
+    require_columns(df, ACC_COLUMNS, "accuracy_cost")
+    if df["variant"].n_unique() != df.height:
+        raise ValueError("accuracy_cost: one row per variant expected; duplicated: "
+                         f"{df.filter(pl.col('variant').is_duplicated())['variant'].to_list()}")
+    has_cost = all(c in df.columns for c in COST_COLUMNS)
+    order = df["variant"].to_list()
+    cells = [("top-1 acc (mean ± sd)",
+              pl.format("{} ± {}", (100 * pl.col("acc_mean")).round(2), (100 * pl.col("acc_sd")).round(2))),
+             ("seeds", pl.col("n_seeds").cast(pl.Utf8))]
+    if has_cost:
+        cells += [("params", pl.col("params").cast(pl.Int64).cast(pl.Utf8)),
+                  ("FLOPs", pl.col("flops").cast(pl.Int64).cast(pl.Utf8)),
+                  ("params ratio", pl.col("params_ratio").round(3).cast(pl.Utf8)),
+                  ("FLOPs ratio", pl.col("flops_ratio").round(4).cast(pl.Utf8))]
+    table = pl.concat([df.select("variant", column=pl.lit(name), text=expr) for name, expr in cells])
+    text = alt.Chart(_check_rows(table, "accuracy_cost")).mark_text(align="center").encode(
+        x=alt.X("column:N", sort=[name for name, _ in cells], title=None,
+                axis=alt.Axis(orient="top", labelAngle=0, ticks=False, domain=False)),
+        y=alt.Y("variant:N", sort=order, title=None, axis=alt.Axis(ticks=False, domain=False)),
+        text="text:N",
+    ).properties(width=alt.Step(130), height=alt.Step(20))
+    if not has_cost:
+        return alt.vconcat(text).properties(title=title)
+    long = pl.concat([
+        df.select("variant", "acc_mean", "acc_sd", cost=pl.lit(name), ratio=pl.col(col))
+        for name, col in (("FLOPs / baseline", "flops_ratio"),
+                          ("parameters / baseline", "params_ratio"))
+    ]).with_columns(lo=pl.col("acc_mean") - pl.col("acc_sd"), hi=pl.col("acc_mean") + pl.col("acc_sd"))
+    base = alt.Chart().encode(
+        x=alt.X("ratio:Q", title="ratio to the baseline", scale=alt.Scale(zero=False)),
+        color=alt.Color("variant:N", sort=order),
+    )
+    points = base.mark_point(filled=True, size=60).encode(
+        y=alt.Y("acc_mean:Q", title="top-1 accuracy", scale=alt.Scale(zero=False)),
+        tooltip=["variant", alt.Tooltip("ratio:Q", format=".4f"),
+                 alt.Tooltip("acc_mean:Q", format=".4f"), alt.Tooltip("acc_sd:Q", format=".4f")],
+    )
+    bars = base.mark_rule().encode(y="lo:Q", y2="hi:Q")
+    scatter = (alt.layer(bars, points, data=_check_rows(long, "accuracy_cost"))
+               .properties(width=260, height=200)
+               .facet(column=alt.Column("cost:N", title=None))
+               .resolve_scale(x="independent"))
+    return alt.vconcat(text, scatter).properties(title=title)
+
+
+# ---------------------------------------------------------------------------------------------
+# E6: relative weight change
+
+def weight_change_heatmap(df: pl.DataFrame, *, facet: str = "variant", columns: int = 3,
+                          title: str = "Relative weight change") -> alt.FacetChart:
+    """Layer × epoch heat map of the relative weight change (one measure), mean over seeds,
+    one panel per ``facet`` value; layers in forward (module) order. [source: Agrawal et al.]
+
+    ``df``: from :func:`rra.report.frames.weight_change_frame`, filtered to one measure
+    (``weight_change_l1`` or ``weight_change_elementwise``). Colour on a log scale when every
+    value is positive.
+    """
+    agg = _check_rows(aggregate(df, [facet, "layer", "pos", "epoch"], "weight_change_heatmap"),
+                      "weight_change_heatmap")
+    measure = df["measure"][0] if "measure" in df.columns else "value"
+    scale = alt.Scale(scheme="magma", type="log" if agg["mean"].min() > 0 else "linear")
+    chart = alt.Chart(agg).mark_rect().encode(
+        x=alt.X("epoch:O", title="epoch"),
+        y=alt.Y("layer:N", sort=alt.EncodingSortField("pos", op="min"), title="layer (forward order)"),
+        color=alt.Color("mean:Q", title=measure, scale=scale),
+        tooltip=[facet, "layer", "epoch", alt.Tooltip("mean:Q", format=".3e"),
+                 alt.Tooltip("sd:Q", format=".3e"), "n"],
+    ).properties(width=alt.Step(14), height=alt.Step(14))
+    return (chart.facet(facet=alt.Facet(f"{facet}:N", title=None), columns=columns)
+            .resolve_scale(y="independent").properties(title=title))
+
+
+def weight_change_curves(df: pl.DataFrame, *, facet: str = "variant", columns: int = 3,
+                         title: str = "Relative weight change per layer") -> alt.FacetChart:
+    """Relative weight change vs epoch, one line per layer (mean over seeds), one panel per
+    ``facet`` value. Same input as :func:`weight_change_heatmap`. [source: Agrawal et al.]"""
+    agg = _check_rows(aggregate(df, [facet, "layer", "pos", "epoch"], "weight_change_curves"),
+                      "weight_change_curves")
+    positive = agg["mean"].min() > 0
+    chart = alt.Chart(agg).mark_line(point=True).encode(
+        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1)),
+        y=alt.Y("mean:Q", title=df["measure"][0] if "measure" in df.columns else "value",
+                scale=alt.Scale(type="log" if positive else "linear")),
+        color=alt.Color("layer:N", sort=alt.EncodingSortField("pos", op="min"), title="layer"),
+        tooltip=[facet, "layer", "epoch", alt.Tooltip("mean:Q", format=".3e"), "n"],
+    ).properties(width=220, height=160)
+    return chart.facet(facet=alt.Facet(f"{facet}:N", title=None), columns=columns).properties(
+        title=title)
+
+
+# ---------------------------------------------------------------------------------------------
+# E2: Annoy vs exact
+
+def knn_recall(df: pl.DataFrame, *, title: str = "Annoy vs exact kNN") -> alt.HConcatChart:
+    """recall@k against exact and build time per hook (forward order), per backend, one row of
+    panels per scale; mean over runs/seeds. [ours]
+
+    ``df``: from :func:`rra.report.frames.knn_graph_frame` (one row per stored graph: columns
+    backend_label, hook_a, pos_a, scale_a, recall, seconds), filtered to one distance and k.
+    """
+    keys = ["backend_label", "scale_a", "hook_a", "pos_a"]
+    require_columns(df, [*keys, "recall", "seconds"], "knn_recall")
+    vary = [c for c in ("seed", "model", "attention", "augmentation", "search_k", "n", "d",
+                        "recall", "seconds", "backend", "backend_used", "n_trees")
+            if c in df.columns]
+    check_constant(df, keys, vary, "knn_recall")
+    agg = _check_rows(df.group_by(keys).agg(
+        recall=pl.col("recall").mean(), recall_min=pl.col("recall").min(),
+        seconds=pl.col("seconds").mean(), search_k=pl.col("search_k").mean()
+        if "search_k" in df.columns else pl.lit(None), n=pl.len(),
+    ).sort(keys), "knn_recall")
+    scales = scale_order(agg["scale_a"].to_list())
+    base = alt.Chart(agg).encode(
+        x=alt.X("hook_a:N", sort=HOOK_A, title="hook (forward order)"),
+        color=alt.Color("backend_label:N", title="backend"),
+        order=alt.Order("pos_a:Q"),
+    )
+    tooltip = ["backend_label", "scale_a", "hook_a", alt.Tooltip("recall:Q", format=".4f"),
+               alt.Tooltip("recall_min:Q", format=".4f"), alt.Tooltip("seconds:Q", format=".3f"),
+               alt.Tooltip("search_k:Q", format=",.0f"), "n"]
+    recall = base.mark_line(point=True).encode(
+        y=alt.Y("recall:Q", title="recall@k vs exact", scale=alt.Scale(domain=[0, 1])),
+        tooltip=tooltip,
+    ).properties(width=alt.Step(22), height=140).facet(
+        row=alt.Row("scale_a:O", sort=scales, title="scale"))
+    time = base.mark_line(point=True).encode(
+        y=alt.Y("seconds:Q", title="seconds per graph", scale=alt.Scale(type="log")),
+        tooltip=tooltip,
+    ).properties(width=alt.Step(22), height=140).facet(
+        row=alt.Row("scale_a:O", sort=scales, title="scale"))
+    return alt.hconcat(recall, time).properties(title=title)

@@ -1,0 +1,344 @@
+"""Tidy polars frames for the report, read from a study's results directory. [ours]
+
+Discovery follows the artifact layout of docs/design.md:
+
+- metric tables:   ``{results}/{dataset}/{run}/metrics/{probe}/{distance}-{backend}/`` (complete
+  when its ``manifest.json`` exists);
+- kNN manifests:   ``{results}/{dataset}/{run}/knn/{probe}/{distance}-{backend}/manifest.json``;
+- training logs:   ``{results}/{dataset}/{run}/train_log.json`` and ``metrics.json``;
+- study tables:    ``{results}/{dataset}/accuracy.parquet`` and ``cost.parquet``.
+
+``{run}`` is ``{model}-{attention}-{augmentation}-s{seed}`` and is parsed into those columns,
+exactly as the metric tables carry them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from rra.io import PathLike, read_json
+
+RUN_RE = re.compile(r"^(?P<model>[a-z][a-z0-9]*)-(?P<attention>[a-z]+(?:-auto)?)-"
+                    r"(?P<augmentation>[a-z]+)-s(?P<seed>\d+)$")
+RUN_COLUMNS = ("dataset", "model", "attention", "augmentation", "seed")
+
+
+def parse_run(name: str) -> dict[str, Any] | None:
+    """``{model, attention, augmentation, seed}`` of a run directory name, or None."""
+    m = RUN_RE.match(name)
+    if m is None:
+        return None
+    return {**m.groupdict(), "seed": int(m["seed"])}
+
+
+def run_dirs(results_dir: PathLike) -> list[tuple[Path, dict[str, Any]]]:
+    """Every run directory ``{results}/{dataset}/{run}`` with its identity columns, sorted."""
+    out = []
+    for path in sorted(Path(results_dir).glob("*/*")):
+        run = parse_run(path.name) if path.is_dir() else None
+        if run is not None and path.parent.name != "data":
+            out.append((path, {"dataset": path.parent.name, **run}))
+    return out
+
+
+def datasets(results_dir: PathLike) -> list[str]:
+    """Datasets of a results directory: those with at least one run directory."""
+    return sorted({run["dataset"] for _, run in run_dirs(results_dir)})
+
+
+# ---------------------------------------------------------------------------------------------
+# Metric tables
+
+@dataclass(frozen=True)
+class MetricDir:
+    """One complete metric directory of one run (its manifest exists)."""
+
+    path: Path
+    dataset: str
+    run: str
+    probe: str
+    distance: str
+    backend: str
+
+    @property
+    def manifest(self) -> Path:
+        return self.path / "manifest.json"
+
+    @property
+    def analysis(self) -> tuple[str, str, str, str]:
+        return self.dataset, self.probe, self.distance, self.backend
+
+
+def _split_spec(spec: str, path: Path) -> tuple[str, str]:
+    distance, sep, backend = spec.rpartition("-")
+    if not sep or not distance or not backend:
+        raise ValueError(f"{path}: directory name {spec!r} is not '{{distance}}-{{backend}}'")
+    return distance, backend
+
+
+def metric_dirs(results_dir: PathLike) -> list[MetricDir]:
+    """Every complete metric directory under ``results_dir``, sorted by path."""
+    out = []
+    for manifest in sorted(Path(results_dir).glob("*/*/metrics/*/*/manifest.json")):
+        spec_dir = manifest.parent
+        run_dir = spec_dir.parent.parent.parent
+        if parse_run(run_dir.name) is None:
+            continue
+        distance, backend = _split_spec(spec_dir.name, spec_dir)
+        out.append(MetricDir(spec_dir, run_dir.parent.name, run_dir.name, spec_dir.parent.name,
+                             distance, backend))
+    return out
+
+
+def read_tables(dirs: Sequence[MetricDir], name: str) -> pl.DataFrame:
+    """Table ``name`` (``nnts``, ``nntp``, ...) of every directory, concatenated."""
+    from rra.metrics.tables import TABLES, polars_schema
+
+    if name not in TABLES:
+        raise ValueError(f"unknown metric table {name!r}; known: {list(TABLES)}")
+    frames = []
+    for d in dirs:
+        path = d.path / f"{name}.parquet"
+        if not path.is_file():
+            raise FileNotFoundError(f"missing metric table {path} (its manifest exists: the "
+                                    "metrics stage wrote an incomplete directory)")
+        frames.append(pl.read_parquet(path))
+    if not frames:
+        return pl.DataFrame(schema=polars_schema())
+    return pl.concat(frames, how="vertical")
+
+
+RUN_IDENTITY = ["dataset", "model", "attention", "augmentation", "seed", "probe", "distance",
+                "backend"]
+
+
+def nnts_to_logits(nnts: pl.DataFrame) -> pl.DataFrame:
+    """Rows NNTS(hook, last hook) per run, scale and k, as measure ``nnts_to_logits``.
+
+    The last hook is the one of largest forward position at that scale (the logits at
+    ``full``). Output columns: those of the nnts table (``hook_b``/``pos_b`` = the last hook).
+    [ours: summary of the NNTS matrix's last column]
+    """
+    group = [c for c in [*RUN_IDENTITY, "scale_a", "k"] if c in nnts.columns]
+    df = nnts.filter(pl.col("measure") == "nnts")
+    return (df.filter(pl.col("pos_b") == pl.col("pos_b").max().over(group))
+              .with_columns(measure=pl.lit("nnts_to_logits")))
+
+
+def stage_last_hooks(hooks: Sequence[str]) -> list[str]:
+    """The last hook of each stage, in forward order; a stage is the hook name's first dotted
+    component (``layer2.0``, ``layer2.1`` → ``layer2``; ``stem``, ``fc`` and LeNet's hooks are
+    stages of their own). [ours: matches ``model.stages`` of the ResNets]"""
+    last: dict[str, str] = {}
+    for hook in hooks:
+        last[hook.split(".")[0]] = hook
+    return list(last.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Training logs: relative weight change and accuracy
+
+def train_logs(results_dir: PathLike) -> list[Path]:
+    return [p / "train_log.json" for p, _ in run_dirs(results_dir) if (p / "train_log.json").is_file()]
+
+
+def _layer_order(log: dict, run_dir: Path, cache: dict[str, list[str]]) -> list[str] | None:
+    """Forward (module) order of the logged layers: the log's own ``weight_change_layers``
+    list when present, else the module order of the model rebuilt from ``metrics.json``."""
+    if isinstance(log.get("weight_change_layers"), list):
+        return [str(x) for x in log["weight_change_layers"]]
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        return None
+    model_args = read_json(metrics_path).get("model_args")
+    if not isinstance(model_args, dict):
+        return None
+    key = json.dumps(model_args, sort_keys=True)
+    if key not in cache:
+        try:
+            from rra.train.checkpoint import build_from_args
+            from rra.train.weight_change import tracked_weights
+
+            cache[key] = list(tracked_weights(build_from_args(model_args)))
+        except (ValueError, KeyError, TypeError) as err:
+            warnings.warn(f"{metrics_path}: cannot rebuild the model for the layer order ({err})",
+                          stacklevel=2)
+            return None
+    return cache[key]
+
+
+def weight_change_frame(results_dir: PathLike, files: Iterable[PathLike] | None = None) -> pl.DataFrame:
+    """Relative weight change of every run as a tidy frame.
+
+    Columns: dataset, model, attention, augmentation, seed, measure (``weight_change_l1`` or
+    ``weight_change_elementwise``), layer, pos (the layer's forward/module position), epoch,
+    value. ``files``: the train logs to read (default: every ``train_log.json`` found).
+    """
+    rows: list[dict[str, Any]] = []
+    cache: dict[str, list[str]] = {}
+    for path in map(Path, files if files is not None else train_logs(results_dir)):
+        run = parse_run(path.parent.name)
+        if run is None:
+            raise ValueError(f"{path}: run directory name {path.parent.name!r} is not "
+                             "'{model}-{attention}-{augmentation}-s{seed}'")
+        log = read_json(path)
+        epochs = log.get("epochs")
+        if not isinstance(epochs, list):
+            raise ValueError(f"{path}: expected a list under 'epochs'")
+        logged = list(dict.fromkeys(l for e in epochs for l in e.get("weight_change", {})))
+        order = _layer_order(log, path.parent, cache)
+        if order is None or set(logged) - set(order):
+            order = sorted(logged)
+        pos = {layer: i for i, layer in enumerate(order)}
+        ident = {"dataset": path.parent.parent.name, **run}
+        for e in epochs:
+            for layer, change in e.get("weight_change", {}).items():
+                for variant in ("l1", "elementwise"):
+                    if variant not in change:
+                        raise ValueError(f"{path}: epoch {e.get('epoch')} layer {layer!r} lacks "
+                                         f"{variant!r}")
+                    rows.append({**ident, "measure": f"weight_change_{variant}", "layer": layer,
+                                 "pos": pos[layer], "epoch": int(e["epoch"]),
+                                 "value": float("nan") if change[variant] is None
+                                 else float(change[variant])})
+    schema = {"dataset": pl.Utf8, "model": pl.Utf8, "attention": pl.Utf8,
+              "augmentation": pl.Utf8, "seed": pl.Int64, "measure": pl.Utf8, "layer": pl.Utf8,
+              "pos": pl.Int64, "epoch": pl.Int64, "value": pl.Float64}
+    return pl.DataFrame(rows, schema=schema)
+
+
+ACCURACY_REQUIRED = ("model", "attention", "augmentation", "seed", "eval_acc")
+
+
+def accuracy_sources(results_dir: PathLike, dataset: str) -> list[Path]:
+    """``{dataset}/accuracy.parquet`` when present, else every run's ``metrics.json``."""
+    table = Path(results_dir) / dataset / "accuracy.parquet"
+    if table.is_file():
+        return [table]
+    return [p / "metrics.json" for p, run in run_dirs(results_dir)
+            if run["dataset"] == dataset and (p / "metrics.json").is_file()]
+
+
+def accuracy_frame(files: Sequence[PathLike]) -> pl.DataFrame:
+    """Final accuracy per run: columns model, attention, augmentation, seed, eval_acc.
+
+    Reads ``accuracy.parquet`` files as they are, or ``metrics.json`` files (identity from the
+    run directory name).
+    """
+    frames = []
+    for path in map(Path, files):
+        if path.suffix == ".parquet":
+            df = pl.read_parquet(path)
+        else:
+            run = parse_run(path.parent.name)
+            metrics = read_json(path)
+            if run is None or "eval_acc" not in metrics:
+                raise ValueError(f"{path}: expected a run directory and an 'eval_acc' key")
+            df = pl.DataFrame([{**run, "eval_acc": float(metrics["eval_acc"])}])
+        missing = [c for c in ACCURACY_REQUIRED if c not in df.columns]
+        if missing:
+            raise ValueError(f"{path}: accuracy table lacks column(s) {missing}")
+        frames.append(df.select(pl.col("model", "attention", "augmentation").cast(pl.Utf8),
+                                pl.col("seed").cast(pl.Int64), pl.col("eval_acc").cast(pl.Float64)))
+    return pl.concat(frames) if frames else pl.DataFrame(
+        schema={"model": pl.Utf8, "attention": pl.Utf8, "augmentation": pl.Utf8,
+                "seed": pl.Int64, "eval_acc": pl.Float64})
+
+
+def accuracy_cost_frame(accuracy: pl.DataFrame, cost: pl.DataFrame | None = None) -> pl.DataFrame:
+    """One row per (model, attention, augmentation): accuracy over seeds and, with ``cost``,
+    parameters, FLOPs and their ratios to the model's ``none`` variant.
+
+    acc_mean, acc_sd (ddof = 1; 0 for one seed), acc_min, acc_max, n_seeds; ``variant`` labels
+    the row (``model · attention · augmentation``). ``cost`` (cost.parquet) is joined on
+    (model, attention); its ``params_ratio``/``flops_ratio`` are used when present, else
+    computed against the ``none`` row of the same model. Sorted: model, baseline first.
+    """
+    missing = [c for c in ACCURACY_REQUIRED if c not in accuracy.columns]
+    if missing or accuracy.height == 0:
+        raise ValueError(f"accuracy_cost_frame: accuracy frame is empty or lacks {missing}")
+    keys = ["model", "attention", "augmentation"]
+    out = (accuracy.group_by(keys)
+           .agg(acc_mean=pl.col("eval_acc").mean(), acc_sd=pl.col("eval_acc").std(ddof=1),
+                acc_min=pl.col("eval_acc").min(), acc_max=pl.col("eval_acc").max(),
+                n_seeds=pl.col("seed").n_unique())
+           .with_columns(pl.col("acc_sd").fill_null(0.0),
+                         variant=pl.concat_str(keys, separator=" · ")))
+    if cost is not None:
+        missing = [c for c in ("model", "attention", "params", "flops") if c not in cost.columns]
+        if missing:
+            raise ValueError(f"accuracy_cost_frame: cost frame lacks column(s) {missing}")
+        c = cost.select("model", "attention", "params", "flops",
+                        *[x for x in ("params_ratio", "flops_ratio") if x in cost.columns])
+        if c.select("model", "attention").is_duplicated().any():
+            raise ValueError("accuracy_cost_frame: cost frame has several rows for one "
+                             "(model, attention)")
+        base = c.filter(pl.col("attention") == "none").select(
+            "model", base_params="params", base_flops="flops")
+        c = c.join(base, on="model", how="left")
+        for col, num, den in (("params_ratio", "params", "base_params"),
+                              ("flops_ratio", "flops", "base_flops")):
+            if col not in c.columns:
+                c = c.with_columns((pl.col(num) / pl.col(den)).alias(col))
+        out = out.join(c.drop("base_params", "base_flops"), on=["model", "attention"], how="left")
+    return out.sort(["model", pl.col("attention") != "none", "attention", "augmentation"])
+
+
+# ---------------------------------------------------------------------------------------------
+# kNN backends: recall and time
+
+def knn_manifests(results_dir: PathLike) -> list[Path]:
+    return [p for p in sorted(Path(results_dir).glob("*/*/knn/*/*/manifest.json"))
+            if parse_run(p.parent.parent.parent.parent.name) is not None]
+
+
+def knn_graph_frame(files: Sequence[PathLike]) -> pl.DataFrame:
+    """One row per stored kNN graph of the given kNN manifests.
+
+    Columns: dataset, model, attention, augmentation, seed, probe, distance, backend (the
+    directory's requested backend), backend_used, n_trees (Annoy only), search_k, k (stored
+    k_max), hook_a, pos_a, scale_a, n, d, recall (recall@k against exact on the manifest's
+    sample; 1 for exact), seconds (time to build the graph), backend_label
+    (``exact`` or ``annoy (n_trees=…)``). [ours]
+    """
+    rows = []
+    for path in map(Path, files):
+        m = read_json(path)
+        spec_dir = path.parent
+        run_dir = spec_dir.parent.parent.parent
+        run = parse_run(run_dir.name)
+        if run is None:
+            raise ValueError(f"{path}: not under a run directory")
+        _, backend = _split_spec(spec_dir.name, spec_dir)
+        hooks = list(m.get("hooks", []))
+        pos = {h: i for i, h in enumerate(hooks)}
+        n_trees = (m.get("options") or {}).get("n_trees")
+        for e in m.get("entries", []):
+            used = e["backend"]
+            if e["hook"] not in pos:
+                raise ValueError(f"{path}: graph hook {e['hook']!r} is not in the manifest's hooks")
+            rows.append({"dataset": run_dir.parent.name, **run, "probe": spec_dir.parent.name,
+                         "distance": m["distance"], "backend": backend, "backend_used": used,
+                         "n_trees": int(n_trees) if used == "annoy" and n_trees is not None else None,
+                         "search_k": e.get("search_k"), "k": int(m["k_max"]),
+                         "hook_a": e["hook"], "pos_a": pos[e["hook"]], "scale_a": str(e["scale"]),
+                         "n": int(e["n"]), "d": int(e["d"]),
+                         "recall": float(e["recall"]) if e.get("recall") is not None else None,
+                         "seconds": float(e["seconds"])})
+    schema = {"dataset": pl.Utf8, "model": pl.Utf8, "attention": pl.Utf8, "augmentation": pl.Utf8,
+              "seed": pl.Int64, "probe": pl.Utf8, "distance": pl.Utf8, "backend": pl.Utf8,
+              "backend_used": pl.Utf8, "n_trees": pl.Int64, "search_k": pl.Int64, "k": pl.Int64,
+              "hook_a": pl.Utf8, "pos_a": pl.Int64, "scale_a": pl.Utf8, "n": pl.Int64,
+              "d": pl.Int64, "recall": pl.Float64, "seconds": pl.Float64}
+    df = pl.DataFrame(rows, schema=schema)
+    return df.with_columns(backend_label=pl.when(pl.col("backend_used") == "annoy")
+                           .then(pl.format("annoy (n_trees={})", pl.col("n_trees")))
+                           .otherwise(pl.col("backend_used")))
