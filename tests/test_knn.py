@@ -96,6 +96,24 @@ def test_exact_certification_rechecks_cancellation_rows():
     assert stats["rows_rechecked"] > 0
 
 
+def test_exact_stays_exact_under_coarse_matmul_precision():
+    # A coarser float32 matmul setting widens the error bound: more rows are re-checked, the
+    # answer stays exact; when the bound is void the products switch to float64 with a warning.
+    import torch
+
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        x = blobs(n=150, d=12, seed=13)
+        assert_matches_reference(x, 6, block_rows=40)
+        _, _, stats = exact_neighbours(prepare_points(x, "euclidean"), 6, progress=False)
+        assert stats["rows_rechecked"] > 0
+        with pytest.warns(UserWarning, match="too coarse"):
+            assert_matches_reference(blobs(n=80, d=200, seed=14), 4, "cosine")
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 def test_exact_float64_products_and_queries_subset():
     x = blobs(n=300, d=10, seed=5)
     ref_idx, ref_dist = brute_force(x, 4)

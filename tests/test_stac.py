@@ -246,6 +246,7 @@ def test_accuracy_summary(tmp_path):
 # --- the closed loop in the workflow (slow) --------------------------------------------------
 
 OVERLAY = {
+    "dataset_options": {"test_per_class": 20},   # 200 test images: quick evaluation
     "training": {"epochs": 1, "batch_size": 20, "max_train_per_class": 20},
     "probe": {"split": "test", "n_per_class": 10, "seed": 0},
     "runs": [{"model": "resnet8", "attention": ["none", "se", "stac-auto"],

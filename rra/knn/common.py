@@ -18,8 +18,10 @@ import numpy as np
 
 DISTANCES = ("euclidean", "cosine")
 
-# Working-set size for chunked passes over the rows (float64 copies of a chunk).
+# Working-set sizes of chunked passes over the rows (float64 copies of a chunk): scans, and the
+# exact distances (small enough to stay in cache).
 CHUNK_BYTES = 32 << 20
+PAIR_CHUNK_BYTES = 4 << 20
 
 
 def check_distance(distance: str) -> str:
@@ -98,7 +100,7 @@ class Points:
         cols = np.asarray(cols, dtype=np.int64)
         m, c = cols.shape
         out = np.empty((m, c), dtype=np.float64)
-        step = chunk_rows(self.d, width=2 * c)
+        step = chunk_rows(self.d, width=2 * c, budget=PAIR_CHUNK_BYTES)
         for s in range(0, m, step):
             zi = self.rows(rows[s:s + step])
             zj = self.rows(cols[s:s + step].ravel()).reshape(-1, c, self.d)

@@ -66,8 +66,12 @@ def _unit_roundoff(dtype, device) -> float:
 
     if dtype == torch.float64:
         return 2.0 ** -53
+    coarse = {"tf32": 2.0 ** -11, "bf16": 2.0 ** -8}
     u = {"highest": 2.0 ** -24, "high": 2.0 ** -11}.get(torch.get_float32_matmul_precision(),
                                                       2.0 ** -8)
+    backend = torch.backends.cuda if device.type == "cuda" else torch.backends.mkldnn
+    setting = getattr(getattr(backend, "matmul", None), "fp32_precision", "none")
+    u = max(u, coarse.get(str(setting), 2.0 ** -24))
     if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
         u = max(u, 2.0 ** -11)
     return u

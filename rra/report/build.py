@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {"scale": "full", "k": None, "alpha": 0, "band": "min
 # Study config blocks recorded with each kind of figure (when the study config is given).
 BLOCKS = {
     "metrics": ("dataset", "probe", "embed", "knn", "metrics"),
-    "training": ("dataset", "training", "runs", "attention"),
+    "training": ("dataset", "training", "runs", "attention", "stac_auto"),
     "knn": ("dataset", "probe", "embed", "knn"),
 }
 CURVE_MEASURES = {"knn_purity": "kNN class purity", "knn_vote_accuracy": "kNN-vote accuracy",
@@ -65,11 +65,14 @@ class _Report:
     """Collects figures: saves each chart, hashes inputs (once per file), records config."""
 
     def __init__(self, results_dir: Path, reports_dir: Path, config: dict | None):
+        from tqdm.auto import tqdm
+
         self.results_dir, self.reports_dir = results_dir, reports_dir
         self.config = config
         self.opts = report_options(config)
         self.records: list[FigureRecord] = []
         self._sha: dict[Path, str] = {}
+        self.progress = tqdm(desc="report figures", unit="figure", disable=None)
 
     def show_path(self, path: Path) -> str:
         try:
@@ -97,6 +100,7 @@ class _Report:
             id=slug(stem), title=title, caption=caption, group=group,
             files={p.relative_to(self.reports_dir).as_posix(): h for p, h in files.items()},
             config=config, inputs=self.inputs(inputs)))
+        self.progress.update(1)
 
 
 def _pick(values: Sequence[Any], wanted: Any, name: str) -> Any:
@@ -118,7 +122,7 @@ def _metric_figures(rep: _Report, dirs: list) -> None:
     import polars as pl
 
     from rra.report import charts
-    from rra.report.frames import nnts_to_logits, parse_run, read_tables, stage_last_hooks
+    from rra.report.frames import nnts_to_logits, parse_run, read_tables
 
     d0 = dirs[0]
     sel = {"dataset": d0.dataset, "probe": d0.probe, "distance": d0.distance,
@@ -126,19 +130,19 @@ def _metric_figures(rep: _Report, dirs: list) -> None:
     prefix = f"{d0.dataset}/{d0.probe}/{d0.distance}-{d0.backend}"
     group = f"{d0.dataset} · probe {d0.probe} · {d0.distance} distance, {d0.backend} backend"
     scale, band = rep.opts["scale"], rep.opts["band"]
-    nnts = read_tables(dirs, "nnts")
-    if scale not in nnts["scale_a"].unique().to_list():
-        warnings.warn(f"{prefix}: scale {scale!r} not computed; no NNTS/NNTP/curve figures",
-                      stacklevel=2)
+    at_scale = pl.col("scale_a") == scale
+    nnts = read_tables(dirs, "nnts", at_scale & (pl.col("measure") == "nnts"))
+    if nnts.height == 0:
+        warnings.warn(f"{prefix}: no NNTS at scale {scale!r}; no metric figures", stacklevel=2)
         return
-    nnts = nnts.filter(pl.col("scale_a") == scale)
-    nntp = read_tables(dirs, "nntp").filter(pl.col("scale_a") == scale)
-    response = read_tables(dirs, "class_response")
-    crs = read_tables(dirs, "classrepsim")
+    nntp = read_tables(dirs, "nntp", at_scale)
+    response = read_tables(dirs, "class_response",
+                           at_scale & pl.col("measure").is_in(["knn_purity", "knn_vote_accuracy"]))
+    crs = read_tables(dirs, "classrepsim",
+                      pl.col("measure").is_in(["classrepsim_mean", "classrepsim"]))
     k = _pick(nnts["k"].unique().to_list(), rep.opts["k"], "k")
-    alpha = (_pick(nntp["alpha"].unique().to_list(),
-                   rep.opts["alpha"] if rep.opts["alpha"] in nntp["alpha"].to_list() else None,
-                   "alpha") if nntp.height else None)
+    alpha = (_pick(nntp["alpha"].unique().to_list(), rep.opts["alpha"], "alpha")
+             if nntp.height else None)
     runs = {d.run: parse_run(d.run) for d in dirs}
 
     for model in sorted({r["model"] for r in runs.values()}):
@@ -147,7 +151,9 @@ def _metric_figures(rep: _Report, dirs: list) -> None:
         of_model = pl.col("model") == model
         m_sel = {**sel, "model": model, "scale": scale}
 
-        df = charts.add_variant(nnts.filter(of_model & (pl.col("measure") == "nnts")))
+        df = charts.add_variant(nnts.filter(of_model))
+        if df.height == 0:
+            continue
         several = df["variant"].n_unique() > 1
         rep.emit(charts.nnts_heatmap(df, row="variant" if several else None, column="k",
                                      title=f"NNTS, {model} at scale {scale}"),
@@ -157,23 +163,23 @@ def _metric_figures(rep: _Report, dirs: list) -> None:
                          "columns: k" + ("; rows: attention · augmentation" if several else ""),
                  selection={**m_sel, "k": sorted(df["k"].unique().to_list())})
 
-        curves = pl.concat([
-            response.filter(pl.col("measure").is_in(["knn_purity", "knn_vote_accuracy"])),
-            nnts_to_logits(nnts),
-        ], how="vertical").filter(of_model & (pl.col("scale_a") == scale) & (pl.col("k") == k))
+        curves = pl.concat([response, nnts_to_logits(nnts)], how="vertical").filter(
+            of_model & (pl.col("k") == k))
         curves = charts.add_variant(curves.with_columns(pl.col("measure").replace(CURVE_MEASURES)))
-        rep.emit(charts.hook_curves(curves, color=_colour(curves), band=band,
-                                    title=f"Per-hook curves, {model} (scale {scale}, k = {k})"),
-                 f"{prefix}/curves-{model}", kind="metrics", group=group, inputs=manifests,
-                 title=f"Per-hook curves: {model}",
-                 caption="kNN class purity, kNN-vote accuracy and NNTS to the last hook (logits) "
-                         f"per hook at k = {k}; line: mean over seeds, band: "
-                         f"{'min–max' if band == 'minmax' else 'mean ± sd'}",
-                 selection={**m_sel, "k": k, "band": band})
+        if curves.height:
+            rep.emit(charts.hook_curves(curves, color=_colour(curves), band=band,
+                                        title=f"Per-hook curves, {model} (scale {scale}, k = {k})"),
+                     f"{prefix}/curves-{model}", kind="metrics", group=group, inputs=manifests,
+                     title=f"Per-hook curves: {model}",
+                     caption="kNN class purity, kNN-vote accuracy and NNTS to the last hook "
+                             f"(logits) per hook at k = {k}; line: mean over seeds, band: "
+                             f"{'min–max' if band == 'minmax' else 'mean ± sd'}",
+                     selection={**m_sel, "k": k, "band": band})
 
-        for (attention, augmentation), vd in groupby(
-                sorted(mdirs, key=lambda d: (runs[d.run]["attention"], runs[d.run]["augmentation"])),
-                key=lambda d: (runs[d.run]["attention"], runs[d.run]["augmentation"])):
+        def variant_of(d) -> tuple[str, str]:
+            return runs[d.run]["attention"], runs[d.run]["augmentation"]
+
+        for (attention, augmentation), vd in groupby(sorted(mdirs, key=variant_of), key=variant_of):
             vdirs = list(vd)
             name = f"{model}-{attention}-{augmentation}"
             of_variant = (of_model & (pl.col("attention") == attention)
@@ -191,15 +197,15 @@ def _metric_figures(rep: _Report, dirs: list) -> None:
                                  f"kNN edges per hook at k = {k}, α = {alpha}; mean over seeds",
                          selection={**v_sel, "k": k, "alpha": alpha})
             _classrepsim_figures(rep, crs.filter(of_variant & (pl.col("k") == k)), name,
-                                 attention, prefix, group, {**v_sel, "k": k}, v_inputs,
-                                 stage_last_hooks)
+                                 attention, prefix, group, {**v_sel, "k": k}, v_inputs)
 
 
 def _classrepsim_figures(rep: _Report, crs, name: str, attention: str, prefix: str, group: str,
-                         sel: dict, inputs: list, stage_last_hooks) -> None:
+                         sel: dict, inputs: list) -> None:
     import polars as pl
 
     from rra.report import charts
+    from rra.report.frames import stage_last_hooks
 
     mean = crs.filter(pl.col("measure") == "classrepsim_mean")
     if mean.height == 0:
@@ -213,11 +219,13 @@ def _classrepsim_figures(rep: _Report, crs, name: str, attention: str, prefix: s
              title=f"ClassRepSim (class mean): {name}",
              caption="Scale × scale ClassRepSim S[s, t] (mean over classes and seeds) at the last "
                      f"hook of each stage, k = {sel['k']}", selection=sel)
+    if attention != "none":
+        return
     per_class = crs.filter((pl.col("measure") == "classrepsim") & pl.col("hook_a").is_in(hooks))
     cells = per_class.select("class", "hook_a", "scale_a", "scale_b").unique().height
-    if attention != "none" or per_class.height == 0:
+    if cells == 0:
         return
-    if cells > charts._max_rows():
+    if cells > charts.max_rows():
         warnings.warn(f"{prefix}/classrepsim-class-{name}: {cells} cells exceed the plot limit; "
                       "per-class figure skipped", stacklevel=2)
         return
@@ -267,7 +275,8 @@ def _dataset_figures(rep: _Report, dataset: str) -> None:
                          group=group, inputs=logs,
                          title=f"Relative weight change ({variant}, {kind}): {dataset}",
                          caption=f"{formula} per conv/linear layer (module order) and epoch, "
-                                 "mean over seeds; one panel per model · attention · augmentation",
+                                 "mean over seeds; one panel per model · attention · "
+                                 "augmentation",
                          selection={**sel, "measure": f"weight_change_{variant}"})
 
     manifests = [p for p in knn_manifests(rep.results_dir)
@@ -280,7 +289,8 @@ def _dataset_figures(rep: _Report, dataset: str) -> None:
             continue
         used = [p for p in manifests if p.parents[1].name == probe
                 and p.parent.name.startswith(f"{distance}-")]
-        rep.emit(charts.knn_recall(df, title=f"Annoy vs exact kNN, {dataset} ({probe}, {distance})"),
+        rep.emit(charts.knn_recall(df, title=f"Annoy vs exact kNN, {dataset} ({probe}, "
+                                             f"{distance})"),
                  f"{dataset}/knn-{probe}-{distance}", kind="knn", group=group, inputs=used,
                  title=f"Annoy recall and time vs exact: {dataset}, {probe}, {distance}",
                  caption="recall@k of the Annoy graphs against exact neighbours (on the manifest's "
@@ -304,14 +314,17 @@ def build_report(results_dir: PathLike, reports_dir: PathLike, *,
         raise FileNotFoundError(f"results directory {results_dir} does not exist")
     rep = _Report(results_dir, reports_dir, config)
     dirs = metric_dirs(results_dir)
-    for dataset in datasets(results_dir):
-        by_analysis: dict[tuple, list] = {}
-        for d in dirs:
-            if d.dataset == dataset:
-                by_analysis.setdefault(d.analysis, []).append(d)
-        for key in sorted(by_analysis):
-            _metric_figures(rep, by_analysis[key])
-        _dataset_figures(rep, dataset)
+    try:
+        for dataset in datasets(results_dir):
+            by_analysis: dict[tuple, list] = {}
+            for d in dirs:
+                if d.dataset == dataset:
+                    by_analysis.setdefault(d.analysis, []).append(d)
+            for key in sorted(by_analysis):
+                _metric_figures(rep, by_analysis[key])
+            _dataset_figures(rep, dataset)
+    finally:
+        rep.progress.close()
     build_index(rep.records, reports_dir / "index.html", title="rra report",
                 intro=f"Figures built from {results_dir.name}/ "
                       f"({len(datasets(results_dir))} dataset(s)).")

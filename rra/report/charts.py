@@ -25,6 +25,10 @@ import polars as pl
 HOOK_A = alt.EncodingSortField(field="pos_a", op="min", order="ascending")
 HOOK_B = alt.EncodingSortField(field="pos_b", op="min", order="ascending")
 HEAT = "viridis"
+# A fixed gradient length: Vega-Lite 6.4 derives the default from the plot height, which with
+# step-sized heights and independent facet scales compiles to an expression outside any datum
+# (a "datum is not defined" error at render time).
+GRADIENT = alt.Legend(gradientLength=160)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,14 +90,15 @@ def add_variant(df: pl.DataFrame, columns: Sequence[str] = ("attention", "augmen
                                          separator=" · ").alias(name))
 
 
-def _max_rows() -> int:
+def max_rows() -> int:
+    """Altair's row limit for inline data (the active data transformer's ``max_rows``)."""
     return int(alt.data_transformers.options.get("max_rows", 5000))
 
 
 def _check_rows(df: pl.DataFrame, what: str) -> pl.DataFrame:
-    if df.height > _max_rows():
+    if df.height > max_rows():
         raise ValueError(f"{what}: {df.height} rows after aggregation exceed Altair's limit of "
-                         f"{_max_rows()}; filter the frame (fewer hooks, classes or k values)")
+                         f"{max_rows()}; filter the frame (fewer hooks, classes or k values)")
     return df
 
 
@@ -125,7 +130,8 @@ def nnts_heatmap(df: pl.DataFrame, *, row: str | None = None, column: str | None
     chart = alt.Chart(agg).mark_rect().encode(
         x=alt.X("hook_b:N", sort=HOOK_B, title="hook b (forward order)"),
         y=alt.Y("hook_a:N", sort=HOOK_A, title="hook a (forward order)"),
-        color=alt.Color("mean:Q", title="NNTS", scale=alt.Scale(scheme=HEAT, domain=[0, 1])),
+        color=alt.Color("mean:Q", title="NNTS", legend=GRADIENT,
+                        scale=alt.Scale(scheme=HEAT, domain=[0, 1])),
         tooltip=[*facets, "hook_a", "hook_b", alt.Tooltip("mean:Q", format=".4f"),
                  alt.Tooltip("sd:Q", format=".4f"), "n"],
     ).properties(width=alt.Step(18), height=alt.Step(18))
@@ -162,7 +168,8 @@ def nntp_heatmap(df: pl.DataFrame, *, title: str = "NNTP") -> alt.HConcatChart:
         y=alt.Y("hook_a:N", sort=HOOK_A, title="first hook f of the run"),
     )
     heat = base.mark_rect().encode(
-        color=alt.Color("mean:Q", title="runs T[f, l]", scale=alt.Scale(scheme=HEAT, type="symlog")),
+        color=alt.Color("mean:Q", title="runs T[f, l]", legend=GRADIENT,
+                        scale=alt.Scale(scheme=HEAT, type="symlog")),
         tooltip=["hook_a", "hook_b", alt.Tooltip("mean:Q", format=",.1f"),
                  alt.Tooltip("sd:Q", format=",.1f"), "n"],
     )
@@ -245,7 +252,8 @@ def classrepsim_heatmaps(df: pl.DataFrame, *, title: str = "ClassRepSim",
         y=alt.Y("scale_a:O", sort=scales, title="scale s"),
     )
     heat = base.mark_rect().encode(
-        color=alt.Color("mean:Q", title="ClassRepSim", scale=alt.Scale(scheme=HEAT, domain=[0, 1])),
+        color=alt.Color("mean:Q", title="ClassRepSim", legend=GRADIENT,
+                        scale=alt.Scale(scheme=HEAT, domain=[0, 1])),
         tooltip=["hook_a", "scale_a", "scale_b", *(["class"] if per_class else []),
                  alt.Tooltip("mean:Q", format=".3f"), alt.Tooltip("sd:Q", format=".3f"), "n"],
     )
@@ -283,15 +291,19 @@ def accuracy_cost(df: pl.DataFrame, *, title: str = "Accuracy and cost") -> alt.
                          f"{df.filter(pl.col('variant').is_duplicated())['variant'].to_list()}")
     has_cost = all(c in df.columns for c in COST_COLUMNS)
     order = df["variant"].to_list()
-    cells = [("top-1 acc (mean ± sd)",
-              pl.format("{} ± {}", (100 * pl.col("acc_mean")).round(2), (100 * pl.col("acc_sd")).round(2))),
-             ("seeds", pl.col("n_seeds").cast(pl.Utf8))]
+
+    def texts(column: str, fmt: str, factor: int = 1) -> list[str]:
+        return ["–" if v is None else format(v * factor, fmt) for v in df[column].to_list()]
+
+    acc = zip(texts("acc_mean", ".2f", 100), texts("acc_sd", ".2f", 100))
+    cells = [("top-1 acc % (mean ± sd)", [f"{m} ± {s}" for m, s in acc]),
+             ("seeds", texts("n_seeds", "d"))]
     if has_cost:
-        cells += [("params", pl.col("params").cast(pl.Int64).cast(pl.Utf8)),
-                  ("FLOPs", pl.col("flops").cast(pl.Int64).cast(pl.Utf8)),
-                  ("params ratio", pl.col("params_ratio").round(3).cast(pl.Utf8)),
-                  ("FLOPs ratio", pl.col("flops_ratio").round(4).cast(pl.Utf8))]
-    table = pl.concat([df.select("variant", column=pl.lit(name), text=expr) for name, expr in cells])
+        cells += [("params", texts("params", ",.0f")), ("FLOPs", texts("flops", ",.0f")),
+                  ("params ratio", texts("params_ratio", ".3f")),
+                  ("FLOPs ratio", texts("flops_ratio", ".4f"))]
+    table = pl.concat([pl.DataFrame({"variant": order, "column": [name] * len(order), "text": t})
+                       for name, t in cells])
     text = alt.Chart(_check_rows(table, "accuracy_cost")).mark_text(align="center").encode(
         x=alt.X("column:N", sort=[name for name, _ in cells], title=None,
                 axis=alt.Axis(orient="top", labelAngle=0, ticks=False, domain=False)),
@@ -304,7 +316,8 @@ def accuracy_cost(df: pl.DataFrame, *, title: str = "Accuracy and cost") -> alt.
         df.select("variant", "acc_mean", "acc_sd", cost=pl.lit(name), ratio=pl.col(col))
         for name, col in (("FLOPs / baseline", "flops_ratio"),
                           ("parameters / baseline", "params_ratio"))
-    ]).with_columns(lo=pl.col("acc_mean") - pl.col("acc_sd"), hi=pl.col("acc_mean") + pl.col("acc_sd"))
+    ]).drop_nulls("ratio").with_columns(lo=pl.col("acc_mean") - pl.col("acc_sd"),
+                                        hi=pl.col("acc_mean") + pl.col("acc_sd"))
     base = alt.Chart().encode(
         x=alt.X("ratio:Q", title="ratio to the baseline", scale=alt.Scale(zero=False)),
         color=alt.Color("variant:N", sort=order),
@@ -340,8 +353,9 @@ def weight_change_heatmap(df: pl.DataFrame, *, facet: str = "variant", columns: 
     scale = alt.Scale(scheme="magma", type="log" if agg["mean"].min() > 0 else "linear")
     chart = alt.Chart(agg).mark_rect().encode(
         x=alt.X("epoch:O", title="epoch"),
-        y=alt.Y("layer:N", sort=alt.EncodingSortField("pos", op="min"), title="layer (forward order)"),
-        color=alt.Color("mean:Q", title=measure, scale=scale),
+        y=alt.Y("layer:N", sort=alt.EncodingSortField("pos", op="min"),
+                title="layer (forward order)"),
+        color=alt.Color("mean:Q", title=measure, scale=scale, legend=GRADIENT),
         tooltip=[facet, "layer", "epoch", alt.Tooltip("mean:Q", format=".3e"),
                  alt.Tooltip("sd:Q", format=".3e"), "n"],
     ).properties(width=alt.Step(14), height=alt.Step(14))
@@ -357,14 +371,14 @@ def weight_change_curves(df: pl.DataFrame, *, facet: str = "variant", columns: i
                       "weight_change_curves")
     positive = agg["mean"].min() > 0
     chart = alt.Chart(agg).mark_line(point=True).encode(
-        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1)),
+        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
         y=alt.Y("mean:Q", title=df["measure"][0] if "measure" in df.columns else "value",
                 scale=alt.Scale(type="log" if positive else "linear")),
         color=alt.Color("layer:N", sort=alt.EncodingSortField("pos", op="min"), title="layer"),
         tooltip=[facet, "layer", "epoch", alt.Tooltip("mean:Q", format=".3e"), "n"],
     ).properties(width=220, height=160)
-    return chart.facet(facet=alt.Facet(f"{facet}:N", title=None), columns=columns).properties(
-        title=title)
+    return (chart.facet(facet=alt.Facet(f"{facet}:N", title=None), columns=columns)
+            .resolve_scale(color="independent").properties(title=title))
 
 
 # ---------------------------------------------------------------------------------------------

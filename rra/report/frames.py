@@ -98,22 +98,22 @@ def metric_dirs(results_dir: PathLike) -> list[MetricDir]:
     return out
 
 
-def read_tables(dirs: Sequence[MetricDir], name: str) -> pl.DataFrame:
-    """Table ``name`` (``nnts``, ``nntp``, ...) of every directory, concatenated."""
+def read_tables(dirs: Sequence[MetricDir], name: str, where: pl.Expr | None = None) -> pl.DataFrame:
+    """Table ``name`` (``nnts``, ``nntp``, ...) of every directory, concatenated; only the rows
+    matching ``where`` are read (a lazy scan, so large per-class tables stay on disk)."""
     from rra.metrics.tables import TABLES, polars_schema
 
     if name not in TABLES:
         raise ValueError(f"unknown metric table {name!r}; known: {list(TABLES)}")
-    frames = []
-    for d in dirs:
-        path = d.path / f"{name}.parquet"
+    paths = [d.path / f"{name}.parquet" for d in dirs]
+    for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"missing metric table {path} (its manifest exists: the "
                                     "metrics stage wrote an incomplete directory)")
-        frames.append(pl.read_parquet(path))
-    if not frames:
+    if not paths:
         return pl.DataFrame(schema=polars_schema())
-    return pl.concat(frames, how="vertical")
+    scan = pl.scan_parquet(paths)
+    return (scan.filter(where) if where is not None else scan).collect()
 
 
 RUN_IDENTITY = ["dataset", "model", "attention", "augmentation", "seed", "probe", "distance",
@@ -147,7 +147,8 @@ def stage_last_hooks(hooks: Sequence[str]) -> list[str]:
 # Training logs: relative weight change and accuracy
 
 def train_logs(results_dir: PathLike) -> list[Path]:
-    return [p / "train_log.json" for p, _ in run_dirs(results_dir) if (p / "train_log.json").is_file()]
+    return [p / "train_log.json" for p, _ in run_dirs(results_dir)
+            if (p / "train_log.json").is_file()]
 
 
 def _layer_order(log: dict, run_dir: Path, cache: dict[str, list[str]]) -> list[str] | None:
@@ -175,7 +176,8 @@ def _layer_order(log: dict, run_dir: Path, cache: dict[str, list[str]]) -> list[
     return cache[key]
 
 
-def weight_change_frame(results_dir: PathLike, files: Iterable[PathLike] | None = None) -> pl.DataFrame:
+def weight_change_frame(results_dir: PathLike,
+                        files: Iterable[PathLike] | None = None) -> pl.DataFrame:
     """Relative weight change of every run as a tidy frame.
 
     Columns: dataset, model, attention, augmentation, seed, measure (``weight_change_l1`` or
@@ -327,7 +329,8 @@ def knn_graph_frame(files: Sequence[PathLike]) -> pl.DataFrame:
                 raise ValueError(f"{path}: graph hook {e['hook']!r} is not in the manifest's hooks")
             rows.append({"dataset": run_dir.parent.name, **run, "probe": spec_dir.parent.name,
                          "distance": m["distance"], "backend": backend, "backend_used": used,
-                         "n_trees": int(n_trees) if used == "annoy" and n_trees is not None else None,
+                         "n_trees": (int(n_trees) if used == "annoy" and n_trees is not None
+                                     else None),
                          "search_k": e.get("search_k"), "k": int(m["k_max"]),
                          "hook_a": e["hook"], "pos_a": pos[e["hook"]], "scale_a": str(e["scale"]),
                          "n": int(e["n"]), "d": int(e["d"]),

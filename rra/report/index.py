@@ -59,7 +59,8 @@ def _value(value: Any) -> str:
     if isinstance(value, str):
         return html.escape(value)
     text = json.dumps(value, indent=1, sort_keys=True, default=str)
-    return f"<pre>{html.escape(text)}</pre>" if "\n" in text else f"<code>{html.escape(text)}</code>"
+    tag = "pre" if "\n" in text else "code"
+    return f"<{tag}>{html.escape(text)}</{tag}>"
 
 
 def _figure_html(rec: FigureRecord) -> str:
@@ -90,7 +91,7 @@ def _figure_html(rec: FigureRecord) -> str:
 
 def build_index(figures: Sequence[FigureRecord], out_path: PathLike, *,
                 title: str = "rra report", intro: str = "") -> Path:
-    """Write ``out_path`` (index.html) and its ``.json`` twin (``index.json``); return the HTML path.
+    """Write ``out_path`` (index.html) and its ``.json`` twin (``index.json``); return the path.
 
     Figure file paths are relative to ``out_path``'s folder. Figure ids must be unique.
     """
