@@ -48,7 +48,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 
         spec["attention_kwargs"] = {**spec.get("attention_kwargs", {}),
                                     **read_attention_kwargs(a.attention_kwargs_file)}
-    train(spec, a.data, a.out, device=a.device)
+    train(spec, a.data, a.out, device=a.device, on_spec_change=a.on_spec_change)
 
 
 def cmd_stac_scales(a: argparse.Namespace) -> None:
@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-kwargs-file", default="",
                    help="JSON whose 'scales' are merged into the spec's attention_kwargs "
                         "(the stac-auto scales written by `rra stac-scales`)")
+    p.add_argument("--on-spec-change", choices=["error", "restart"], default="error",
+                   help="a run directory holding another spec's checkpoints: stop (default) or "
+                        "discard them and train from scratch (the workflow's choice)")
 
     p = stage("embed", cmd_embed, "dump every hook's embeddings of the probe set")
     p.add_argument("--run-dir", required=True)

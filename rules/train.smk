@@ -27,7 +27,7 @@ rule train:
     shell:
         "{RRA} train --spec {params.spec:q} --data {RESULTS}/data/{wildcards.dataset}"
         " --out {params.run_dir} --attention-kwargs-file={params.kwargs_file:q}"
-        " --device {params.device} --threads {threads} 2> {log}"
+        " --on-spec-change restart --device {params.device} --threads {threads} 2> {log}"
 
 
 # Accuracy summary: every run's metrics.json in one table.

@@ -497,12 +497,13 @@ def test_build_report_figures_files_and_hashes(results, report):
     by_id = {r.id: r for r in recs}
     nntp = by_id[f"{prefix}-nntp-resnet8-none-none"]
     assert nntp.config["k"] == 3 and nntp.config["alpha"] == 0 and nntp.config["seeds"] == [0, 1]
-    assert nntp.config["knn"] == {"k": KS} and "training" not in nntp.config
+    assert nntp.config["config.knn"] == {"k": KS} and "config.training" not in nntp.config
     assert set(nntp.inputs) == {f"results/toy/resnet8-none-none-s{s}/metrics/{PROBE}/"
                                 f"euclidean-auto/manifest.json" for s in (0, 1)}
     assert by_id[f"{prefix}-curves-resnet8"].config["band"] == "sd"
     acc = by_id["toy-accuracy"]
-    assert "results/toy/cost.parquet" in acc.inputs and acc.config["training"] == {"epochs": 3}
+    assert "results/toy/cost.parquet" in acc.inputs
+    assert acc.config["config.training"] == {"epochs": 3}
     assert len(json.loads((reports / "index.json").read_text())["figures"]) == len(recs)
 
 

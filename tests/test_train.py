@@ -359,6 +359,20 @@ def test_spec_mismatch_is_an_error(reference, digits, tmp_path):
     assert sha256_file(reference / "model.pt") == before
 
 
+def test_spec_change_restart_trains_from_scratch(reference, digits, tmp_path, capfd):
+    """The workflow's choice: another spec's checkpoints are discarded, the result equals a
+    fresh run of the new spec."""
+    new = {**SPEC, "lr": 0.1}
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    got = train(new, digits, run, device="cpu", progress=False, on_spec_change="restart")
+    assert "discarding the old run" in capfd.readouterr().err
+    fresh = train(new, digits, tmp_path / "fresh", device="cpu", progress=False)
+    assert got["model_sha256"] == fresh["model_sha256"] != sha256_file(reference / "model.pt")
+    with pytest.raises(ValueError, match="on_spec_change"):
+        train(new, digits, run, device="cpu", progress=False, on_spec_change="ignore")
+
+
 def test_input_errors(digits, tmp_path):
     with pytest.raises(FileNotFoundError, match="prepared dataset directory"):
         train(SPEC, tmp_path / "nowhere", tmp_path / "run", device="cpu", progress=False)

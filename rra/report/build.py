@@ -34,11 +34,12 @@ from rra.io import PathLike, sha256_file
 from rra.report.index import FigureRecord, build_index
 
 DEFAULTS: dict[str, Any] = {"scale": "full", "k": None, "alpha": 0, "band": "minmax"}
-# Study config blocks recorded with each kind of figure (when the study config is given).
+# Study config blocks recorded with each kind of figure (when the study config is given), under
+# "config.{block}" beside the figure's own selection (dataset, probe name, model, k, ...).
 BLOCKS = {
-    "metrics": ("dataset", "probe", "embed", "knn", "metrics"),
-    "training": ("dataset", "training", "runs", "attention", "stac_auto"),
-    "knn": ("dataset", "probe", "embed", "knn"),
+    "metrics": ("probe", "embed", "knn", "metrics", "report"),
+    "training": ("training", "runs", "attention", "stac_auto"),
+    "knn": ("probe", "embed", "knn"),
 }
 CURVE_MEASURES = {"knn_purity": "kNN class purity", "knn_vote_accuracy": "kNN-vote accuracy",
                   "nnts_to_logits": "NNTS to logits"}
@@ -95,7 +96,8 @@ class _Report:
         files = save_chart(chart, self.reports_dir / stem)
         config = dict(selection)
         if self.config is not None:
-            config.update({b: self.config[b] for b in BLOCKS[kind] if b in self.config})
+            config.update({f"config.{b}": self.config[b] for b in BLOCKS[kind]
+                           if b in self.config})
         self.records.append(FigureRecord(
             id=slug(stem), title=title, caption=caption, group=group,
             files={p.relative_to(self.reports_dir).as_posix(): h for p, h in files.items()},

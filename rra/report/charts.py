@@ -194,7 +194,7 @@ def nntp_heatmap(df: pl.DataFrame, *, title: str = "NNTP") -> alt.HConcatChart:
 
 def hook_curves(df: pl.DataFrame, *, color: str = "augmentation", band: str = "minmax",
                 column: str | None = "measure", row: str | None = None,
-                title: str = "per-hook curves") -> alt.FacetChart:
+                title: str = "per-hook curves") -> alt.FacetChart | alt.LayerChart:
     """Measure vs hook (forward order): mean over seeds as a line, a band across seeds.
 
     ``band="minmax"``: min to max over seeds; ``"sd"``: mean ± sd. ``color`` names the
@@ -223,10 +223,12 @@ def hook_curves(df: pl.DataFrame, *, color: str = "augmentation", band: str = "m
     )
     layered = alt.layer(band_layer, line, data=agg).properties(width=alt.Step(24), height=180)
     band_text = "min–max" if band == "minmax" else "mean ± sd"
+    heading = alt.TitleParams(title, subtitle=[f"line: mean over seeds; band: {band_text} over "
+                                               "seeds"])
+    if not facets:
+        return layered.properties(title=heading)
     return (layered.facet(**_facet_kwargs(agg, row, column))
-            .resolve_scale(x="independent", y="independent")
-            .properties(title=alt.TitleParams(title, subtitle=[f"line: mean over seeds; band: "
-                                                              f"{band_text} over seeds"])))
+            .resolve_scale(x="independent", y="independent").properties(title=heading))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,8 +346,9 @@ def weight_change_heatmap(df: pl.DataFrame, *, facet: str = "variant", columns: 
     one panel per ``facet`` value; layers in forward (module) order. [source: Agrawal et al.]
 
     ``df``: from :func:`rra.report.frames.weight_change_frame`, filtered to one measure
-    (``weight_change_l1`` or ``weight_change_elementwise``). Colour on a log scale when every
-    value is positive.
+    (``weight_change_l1`` or ``weight_change_elementwise``), with the ``facet`` column (e.g.
+    ``add_variant(df, ("model", "attention", "augmentation"))``). Colour on a log scale when
+    every value is positive.
     """
     agg = _check_rows(aggregate(df, [facet, "layer", "pos", "epoch"], "weight_change_heatmap"),
                       "weight_change_heatmap")

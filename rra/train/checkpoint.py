@@ -102,12 +102,29 @@ def spec_mismatch(stored: dict, spec: dict) -> list[str]:
     return sorted(k for k in keys if stored.get(k, absent) != spec.get(k, absent))
 
 
-def mismatch_error(path: Path, stored: dict, spec: dict, run_dir: Path) -> ValueError:
+class SpecMismatch(ValueError):
+    """A run directory holds a checkpoint or model of another training spec."""
+
+    def __init__(self, path: Path, detail: str, run_dir: Path):
+        super().__init__(f"{path} was written for a different training spec ({detail}); "
+                         f"delete the run directory {run_dir} to train it from scratch")
+        self.path, self.detail = path, detail
+
+
+def mismatch_error(path: Path, stored: dict, spec: dict, run_dir: Path) -> SpecMismatch:
     keys = spec_mismatch(stored, spec)
     detail = ", ".join(f"{k}: {stored.get(k, '<absent>')!r} -> {spec.get(k, '<absent>')!r}"
                        for k in keys)
-    return ValueError(f"{path} was written for a different training spec ({detail}); "
-                      f"delete the run directory {run_dir} to train it from scratch")
+    return SpecMismatch(Path(path), detail, Path(run_dir))
+
+
+def discard_run(run_dir: PathLike) -> None:
+    """Remove a run's checkpoints and final files (before retraining it under a new spec)."""
+    run_dir = Path(run_dir)
+    for _, path in list_checkpoints(run_dir):
+        path.unlink(missing_ok=True)
+    for name in ("model.pt", "metrics.json", "train_log.json"):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def load_resume_checkpoint(run_dir: PathLike, spec: dict) -> dict[str, Any] | None:

@@ -206,13 +206,15 @@ def model_args_of(spec: dict, info: Any) -> dict[str, Any]:
 
 def train(spec: dict[str, Any], data_dir: PathLike, out_dir: PathLike, device: Any = "auto",
           progress: bool = True, *, keep_checkpoints: int | None = ckpt.KEEP_CHECKPOINTS,
-          stop_after_epoch: int | None = None) -> dict[str, Any]:
+          stop_after_epoch: int | None = None, on_spec_change: str = "error") -> dict[str, Any]:
     """Train the network of ``spec`` on the prepared dataset ``data_dir``; write ``out_dir``.
 
     ``data_dir`` holds the prepared splits (``{train_split}/``, ``{eval_split}/``). A run that
     finds checkpoints in ``out_dir`` resumes after the newest one that loads (see
-    :func:`rra.train.checkpoint.load_resume_checkpoint`); checkpoints of another spec are an
-    error. ``keep_checkpoints``: how many epoch checkpoints to keep (``None``: all).
+    :func:`rra.train.checkpoint.load_resume_checkpoint`). Checkpoints or a ``model.pt`` of
+    another spec are an error (``on_spec_change="error"``), or are discarded and the run starts
+    from scratch (``"restart"``: what the workflow wants when a config edit changed the run's
+    settings; a run interrupted under the same spec still resumes). ``keep_checkpoints``: how many epoch checkpoints to keep (``None``: all).
     ``stop_after_epoch``: train no epoch beyond this one; if that leaves the run unfinished,
     return ``{"complete": False, "epochs_done", "epochs"}`` without writing ``model.pt`` and
     ``metrics.json`` (a time-limited job, or a test of resuming; rerun to continue).
@@ -233,13 +235,24 @@ def train(spec: dict[str, Any], data_dir: PathLike, out_dir: PathLike, device: A
         raise ValueError(f"keep_checkpoints must be at least 1 or None, got {keep_checkpoints}")
     dev = pick_device(str(device)) if not isinstance(device, torch.device) else device
 
+    if on_spec_change not in ("error", "restart"):
+        raise ValueError(f"on_spec_change must be 'error' or 'restart', got {on_spec_change!r}")
+
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt.remove_stale_temporaries(out_dir)
-    if (out_dir / "model.pt").is_file():
-        stored = ckpt.read_model_file(out_dir)["spec"]
-        if stored != spec:
-            raise ckpt.mismatch_error(out_dir / "model.pt", stored, spec, out_dir)
-    resume = ckpt.load_resume_checkpoint(out_dir, spec)
+    try:
+        if (out_dir / "model.pt").is_file():
+            stored = ckpt.read_model_file(out_dir)["spec"]
+            if stored != spec:
+                raise ckpt.mismatch_error(out_dir / "model.pt", stored, spec, out_dir)
+        resume = ckpt.load_resume_checkpoint(out_dir, spec)
+    except ckpt.SpecMismatch as err:
+        if on_spec_change == "error":
+            raise
+        print(f"rra train: {err.path.name} holds another spec ({err.detail}); "
+              f"discarding the old run in {out_dir} and training from scratch", file=sys.stderr)
+        ckpt.discard_run(out_dir)
+        resume = None
     if resume is not None:
         print(f"rra train: resuming {out_dir} after epoch {resume['epoch']} of {spec['epochs']}",
               file=sys.stderr)
