@@ -198,6 +198,9 @@ def test_aggregate_mean_sd_min_max_over_seeds():
     assert (a["min"], a["max"], a["n"]) == (0.2, 0.4, 2)
     b = agg.row(1, named=True)
     assert (b["mean"], b["sd"], b["n"]) == (0.7, 0.0, 1)  # one seed: sd 0, not null
+    nan = charts.aggregate(df.with_columns(value=pl.Series([float("nan"), 0.4, 0.7])),
+                           ["hook_a"], "t")
+    assert (nan["mean"][0], nan["n"][0]) == (0.4, 1)  # NaN is missing, not a poisoned mean
 
 
 def test_aggregate_refuses_to_average_over_a_hidden_column():

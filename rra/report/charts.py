@@ -64,11 +64,12 @@ def aggregate(df: pl.DataFrame, keys: Sequence[str], what: str, *,
               vary: Sequence[str] = ("seed",), value: str = "value") -> pl.DataFrame:
     """Mean, sd (ddof = 1, 0 for a single value), min, max and count of ``value`` per ``keys``.
 
-    [ours] Sorted by ``keys`` so the result (and the chart built from it) is deterministic.
+    [ours] NaN values count as missing (a layer whose l1 change is undefined). Sorted by
+    ``keys`` so the result (and the chart built from it) is deterministic.
     """
     require_columns(df, [*keys, value], what)
     check_constant(df, keys, [v for v in vary if v in df.columns], what)
-    out = (df.group_by(list(keys))
+    out = (df.with_columns(pl.col(value).fill_nan(None)).group_by(list(keys))
              .agg(mean=pl.col(value).mean(), sd=pl.col(value).std(ddof=1),
                   min=pl.col(value).min(), max=pl.col(value).max(), n=pl.col(value).count())
              .with_columns(pl.col("sd").fill_null(0.0).fill_nan(0.0)))
