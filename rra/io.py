@@ -23,6 +23,20 @@ import numpy as np
 PathLike = str | os.PathLike
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _new_temp(path: Path, suffix: str) -> tuple[int, Path]:
+    """A temporary file beside ``path``, with the permissions a plain ``open`` would give
+    (``mkstemp`` makes files private, 0600; artifacts and reports must be readable)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())
+    return fd, Path(tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` when the block succeeds.
@@ -33,9 +47,8 @@ def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    fd, tmp_path = _new_temp(path, suffix)
     os.close(fd)
-    tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -104,8 +117,7 @@ class NpyRowWriter:
         self.dtype = np.dtype(dtype)
         self.rows = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        self._tmp = Path(tmp)
+        fd, self._tmp = _new_temp(self.path, "")
         self._fh = os.fdopen(fd, "wb")
         header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
                   "shape": self.shape}

@@ -136,7 +136,7 @@ def test_cli_train_merges_scales_into_spec(monkeypatch, tmp_path):
     from rra import cli
 
     seen = {}
-    monkeypatch.setattr("rra.train.loop.train", lambda spec, data, out, device: seen.update(spec))
+    monkeypatch.setattr("rra.train.loop.train", lambda spec, data, out, device, **kw: seen.update(spec))
     write_json(tmp_path / "s.json", {"scales": [4, 2, 1], "tau": 0.5})
     spec = {"model": "resnet8", "attention": "stac", "attention_kwargs": {"mode": "bilinear"}}
     assert cli.main(["train", "--spec", json.dumps(spec), "--data", "d", "--out", "o",

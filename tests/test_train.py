@@ -246,6 +246,7 @@ def test_weight_change_log_matches_checkpoints(reference):
     states = [init, weights(reference, 1), weights(reference, 2), weights(reference, 3)]
     layers = {"conv1", "conv2", "conv3", "fc1", "fc2"}
     assert {k[:-len(".weight")] for k in init if k.endswith(".weight")} == layers
+    assert log["weight_change_layers"] == ["conv1", "conv2", "conv3", "fc1", "fc2"]  # module order
     for record in log["epochs"]:
         e = record["epoch"]
         assert set(record["weight_change"]) == layers

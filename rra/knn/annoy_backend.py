@@ -65,7 +65,8 @@ def _check_options(n: int, n_trees: Any, search_k: Any, recall_target: Any, reca
         raise ValueError(f"recall_target must lie in (0, 1], got {recall_target!r}")
 
 
-def _build_index(points: Points, n_trees: int, seed: int, index_path: str | Path | None):
+def _build_index(points: Points, n_trees: int, seed: int, index_path: str | Path | None,
+                 progress: bool = False):
     from annoy import AnnoyIndex
     from tqdm.auto import tqdm
 
@@ -75,7 +76,8 @@ def _build_index(points: Points, n_trees: int, seed: int, index_path: str | Path
     index.set_seed(int(seed))
     x = points.x
     step = max(1, (16 << 20) // (4 * points.d))
-    for s in tqdm(range(0, points.n, step), desc="annoy add", unit="chunk", disable=None):
+    for s in tqdm(range(0, points.n, step), desc="annoy add", unit="chunk",
+                  disable=None if progress else True):
         part = np.asarray(x[s:s + step], dtype=np.float32)
         for r, row in enumerate(part):
             index.add_item(s + r, row.tolist())
@@ -137,7 +139,7 @@ def knn_annoy(x: Any, k: int, distance: str = "euclidean", n_trees: int = 50,
     default_sk = int(n_trees) * (k + 1)
 
     t0 = time.perf_counter()
-    index = _build_index(points, n_trees, seed, index_path)
+    index = _build_index(points, n_trees, seed, index_path, progress)
     build_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()

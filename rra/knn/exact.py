@@ -13,20 +13,21 @@ row index. The result equals a brute-force float64 computation (full distance ma
 3. Candidates: the ``k + margin`` smallest ``a_ij`` per row (``torch.topk``). Their exact squared
    distances ``e_ij = ‖z_i − z_j‖²`` are computed directly in float64 and sorted by
    (e, index); ``E_i`` is the k-th of them.
-4. Certificate: with ``|a_ij + ‖c_i‖² − e_ij| ≤ γ (‖c_i‖ + ‖c_j‖)²`` (rounding-error bound of the
-   float32 product, γ = γ_{d+2} + 6u, u the unit round-off of the product, γ_m = m u / (1 − m u)),
+4. Certificate: with ``|a_ij + ‖c_i‖² − e_ij| ≤ γ (‖c_i‖ + ‖c_j‖)²`` (worst-case rounding-error
+   bound of the float32 product and of the centring, γ = 1.01 (γ_{d+2} + 6u), u the unit
+   round-off of the product under torch's matmul precision setting, γ_m = m u / (1 − m u)),
    every non-candidate ``j`` has ``e_ij ≥ max_cand(a) + ‖c_i‖² − γ (‖c_i‖ + R)²`` (R = max‖c‖).
    If that exceeds ``E_i`` the candidates hold the answer. Otherwise (close calls and ties at the
    boundary) the row is re-checked: every ``j`` with ``a_ij + ‖c_i‖² − γ (‖c_i‖ + ‖c_j‖)² ≤ E_i``
    gets its exact distance, and the first k by (e, index) are kept. The bound is the worst case
-   of any summation order, so the answer does not depend on BLAS, threads or device.
+   of any summation order, so the answer does not depend on BLAS, threads or device. If the
+   bound is void ((d + 2) u ≥ ½, e.g. with bf16 matmuls allowed) the products run in float64.
 
 Reported distances are ``sqrt(e_ij)`` rounded to float32; the order is by the float64 value.
 """
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from typing import Any

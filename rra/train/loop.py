@@ -51,7 +51,7 @@ from rra.train import checkpoint as ckpt
 from rra.train.augment import build_augmentation
 from rra.train.spec import (STREAM_EPOCH_DATA, STREAM_EPOCH_TORCH, STREAM_SUBSET, derive_seed,
                             lr_factor, validate_spec)
-from rra.train.weight_change import EPS, snapshot, weight_changes
+from rra.train.weight_change import EPS, snapshot, tracked_weights, weight_changes
 
 #: splits up to this size are read from their memory map into RAM once; larger ones are
 #: gathered batch by batch from the memory map.
@@ -276,6 +276,7 @@ def _run(spec: dict, info: Any, train_set: SplitArrays, eval_set: SplitArrays, o
     model_args = model_args_of(spec, info)
     torch.manual_seed(spec["seed"])
     model = ckpt.build_from_args(model_args).to(dev)
+    layers = list(tracked_weights(model))
     optimizer = torch.optim.SGD(model.parameters(), lr=spec["lr"], momentum=spec["momentum"],
                                 weight_decay=spec["weight_decay"], nesterov=spec["nesterov"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: lr_factor(spec, t))
@@ -318,12 +319,12 @@ def _run(spec: dict, info: Any, train_set: SplitArrays, eval_set: SplitArrays, o
                         "eval_loss": eval_loss, "eval_acc": eval_acc,
                         "seconds": time.perf_counter() - t0, "weight_change": changes})
             ckpt.save_checkpoint(out_dir, epoch, spec, model, optimizer, scheduler, log, keep)
-            write_log(out_dir, spec, log)
+            write_log(out_dir, spec, log, layers)
             ebar.update(1)
             ebar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.3f}",
                              eval_acc=f"{eval_acc:.3f}")
 
-    write_log(out_dir, spec, log)  # also when resuming a finished run
+    write_log(out_dir, spec, log, layers)  # also when resuming a finished run
     model_path = ckpt.save_model(out_dir, model, spec, model_args)
     last = log[-1]
     metrics = {
@@ -347,7 +348,9 @@ def _run(spec: dict, info: Any, train_set: SplitArrays, eval_set: SplitArrays, o
     return metrics
 
 
-def write_log(out_dir: Path, spec: dict, log: list[dict]) -> None:
-    """Rewrite ``train_log.json`` (atomically) with every epoch so far."""
+def write_log(out_dir: Path, spec: dict, log: list[dict], layers: list[str]) -> None:
+    """Rewrite ``train_log.json`` (atomically) with every epoch so far; ``layers`` keeps the
+    module order of the weight-change entries (JSON objects are written with sorted keys)."""
     write_json(out_dir / "train_log.json", {"spec": spec, "weight_change_eps": EPS, "epochs": log,
+                                            "weight_change_layers": layers,
                                             "provenance": provenance(spec, spec["seed"])})
