@@ -19,10 +19,12 @@ include: "rules/train.smk"
 include: "rules/embed.smk"
 include: "rules/knn.smk"
 include: "rules/metrics.smk"
+include: "rules/report.smk"
 include: "rules/attention.smk"
 
 
 rule all:
     input:
         study_targets(),
+        REPORTS + "/index.html",
     default_target: True

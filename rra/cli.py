@@ -95,6 +95,12 @@ def cmd_metrics(a: argparse.Namespace) -> None:
     run_tables(a.embed_dir, a.knn_dir, a.out, ks=a.params["k"], alphas=a.params["nntp_alpha"], run=a.run)
 
 
+def cmd_report(a: argparse.Namespace) -> None:
+    from rra.report import build_report
+
+    build_report(a.results, a.out, config=a.config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rra", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="stage", required=True)
@@ -172,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=_json, required=True,
                    help="JSON list of {model, attention, augmentation, seed, metrics}")
     p.add_argument("--out", required=True, help="table stem (writes .parquet and .csv)")
+    p = stage("report", cmd_report, "build the Altair figures and reports/index.html")
+    p.add_argument("--results", required=True, help="results directory")
+    p.add_argument("--out", required=True, help="reports directory")
+    p.add_argument("--config", type=_json, default=None, help="the study config (recorded per figure)")
     return parser
 
 

@@ -16,6 +16,7 @@ _CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_metho
 RRA = f"PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}} {'python' if _CONDA else sys.executable} -m rra"
 ENV = os.path.join(workflow.basedir, "envs", "rra.yaml")
 RESULTS = config["results_dir"]
+REPORTS = config["reports_dir"]
 DATASET = config["dataset"]
 PROBE = rc.probe_name(config)
 SCALES = rc.embed_scales(config)

@@ -299,7 +299,7 @@ def test_stac_auto_closed_loop(tmp_path):
     overlay.write_text(yaml.safe_dump(dict(OVERLAY, stac_auto={"k": 5, "tau": 0.9})))
     assert planned_jobs(work, (overlay,)) == {
         "stac_scales": 1, "train": 1, "embed": 1, "knn": 1, "metrics": 1, "cost": 1,
-        "summary": 1, "all": 1}
+        "summary": 1, "report": 1, "all": 1}
     plan = snakemake(work, "-n", configfiles=(overlay,))
     outputs = " ".join(line for line in (plan.stdout + plan.stderr).splitlines()
                        if line.strip().startswith("output:"))

@@ -154,11 +154,11 @@ def test_rerun_does_nothing_and_edits_rerun_dependents(study, tmp_path):
     assert planned_jobs(study) == {}
     overlay = tmp_path / "edit.yaml"
     overlay.write_text(yaml.safe_dump({"knn": {"k": [3, 6]}}))
-    assert planned_jobs(study, (TEST_CONFIG, overlay)) == {"knn": 3, "metrics": 3, "all": 1}
+    assert planned_jobs(study, (TEST_CONFIG, overlay)) == {"knn": 3, "metrics": 3, "report": 1, "all": 1}
     cfg = yaml.safe_load(TEST_CONFIG.read_text())
     cfg["runs"][1]["training"] = {"lr": 0.01}
     overlay.write_text(yaml.safe_dump({"runs": cfg["runs"]}))
-    assert planned_jobs(study, (TEST_CONFIG, overlay)) == {"train": 1, "embed": 1, "knn": 1, "metrics": 1, "summary": 1, "all": 1}
+    assert planned_jobs(study, (TEST_CONFIG, overlay)) == {"train": 1, "embed": 1, "knn": 1, "metrics": 1, "summary": 1, "report": 1, "all": 1}
 
 
 def test_bad_config_fails_before_any_job(tmp_path):

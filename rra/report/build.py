@@ -24,6 +24,7 @@ computed), ``alpha`` of NNTP, and the seed ``band`` (``minmax`` or ``sd``).
 from __future__ import annotations
 
 import re
+import shutil
 import warnings
 from collections.abc import Iterable, Sequence
 from itertools import groupby
@@ -33,6 +34,7 @@ from typing import Any
 from rra.io import PathLike, sha256_file
 from rra.report.index import FigureRecord, build_index
 
+FIGURES = "figures"  # generated figures live in {reports_dir}/figures/, rebuilt on every run
 DEFAULTS: dict[str, Any] = {"scale": "full", "k": None, "alpha": 0, "band": "minmax"}
 # Study config blocks recorded with each kind of figure (when the study config is given), under
 # "config.{block}" beside the figure's own selection (dataset, probe name, model, k, ...).
@@ -93,7 +95,7 @@ class _Report:
              selection: dict[str, Any], kind: str, inputs: Iterable[Path]) -> None:
         from rra.report.save import save_chart
 
-        files = save_chart(chart, self.reports_dir / stem)
+        files = save_chart(chart, self.reports_dir / FIGURES / stem)
         config = dict(selection)
         if self.config is not None:
             config.update({f"config.{b}": self.config[b] for b in BLOCKS[kind]
@@ -305,7 +307,8 @@ def build_report(results_dir: PathLike, reports_dir: PathLike, *,
                  config: dict | None = None) -> list[FigureRecord]:
     """Build every standard figure that ``results_dir`` has inputs for, and the index page.
 
-    Writes ``{reports_dir}/.../{figure}.{html,png,svg}``, ``{reports_dir}/index.html`` and
+    Writes ``{reports_dir}/figures/.../{figure}.{html,png,svg}`` (the folder is emptied first,
+    so figures of runs no longer in the results disappear), ``{reports_dir}/index.html`` and
     ``index.json``. ``config``: the study config; its ``report`` block sets the options
     (:data:`DEFAULTS`) and its blocks are recorded with each figure. Returns the records.
     """
@@ -315,6 +318,7 @@ def build_report(results_dir: PathLike, reports_dir: PathLike, *,
     if not results_dir.is_dir():
         raise FileNotFoundError(f"results directory {results_dir} does not exist")
     rep = _Report(results_dir, reports_dir, config)
+    shutil.rmtree(reports_dir / FIGURES, ignore_errors=True)
     dirs = metric_dirs(results_dir)
     try:
         for dataset in datasets(results_dir):

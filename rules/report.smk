@@ -1,0 +1,20 @@
+# Altair figures of the whole study (rra/report) and reports/index.html.
+
+
+rule report:
+    input:
+        study_targets(),
+    output:
+        index=REPORTS + "/index.html",
+        records=REPORTS + "/index.json",
+    params:
+        config=lambda w: rc.as_json(config),
+    log:
+        RESULTS + "/logs/report.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "{RRA} report --results {RESULTS} --out {REPORTS} --config {params.config:q} 2> {log}"
