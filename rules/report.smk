@@ -7,6 +7,7 @@ rule report:
     output:
         index=REPORTS + "/index.html",
         records=REPORTS + "/index.json",
+        metrics=REPORTS + "/metrics.json",
     params:
         config=lambda w: rc.as_json(config),
     log:

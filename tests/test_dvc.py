@@ -17,7 +17,8 @@ from rra.config import merge
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
-COPY = ["Snakefile", "dvc.yaml", ".dvcignore", "rules", "rra", "config", "envs", ".dvc/config", ".gitignore"]
+COPY = ["Snakefile", "dvc.yaml", ".dvcignore", "rules", "rra", "config", "envs", ".dvc/config", ".gitignore",
+        "reports/README.md"]
 
 
 def sh(cwd: Path, *cmd: str) -> str:
@@ -56,6 +57,9 @@ def test_dvc_and_snakemake_agree(project, tmp_path):
     assert (project / "results/mnist5k/lenet5-none-none-s0/model.pt").is_file()
     assert "up to date" in sh(project, dvc, "status")
     assert "Nothing to be done" in sh(project, str(BIN / "snakemake"), "-n")
+    assert (project / "reports/index.html").is_file()
+    shown = sh(project, dvc, "metrics", "show")
+    assert "lenet5-none-none-s0.eval_acc" in shown, shown
 
     cfg = yaml.safe_load((project / "config/config.yaml").read_text())
     cfg["knn"]["k"] = [3, 6]

@@ -331,7 +331,25 @@ def build_report(results_dir: PathLike, reports_dir: PathLike, *,
             _dataset_figures(rep, dataset)
     finally:
         rep.progress.close()
+    write_metrics_json(results_dir, reports_dir / "metrics.json")
     build_index(rep.records, reports_dir / "index.html", title="rra report",
                 intro=f"Figures built from {results_dir.name}/ "
                       f"({len(datasets(results_dir))} dataset(s)).")
     return rep.records
+
+
+def write_metrics_json(results_dir: PathLike, out_path: PathLike) -> dict:
+    """The study's key numbers for ``dvc metrics``: ``{dataset: {run: {eval_acc, train_acc,
+    params, epochs}}}`` from each dataset's ``accuracy.parquet`` (datasets without one are
+    left out). Small and stable, so it is committed to git and diffed between commits."""
+    import polars as pl
+
+    from rra.io import write_json
+
+    out: dict[str, dict] = {}
+    for table in sorted(Path(results_dir).glob("*/accuracy.parquet")):
+        df = pl.read_parquet(table).sort("run")
+        out[table.parent.name] = {row["run"]: {k: row[k] for k in ("eval_acc", "train_acc", "params", "epochs")}
+                                  for row in df.iter_rows(named=True)}
+    write_json(out_path, out)
+    return out
