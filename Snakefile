@@ -28,3 +28,13 @@ rule all:
         study_targets(),
         REPORTS + "/index.html",
     default_target: True
+
+
+# One target per experiment of the config (`snakemake --cores 2 E3`): its runs and analyses.
+for _name in EXPERIMENTS:
+
+    rule:
+        name:
+            _name
+        input:
+            experiment_targets(_name),

@@ -19,6 +19,10 @@ def _json(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from err
 
 
+def _n_per_class(text: str) -> int | str:
+    return "all" if text == "all" else int(text)
+
+
 def _threads(n: int | None) -> None:
     if n:
         import torch
@@ -119,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("probe", cmd_probe, "select the probe set (n per class, seeded)")
     p.add_argument("--split-dir", required=True)
-    p.add_argument("--n-per-class", type=int, required=True)
+    p.add_argument("--n-per-class", type=_n_per_class, required=True, help="an integer or 'all'")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True)
 

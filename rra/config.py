@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,12 +96,11 @@ def check_config(config: dict[str, Any]) -> None:
                               "directory; set data_dir to the folder that holds it")
         if not Path(data_dir).is_dir():
             raise ConfigError(f"config key 'data_dir': directory not found: {data_dir}")
-    split = config["probe"]["split"]
-    if split not in info.splits:
-        raise ConfigError(f"config key 'probe.split': dataset {name!r} has splits "
-                          f"{list(info.splits)}, not {split!r}")
-    for i, run in enumerate(config["runs"]):
-        where = f"runs[{i}]"
+    for where, probe in probe_entries(config):
+        if probe["split"] not in info.splits:
+            raise ConfigError(f"config key '{where}.split': dataset {name!r} has splits "
+                              f"{list(info.splits)}, not {probe['split']!r}")
+    for where, run in run_entries(config):
         if run["model"] not in MODELS:
             raise ConfigError(f"config key '{where}.model': unknown model {run['model']!r}; "
                               f"known: {sorted(MODELS)}")
@@ -116,18 +116,15 @@ def check_config(config: dict[str, Any]) -> None:
         if attn not in ATTENTION:
             raise ConfigError(f"config key 'attention.{attn}': unknown attention module; "
                               f"known: {sorted(ATTENTION)}")
-    for i, run in enumerate(config["runs"]):
         if (any(a != "none" for a in run["attention"])
                 and "attention" not in inspect.signature(MODELS[run["model"]]).parameters):
-            raise ConfigError(f"config key 'runs[{i}].attention': model {run['model']!r} has no "
+            raise ConfigError(f"config key '{where}.attention': model {run['model']!r} has no "
                               f"residual blocks, so it takes attention 'none' only, got "
                               f"{run['attention']}")
-    runs = runs_of(config)
-    if len(set(runs)) != len(runs):
-        dup = sorted({r.name for r in runs if runs.count(r) > 1})
-        raise ConfigError(f"config key 'runs': runs listed twice: {dup}")
+    check_run_lists(config)
     scales = embed_scales(config)
-    check_stac_auto(config, runs, scales)
+    check_stac_auto(config, runs_of(config), scales)
+    analyses(config)  # parses every probe and kNN spec; k < n is checked by the stages
 
 
 def check_stac_auto(config: dict[str, Any], runs: list[Run], scales: list[str]) -> None:
@@ -149,10 +146,6 @@ def check_stac_auto(config: dict[str, Any], runs: list[Run], scales: list[str]) 
             raise ConfigError(f"config key 'runs': run {run.name!r} has model_kwargs {mine} but its "
                               f"stac_auto baseline {base.name!r} has {theirs}; they must be the "
                               "same model")
-    k = config["stac_auto"]["k"]
-    if k not in config["knn"]["k"]:
-        raise ConfigError(f"config key 'stac_auto.k': k={k} is not among knn.k "
-                          f"{config['knn']['k']}; the scale choice reads ClassRepSim at that k")
     if "full" not in scales or len(scales) < 2:
         raise ConfigError(f"config key 'embed.scales': stac-auto compares integer scales with "
                           f"'full', so embed.scales needs 'full' and an integer scale, got {scales}")
@@ -182,19 +175,49 @@ def cost_variants(config: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def run_entries(config: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every runs-list entry with its config key: ``runs[i]`` and ``experiments.E.runs[i]``."""
+    out = [(f"runs[{i}]", e) for i, e in enumerate(config["runs"])]
+    for name, exp in experiments(config).items():
+        out += [(f"experiments.{name}.runs[{i}]", e) for i, e in enumerate(exp.get("runs", []))]
+    return out
+
+
+def _expand(entry: dict[str, Any]) -> list[Run]:
+    return [Run(entry["model"], a, g, int(s))
+            for a, g, s in itertools.product(entry["attention"], entry["augmentation"], entry["seeds"])]
+
+
+def check_run_lists(config: dict[str, Any]) -> None:
+    """No run twice in one list; a run listed in several lists has the same settings in each."""
+    lists: dict[str, list[Run]] = {}
+    settings: dict[Run, tuple[str, str]] = {}
+    for where, entry in run_entries(config):
+        key = where.rsplit("[", 1)[0]
+        same = {"model_kwargs": entry.get("model_kwargs", {}), "training": entry.get("training", {})}
+        for run in _expand(entry):
+            if run in lists.setdefault(key, []):
+                raise ConfigError(f"config key '{key}': runs listed twice: ['{run.name}']")
+            lists[key].append(run)
+            if run in settings and settings[run][1] != as_json(same):
+                raise ConfigError(f"config key '{where}': run {run.name!r} is also listed at "
+                                  f"'{settings[run][0]}' with other model_kwargs/training; a run "
+                                  "name must mean one trained model")
+            settings.setdefault(run, (where, as_json(same)))
+
+
 def runs_of(config: dict[str, Any]) -> list[Run]:
-    """The training grid in config order: model × attention × augmentation × seed."""
-    out = []
-    for run in config["runs"]:
-        for attn, aug, seed in itertools.product(run["attention"], run["augmentation"], run["seeds"]):
-            out.append(Run(run["model"], attn, aug, int(seed)))
+    """Every run of the study in config order (top-level grid, then the experiments' runs):
+    model × attention × augmentation × seed, each once."""
+    out: list[Run] = []
+    for _, entry in run_entries(config):
+        out += [r for r in _expand(entry) if r not in out]
     return out
 
 
 def _run_entry(config: dict[str, Any], run: Run) -> dict[str, Any]:
-    for entry in config["runs"]:
-        if (entry["model"] == run.model and run.attention in entry["attention"]
-                and run.augmentation in entry["augmentation"] and run.seed in entry["seeds"]):
+    for _, entry in run_entries(config):
+        if run in _expand(entry):
             return entry
     raise ConfigError(f"run {run.name!r} is not in the config's 'runs' grid")
 
@@ -234,23 +257,124 @@ def embed_scales(config: dict[str, Any]) -> list[str]:
     return [str(s) for s in sorted(ints)] + (["full"] if "full" in raw else [])
 
 
-def probe_name(config: dict[str, Any]) -> str:
-    p = config["probe"]
-    return f"{p['split']}-n{p['n_per_class']}-s{p['seed']}"
+def probe_name(probe: dict[str, Any]) -> str:
+    """``{split}-n{n_per_class}-s{seed}``, or ``{split}-all-s{seed}`` for every row of the split."""
+    n = probe["n_per_class"]
+    return f"{probe['split']}-{'all' if n == 'all' else f'n{n}'}-s{probe['seed']}"
 
 
-def knn_params(config: dict[str, Any]) -> dict[str, Any]:
-    """Settings of the kNN stage: one graph per embedding at k_max = max(knn.k).
+def parse_probe(name: str) -> dict[str, Any]:
+    """Inverse of :func:`probe_name`."""
+    m = re.fullmatch(r"([a-z]+)-(?:n(\d+)|(all))-s(\d+)", name)
+    if not m:
+        raise ConfigError(f"probe name {name!r} is not of the form split-nN-sS or split-all-sS")
+    return {"split": m[1], "n_per_class": "all" if m[3] else int(m[2]), "seed": int(m[4])}
 
-    The Annoy block is flattened into the options of :func:`rra.knn.knn` (n_trees, search_k,
-    recall_target, recall_sample, seed); ``exact_budget`` decides the ``auto`` backend.
+
+def knn_spec(distance: str, backend: dict[str, Any] | str) -> str:
+    """Path name of a kNN setting: ``{distance}-{backend}``; an Annoy entry with its own
+    ``n_trees``/``search_k`` is ``annoy-t{n_trees}-s{search_k}`` (else the knn.annoy block)."""
+    if isinstance(backend, str):
+        return f"{distance}-{backend}"
+    name = backend["backend"]
+    if name == "annoy" and ("n_trees" in backend or "search_k" in backend):
+        name = f"annoy-t{backend.get('n_trees', 'd')}-s{backend.get('search_k', 'd')}"
+    return f"{distance}-{name}"
+
+
+def parse_knn_spec(config: dict[str, Any], spec: str) -> tuple[str, str, dict[str, Any]]:
+    """``(distance, backend, options)`` of a kNN path name (options for :func:`rra.knn.knn`)."""
+    m = re.fullmatch(r"(euclidean|cosine)-(auto|exact|annoy)(?:-t(\d+|d)-s(auto|-?\d+|d))?", spec)
+    if not m:
+        raise ConfigError(f"kNN setting {spec!r} is not of the form distance-backend "
+                          "(backend: auto, exact, annoy or annoy-tN-sK)")
+    options = {"exact_budget": config["knn"]["exact_budget"], **config["knn"]["annoy"]}
+    if m[3] and m[3] != "d":
+        options["n_trees"] = int(m[3])
+    if m[4] and m[4] != "d":
+        options["search_k"] = m[4] if m[4] == "auto" else int(m[4])
+    return m[1], m[2], options
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One RRA of one run: a probe set, a kNN setting, the k values and NNTP alphas."""
+
+    run: Run
+    probe: str
+    knn: str
+    ks: tuple[int, ...]
+    alphas: tuple[int, ...]
+    experiment: str = "study"
+
+
+def experiments(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The enabled experiment blocks, in config order."""
+    return {n: e for n, e in config.get("experiments", {}).items() if e.get("enabled", True)}
+
+
+def probe_entries(config: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    out = [("probe", config["probe"])]
+    for name, exp in experiments(config).items():
+        out += [(f"experiments.{name}.probes[{i}]", p) for i, p in enumerate(exp.get("probes", []))]
+    return out
+
+
+def analyses(config: dict[str, Any], experiment: str | None = None) -> list[Analysis]:
+    """Every analysis of the study (or of one experiment).
+
+    The top-level grid is analysed with the top-level probe, knn and metrics blocks; each
+    experiment with its own ``probes``/``knn``/``k``/``nntp_alpha`` where given, the top-level
+    ones otherwise (``analyse: false`` = training only). A ``stac-auto`` run adds the analysis
+    its scale choice reads (baseline, top-level probe, first kNN setting, ``stac_auto.k``).
     """
-    knn = config["knn"]
-    return {"k": max(knn["k"]), "exact_budget": knn["exact_budget"], **knn["annoy"]}
+    top_probe = probe_name(config["probe"])
+    top_knn = [knn_spec(d, config["knn"]["backend"]) for d in config["knn"]["distance"]]
+    top_k, top_alpha = tuple(sorted(set(config["knn"]["k"]))), tuple(sorted(set(config["metrics"]["nntp_alpha"])))
+    blocks = [("study", config["runs"], [top_probe], top_knn, top_k, top_alpha)]
+    for name, exp in experiments(config).items():
+        if not exp.get("analyse", True):
+            continue
+        probes = [probe_name(p) for p in exp.get("probes", [])] or [top_probe]
+        knn = [knn_spec(e["distance"], e) for e in exp.get("knn", [])] or top_knn
+        ks = tuple(sorted(set(exp.get("k", []) or top_k)))
+        alphas = tuple(sorted(set(exp.get("nntp_alpha", []) or top_alpha)))
+        blocks.append((name, exp.get("runs") or config["runs"], probes, knn, ks, alphas))
+    out = []
+    for name, entries, probes, knns, ks, alphas in blocks:
+        for entry in entries:
+            for run in _expand(entry):
+                for probe in probes:
+                    for spec in knns:
+                        parse_knn_spec(config, spec)
+                        out.append(Analysis(run, probe, spec, ks, alphas, name))
+    for run in runs_of(config):
+        if run.attention in AUTO_ATTENTION:
+            base = stac_baseline(config, run.model)
+            out.append(Analysis(base, top_probe, top_knn[0], (int(config["stac_auto"]["k"]),),
+                                top_alpha, "stac_auto"))
+    return [a for a in out if experiment is None or a.experiment == experiment]
 
 
-def metrics_params(config: dict[str, Any]) -> dict[str, Any]:
-    return {"k": sorted(set(config["knn"]["k"])), "nntp_alpha": sorted(set(config["metrics"]["nntp_alpha"]))}
+def analysis_settings(config: dict[str, Any], run: Run, probe: str, knn: str) -> dict[str, Any]:
+    """The union of k and alpha over every analysis that shares this (run, probe, kNN) folder:
+    one graph at k_max and one set of tables serve them all."""
+    matching = [a for a in analyses(config) if (a.run, a.probe, a.knn) == (run, probe, knn)]
+    if not matching:
+        raise ConfigError(f"no analysis of run {run.name!r} with probe {probe!r} and kNN {knn!r} "
+                          "is configured")
+    ks = sorted({k for a in matching for k in a.ks})
+    return {"k": ks, "nntp_alpha": sorted({x for a in matching for x in a.alphas})}
+
+
+def knn_params(config: dict[str, Any], run: Run, probe: str, knn: str) -> dict[str, Any]:
+    """Settings of the kNN stage for one folder: k_max over its analyses, backend options."""
+    _, _, options = parse_knn_spec(config, knn)
+    return {"k": max(analysis_settings(config, run, probe, knn)["k"]), **options}
+
+
+def metrics_params(config: dict[str, Any], run: Run, probe: str, knn: str) -> dict[str, Any]:
+    return analysis_settings(config, run, probe, knn)
 
 
 def as_json(obj: Any) -> str:

@@ -18,10 +18,11 @@ ENV = os.path.join(workflow.basedir, "envs", "rra.yaml")
 RESULTS = config["results_dir"]
 REPORTS = config["reports_dir"]
 DATASET = config["dataset"]
-PROBE = rc.probe_name(config)
+PROBE = rc.probe_name(config["probe"])
 SCALES = rc.embed_scales(config)
 RUNS = rc.runs_of(config)
-KNN_SPECS = [f"{d}-{config['knn']['backend']}" for d in config["knn"]["distance"]]
+KNN_SPECS = [rc.knn_spec(d, config["knn"]["backend"]) for d in config["knn"]["distance"]]
+EXPERIMENTS = rc.experiments(config)
 
 
 wildcard_constraints:
@@ -30,9 +31,9 @@ wildcard_constraints:
     attention=r"[a-z]+(-auto)?",
     augmentation=r"[a-z]+",
     seed=r"\d+",
-    probe=r"[a-z]+-n\d+-s\d+",
+    probe=r"[a-z]+-(n\d+|all)-s\d+",
     distance=r"euclidean|cosine",
-    backend=r"auto|exact|annoy",
+    backend=r"auto|exact|annoy(-t(\d+|d)-s(auto|-?\d+|d))?",
 
 
 RUN_DIR = RESULTS + "/{dataset}/{model}-{attention}-{augmentation}-s{seed}"
@@ -70,12 +71,33 @@ def summary_runs(dataset=DATASET):
              "seed": r.seed, "metrics": f"{run_dir(r, dataset)}/metrics.json"} for r in RUNS]
 
 
-def study_targets():
-    """Every final artifact of the configured study, for `rule all`."""
+def analysis_params(w, kind):
+    """The JSON settings of the knn/metrics job of one (run, probe, kNN) folder."""
+    fn = rc.knn_params if kind == "knn" else rc.metrics_params
+    return rc.as_json(fn(config, run_of(w), w.probe, f"{w.distance}-{w.backend}"))
+
+
+def targets_of(analyses, runs, stac_choice=False):
+    """Artifacts of some analyses and runs: metric manifests, training results, per-dataset
+    tables, and (stac_choice) the STAC scale choice of each model's baseline."""
     targets = [f"{RESULTS}/{DATASET}/cost.parquet", f"{RESULTS}/{DATASET}/accuracy.parquet"]
-    for run in RUNS:
-        base = run_dir(run)
-        targets.append(f"{base}/metrics.json")
-        for spec in KNN_SPECS:
-            targets.append(f"{base}/metrics/{PROBE}/{spec}/manifest.json")
-    return targets
+    targets += [f"{run_dir(r)}/metrics.json" for r in runs]
+    targets += [f"{run_dir(a.run)}/metrics/{a.probe}/{a.knn}/manifest.json" for a in analyses]
+    if stac_choice:
+        targets += sorted({stac_scales_file(r.model) for r in runs})
+    return list(dict.fromkeys(targets))
+
+
+def study_targets():
+    """Every final artifact of the configured study (all experiments), for `rule all`."""
+    targets = targets_of(rc.analyses(config), RUNS)
+    for name in EXPERIMENTS:
+        targets += experiment_targets(name)
+    return list(dict.fromkeys(targets))
+
+
+def experiment_targets(name):
+    """The artifacts of one experiment (its Snakemake target: `snakemake {name}`)."""
+    exp = EXPERIMENTS[name]
+    runs = rc.runs_of({"runs": exp.get("runs") or config["runs"]})
+    return targets_of(rc.analyses(config, name), runs, exp.get("stac_choice", False))

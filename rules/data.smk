@@ -23,14 +23,18 @@ rule select_probe:
     input:
         DATA_DIR + "/manifest.json",
     output:
-        DATA_DIR + "/probe/{split}-n{n}-s{pseed}.npy",
+        DATA_DIR + "/probe/{probe}.npy",
+    params:
+        split_dir=lambda w: f"{RESULTS}/data/{w.dataset}/{rc.parse_probe(w.probe)['split']}",
+        n=lambda w: rc.parse_probe(w.probe)["n_per_class"],
+        seed=lambda w: rc.parse_probe(w.probe)["seed"],
     log:
-        DATA_DIR + "/logs/probe-{split}-n{n}-s{pseed}.log",
+        DATA_DIR + "/logs/probe-{probe}.log",
     conda:
         ENV
     threads: 1
     resources:
         mem_mb=2000,
     shell:
-        "{RRA} probe --split-dir {RESULTS}/data/{wildcards.dataset}/{wildcards.split}"
-        " --n-per-class {wildcards.n} --seed {wildcards.pseed} --out {output} 2> {log}"
+        "{RRA} probe --split-dir {params.split_dir} --n-per-class {params.n} --seed {params.seed}"
+        " --out {output} 2> {log}"

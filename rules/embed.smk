@@ -11,7 +11,7 @@ rule embed:
         scales=lambda w: rc.as_json(SCALES),
         batch_size=config["embed"]["batch_size"],
         device=config["device"],
-        split_dir=lambda w: f"{RESULTS}/data/{w.dataset}/{w.probe.split('-')[0]}",
+        split_dir=lambda w: f"{RESULTS}/data/{w.dataset}/{rc.parse_probe(w.probe)['split']}",
         run_dir=lambda w, input: os.path.dirname(input.model),
         out_dir=lambda w, output: os.path.dirname(output[0]),
     log:

@@ -7,7 +7,8 @@ rule knn:
     output:
         RUN_DIR + "/knn/{probe}/{distance}-{backend}/manifest.json",
     params:
-        knn=lambda w: rc.as_json(rc.knn_params(config)),
+        knn=lambda w: analysis_params(w, "knn"),
+        backend=lambda w: rc.parse_knn_spec(config, f"{w.distance}-{w.backend}")[1],
         embed_dir=lambda w, input: os.path.dirname(input[0]),
         out_dir=lambda w, output: os.path.dirname(output[0]),
     log:
@@ -19,5 +20,5 @@ rule knn:
         mem_mb=8000,
     shell:
         "{RRA} knn --embed-dir {params.embed_dir} --out {params.out_dir}"
-        " --distance {wildcards.distance} --backend {wildcards.backend} --params {params.knn:q}"
+        " --distance {wildcards.distance} --backend {params.backend} --params {params.knn:q}"
         " --threads {threads} 2> {log}"

@@ -9,7 +9,7 @@ rule metrics:
     output:
         RUN_DIR + "/metrics/{probe}/{distance}-{backend}/manifest.json",
     params:
-        metrics=lambda w: rc.as_json(rc.metrics_params(config)),
+        metrics=lambda w: analysis_params(w, "metrics"),
         run=lambda w: rc.as_json({"dataset": w.dataset, "model": w.model, "attention": w.attention,
                                   "augmentation": w.augmentation, "seed": int(w.seed), "probe": w.probe}),
         embed_dir=lambda w, input: os.path.dirname(input.embed),

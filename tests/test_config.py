@@ -91,6 +91,72 @@ def test_scales_and_names(base):
     cfg = validated(base)
     cfg["embed"]["scales"] = ["full", 4, 1]
     assert rc.embed_scales(cfg) == ["1", "4", "full"]
-    assert rc.probe_name(cfg) == "test-n100-s0"
-    assert rc.knn_params(cfg)["k"] == 50
+    assert rc.probe_name(cfg["probe"]) == "test-n100-s0"
+    assert rc.probe_name({"split": "train", "n_per_class": "all", "seed": 3}) == "train-all-s3"
+    for name in ("test-n100-s0", "train-all-s3"):
+        assert rc.probe_name(rc.parse_probe(name)) == name
+    with pytest.raises(rc.ConfigError, match="not of the form"):
+        rc.parse_probe("test-100")
     assert rc.as_json({"b": 1, "a": [1, 2]}) == '{"a":[1,2],"b":1}'
+
+
+def test_knn_specs():
+    cfg = rc.load_config(ROOT / "config" / "config.yaml")
+    assert rc.knn_spec("cosine", "exact") == "cosine-exact"
+    assert rc.knn_spec("euclidean", {"backend": "annoy", "n_trees": 10, "search_k": "auto"}) == "euclidean-annoy-t10-sauto"
+    assert rc.knn_spec("euclidean", {"backend": "annoy", "search_k": -1}) == "euclidean-annoy-td-s-1"
+    dist, backend, opts = rc.parse_knn_spec(cfg, "euclidean-annoy-t10-s-1")
+    assert (dist, backend, opts["n_trees"], opts["search_k"]) == ("euclidean", "annoy", 10, -1)
+    assert rc.parse_knn_spec(cfg, "cosine-annoy")[2]["n_trees"] == cfg["knn"]["annoy"]["n_trees"]
+    with pytest.raises(rc.ConfigError, match="not of the form"):
+        rc.parse_knn_spec(cfg, "manhattan-exact")
+
+
+def test_analyses_share_folders_with_the_union_of_k(base):
+    cfg = copy.deepcopy(base)
+    cfg["runs"] = [{"model": "lenet5", "attention": ["none"], "augmentation": ["none"], "seeds": [0]}]
+    cfg["knn"]["k"] = [10, 50]
+    cfg["experiments"] = {
+        "E1": {"description": "k sweep", "k": [15, 100], "nntp_alpha": [0]},
+        "E2": {"description": "probe size and backends",
+               "probes": [{"split": "test", "n_per_class": 20, "seed": 0}],
+               "knn": [{"distance": "cosine", "backend": "exact"},
+                       {"distance": "euclidean", "backend": "annoy", "n_trees": 5, "search_k": "auto"}]},
+        "E6": {"description": "dynamics", "analyse": False,
+               "runs": [{"model": "resnet8", "augmentation": ["standard"], "seeds": [0, 1]}]},
+    }
+    cfg = validated(cfg)
+    lenet = rc.Run("lenet5", "none", "none", 0)
+    assert [r.name for r in rc.runs_of(cfg)] == ["lenet5-none-none-s0", "resnet8-none-standard-s0",
+                                                 "resnet8-none-standard-s1"]
+    folders = {(a.probe, a.knn) for a in rc.analyses(cfg)}
+    assert folders == {("test-n100-s0", "euclidean-auto"), ("test-n20-s0", "cosine-exact"),
+                       ("test-n20-s0", "euclidean-annoy-t5-sauto")}
+    # E1 shares the top-level folder: one graph at k_max = 100 and tables at every k
+    assert rc.metrics_params(cfg, lenet, "test-n100-s0", "euclidean-auto") == {"k": [10, 15, 50, 100], "nntp_alpha": [0, 1]}
+    assert rc.knn_params(cfg, lenet, "test-n100-s0", "euclidean-auto")["k"] == 100
+    annoy = rc.knn_params(cfg, lenet, "test-n20-s0", "euclidean-annoy-t5-sauto")
+    assert (annoy["k"], annoy["n_trees"], annoy["search_k"]) == (50, 5, "auto")
+    assert [a.experiment for a in rc.analyses(cfg, "E6")] == []
+    with pytest.raises(rc.ConfigError, match="no analysis of run"):
+        rc.knn_params(cfg, lenet, "test-n20-s0", "euclidean-auto")
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda c: c["experiments"].update(E1={"description": "x", "runs": [{"model": "vgg"}]}),
+     "config key 'experiments.E1.runs[0].model': unknown model 'vgg'"),
+    (lambda c: c["experiments"].update(E1={"description": "x", "probes": [{"split": "val"}]}),
+     "config key 'experiments.E1.probes[0].split'"),
+    (lambda c: c["experiments"].update(E1={"description": "x", "runs": [
+        {"model": "lenet5", "augmentation": ["none"], "seeds": [0], "training": {"lr": 0.5}}]}),
+     "is also listed at 'runs[0]' with other model_kwargs/training"),
+    (lambda c: c["experiments"].update(X1={"description": "x"}), "X1"),
+    (lambda c: c["experiments"].update(E1={"k": [5]}), "'description' is a required property"),
+])
+def test_experiment_errors(base, mutate, needle):
+    cfg = copy.deepcopy(base)
+    cfg.setdefault("experiments", {})
+    mutate(cfg)
+    with pytest.raises(Exception) as err:
+        rc.validate(cfg)
+    assert needle in str(err.value)

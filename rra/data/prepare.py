@@ -140,10 +140,13 @@ def load_split(split_dir: str | Path, verify: bool = False) -> Split:
     return Split(split_dir, images, labels, manifest, info)
 
 
-def select_probe(split_dir: str | Path, n_per_class: int, seed: int,
+def select_probe(split_dir: str | Path, n_per_class: int | str, seed: int,
                  out_path: str | Path) -> np.ndarray:
     """Draw the probe set: ``n_per_class`` rows of every class, seeded. [ours: the draw;
     the per-class probe set itself is [source]]
+
+    ``n_per_class="all"`` takes every row of the split (classes may then differ in size, as in
+    the full MNIST training set of the published E1), sorted by (label, row index).
 
     One ``Generator(PCG64(seed))``; for c = 0, 1, …, C−1 in order: ``rng.choice`` of
     ``n_per_class`` distinct rows among the split's rows of class c, sorted ascending. The
@@ -154,9 +157,10 @@ def select_probe(split_dir: str | Path, n_per_class: int, seed: int,
     out_path = Path(out_path)
     if out_path.suffix != ".npy":
         raise ValueError(f"probe output must be a .npy file, got {out_path}")
-    if isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer)) \
-            or n_per_class < 1:
-        raise ValueError(f"n_per_class must be an integer >= 1, got {n_per_class!r}")
+    take_all = n_per_class == "all"
+    if not take_all and (isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer))
+                         or n_per_class < 1):
+        raise ValueError(f"n_per_class must be an integer >= 1 or 'all', got {n_per_class!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     split = load_split(split_dir)
@@ -165,6 +169,9 @@ def select_probe(split_dir: str | Path, n_per_class: int, seed: int,
     picks = []
     for c, class_name in enumerate(split.info.class_names):
         rows = np.flatnonzero(labels == c)
+        if take_all:
+            picks.append(rows)
+            continue
         if rows.size < n_per_class:
             raise ValueError(f"{split.path}: class {c} ({class_name!r}) has {rows.size} rows, "
                              f"fewer than n_per_class = {n_per_class}")
@@ -174,13 +181,13 @@ def select_probe(split_dir: str | Path, n_per_class: int, seed: int,
     write_json(out_path.with_suffix(".json"), {
         "dataset": split.info.name,
         "split": split.manifest["split"],
-        "n_per_class": int(n_per_class),
+        "n_per_class": n_per_class if take_all else int(n_per_class),
         "seed": int(seed),
         "n": int(indices.shape[0]),
         "counts": np.bincount(labels[indices], minlength=split.info.num_classes).tolist(),
         "indices_sha256": sha256_array(indices),
         "split_manifest_sha256": sha256_file(split.path / MANIFEST),
-        "provenance": provenance({"split_dir": str(split.path), "n_per_class": int(n_per_class)},
+        "provenance": provenance({"split_dir": str(split.path), "n_per_class": n_per_class if take_all else int(n_per_class)},
                                  seed=int(seed)),
     })
     return indices
