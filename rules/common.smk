@@ -78,10 +78,9 @@ def analysis_params(w, kind):
 
 
 def targets_of(analyses, runs, stac_choice=False):
-    """Artifacts of some analyses and runs: metric manifests, training results, per-dataset
-    tables, and (stac_choice) the STAC scale choice of each model's baseline."""
-    targets = [f"{RESULTS}/{DATASET}/cost.parquet", f"{RESULTS}/{DATASET}/accuracy.parquet"]
-    targets += [f"{run_dir(r)}/metrics.json" for r in runs]
+    """Artifacts of some analyses and runs: metric manifests, training results and (stac_choice)
+    the STAC scale choice of each model's baseline."""
+    targets = [f"{run_dir(r)}/metrics.json" for r in runs]
     targets += [f"{run_dir(a.run)}/metrics/{a.probe}/{a.knn}/manifest.json" for a in analyses]
     if stac_choice:
         targets += sorted({stac_scales_file(r.model) for r in runs})
@@ -90,7 +89,8 @@ def targets_of(analyses, runs, stac_choice=False):
 
 def study_targets():
     """Every final artifact of the configured study (all experiments), for `rule all`."""
-    targets = targets_of(rc.analyses(config), RUNS)
+    targets = [f"{RESULTS}/{DATASET}/cost.parquet", f"{RESULTS}/{DATASET}/accuracy.parquet"]
+    targets += targets_of(rc.analyses(config), RUNS)
     for name in EXPERIMENTS:
         targets += experiment_targets(name)
     return list(dict.fromkeys(targets))

@@ -1,20 +1,34 @@
 """``build_report``: the standard figures of whatever a results directory holds. [ours]
 
-Figures (each HTML + PNG + SVG under ``reports/``, listed by ``reports/index.html``):
+Figures (each HTML + PNG + SVG under ``reports/figures/``, listed by ``reports/index.html``):
 
 per analysis ``{dataset}/{probe}/{distance}-{backend}/`` (metric tables):
   ``nnts-{model}``             NNTS heat maps, rows = variant, columns = k (E1);
   ``nntp-{run group}``         NNTP table heat map + per-hook edge totals at one k, alpha (E1);
   ``curves-{model}``           kNN class purity, kNN-vote accuracy and NNTS to logits per hook,
                                mean and band over seeds, one curve per variant (E3, E5);
+  ``nnts-diff-{model}``        mean-over-seeds NNTS(standard) − NNTS(none), attention ``none``,
+                               diverging colours centred on 0, when the model has both (E3);
   ``classrepsim-{run group}``  scale × scale ClassRepSim, class mean, last hook of each stage
                                (E4), and ``classrepsim-class-…`` per class for ``none`` variants;
-per dataset:
+per dataset ``{dataset}/``:
   ``accuracy``                 accuracy (mean ± sd over seeds), with parameters, FLOPs and their
                                ratios when ``cost.parquet`` exists (E3, E5);
   ``weight-change-…``          layer × epoch heat maps and per-layer curves (E6);
   ``knn-{probe}-{distance}``   Annoy recall@k and time against exact, when some graph used Annoy
-                               (E2).
+                               (E2);
+  ``hyperparams-{model}-{attention}-{augmentation}``
+                               kNN purity, kNN-vote accuracy and NNTS to logits per hook against
+                               probe, distance, backend, k and scale, one at a time, the others
+                               at the reference setting (E2; :mod:`rra.report.hyperparams`), when
+                               a run of the variant has ≥ 2 analyses differing in probe, distance
+                               or backend;
+  ``e2-guideline``             the E2 guideline table (also ``e2-guideline.csv``): per parameter
+                               the mean over hooks of each measure's largest change across the
+                               parameter's values; per backend setting recall@k, seconds per
+                               graph and time relative to exact;
+  ``stac-scales-{baseline}``   per ``stac_scales/{baseline}.json``: ClassRepSim evidence against
+                               the scale per stage, tau and the chosen scale (E4).
 
 A figure whose inputs are absent is skipped. Options come from ``config["report"]``
 (:data:`DEFAULTS`): the pooled ``scale`` of the hook-pair figures, ``k`` (default: the smallest
@@ -42,6 +56,8 @@ BLOCKS = {
     "metrics": ("probe", "embed", "knn", "metrics", "report"),
     "training": ("training", "runs", "attention", "stac_auto"),
     "knn": ("probe", "embed", "knn"),
+    "hyperparams": ("probe", "embed", "knn", "metrics", "report", "experiments"),
+    "stac": ("stac_auto", "probe", "embed", "knn"),
 }
 CURVE_MEASURES = {"knn_purity": "kNN class purity", "knn_vote_accuracy": "kNN-vote accuracy",
                   "nnts_to_logits": "NNTS to logits"}
@@ -92,10 +108,19 @@ class _Report:
         return out
 
     def emit(self, chart: Any, stem: str, *, title: str, caption: str, group: str,
-             selection: dict[str, Any], kind: str, inputs: Iterable[Path]) -> None:
+             selection: dict[str, Any], kind: str, inputs: Iterable[Path],
+             table: Any = None) -> None:
+        """Save ``chart`` as ``figures/{stem}.{html,png,svg}`` (and the polars frame ``table``
+        as ``{stem}.csv``) and record the figure."""
+        from rra.io import atomic_path
         from rra.report.save import save_chart
 
         files = save_chart(chart, self.reports_dir / FIGURES / stem)
+        if table is not None:
+            csv = self.reports_dir / FIGURES / f"{stem}.csv"
+            with atomic_path(csv, suffix=".csv") as tmp:
+                table.write_csv(tmp)
+            files[csv] = sha256_file(csv)
         config = dict(selection)
         if self.config is not None:
             config.update({f"config.{b}": self.config[b] for b in BLOCKS[kind]
@@ -166,6 +191,22 @@ def _metric_figures(rep: _Report, dirs: list) -> None:
                  caption=f"NNTS between hooks (forward order) at scale {scale}, mean over seeds; "
                          "columns: k" + ("; rows: attention · augmentation" if several else ""),
                  selection={**m_sel, "k": sorted(df["k"].unique().to_list())})
+
+        pair = df.filter((pl.col("attention") == "none") & (pl.col("k") == k)
+                         & pl.col("augmentation").is_in(["none", "standard"]))
+        if pair["augmentation"].n_unique() == 2:
+            seeds = {a: sorted(pair.filter(pl.col("augmentation") == a)["seed"].unique().to_list())
+                     for a in ("standard", "none")}
+            rep.emit(charts.nnts_diff_heatmap(pair, title=f"NNTS(standard) − NNTS(none), {model} "
+                                                          f"(scale {scale}, k = {k})"),
+                     f"{prefix}/nnts-diff-{model}", kind="metrics", group=group,
+                     inputs=[d.manifest for d in mdirs if runs[d.run]["attention"] == "none"
+                             and runs[d.run]["augmentation"] in seeds],
+                     title=f"NNTS difference, augmentation: {model}",
+                     caption="NNTS between hooks (forward order) with standard augmentation minus "
+                             f"without (attention none), each the mean over its seeds, at scale "
+                             f"{scale} and k = {k}; orange: more similar with augmentation",
+                     selection={**m_sel, "k": k, "attention": "none", "seeds": seeds})
 
         curves = pl.concat([response, nnts_to_logits(nnts)], how="vertical").filter(
             of_model & (pl.col("k") == k))
@@ -303,6 +344,116 @@ def _dataset_figures(rep: _Report, dataset: str) -> None:
                             "k": sorted(df["k"].unique().to_list())})
 
 
+def _hyperparam_figures(rep: _Report, dataset: str, dirs: list) -> None:
+    """E2: one ``hyperparams-{variant}`` figure per model variant with a run analysed under
+    several settings, and the dataset's ``e2-guideline`` table (CSV and chart); see
+    :mod:`rra.report.hyperparams` for the reference setting and the definitions."""
+    from collections import Counter
+
+    import polars as pl
+
+    from rra.report import charts
+    from rra.report import hyperparams as hp
+    from rra.report.frames import knn_cost_frame, parse_run, summary_frame
+
+    per_run = Counter(d.run for d in dirs)
+    several = [d for d in dirs if per_run[d.run] >= 2]
+    if not several:
+        return
+    runs = {d.run: parse_run(d.run) for d in dirs}
+    analysis = hp.reference_analysis([(d.probe, d.distance, d.backend) for d in dirs],
+                                     hp.config_preference(rep.config))
+    summary = summary_frame(several)
+    of_ref = pl.all_horizontal([pl.col(c) == v for c, v in zip(hp.ANALYSIS_PARAMETERS, analysis)])
+    ks = summary.filter(of_ref)["k"].unique().to_list() or summary["k"].unique().to_list()
+    ref = hp.Reference(*analysis, k=_pick(ks, rep.opts["k"], "k"), scale=rep.opts["scale"])
+    group = f"{dataset} · RRA hyper-parameters (E2)"
+    ref_text = (f"probe {ref.probe}, {ref.distance} distance, {ref.backend} backend, k = {ref.k}, "
+                f"scale {ref.scale}")
+    sel = {"dataset": dataset, "reference": {p: getattr(ref, p) for p in hp.PARAMETERS}}
+
+    def variant_of(d) -> tuple[str, str, str]:
+        return runs[d.run]["model"], runs[d.run]["attention"], runs[d.run]["augmentation"]
+
+    tables, all_inputs = [], []
+    for (model, attention, augmentation), vd in groupby(sorted(several, key=variant_of),
+                                                          key=variant_of):
+        vdirs = list(vd)
+        name = f"{model}-{attention}-{augmentation}"
+        panel = hp.panel_frame(summary.filter((pl.col("model") == model)
+                                              & (pl.col("attention") == attention)
+                                              & (pl.col("augmentation") == augmentation)),
+                               ref, what=f"{dataset} {name}")
+        if panel.height == 0:
+            continue
+        shown = [p for p in hp.PARAMETERS if p in set(panel["parameter"])]
+        used = set()  # (seed, probe, distance, backend) of every analysis in the panel
+        for p in shown:
+            for seed in hp.panel_seeds(panel, p):
+                for value in (hp.panel_values(panel, p) if p in hp.ANALYSIS_PARAMETERS
+                              else [None]):
+                    setting = {q: ref.value(q) for q in hp.ANALYSIS_PARAMETERS}
+                    if value is not None:
+                        setting[p] = value
+                    used.add((seed, *(setting[q] for q in hp.ANALYSIS_PARAMETERS)))
+        inputs = [d.manifest for d in vdirs
+                  if (runs[d.run]["seed"], d.probe, d.distance, d.backend) in used]
+        rep.emit(charts.hyperparam_panels(panel, parameters=hp.PARAMETERS,
+                                          title=f"RRA hyper-parameters, {name}"),
+                 f"{dataset}/hyperparams-{name}", kind="hyperparams", group=group,
+                 inputs=inputs, title=f"RRA hyper-parameters: {name}",
+                 caption="kNN class purity, kNN-vote accuracy and NNTS to logits per hook "
+                         "(colour, forward order) against one parameter at a time, mean over "
+                         f"seeds; the others at the reference (*): {ref_text}",
+                 selection={**sel, "model": model, "attention": attention,
+                            "augmentation": augmentation,
+                            "values": {p: hp.panel_values(panel, p) for p in shown},
+                            "seeds": {p: hp.panel_seeds(panel, p) for p in shown}})
+        rows = [hp.guideline(panel, ref)]
+        if "backend" in shown:
+            values, seeds = hp.panel_values(panel, "backend"), hp.panel_seeds(panel, "backend")
+            cdirs = [d for d in vdirs if runs[d.run]["seed"] in seeds and d.probe == ref.probe
+                     and d.distance == ref.distance and d.backend in values]
+            rows.append(hp.backend_cost(knn_cost_frame(cdirs), values, ref))
+            inputs += [d.knn_manifest for d in cdirs if d.knn_manifest.is_file()]
+            inputs += [d.path / "knn.parquet" for d in cdirs if (d.path / "knn.parquet").is_file()]
+        tables.append(pl.concat(rows, how="vertical").with_columns(
+            dataset=pl.lit(dataset), model=pl.lit(model), attention=pl.lit(attention),
+            augmentation=pl.lit(augmentation)).select(hp.GUIDELINE_COLUMNS))
+        all_inputs += inputs
+    if not tables:
+        return
+    table = pl.concat(tables, how="vertical")
+    rep.emit(charts.guideline_table(table, title=f"RRA hyper-parameter guideline, {dataset}"),
+             f"{dataset}/e2-guideline", kind="hyperparams", group=group, inputs=all_inputs,
+             table=table, title=f"RRA hyper-parameter guideline: {dataset}",
+             caption="Per parameter: the largest change of each summary measure between two of "
+                     "its values, mean over hooks (of the per-seed-mean values); per kNN backend "
+                     "setting: recall@k against exact, seconds per graph and time relative to "
+                     f"exact. Reference: {ref_text}. Also as CSV.",
+             selection=sel)
+
+
+def _stac_figures(rep: _Report, dataset: str) -> None:
+    """E4: one ``stac-scales-{baseline}`` figure per scale-choice file of the dataset."""
+    from rra.report import charts
+    from rra.report.frames import stac_scales_files, stac_scales_frame
+
+    for path in stac_scales_files(rep.results_dir, dataset):
+        df, meta = stac_scales_frame(path)
+        baseline = path.stem
+        rep.emit(charts.stac_scales_chart(df, title=f"STAC scale choice, baseline {baseline} "
+                                                    f"(k = {meta['k']}, τ = {meta['tau']:g})"),
+                 f"{dataset}/stac-scales-{baseline}", kind="stac",
+                 group=f"{dataset} · STAC scale choice (E4)", inputs=[path],
+                 title=f"Chosen STAC scales: {baseline}",
+                 caption="Class-mean ClassRepSim S_v[s, full] of the baseline at the last block v "
+                         "of each stage against the pooled scale s; dashed: τ; red: the chosen "
+                         "scale (coarsest s with S ≥ τ, else the finest)",
+                 selection={"dataset": dataset, "baseline": meta["baseline"], "tau": meta["tau"],
+                            "k": meta["k"], "scales": meta["scales"]})
+
+
 def build_report(results_dir: PathLike, reports_dir: PathLike, *,
                  config: dict | None = None) -> list[FigureRecord]:
     """Build every standard figure that ``results_dir`` has inputs for, and the index page.
@@ -328,7 +479,9 @@ def build_report(results_dir: PathLike, reports_dir: PathLike, *,
                     by_analysis.setdefault(d.analysis, []).append(d)
             for key in sorted(by_analysis):
                 _metric_figures(rep, by_analysis[key])
+            _hyperparam_figures(rep, dataset, [d for d in dirs if d.dataset == dataset])
             _dataset_figures(rep, dataset)
+            _stac_figures(rep, dataset)
     finally:
         rep.progress.close()
     write_metrics_json(results_dir, reports_dir / "metrics.json")

@@ -232,6 +232,52 @@ def hook_curves(df: pl.DataFrame, *, color: str = "augmentation", band: str = "m
             .resolve_scale(x="independent", y="independent").properties(title=heading))
 
 
+def nnts_diff_heatmap(df: pl.DataFrame, *, by: str = "augmentation", minuend: str = "standard",
+                      subtrahend: str = "none", title: str = "NNTS difference") -> alt.Chart:
+    """Heat map of mean-over-seeds NNTS(minuend) − NNTS(subtrahend), hook × hook in forward
+    order, on a diverging colour scale centred on 0 (symmetric domain ± max |difference|).
+
+    ``df``: nnts rows (measure ``nnts``) of one model at one scale and k whose ``by`` column
+    holds both ``minuend`` and ``subtrahend`` (other values are dropped); each side is averaged
+    over its own seeds first. Cells present on one side only are an error. [ours]
+    """
+    require_columns(df, [by, "hook_a", "pos_a", "hook_b", "pos_b", "value"], "nnts_diff_heatmap")
+    keys = ["hook_a", "pos_a", "hook_b", "pos_b"]
+    sides = []
+    for name in (minuend, subtrahend):
+        part = df.filter(pl.col(by) == name)
+        if part.height == 0:
+            raise ValueError(f"nnts_diff_heatmap: no rows with {by} = {name!r}; the frame has "
+                             f"{sorted(df[by].unique().to_list())}")
+        sides.append(aggregate(part, keys, f"nnts_diff_heatmap ({by} = {name})").select(
+            *keys, pl.col("mean").alias(name), pl.col("n").alias(f"n_{name}")))
+    diff = sides[0].join(sides[1], on=keys, how="full", coalesce=True)
+    unmatched = diff.filter(pl.col(minuend).is_null() | pl.col(subtrahend).is_null())
+    if unmatched.height:
+        cells = unmatched.select("hook_a", "hook_b").head(3).rows()
+        raise ValueError(f"nnts_diff_heatmap: hook pairs {cells} are present for only one of "
+                         f"{minuend!r} and {subtrahend!r}")
+    diff = _check_rows(diff.with_columns(diff=pl.col(minuend) - pl.col(subtrahend)).sort(keys),
+                       "nnts_diff_heatmap")
+    bound = float(diff["diff"].abs().max()) or 1.0
+    base = alt.Chart(diff).encode(
+        x=alt.X("hook_b:N", sort=HOOK_B, title="hook b (forward order)"),
+        y=alt.Y("hook_a:N", sort=HOOK_A, title="hook a (forward order)"),
+    )
+    heat = base.mark_rect().encode(
+        color=alt.Color("diff:Q", title=f"Δ NNTS ({minuend} − {subtrahend})", legend=GRADIENT,
+                        scale=alt.Scale(scheme="blueorange", domain=[-bound, bound],
+                                        domainMid=0)),
+        tooltip=["hook_a", "hook_b", alt.Tooltip("diff:Q", format="+.4f"),
+                 alt.Tooltip(f"{minuend}:Q", format=".4f"),
+                 alt.Tooltip(f"{subtrahend}:Q", format=".4f"), f"n_{minuend}",
+                 f"n_{subtrahend}"],
+    )
+    return heat.properties(width=alt.Step(18), height=alt.Step(18), title=alt.TitleParams(
+        title, subtitle=[f"{by}: mean over seeds of {minuend} minus mean over seeds of "
+                         f"{subtrahend}; max |Δ| = {bound:.4f}"]))
+
+
 # ---------------------------------------------------------------------------------------------
 # E4: ClassRepSim
 
@@ -274,6 +320,60 @@ def classrepsim_heatmaps(df: pl.DataFrame, *, title: str = "ClassRepSim",
     return chart.properties(title=title)
 
 
+def stac_scales_chart(df: pl.DataFrame, *, title: str = "Chosen STAC scales",
+                      columns: int = 4) -> alt.FacetChart:
+    """Evidence of the STAC scale choice: class-mean ClassRepSim S_v[s, full] against the
+    scale s, one panel per stage (hook v = the stage's last block), the threshold tau as a
+    dashed rule and the chosen scale as a large red point labelled "chosen".
+
+    ``df``: from :func:`rra.report.frames.stac_scales_frame` (columns stage, stage_label,
+    hook, scale, value, chosen, qualified, tau). [ours]
+    """
+    require_columns(df, ["stage", "stage_label", "scale", "value", "chosen", "qualified", "tau"],
+                    "stac_scales_chart")
+    df = _check_rows(df.sort("stage", "scale"), "stac_scales_chart")
+    stages = df["stage_label"].unique(maintain_order=True).to_list()
+    scales = sorted(df["scale"].unique().to_list())
+    x = alt.X("scale:O", sort=scales, title="scale s (pooled s × s)")
+    y_scale = alt.Scale(domain=[0, 1])
+    line = alt.Chart().mark_line(point=True, color="#4c78a8").encode(
+        x=x, y=alt.Y("value:Q", title="ClassRepSim S[s, full] (class mean)", scale=y_scale),
+        order="scale:Q",
+        tooltip=["stage_label", "scale", alt.Tooltip("value:Q", format=".4f"), "chosen",
+                 "qualified", "tau"],
+    )
+    rule = alt.Chart().mark_rule(strokeDash=[4, 3], color="grey").encode(y="tau:Q")
+    chosen = alt.Chart().transform_filter("datum.chosen").encode(x=x, y="value:Q")
+    point = chosen.mark_point(filled=True, size=160, color="#e45756")
+    label = chosen.mark_text(dy=-14, color="#e45756").encode(
+        text=alt.condition("datum.qualified", alt.value("chosen"),
+                           alt.value("chosen (< tau)")))
+    return (alt.layer(rule, line, point, label, data=df).properties(width=alt.Step(40), height=160)
+            .facet(facet=alt.Facet("stage_label:N", sort=stages, title=None), columns=columns)
+            .properties(title=title))
+
+
+def text_table(rows: Sequence[str], cells: Sequence[tuple[str, Sequence[str]]], *, what: str,
+               row: str = "row", width: int = 130) -> alt.Chart:
+    """A table drawn as text marks: one line per entry of ``rows`` (in that order), one column
+    per ``(name, texts)`` of ``cells`` (``texts`` aligned with ``rows``). Data columns:
+    ``row`` (the row label), ``column`` and ``text``."""
+    for name, texts in cells:
+        if len(texts) != len(rows):
+            raise ValueError(f"{what}: column {name!r} has {len(texts)} cells for {len(rows)} rows")
+    rows = list(rows)
+    table = pl.concat([pl.DataFrame({row: rows, "column": [name] * len(rows),
+                                     "text": list(texts)}, schema={row: pl.Utf8, "column": pl.Utf8,
+                                                                  "text": pl.Utf8})
+                       for name, texts in cells])
+    return alt.Chart(_check_rows(table, what)).mark_text(align="center").encode(
+        x=alt.X("column:N", sort=[name for name, _ in cells], title=None,
+                axis=alt.Axis(orient="top", labelAngle=0, ticks=False, domain=False)),
+        y=alt.Y(f"{row}:N", sort=rows, title=None, axis=alt.Axis(ticks=False, domain=False)),
+        text="text:N",
+    ).properties(width=alt.Step(width), height=alt.Step(20))
+
+
 # ---------------------------------------------------------------------------------------------
 # E3 / E5: accuracy, parameters and FLOPs
 
@@ -305,14 +405,7 @@ def accuracy_cost(df: pl.DataFrame, *, title: str = "Accuracy and cost") -> alt.
         cells += [("params", texts("params", ",.0f")), ("FLOPs", texts("flops", ",.0f")),
                   ("params ratio", texts("params_ratio", ".3f")),
                   ("FLOPs ratio", texts("flops_ratio", ".4f"))]
-    table = pl.concat([pl.DataFrame({"variant": order, "column": [name] * len(order), "text": t})
-                       for name, t in cells])
-    text = alt.Chart(_check_rows(table, "accuracy_cost")).mark_text(align="center").encode(
-        x=alt.X("column:N", sort=[name for name, _ in cells], title=None,
-                axis=alt.Axis(orient="top", labelAngle=0, ticks=False, domain=False)),
-        y=alt.Y("variant:N", sort=order, title=None, axis=alt.Axis(ticks=False, domain=False)),
-        text="text:N",
-    ).properties(width=alt.Step(130), height=alt.Step(20))
+    text = text_table(order, cells, what="accuracy_cost", row="variant")
     if not has_cost:
         return alt.vconcat(text).properties(title=title)
     long = pl.concat([
@@ -426,3 +519,101 @@ def knn_recall(df: pl.DataFrame, *, title: str = "Annoy vs exact kNN") -> alt.HC
     ).properties(width=alt.Step(22), height=140).facet(
         row=alt.Row("scale_a:O", sort=scales, title="scale"))
     return alt.hconcat(recall, time).properties(title=title)
+
+
+# ---------------------------------------------------------------------------------------------
+# E2: RRA hyper-parameters
+
+HYPERPARAM_MEASURES = {"knn_purity": "kNN class purity", "knn_vote_accuracy": "kNN-vote accuracy",
+                       "nnts_to_logits": "NNTS to logits"}
+
+
+def hyperparam_panels(df: pl.DataFrame, *, parameters: Sequence[str],
+                      measures: dict[str, str] = HYPERPARAM_MEASURES,
+                      title: str = "RRA hyper-parameters") -> alt.VConcatChart:
+    """Small multiples: each summary measure (rows) against each parameter's values (columns),
+    one line per hook (colour in forward order), mean over seeds; the reference value of each
+    parameter is marked with "*". y is shared along a row, so the panels of one measure show
+    which parameter moves it most. [ours]
+
+    ``df``: :func:`rra.report.hyperparams.panel_frame` rows (parameter, setting, setting_pos,
+    reference, seed, measure, hook_a, pos_a, value). ``parameters``: column order.
+    """
+    keys = ["measure", "parameter", "setting", "setting_pos", "reference", "hook_a", "pos_a"]
+    agg = aggregate(df, keys, "hyperparam_panels")
+    agg = _check_rows(agg.with_columns(label=pl.when(pl.col("reference"))
+                                       .then(pl.col("setting") + " *")
+                                       .otherwise(pl.col("setting"))), "hyperparam_panels")
+    shown = [p for p in parameters if p in set(agg["parameter"])]
+    rows = []
+    for measure, name in measures.items():
+        part = agg.filter(pl.col("measure") == measure)
+        if part.height == 0:
+            continue
+        chart = alt.Chart(part).mark_line(point=True).encode(
+            x=alt.X("label:N", sort=alt.EncodingSortField("setting_pos", op="min"), title=None,
+                    axis=alt.Axis(labelAngle=-30)),
+            y=alt.Y("mean:Q", title=name, scale=alt.Scale(zero=False)),
+            color=alt.Color("hook_a:N", sort=HOOK_A, title="hook (forward order)",
+                            scale=alt.Scale(scheme="viridis")),
+            order=alt.Order("setting_pos:Q"),
+            tooltip=["parameter", "setting", "hook_a", alt.Tooltip("mean:Q", format=".4f"),
+                     alt.Tooltip("sd:Q", format=".4f"), "n"],
+        ).properties(width=alt.Step(40), height=130)
+        rows.append(chart.facet(column=alt.Column("parameter:N", sort=shown, title=None))
+                    .resolve_scale(x="independent"))
+    return alt.vconcat(*rows).properties(title=alt.TitleParams(
+        title, subtitle=["one parameter varies, the others stay at the reference (*); "
+                         "line: mean over seeds, one per hook"]))
+
+
+def guideline_table(df: pl.DataFrame, *, title: str = "RRA hyper-parameter guideline"
+                    ) -> alt.VConcatChart:
+    """The E2 guideline as text tables: per model variant and parameter, the mean over hooks of
+    each measure's largest change across the parameter's values; and per backend setting,
+    recall@k, seconds per graph and time relative to exact. [ours]
+
+    ``df``: rows with :data:`rra.report.hyperparams.GUIDELINE_COLUMNS`.
+    """
+    require_columns(df, ["model", "attention", "augmentation", "parameter", "values", "measure",
+                         "statistic", "setting", "value"], "guideline_table")
+    df = df.with_columns(variant=pl.concat_str(["model", "attention", "augmentation"],
+                                               separator=" · "))
+
+    def fmt(v: float | None, spec: str) -> str:
+        return "–" if v is None else format(v, spec)
+
+    change = df.filter(pl.col("statistic") == "max_abs_change")
+    parts = []
+    if change.height:
+        labels = (change.select("variant", "parameter", "values").unique(maintain_order=True)
+                  .with_columns(row=pl.format("{} | {} ({})", "variant", "parameter", "values")))
+        cells = []
+        for measure, name in HYPERPARAM_MEASURES.items():
+            m = labels.join(change.filter(pl.col("measure") == measure)
+                            .select("variant", "parameter", "value"),
+                            on=["variant", "parameter"], how="left", maintain_order="left")
+            cells.append((f"Δ {name}", [fmt(v, ".4f") for v in m["value"].to_list()]))
+        parts.append(text_table(labels["row"].to_list(), cells, what="guideline_table",
+                                width=150).properties(
+            title="max |change| across the values, mean over hooks"))
+    cost = df.filter(pl.col("parameter") == "backend")
+    cost = cost.filter(pl.col("setting").is_not_null())
+    if cost.height:
+        labels = (cost.select("variant", "setting").unique(maintain_order=True)
+                  .with_columns(row=pl.format("{} | {}", "variant", "setting")))
+        cells = []
+        for measure, statistic, name, spec in (
+                ("knn_recall", "mean", "recall@k vs exact", ".4f"),
+                ("seconds_per_graph", "mean", "seconds per graph", ".3g"),
+                ("seconds_per_graph", "ratio_to_exact", "time / exact", ".3g")):
+            m = labels.join(cost.filter((pl.col("measure") == measure)
+                                        & (pl.col("statistic") == statistic))
+                            .select("variant", "setting", "value"),
+                            on=["variant", "setting"], how="left", maintain_order="left")
+            cells.append((name, [fmt(v, spec) for v in m["value"].to_list()]))
+        parts.append(text_table(labels["row"].to_list(), cells, what="guideline_table",
+                                width=130).properties(title="kNN backends"))
+    if not parts:
+        raise ValueError("guideline_table: no guideline rows to draw")
+    return alt.vconcat(*parts).properties(title=title)

@@ -76,9 +76,17 @@ class MetricDir:
     def analysis(self) -> tuple[str, str, str, str]:
         return self.dataset, self.probe, self.distance, self.backend
 
+    @property
+    def knn_manifest(self) -> Path:
+        """The manifest of the kNN graphs these tables were computed from."""
+        return self.path.parents[2] / "knn" / self.probe / self.path.name / "manifest.json"
+
 
 def _split_spec(spec: str, path: Path) -> tuple[str, str]:
-    distance, sep, backend = spec.rpartition("-")
+    """``(distance, backend)`` of a ``{distance}-{backend}`` folder name. Distances have no
+    hyphen; the backend is everything after the first one (``auto``, ``exact``, ``annoy``, or an
+    Annoy setting such as ``annoy-t10-sauto`` or ``annoy-t50-s-1``)."""
+    distance, sep, backend = spec.partition("-")
     if not sep or not distance or not backend:
         raise ValueError(f"{path}: directory name {spec!r} is not '{{distance}}-{{backend}}'")
     return distance, backend
@@ -131,6 +139,65 @@ def nnts_to_logits(nnts: pl.DataFrame) -> pl.DataFrame:
     df = nnts.filter(pl.col("measure") == "nnts")
     return (df.filter(pl.col("pos_b") == pl.col("pos_b").max().over(group))
               .with_columns(measure=pl.lit("nnts_to_logits")))
+
+
+SUMMARY_COLUMNS = [*RUN_IDENTITY, "measure", "hook_a", "pos_a", "scale_a", "k", "value"]
+
+
+def _with_setting(df: pl.DataFrame, d: MetricDir) -> pl.DataFrame:
+    """The directory's own probe, distance and backend setting (e.g. ``annoy-t10-sauto``) in
+    the columns of those names, whatever the table wrote there."""
+    return df.with_columns(probe=pl.lit(d.probe), distance=pl.lit(d.distance),
+                           backend=pl.lit(d.backend))
+
+
+def summary_frame(dirs: Sequence[MetricDir]) -> pl.DataFrame:
+    """The per-hook summary measures of every directory, at every scale and k (E2).
+
+    Measures: ``knn_purity`` and ``knn_vote_accuracy`` (class_response table) and
+    ``nnts_to_logits`` (:func:`nnts_to_logits` of the nnts table). probe/distance/backend are
+    the directory's setting (:func:`_with_setting`). Columns: :data:`SUMMARY_COLUMNS`. [ours]
+    """
+    frames = []
+    for d in dirs:
+        response = read_tables([d], "class_response",
+                               pl.col("measure").is_in(["knn_purity", "knn_vote_accuracy"]))
+        nnts = _with_setting(read_tables([d], "nnts", pl.col("measure") == "nnts"), d)
+        frames += [_with_setting(response, d).select(SUMMARY_COLUMNS),
+                   nnts_to_logits(nnts).select(SUMMARY_COLUMNS)]
+    if not frames:
+        from rra.metrics.tables import polars_schema
+
+        return pl.DataFrame(schema=polars_schema()).select(SUMMARY_COLUMNS)
+    return pl.concat(frames, how="vertical")
+
+
+def knn_cost_frame(dirs: Sequence[MetricDir]) -> pl.DataFrame:
+    """recall@k and seconds of every kNN graph behind the given metric directories (E2).
+
+    recall: the ``knn_recall`` rows of each directory's knn table (against exact on the kNN
+    manifest's sample; 1 for graphs built exact); seconds: ``entries[].seconds`` of the kNN
+    manifest (:func:`knn_graph_frame`; null when the manifest is gone). Columns: run identity,
+    probe, distance, backend (the directory's setting), backend_used, hook_a, pos_a, scale_a,
+    recall, seconds. Directories without a knn table are skipped. [ours]
+    """
+    keys = [*RUN_IDENTITY, "hook_a", "scale_a"]
+    frames = []
+    for d in dirs:
+        if not (d.path / "knn.parquet").is_file():
+            continue
+        rec = _with_setting(read_tables([d], "knn", pl.col("measure") == "knn_recall")
+                            .rename({"backend": "backend_used"}), d)
+        rec = rec.select(*keys, "backend_used", "pos_a", recall="value")
+        if d.knn_manifest.is_file():
+            secs = knn_graph_frame([d.knn_manifest]).select(*keys, "seconds")
+            rec = rec.join(secs, on=keys, how="left")
+        else:
+            rec = rec.with_columns(seconds=pl.lit(None, dtype=pl.Float64))
+        frames.append(rec)
+    schema = {**{c: pl.Utf8 for c in keys}, "seed": pl.Int64, "backend_used": pl.Utf8,
+              "pos_a": pl.Int64, "recall": pl.Float64, "seconds": pl.Float64}
+    return pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=schema)
 
 
 def stage_last_hooks(hooks: Sequence[str]) -> list[str]:
@@ -306,10 +373,13 @@ def knn_graph_frame(files: Sequence[PathLike]) -> pl.DataFrame:
     """One row per stored kNN graph of the given kNN manifests.
 
     Columns: dataset, model, attention, augmentation, seed, probe, distance, backend (the
-    directory's requested backend), backend_used, n_trees (Annoy only), search_k, k (stored
-    k_max), hook_a, pos_a, scale_a, n, d, recall (recall@k against exact on the manifest's
-    sample; 1 for exact), seconds (time to build the graph), backend_label
-    (``exact`` or ``annoy (n_trees=…)``). [ours]
+    directory's backend setting: ``auto``, ``exact``, ``annoy`` or e.g. ``annoy-t10-sauto``),
+    backend_used, n_trees (Annoy only), search_k (used), k (stored k_max), hook_a, pos_a,
+    scale_a, n, d, recall (recall@k against exact on the manifest's sample; 1 for exact),
+    seconds (the entry's ``seconds``: wall time of the whole graph, i.e. for Annoy the index
+    build, the search_k tuning, the query and the exact neighbours of the recall sample),
+    backend_label (``exact``, or ``annoy (n_trees=…, search_k=…)`` with the requested
+    search_k of the manifest's options). [ours]
     """
     rows = []
     for path in map(Path, files):
@@ -322,7 +392,10 @@ def knn_graph_frame(files: Sequence[PathLike]) -> pl.DataFrame:
         _, backend = _split_spec(spec_dir.name, spec_dir)
         hooks = list(m.get("hooks", []))
         pos = {h: i for i, h in enumerate(hooks)}
-        n_trees = (m.get("options") or {}).get("n_trees")
+        options = m.get("options") or {}
+        n_trees, search_k = options.get("n_trees"), options.get("search_k")
+        annoy_label = ("annoy" if n_trees is None else f"annoy (n_trees={n_trees}"
+                       + ("" if search_k is None else f", search_k={search_k}") + ")")
         for e in m.get("entries", []):
             used = e["backend"]
             if e["hook"] not in pos:
@@ -335,13 +408,67 @@ def knn_graph_frame(files: Sequence[PathLike]) -> pl.DataFrame:
                          "hook_a": e["hook"], "pos_a": pos[e["hook"]], "scale_a": str(e["scale"]),
                          "n": int(e["n"]), "d": int(e["d"]),
                          "recall": float(e["recall"]) if e.get("recall") is not None else None,
-                         "seconds": float(e["seconds"])})
+                         "seconds": float(e["seconds"]),
+                         "backend_label": annoy_label if used == "annoy" else used})
     schema = {"dataset": pl.Utf8, "model": pl.Utf8, "attention": pl.Utf8, "augmentation": pl.Utf8,
               "seed": pl.Int64, "probe": pl.Utf8, "distance": pl.Utf8, "backend": pl.Utf8,
               "backend_used": pl.Utf8, "n_trees": pl.Int64, "search_k": pl.Int64, "k": pl.Int64,
               "hook_a": pl.Utf8, "pos_a": pl.Int64, "scale_a": pl.Utf8, "n": pl.Int64,
-              "d": pl.Int64, "recall": pl.Float64, "seconds": pl.Float64}
-    df = pl.DataFrame(rows, schema=schema)
-    return df.with_columns(backend_label=pl.when(pl.col("backend_used") == "annoy")
-                           .then(pl.format("annoy (n_trees={})", pl.col("n_trees")))
-                           .otherwise(pl.col("backend_used")))
+              "d": pl.Int64, "recall": pl.Float64, "seconds": pl.Float64,
+              "backend_label": pl.Utf8}
+    return pl.DataFrame(rows, schema=schema)
+
+
+# ---------------------------------------------------------------------------------------------
+# STAC scale choices
+
+STAC_KEYS = ("scales", "tau", "k", "stages", "baseline")
+STAGE_KEYS = ("stage", "hook", "scale", "qualified", "evidence")
+
+
+def stac_scales_files(results_dir: PathLike, dataset: str) -> list[Path]:
+    """The scale choices of a dataset: ``{results}/{dataset}/stac_scales/*.json``, sorted."""
+    return sorted((Path(results_dir) / dataset / "stac_scales").glob("*.json"))
+
+
+def stac_scales_frame(path: PathLike) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """One row per (stage, candidate scale) of a :func:`rra.stac.choose_scales` file, and the
+    file's ``tau``, ``k`` and ``baseline``.
+
+    Columns: stage, hook, stage_label (``stage {i} · {hook}``), scale (int), value (evidence:
+    class-mean ClassRepSim S_hook[scale, full]), chosen (the stage's chosen scale), qualified
+    (whether that stage's choice reached tau), tau. [ours]
+    """
+    path = Path(path)
+    data = read_json(path)
+    missing = [k for k in STAC_KEYS if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise ValueError(f"{path}: STAC scale file lacks key(s) {missing}")
+    if not isinstance(data["stages"], list) or not data["stages"]:
+        raise ValueError(f"{path}: 'stages' must be a non-empty list")
+    tau = float(data["tau"])
+    rows = []
+    for i, st in enumerate(data["stages"]):
+        lacks = [k for k in STAGE_KEYS if not isinstance(st, dict) or k not in st]
+        if lacks:
+            raise ValueError(f"{path}: stages[{i}] lacks key(s) {lacks}")
+        if not isinstance(st["evidence"], dict) or not st["evidence"]:
+            raise ValueError(f"{path}: stages[{i}].evidence must be a non-empty {{scale: value}}")
+        if str(st["scale"]) not in {str(s) for s in st["evidence"]}:
+            raise ValueError(f"{path}: stages[{i}] chose scale {st['scale']!r}, which is not "
+                             f"among its evidence scales {sorted(st['evidence'])}")
+        for scale, value in st["evidence"].items():
+            if not str(scale).isdigit():
+                raise ValueError(f"{path}: stages[{i}].evidence has scale {scale!r}, not a "
+                                 "positive integer")
+            rows.append({"stage": int(st["stage"]), "hook": str(st["hook"]),
+                         "stage_label": f"stage {st['stage']} · {st['hook']}",
+                         "scale": int(scale), "value": float(value),
+                         "chosen": int(scale) == int(st["scale"]),
+                         "qualified": bool(st["qualified"]), "tau": tau})
+    schema = {"stage": pl.Int64, "hook": pl.Utf8, "stage_label": pl.Utf8, "scale": pl.Int64,
+              "value": pl.Float64, "chosen": pl.Boolean, "qualified": pl.Boolean,
+              "tau": pl.Float64}
+    meta = {"tau": tau, "k": int(data["k"]), "baseline": data["baseline"],
+            "scales": list(data["scales"])}
+    return pl.DataFrame(rows, schema=schema).sort("stage", "scale"), meta
