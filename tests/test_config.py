@@ -15,7 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def base() -> dict:
-    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    """The default config without its experiments (the tests add what they need)."""
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    del cfg["experiments"]
+    return cfg
 
 
 def validated(cfg: dict) -> dict:
@@ -23,6 +26,10 @@ def validated(cfg: dict) -> dict:
 
 
 def test_default_and_test_configs_validate(base):
+    full = rc.load_config(ROOT / "config" / "config.yaml")
+    assert list(rc.experiments(full)) == ["E1", "E2", "E3", "E4", "E5", "E6"]
+    assert len(rc.runs_of(full)) == 23
+    assert {a.experiment for a in rc.analyses(full)} == {"study", "E1", "E2", "E3", "E4", "E5", "stac_auto"}
     cfg = validated(base)
     assert cfg["knn"]["annoy"]["recall_target"] == 0.95
     test = rc.load_config(ROOT / "config" / "config.yaml", ROOT / "config" / "test.yaml")
@@ -91,7 +98,7 @@ def test_scales_and_names(base):
     cfg = validated(base)
     cfg["embed"]["scales"] = ["full", 4, 1]
     assert rc.embed_scales(cfg) == ["1", "4", "full"]
-    assert rc.probe_name(cfg["probe"]) == "test-n100-s0"
+    assert rc.probe_name(cfg["probe"]) == "test-n50-s0"
     assert rc.probe_name({"split": "train", "n_per_class": "all", "seed": 3}) == "train-all-s3"
     for name in ("test-n100-s0", "train-all-s3"):
         assert rc.probe_name(rc.parse_probe(name)) == name
@@ -129,6 +136,7 @@ def test_analyses_share_folders_with_the_union_of_k(base):
     lenet = rc.Run("lenet5", "none", "none", 0)
     assert [r.name for r in rc.runs_of(cfg)] == ["lenet5-none-none-s0", "resnet8-none-standard-s0",
                                                  "resnet8-none-standard-s1"]
+    cfg["probe"]["n_per_class"] = 100
     folders = {(a.probe, a.knn) for a in rc.analyses(cfg)}
     assert folders == {("test-n100-s0", "euclidean-auto"), ("test-n20-s0", "cosine-exact"),
                        ("test-n20-s0", "euclidean-annoy-t5-sauto")}
@@ -151,7 +159,7 @@ def test_analyses_share_folders_with_the_union_of_k(base):
         {"model": "lenet5", "augmentation": ["none"], "seeds": [0], "training": {"lr": 0.5}}]}),
      "is also listed at 'runs[0]' with other model_kwargs/training"),
     (lambda c: c["experiments"].update(X1={"description": "x"}), "X1"),
-    (lambda c: c["experiments"].update(E1={"k": [5]}), "'description' is a required property"),
+    (lambda c: c["experiments"].update(E1={"k": [0]}), "0 is less than the minimum of 1"),
 ])
 def test_experiment_errors(base, mutate, needle):
     cfg = copy.deepcopy(base)

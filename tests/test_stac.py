@@ -255,6 +255,7 @@ OVERLAY = {
     "knn": {"k": [3, 5], "distance": ["euclidean"], "backend": "exact"},
     "metrics": {"nntp_alpha": [0]},
     "stac_auto": {"k": 5, "tau": 0.5},
+    "experiments": {f"E{i}": {"enabled": False} for i in range(1, 7)},
 }
 
 
