@@ -112,15 +112,15 @@ def check_config(config: dict[str, Any]) -> None:
             if aug not in AUGMENTATIONS:
                 raise ConfigError(f"config key '{where}.augmentation': unknown augmentation "
                                   f"{aug!r}; known: {sorted(AUGMENTATIONS)}")
-    for attn in config["attention"]:
-        if attn not in ATTENTION:
-            raise ConfigError(f"config key 'attention.{attn}': unknown attention module; "
-                              f"known: {sorted(ATTENTION)}")
         if (any(a != "none" for a in run["attention"])
                 and "attention" not in inspect.signature(MODELS[run["model"]]).parameters):
             raise ConfigError(f"config key '{where}.attention': model {run['model']!r} has no "
                               f"residual blocks, so it takes attention 'none' only, got "
                               f"{run['attention']}")
+    for attn in config["attention"]:
+        if attn not in ATTENTION:
+            raise ConfigError(f"config key 'attention.{attn}': unknown attention module; "
+                              f"known: {sorted(ATTENTION)}")
     check_run_lists(config)
     scales = embed_scales(config)
     check_stac_auto(config, runs_of(config), scales)

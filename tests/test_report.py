@@ -26,7 +26,8 @@ import vl_convert as vlc
 
 from rra.io import sha256_file, write_json
 from rra.metrics.tables import frame
-from rra.report import FigureRecord, build_index, build_report, charts, frames
+from rra.report import (FigureRecord, build_index, build_report, charts, frames,
+                        hyperparams)
 from rra.report.build import report_options
 from rra.report.save import external_references, save_chart
 
@@ -479,7 +480,8 @@ def test_build_report_figures_files_and_hashes(results, report):
     reports, recs = report
     prefix = f"toy-{PROBE}-euclidean-auto"
     expected = {f"{prefix}-{name}" for name in (
-        "nnts-resnet8", "curves-resnet8", "nntp-resnet8-none-none", "nntp-resnet8-none-standard",
+        "nnts-resnet8", "nnts-diff-resnet8", "curves-resnet8", "nntp-resnet8-none-none",
+        "nntp-resnet8-none-standard",
         "classrepsim-resnet8-none-none", "classrepsim-resnet8-none-standard",
         "classrepsim-class-resnet8-none-none", "classrepsim-class-resnet8-none-standard")}
     expected |= {"toy-accuracy", f"toy-knn-{PROBE}-euclidean"}
@@ -504,6 +506,10 @@ def test_build_report_figures_files_and_hashes(results, report):
     assert set(nntp.inputs) == {f"results/toy/resnet8-none-none-s{s}/metrics/{PROBE}/"
                                 f"euclidean-auto/manifest.json" for s in (0, 1)}
     assert by_id[f"{prefix}-curves-resnet8"].config["band"] == "sd"
+    diff = by_id[f"{prefix}-nnts-diff-resnet8"]
+    assert diff.config["k"] == 3 and diff.config["seeds"] == {"standard": [0, 1], "none": [0, 1]}
+    assert len(diff.inputs) == 4  # the four runs' metric manifests
+    assert not any("hyperparams" in r.id or "guideline" in r.id for r in recs)  # one analysis/run
     acc = by_id["toy-accuracy"]
     assert "results/toy/cost.parquet" in acc.inputs
     assert acc.config["config.training"] == {"epochs": 3}
@@ -524,6 +530,341 @@ def test_build_report_skips_absent_inputs_and_checks_options(tmp_path):
         report_options({"report": {"scales": "full"}})
     with pytest.raises(FileNotFoundError):
         build_report(tmp_path / "nowhere", tmp_path / "reports")
+
+
+# ----------------------------------------------------------------- E3: NNTS difference heat map
+
+def test_nnts_diff_heatmap_values_colour_scale_and_order():
+    rows = []
+    for aug, seeds, off in (("none", (0, 1), (0.2, 0.4)), ("standard", (0, 1, 2), (0.5, 0.6, 0.7))):
+        for seed, v in zip(seeds, off):
+            for i, a in enumerate(["z", "a"]):  # forward order z, a (≠ alphabetical)
+                for j, b in enumerate(["z", "a"]):
+                    rows.append({"augmentation": aug, "seed": seed, "hook_a": a, "pos_a": i,
+                                 "hook_b": b, "pos_b": j, "value": 1.0 if a == b else v})
+    df = pl.DataFrame(rows)
+    chart = charts.nnts_diff_heatmap(df)
+    spec = chart.to_dict()
+    scale = spec["encoding"]["color"]["scale"]
+    assert spec["encoding"]["color"]["field"] == "diff" and scale["domainMid"] == 0
+    assert scale["domain"] == [pytest.approx(-0.3), pytest.approx(0.3)]  # ± max |Δ|
+    cells = {(r["hook_a"], r["hook_b"]): r for r in only_dataset(chart)}
+    assert len(cells) == 4
+    assert cells[("z", "a")]["diff"] == pytest.approx(0.6 - 0.3)  # means over 3 and 2 seeds
+    assert (cells[("z", "a")]["n_standard"], cells[("z", "a")]["n_none"]) == (3, 2)
+    assert cells[("z", "z")]["diff"] == 0.0
+    assert axis_labels(chart, "bottom") == [["z", "a"]]
+    assert axis_labels(chart, "left") == [["z", "a"]]
+    with pytest.raises(ValueError, match="no rows with augmentation = 'standard'"):
+        charts.nnts_diff_heatmap(df.filter(pl.col("augmentation") == "none"))
+    with pytest.raises(ValueError, match="present for only one"):
+        charts.nnts_diff_heatmap(df.filter(~((pl.col("augmentation") == "none")
+                                             & (pl.col("hook_b") == "a"))))
+
+
+# ------------------------------------------------------------------------ E4: STAC scale choice
+
+STAC = {"scales": [2, 2], "tau": 0.6, "k": 3,
+        "baseline": {"model": "resnet8", "attention": "none", "augmentation": "none", "seed": 0},
+        "stages": [{"stage": 0, "hook": "layer1.1", "scale": 2, "qualified": True,
+                    "evidence": {"1": 0.4, "2": 0.7, "4": 0.9}},
+                   {"stage": 1, "hook": "layer2.0", "scale": 2, "qualified": False,
+                    "evidence": {"1": 0.2, "2": 0.3}}]}
+
+
+def test_stac_scales_frame_and_chart(tmp_path):
+    path = write_json(tmp_path / "resnet8-none-none-s0.json", STAC)
+    df, meta = frames.stac_scales_frame(path)
+    assert (meta["tau"], meta["k"], meta["scales"]) == (0.6, 3, [2, 2])
+    assert df.height == 5
+    assert df.filter(pl.col("chosen")).select("stage", "scale", "value", "qualified").rows() == [
+        (0, 2, 0.7, True), (1, 2, 0.3, False)]
+    assert df["scale"].dtype == pl.Int64 and df["stage_label"][0] == "stage 0 · layer1.1"
+    chart = charts.stac_scales_chart(df)
+    spec = chart.to_dict()
+    assert spec["facet"]["field"] == "stage_label"
+    assert spec["facet"]["sort"] == ["stage 0 · layer1.1", "stage 1 · layer2.0"]
+    layers = spec["spec"]["layer"]
+    marks = [layer["mark"]["type"] for layer in layers]
+    assert marks == ["rule", "line", "point", "text"]
+    assert layers[0]["encoding"]["y"]["field"] == "tau"
+    assert layers[1]["encoding"]["x"]["sort"] == [1, 2, 4]
+    assert layers[2]["transform"] == [{"filter": "datum.chosen"}]
+    assert len(only_dataset(chart)) == 5
+    no_tau = {k: v for k, v in STAC.items() if k != "tau"}
+    for broken, match in ((no_tau, r"lacks key\(s\) \['tau'\]"),
+                          ({**STAC, "stages": [{**STAC["stages"][0], "scale": 8}]},
+                           "chose scale 8"),
+                          ({**STAC, "stages": [{**STAC["stages"][0], "evidence": {"full": 1.0}}]},
+                           "chose scale 2")):
+        with pytest.raises(ValueError, match=match):
+            frames.stac_scales_frame(write_json(tmp_path / "bad.json", broken))
+
+
+# --------------------------------------------------------------------- E2: RRA hyper-parameters
+
+E2_HOOKS = ["stem", "layer1.0", "fc"]  # forward order ≠ alphabetical
+E2_SCALES = {"stem": ["1", "full"], "layer1.0": ["1", "full"], "fc": ["full"]}
+E2_ANALYSES = [  # (probe, {distance}-{backend} folder, seeds)
+    ("test-n4-s0", "euclidean-auto", (0, 1)),             # the reference (config's setting)
+    ("test-n8-s0", "euclidean-auto", (0, 1)),             # probe
+    ("test-n4-s0", "cosine-auto", (0,)),                  # distance: seed 0 only
+    ("test-n4-s0", "euclidean-annoy-t10-sauto", (0, 1)),  # backend
+    ("test-n8-s0", "cosine-auto", (1,)),                  # two parameters at once: unused
+]
+E2_RECALL = {"stem": 0.9, "layer1.0": 0.8, "fc": 0.7}  # Annoy recall per hook
+
+
+def e2_offset(probe: str, spec: str, pos: int, seed: int) -> float:
+    """What each setting adds to every measure at a hook of forward position ``pos``."""
+    return (0.03 * (pos + 1) * (probe == "test-n8-s0") - 0.05 * spec.startswith("cosine")
+            + 0.01 * pos * ("annoy" in spec) + 0.02 * seed)
+
+
+def e2_tables(probe: str, spec: str, seed: int) -> dict[str, list[dict]]:
+    pos = {h: i for i, h in enumerate(E2_HOOKS)}
+    off = {h: e2_offset(probe, spec, pos[h], seed) for h in E2_HOOKS}
+    out: dict[str, list[dict]] = {"nnts": [], "nntp": [], "class_response": [],
+                                  "classrepsim": [], "knn": []}
+    for scale in ("1", "full"):
+        hooks = [h for h in E2_HOOKS if scale in E2_SCALES[h]]
+        for k in (3, 5):
+            for h in hooks:
+                common = dict(hook_a=h, pos_a=pos[h], scale_a=scale, k=k)
+                out["class_response"].append(dict(common, measure="knn_purity", value=(
+                    0.3 + 0.1 * pos[h] + off[h] + 0.04 * (k == 5) - 0.2 * (scale == "1"))))
+                out["class_response"].append(dict(common, measure="knn_vote_accuracy", value=(
+                    0.2 + 0.1 * pos[h] + off[h] - 0.1 * (scale == "1"))))
+                for b in hooks:
+                    out["nnts"].append(dict(common, measure="nnts", hook_b=b, pos_b=pos[b],
+                                            scale_b=scale, value=1.0 if b == h else (
+                        0.4 + 0.05 * (pos[h] + pos[b]) + off[h] + 0.02 * pos[h] * (k == 5))))
+        for h in hooks:
+            annoy = "annoy" in spec
+            out["knn"].append(dict(measure="knn_recall", hook_a=h, pos_a=pos[h], scale_a=scale,
+                                   k=5, backend="annoy" if annoy else "exact",
+                                   value=E2_RECALL[h] if annoy else 1.0))
+    return out
+
+
+@pytest.fixture(scope="module")
+def e2_results(tmp_path_factory) -> Path:
+    results = tmp_path_factory.mktemp("e2") / "results"
+    for probe, spec, seeds in E2_ANALYSES:
+        distance, backend = spec.split("-", 1)
+        for seed in seeds:
+            run = dict(run_id("none", seed), probe=probe)
+            run_dir = results / "toy" / f"resnet8-none-none-s{seed}"
+            mdir = run_dir / "metrics" / probe / spec
+            mdir.mkdir(parents=True)
+            # the tables say "annoy", as the metrics stage writes the requested backend
+            constants = dict(run, distance=distance, backend=backend.split("-")[0])
+            for name, rows in e2_tables(probe, spec, seed).items():
+                frame(rows, constants).write_parquet(mdir / f"{name}.parquet")
+            write_json(mdir / "manifest.json", {"run": run, "ks": [3, 5]})
+            annoy = "annoy" in spec
+            write_json(run_dir / "knn" / probe / spec / "manifest.json", {
+                "k_max": 5, "distance": distance, "backend": backend.split("-")[0],
+                "hooks": E2_HOOKS, "options": {"n_trees": 10, "search_k": "auto"},
+                "entries": [{"hook": h, "scale": s, "n": 40, "d": 8,
+                             "backend": "annoy" if annoy else "exact",
+                             "recall": E2_RECALL[h] if annoy else 1.0,
+                             "search_k": 60 if annoy else None,
+                             "seconds": 0.1 * (seed + 1) if annoy else 0.5}
+                            for h in E2_HOOKS for s in E2_SCALES[h]]})
+    write_json(results / "toy" / "stac_scales" / "resnet8-none-none-s0.json", STAC)
+    return results
+
+
+E2_CONFIG = {"probe": {"split": "test", "n_per_class": 4, "seed": 0},
+             "knn": {"k": [3, 5], "distance": ["euclidean"], "backend": "auto"}}
+
+
+def test_metric_dirs_parse_annoy_settings(e2_results):
+    specs = {(d.probe, d.distance, d.backend) for d in frames.metric_dirs(e2_results)}
+    assert ("test-n4-s0", "euclidean", "annoy-t10-sauto") in specs
+    assert frames._split_spec("cosine-annoy-t50-s-1", Path("x")) == ("cosine", "annoy-t50-s-1")
+    with pytest.raises(ValueError, match="distance"):
+        frames._split_spec("euclidean", Path("x"))
+
+
+def test_reference_analysis_and_value_order():
+    a, b = ("p", "euclidean", "auto"), ("p", "euclidean", "annoy-t10-sauto")
+    assert hyperparams.reference_analysis([a, a, b]) == a  # the most common
+    assert hyperparams.reference_analysis([a, b]) == b  # a tie: name order...
+    assert hyperparams.reference_analysis([a, b], {"probe": "p", "distance": "euclidean",
+                                                   "backend": "auto"}) == a  # ...or the config
+    assert hyperparams.config_preference(E2_CONFIG) == {
+        "probe": "test-n4-s0", "distance": "euclidean", "backend": "auto"}
+    assert hyperparams.config_preference({}) == {}
+    order = hyperparams.value_order
+    assert order("probe", ["test-all-s0", "test-n100-s0", "test-n20-s0"]) == [
+        "test-n20-s0", "test-n100-s0", "test-all-s0"]
+    assert order("backend", ["annoy-t50-s-1", "auto", "annoy-t10-sauto", "exact", "annoy"]) == [
+        "exact", "auto", "annoy", "annoy-t10-sauto", "annoy-t50-s-1"]
+    assert order("k", [10, 3, 5]) == ["3", "5", "10"]
+    assert order("scale", ["full", "4", "1"]) == ["1", "4", "full"]
+    with pytest.raises(ValueError, match="unknown E2 parameter"):
+        order("alpha", [0])
+
+
+REF = hyperparams.Reference("test-n4-s0", "euclidean", "auto", 3, "full")
+
+
+def test_panel_frame_holds_the_others_at_the_reference(e2_results):
+    summary = frames.summary_frame(frames.metric_dirs(e2_results))
+    assert set(summary["backend"]) == {"auto", "annoy-t10-sauto"}  # the folder's setting
+    panel = hyperparams.panel_frame(summary, REF)
+    seeds = {p: hyperparams.panel_seeds(panel, p) for p in hyperparams.PARAMETERS}
+    assert seeds == {"probe": [0, 1], "distance": [0], "backend": [0, 1], "k": [0, 1],
+                     "scale": [0, 1]}
+    values = {p: hyperparams.panel_values(panel, p) for p in hyperparams.PARAMETERS}
+    assert values == {"probe": ["test-n4-s0", "test-n8-s0"], "distance": ["cosine", "euclidean"],
+                      "backend": ["auto", "annoy-t10-sauto"], "k": ["3", "5"],
+                      "scale": ["1", "full"]}
+    # rows per parameter: values × seeds × (3 measures × 3 hooks); scale: purity and vote only,
+    # stem and layer1.0 at two scales, fc at full
+    counts = dict(panel.group_by("parameter").len().iter_rows())
+    assert counts == {"probe": 2 * 2 * 9, "distance": 2 * 1 * 9, "backend": 2 * 2 * 9,
+                      "k": 2 * 2 * 9, "scale": 2 * 5 * 2}
+    assert set(panel.filter(pl.col("reference"))["setting"]) == {
+        "test-n4-s0", "euclidean", "auto", "3", "full"}
+    # the (test-n8-s0, cosine) analysis differs in two parameters: in no panel
+    assert panel.filter((pl.col("parameter") == "distance") & (pl.col("seed") == 1)).height == 0
+    # runs with a single analysis: no panel at all
+    single = summary.filter((pl.col("probe") == "test-n4-s0") & (pl.col("distance") == "euclidean")
+                            & (pl.col("backend") == "auto"))
+    assert hyperparams.panel_frame(single, REF).height == 0
+    analyses = [(d.probe, d.distance, d.backend) for d in frames.metric_dirs(e2_results)]
+    prefer = hyperparams.config_preference(E2_CONFIG)
+    assert hyperparams.reference_setting(summary, analyses, prefer=prefer) == REF  # k: smallest
+    assert hyperparams.reference_setting(summary, analyses, k=5, scale="1", prefer=prefer) == \
+        hyperparams.Reference("test-n4-s0", "euclidean", "auto", 5, "1")
+    with pytest.raises(ValueError, match=r"report.k = 7 was not computed.*\[3, 5\]"):
+        hyperparams.reference_setting(summary, analyses, k=7)
+
+
+def test_hyperparam_panels_spec_and_values(e2_results):
+    panel = hyperparams.panel_frame(frames.summary_frame(frames.metric_dirs(e2_results)), REF)
+    chart = charts.hyperparam_panels(panel, parameters=hyperparams.PARAMETERS)
+    spec = chart.to_dict()
+    assert len(spec["vconcat"]) == 3  # purity, vote accuracy, NNTS to logits
+    row = spec["vconcat"][0]
+    assert row["facet"]["column"]["field"] == "parameter"
+    assert row["facet"]["column"]["sort"] == list(hyperparams.PARAMETERS)
+    assert row["resolve"]["scale"]["x"] == "independent"
+    assert row["spec"]["encoding"]["color"]["sort"] == {"field": "pos_a", "op": "min",
+                                                        "order": "ascending"}
+    purity, vote, nnts = (datasets_of(chart)[i] for i in range(3))
+    assert len(purity) == 4 * 2 * 3 + 5 and len(vote) == 4 * 2 * 3 + 5 and len(nnts) == 4 * 2 * 3
+    r = next(r for r in purity if r["parameter"] == "probe" and r["setting"] == "test-n8-s0"
+             and r["hook_a"] == "layer1.0")
+    # 0.3 + 0.1·1 + 0.03·2 + 0.02·seed, mean over seeds 0 and 1
+    assert r["mean"] == pytest.approx(0.47) and r["n"] == 2 and r["label"] == "test-n8-s0"
+    assert {r["label"] for r in purity if r["parameter"] == "k"} == {"3 *", "5"}
+
+
+# parameter, measure → max_abs_change, n_hooks (see e2_offset and e2_tables)
+E2_GUIDELINE = {
+    ("probe", "knn_purity"): (0.06, 3),         # 0.03, 0.06, 0.09
+    ("probe", "knn_vote_accuracy"): (0.06, 3),
+    ("probe", "nnts_to_logits"): (0.03, 3),     # 0.03, 0.06, 0 (fc to itself)
+    ("distance", "knn_purity"): (0.05, 3),
+    ("distance", "knn_vote_accuracy"): (0.05, 3),
+    ("distance", "nnts_to_logits"): (0.1 / 3, 3),
+    ("backend", "knn_purity"): (0.01, 3),       # 0, 0.01, 0.02
+    ("backend", "knn_vote_accuracy"): (0.01, 3),
+    ("backend", "nnts_to_logits"): (0.01 / 3, 3),
+    ("k", "knn_purity"): (0.04, 3),
+    ("k", "knn_vote_accuracy"): (0.0, 3),
+    ("k", "nnts_to_logits"): (0.02 / 3, 3),
+    ("scale", "knn_purity"): (0.2, 2),          # fc has one scale
+    ("scale", "knn_vote_accuracy"): (0.1, 2),
+}
+
+
+@pytest.fixture(scope="module")
+def e2_report(e2_results, tmp_path_factory) -> tuple[Path, list[FigureRecord]]:
+    reports = tmp_path_factory.mktemp("e2-reports")
+    return reports, build_report(e2_results, reports, config=E2_CONFIG)
+
+
+def test_build_report_e2_figures_and_guideline_csv(e2_results, e2_report):
+    reports, recs = e2_report
+    by_id = {r.id: r for r in recs}
+    per_analysis = {f"toy-{probe}-{spec}-{name}" for probe, spec, _ in E2_ANALYSES
+                    for name in ("nnts-resnet8", "curves-resnet8")}
+    assert set(by_id) == per_analysis | {
+        "toy-hyperparams-resnet8-none-none", "toy-e2-guideline", "toy-knn-test-n4-s0-euclidean",
+        "toy-stac-scales-resnet8-none-none-s0"}
+    hp = by_id["toy-hyperparams-resnet8-none-none"]
+    assert hp.config["reference"] == {"probe": "test-n4-s0", "distance": "euclidean",
+                                      "backend": "auto", "k": 3, "scale": "full"}
+    assert hp.config["seeds"]["distance"] == [0]
+    used = {f"results/toy/resnet8-none-none-s{s}/metrics/{p}/{spec}/manifest.json"
+            for p, spec, seeds in E2_ANALYSES[:4] for s in seeds}
+    assert set(hp.inputs) == used  # not the (test-n8-s0, cosine) analysis
+    guide = by_id["toy-e2-guideline"]
+    csv = "figures/toy/e2-guideline.csv"
+    assert sorted(Path(f).suffix for f in guide.files) == [".csv", ".html", ".png", ".svg"]
+    assert sha256_file(reports / csv) == guide.files[csv]
+    assert "results/toy/resnet8-none-none-s1/knn/test-n4-s0/euclidean-annoy-t10-sauto/" \
+           "manifest.json" in guide.inputs
+    for shown, digest in guide.inputs.items():
+        assert sha256_file(e2_results.parent / shown) == digest
+    table = pl.read_csv(reports / csv)
+    assert table.columns == hyperparams.GUIDELINE_COLUMNS
+    assert set(table["model"]) == {"resnet8"} and set(table["dataset"]) == {"toy"}
+    change = table.filter(pl.col("statistic") == "max_abs_change")
+    got = {(r["parameter"], r["measure"]): (r["value"], r["n_hooks"])
+           for r in change.iter_rows(named=True)}
+    assert got.keys() == E2_GUIDELINE.keys()
+    for key, (value, n_hooks) in E2_GUIDELINE.items():
+        assert got[key] == (pytest.approx(value, abs=1e-12), n_hooks), key
+    assert change.filter(pl.col("parameter") == "distance")["n_seeds"].to_list() == [1, 1, 1]
+    meta = {r["parameter"]: (r["values"], str(r["reference"]))
+            for r in change.iter_rows(named=True)}
+    assert meta == {"probe": ("test-n4-s0, test-n8-s0", "test-n4-s0"),
+                    "distance": ("cosine, euclidean", "euclidean"),
+                    "backend": ("auto, annoy-t10-sauto", "auto"), "k": ("3, 5", "3"),
+                    "scale": ("1, full", "full")}
+    cost = {(r["setting"], r["measure"], r["statistic"]): r["value"]
+            for r in table.filter(pl.col("setting").is_not_null()).iter_rows(named=True)}
+    assert cost == {
+        ("auto", "knn_recall", "mean"): 1.0,
+        ("auto", "seconds_per_graph", "mean"): pytest.approx(0.5),
+        ("auto", "seconds_per_graph", "ratio_to_exact"): 1.0,
+        # (0.9·2 + 0.8·2 + 0.7) / 5 graphs, both seeds
+        ("annoy-t10-sauto", "knn_recall", "mean"): pytest.approx(0.82),
+        ("annoy-t10-sauto", "seconds_per_graph", "mean"): pytest.approx(0.15),
+        # Σ annoy (5·0.1 + 5·0.2) / Σ exact (10·0.5)
+        ("annoy-t10-sauto", "seconds_per_graph", "ratio_to_exact"): pytest.approx(0.3)}
+    spec = charts.guideline_table(table).to_dict()
+    assert len(spec["vconcat"]) == 2
+    stac = by_id["toy-stac-scales-resnet8-none-none-s0"]
+    assert stac.config["tau"] == 0.6 and list(stac.inputs) == [
+        "results/toy/stac_scales/resnet8-none-none-s0.json"]
+    knn = frames.knn_graph_frame(frames.knn_manifests(e2_results))
+    assert set(knn["backend"]) == {"auto", "annoy-t10-sauto"}
+    assert set(knn["backend_label"]) == {"exact", "annoy (n_trees=10, search_k=auto)"}
+
+
+def test_guideline_table_text(e2_report):
+    reports, _ = e2_report
+    table = pl.read_csv(reports / "figures/toy/e2-guideline.csv")
+    chart = charts.guideline_table(table)
+    change, cost = datasets_of(chart)
+    row = "resnet8 · none · none | probe (test-n4-s0, test-n8-s0)"
+    assert {r["column"]: r["text"] for r in change if r["row"] == row} == {
+        "Δ kNN class purity": "0.0600", "Δ kNN-vote accuracy": "0.0600",
+        "Δ NNTS to logits": "0.0300"}
+    scale = "resnet8 · none · none | scale (1, full)"
+    assert next(r["text"] for r in change if r["row"] == scale
+                and r["column"] == "Δ NNTS to logits") == "–"
+    assert len(cost) == 2 * 3
+    assert {r["column"]: r["text"] for r in cost
+            if r["row"] == "resnet8 · none · none | annoy-t10-sauto"} == {
+        "recall@k vs exact": "0.8200", "seconds per graph": "0.15", "time / exact": "0.3"}
 
 
 # ------------------------------------------------------------------------ headless browser (slow)
@@ -680,6 +1021,27 @@ def test_browser_renders_index_and_a_figure_offline(report):
                                              "i.naturalWidth === 0).length + '/' + "
                                              "document.images.length")
             assert broken == f"0/{len(recs)}"
+            assert browser.problems() == []
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
+def test_browser_renders_new_figures_without_warnings(e2_report):
+    """E2 panels (facets with independent x), the guideline, the STAC chart: drawn, no console
+    warnings (step widths with independent facet scales once made Vega warn)."""
+    reports, recs = e2_report
+    exe = chromium_executable()
+    pages = [reports / r.file("html") for r in recs
+             if r.id.startswith(("toy-hyperparams", "toy-e2-guideline", "toy-stac-scales"))]
+    assert len(pages) == 3
+    with tempfile.TemporaryDirectory() as user_dir:
+        browser = DevTools(exe, user_dir)
+        try:
+            for page in pages:
+                assert browser.open(page.resolve().as_uri(),
+                                    "!!document.querySelector('.vega-embed svg.marks, "
+                                    ".vega-embed canvas.marks')"), f"{page.name} was not drawn"
             assert browser.problems() == []
         finally:
             browser.close()

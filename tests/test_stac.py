@@ -152,6 +152,7 @@ def test_cli_train_merges_scales_into_spec(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def base() -> dict:
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    del cfg["experiments"]
     cfg["runs"] = [{"model": "resnet8", "attention": ["none", "se", "stac-auto"],
                     "augmentation": ["standard"], "seeds": [0]},
                    {"model": "resnet8", "attention": ["stac-auto"], "augmentation": ["none"],
@@ -169,12 +170,22 @@ def test_stac_auto_config_valid(base):
     assert variants[1]["attention_kwargs"] == {"reduction": 16}
 
 
+def test_stac_auto_adds_the_baseline_analysis_at_its_k(base):
+    """The choice reads ClassRepSim at stac_auto.k; that k joins the baseline's analysis folder."""
+    cfg = copy.deepcopy(base)
+    cfg["stac_auto"]["k"] = 7
+    cfg = rc.validate(cfg)
+    baseline = rc.Run("resnet8", "none", "standard", 0)
+    probe, knn = rc.probe_name(cfg["probe"]), rc.knn_spec("euclidean", cfg["knn"]["backend"])
+    assert 7 in rc.metrics_params(cfg, baseline, probe, knn)["k"]
+    assert 7 not in rc.metrics_params(cfg, rc.Run("resnet8", "se", "standard", 0), probe, knn)["k"]
+
+
 @pytest.mark.parametrize("mutate, needle", [
     (lambda c: c["stac_auto"].update(baseline_seed=3),
      "config key 'stac_auto': run 'resnet8-stac-auto-standard-s0' takes its STAC scales from the "
      "baseline run 'resnet8-none-standard-s3'"),
     (lambda c: c["stac_auto"].update(baseline_augmentation="none"), "'resnet8-none-none-s0'"),
-    (lambda c: c["stac_auto"].update(k=7), "config key 'stac_auto.k': k=7 is not among knn.k"),
     (lambda c: c["embed"].update(scales=[1, 2, 4]), "config key 'embed.scales'"),
     (lambda c: c["embed"].update(scales=["full"]), "config key 'embed.scales'"),
     (lambda c: c["runs"][1].update(model_kwargs={"x": 1}), "must be the same model"),

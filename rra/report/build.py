@@ -232,7 +232,8 @@ def _metric_figures(rep: _Report, dirs: list) -> None:
             v_sel = {**m_sel, "attention": attention, "augmentation": augmentation,
                      "seeds": sorted(runs[d.run]["seed"] for d in vdirs)}
             v_inputs = [d.manifest for d in vdirs]
-            t = nntp.filter(of_variant & (pl.col("k") == k) & (pl.col("alpha") == alpha))
+            t = (nntp.filter(of_variant & (pl.col("k") == k) & (pl.col("alpha") == alpha))
+                 if alpha is not None else nntp)  # no NNTP rows at this scale
             if t.height:
                 rep.emit(charts.nntp_heatmap(t, title=f"NNTP, {name} (scale {scale}, k = {k}, "
                                                       f"α = {alpha})"),
@@ -360,13 +361,13 @@ def _hyperparam_figures(rep: _Report, dataset: str, dirs: list) -> None:
     several = [d for d in dirs if per_run[d.run] >= 2]
     if not several:
         return
-    runs = {d.run: parse_run(d.run) for d in dirs}
-    analysis = hp.reference_analysis([(d.probe, d.distance, d.backend) for d in dirs],
-                                     hp.config_preference(rep.config))
     summary = summary_frame(several)
-    of_ref = pl.all_horizontal([pl.col(c) == v for c, v in zip(hp.ANALYSIS_PARAMETERS, analysis)])
-    ks = summary.filter(of_ref)["k"].unique().to_list() or summary["k"].unique().to_list()
-    ref = hp.Reference(*analysis, k=_pick(ks, rep.opts["k"], "k"), scale=rep.opts["scale"])
+    if summary.height == 0:
+        return
+    runs = {d.run: parse_run(d.run) for d in dirs}
+    ref = hp.reference_setting(summary, [(d.probe, d.distance, d.backend) for d in dirs],
+                               k=rep.opts["k"], scale=rep.opts["scale"],
+                               prefer=hp.config_preference(rep.config))
     group = f"{dataset} · RRA hyper-parameters (E2)"
     ref_text = (f"probe {ref.probe}, {ref.distance} distance, {ref.backend} backend, k = {ref.k}, "
                 f"scale {ref.scale}")

@@ -22,6 +22,8 @@ from typing import Any
 import altair as alt
 import polars as pl
 
+from rra.report.frames import scale_order
+
 HOOK_A = alt.EncodingSortField(field="pos_a", op="min", order="ascending")
 HOOK_B = alt.EncodingSortField(field="pos_b", op="min", order="ascending")
 HEAT = "viridis"
@@ -74,13 +76,6 @@ def aggregate(df: pl.DataFrame, keys: Sequence[str], what: str, *,
                   min=pl.col(value).min(), max=pl.col(value).max(), n=pl.col(value).count())
              .with_columns(pl.col("sd").fill_null(0.0).fill_nan(0.0)))
     return out.sort(list(keys), nulls_last=True)
-
-
-def scale_order(scales: Sequence[Any]) -> list[str]:
-    """Pooled scales as strings, numeric ones ascending, then ``full`` (and any other name)."""
-    names = sorted({str(s) for s in scales if s is not None})
-    numeric = sorted((s for s in names if s.isdigit()), key=int)
-    return numeric + [s for s in names if not s.isdigit()]
 
 
 def add_variant(df: pl.DataFrame, columns: Sequence[str] = ("attention", "augmentation"),
@@ -274,8 +269,8 @@ def nnts_diff_heatmap(df: pl.DataFrame, *, by: str = "augmentation", minuend: st
                  f"n_{subtrahend}"],
     )
     return heat.properties(width=alt.Step(18), height=alt.Step(18), title=alt.TitleParams(
-        title, subtitle=[f"{by}: mean over seeds of {minuend} minus mean over seeds of "
-                         f"{subtrahend}; max |Δ| = {bound:.4f}"]))
+        title, subtitle=[f"{by} {minuend} minus {subtrahend}, each averaged over its seeds; "
+                         f"max |Δ| = {bound:.4f}"]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,7 +329,8 @@ def stac_scales_chart(df: pl.DataFrame, *, title: str = "Chosen STAC scales",
     df = _check_rows(df.sort("stage", "scale"), "stac_scales_chart")
     stages = df["stage_label"].unique(maintain_order=True).to_list()
     scales = sorted(df["scale"].unique().to_list())
-    x = alt.X("scale:O", sort=scales, title="scale s (pooled s × s)")
+    x = alt.X("scale:O", sort=scales, title="scale s (pooled s × s)",
+              axis=alt.Axis(labelAngle=0))
     y_scale = alt.Scale(domain=[0, 1])
     line = alt.Chart().mark_line(point=True, color="#4c78a8").encode(
         x=x, y=alt.Y("value:Q", title="ClassRepSim S[s, full] (class mean)", scale=y_scale),
@@ -369,7 +365,8 @@ def text_table(rows: Sequence[str], cells: Sequence[tuple[str, Sequence[str]]], 
     return alt.Chart(_check_rows(table, what)).mark_text(align="center").encode(
         x=alt.X("column:N", sort=[name for name, _ in cells], title=None,
                 axis=alt.Axis(orient="top", labelAngle=0, ticks=False, domain=False)),
-        y=alt.Y(f"{row}:N", sort=rows, title=None, axis=alt.Axis(ticks=False, domain=False)),
+        y=alt.Y(f"{row}:N", sort=rows, title=None,
+                axis=alt.Axis(ticks=False, domain=False, labelLimit=0)),
         text="text:N",
     ).properties(width=alt.Step(width), height=alt.Step(20))
 
@@ -545,6 +542,9 @@ def hyperparam_panels(df: pl.DataFrame, *, parameters: Sequence[str],
                                        .then(pl.col("setting") + " *")
                                        .otherwise(pl.col("setting"))), "hyperparam_panels")
     shown = [p for p in parameters if p in set(agg["parameter"])]
+    # Panels of one fixed width: step-sized widths with independent x scales in a facet make
+    # Vega union domains from separate data sources (a console warning, wrong sizes).
+    width = 40 * max(agg.group_by("parameter").agg(pl.col("setting").n_unique())["setting"])
     rows = []
     for measure, name in measures.items():
         part = agg.filter(pl.col("measure") == measure)
@@ -559,7 +559,7 @@ def hyperparam_panels(df: pl.DataFrame, *, parameters: Sequence[str],
             order=alt.Order("setting_pos:Q"),
             tooltip=["parameter", "setting", "hook_a", alt.Tooltip("mean:Q", format=".4f"),
                      alt.Tooltip("sd:Q", format=".4f"), "n"],
-        ).properties(width=alt.Step(40), height=130)
+        ).properties(width=width, height=130)
         rows.append(chart.facet(column=alt.Column("parameter:N", sort=shown, title=None))
                     .resolve_scale(x="independent"))
     return alt.vconcat(*rows).properties(title=alt.TitleParams(

@@ -31,6 +31,13 @@ RUN_RE = re.compile(r"^(?P<model>[a-z][a-z0-9]*)-(?P<attention>[a-z]+(?:-auto)?)
 RUN_COLUMNS = ("dataset", "model", "attention", "augmentation", "seed")
 
 
+def scale_order(scales: Sequence[Any]) -> list[str]:
+    """Pooled scales as strings, numeric ones ascending, then ``full`` (and any other name)."""
+    names = sorted({str(s) for s in scales if s is not None})
+    numeric = sorted((s for s in names if s.isdigit()), key=int)
+    return numeric + [s for s in names if not s.isdigit()]
+
+
 def parse_run(name: str) -> dict[str, Any] | None:
     """``{model, attention, augmentation, seed}`` of a run directory name, or None."""
     m = RUN_RE.match(name)

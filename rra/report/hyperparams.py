@@ -23,7 +23,8 @@ One parameter varies at a time, the others stay at the reference (:func:`panel_f
   scale, at each hook the scales it was embedded at).
 
 Summary measures per hook (:data:`SUMMARY_MEASURES`): kNN class purity, kNN-vote accuracy, and
-NNTS to the last hook embedded at the same scale (the logits at ``full``).
+NNTS to the logits (the last hook, at the same scale). The scale panel has no NNTS to the
+logits: NNTS compares two hooks at one scale, and the logits exist at ``full`` only.
 
 Guideline (:func:`guideline`): with x̄_h(v) the mean over seeds of a measure at hook h and
 parameter value v,
@@ -48,6 +49,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
+
+from rra.report.frames import scale_order
 
 PARAMETERS = ("probe", "distance", "backend", "k", "scale")
 ANALYSIS_PARAMETERS = ("probe", "distance", "backend")
@@ -101,27 +104,25 @@ def reference_analysis(analyses: Sequence[tuple[str, str, str]],
     return min(counts, key=lambda a: (-counts[a], a != preferred, a))
 
 
-def _pick_k(values: Sequence[int], wanted: int | None) -> int:
-    values = sorted(set(values))
-    if wanted is None:
-        return values[0]
-    if wanted not in values:
-        raise ValueError(f"config report.k = {wanted!r} was not computed in the reference "
-                         f"analysis; available: {values}")
-    return int(wanted)
-
-
 def reference_setting(summary: pl.DataFrame, analyses: Sequence[tuple[str, str, str]], *,
                       k: int | None = None, scale: str = "full",
                       prefer: dict[str, str] | None = None) -> Reference:
-    """The reference setting of a dataset: :func:`reference_analysis` of ``analyses``, ``k``
-    (default: the smallest k of the reference analysis's rows in ``summary``) and ``scale``."""
+    """The reference setting of a dataset: :func:`reference_analysis` of ``analyses`` (one
+    (probe, distance, backend) per analysed run), ``k`` (default: the smallest k of the
+    reference analysis's rows in ``summary``, or of all its rows when it has none of them)
+    and ``scale``. A ``k`` that was not computed is an error."""
     probe, distance, backend = reference_analysis(analyses, prefer)
-    ks = summary.filter((pl.col("probe") == probe) & (pl.col("distance") == distance)
-                        & (pl.col("backend") == backend))["k"].unique().to_list()
+    of_ref = summary.filter((pl.col("probe") == probe) & (pl.col("distance") == distance)
+                            & (pl.col("backend") == backend))
+    ks = sorted(set((of_ref if of_ref.height else summary)["k"].drop_nulls().to_list()))
     if not ks:
-        raise ValueError(f"reference analysis {probe}/{distance}-{backend}: no summary rows")
-    return Reference(probe, distance, backend, _pick_k(ks, k), str(scale))
+        raise ValueError("reference_setting: the summary frame has no k values")
+    if k is None:
+        k = ks[0]
+    elif k not in ks:
+        raise ValueError(f"config report.k = {k!r} was not computed in the reference analysis "
+                         f"{probe}/{distance}-{backend}; available: {ks}")
+    return Reference(probe, distance, backend, int(k), str(scale))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,8 +154,6 @@ def value_order(parameter: str, values: Sequence[Any]) -> list[str]:
     if parameter == "k":
         return sorted(names, key=int)
     if parameter == "scale":
-        from rra.report.charts import scale_order
-
         return scale_order(names)
     if parameter == "distance":
         return names
@@ -174,12 +173,10 @@ def _panel(rows: pl.DataFrame, parameter: str, column: str, values: list[str],
         reference=pl.col("setting") == ref.value(parameter)).select(PANEL_COLUMNS)
 
 
-def _common_values(rows: pl.DataFrame, column: str, seeds: set[int] | None = None
-                   ) -> tuple[list[int], set[str]]:
+def _common_values(rows: pl.DataFrame, column: str) -> tuple[list[int], set[str]]:
     """(seeds with ≥ 2 values of ``column``, the values all those seeds have)."""
     per_seed = rows.group_by("seed").agg(pl.col(column).cast(pl.Utf8).unique())
-    sets = {r["seed"]: set(r[column]) for r in per_seed.iter_rows(named=True)
-            if seeds is None or r["seed"] in seeds}
+    sets = {r["seed"]: set(r[column]) for r in per_seed.iter_rows(named=True)}
     multi = {s: v for s, v in sets.items() if len(v) >= 2}
     return sorted(multi), set.intersection(*multi.values()) if multi else set()
 
@@ -212,15 +209,16 @@ def panel_frame(summary: pl.DataFrame, ref: Reference, *, what: str = "E2") -> p
     of_ref = summary.filter(pl.all_horizontal([pl.col(q) == ref.value(q)
                                                for q in ANALYSIS_PARAMETERS])
                             & pl.col("seed").is_in(sorted(seeds_any)))
+    across_scales = of_ref.filter((pl.col("k") == ref.k)
+                                  & (pl.col("measure") != "nnts_to_logits"))
     for p, column, rows in (("k", "k", of_ref.filter(pl.col("scale_a") == ref.scale)),
-                            ("scale", "scale_a", of_ref.filter(pl.col("k") == ref.k))):
+                            ("scale", "scale_a", across_scales)):
         seeds, common = _common_values(rows, column)
         if len(common) >= 2:
             parts.append(_panel(rows.filter(pl.col("seed").is_in(seeds)), p, column,
                                 value_order(p, common), ref))
     return pl.concat(parts, how="vertical").sort("parameter", "setting_pos", "measure",
                                                  "pos_a", "seed")
-
 
 
 def panel_seeds(panel: pl.DataFrame, parameter: str) -> list[int]:
