@@ -222,8 +222,12 @@ def test_second_order_matches_brute_force(case, distance):
     a, b = brute_knn(xa, 6, distance), brute_knn(xb, 6, distance)
     ref = ref_second_order_rows(a, b, xa, xb, distance)
     assert abs(second_order_cosine(a, b, xa, xb, distance=distance) - ref.mean()) <= TOL
-    rows = peers._second_order_cosine_rows(a, b, xa, xb, distance, max_elements=3 * 12 * 7)
-    np.testing.assert_allclose(rows, ref, atol=TOL)
+    # both distance paths; small max_elements: blocks with remainders, Gram rows re-read in tiles
+    for method in ("gather", "gram"):
+        for max_el in (2**23, 3 * 12 * 7):
+            rows = peers._second_order_cosine_rows(a, b, xa, xb, distance, max_elements=max_el,
+                                                   method=method)
+            np.testing.assert_allclose(rows, ref, atol=TOL, err_msg=f"{method} {max_el}")
     ref2 = ref_second_order_rows(a[:, :2], b[:, :2], xa, xb, distance)
     assert abs(second_order_cosine(a, b, xa, xb, k=2, distance=distance) - ref2.mean()) <= TOL
 
@@ -281,19 +285,90 @@ def test_k_equals_n_minus_one():
     assert abs(second_order_cosine(a, b, xa, xb) - ref) <= TOL
 
 
-def test_second_order_zero_vectors():
-    # rows 0, 1, 2 coincide in a; row 0's two neighbours are 1 and 2 at distance 0 (u_0 = 0)
-    xa = np.array([[0.0], [0.0], [0.0], [5.0], [6.0], [7.5]])
+@pytest.mark.parametrize("method", ["gather", "gram"])
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_second_order_zero_vectors(method, offset):
+    # rows 0, 1, 2 coincide in a; row 0's two neighbours are 1 and 2 at distance 0 (u_0 = 0).
+    # A large offset makes ‖x_i‖² + ‖x_j‖² − 2 x_i·x_j cancel: the Gram path must still give
+    # exactly 0 for equal rows and the brute-force values for the others.
+    rng = np.random.default_rng(4)
+    base = np.array([[0.0], [0.0], [0.0], [5.0], [6.0], [7.5]])
+    rot = rng.normal(size=(1, 3))
+    xa = base @ rot + offset
     a = brute_knn(xa, 2)
-    rows = peers._second_order_cosine_rows(a, a, xa, xa, "euclidean")
+    rows = peers._second_order_cosine_rows(a, a, xa, xa, "euclidean", method=method)
     assert rows[0] == 1.0 and rows[1] == 1.0 and rows[2] == 1.0          # both zero -> 1
-    xb = np.array([[0.0], [1.0], [2.0], [5.0], [6.0], [7.5]])
+    xb = np.array([[0.0], [1.0], [2.0], [5.0], [6.0], [7.5]]) @ rot + offset
     b = brute_knn(xb, 2)
     np.testing.assert_array_equal(a[0], [1, 2])
     np.testing.assert_array_equal(b[0], [1, 2])
-    rows = peers._second_order_cosine_rows(a, b, xa, xb, "euclidean")
+    rows = peers._second_order_cosine_rows(a, b, xa, xb, "euclidean", method=method)
     assert rows[0] == 0.0                                                 # only u_0 zero -> 0
     np.testing.assert_allclose(rows, ref_second_order_rows(a, b, xa, xb), atol=TOL)
+    dist = peers.pairwise_distances(xa)
+    assert dist[0, 1] == dist[1, 2] == 0.0 and np.all(np.diagonal(dist) == 0.0)
+    np.testing.assert_allclose(dist[3:, 3:], dense_dist(xa, "euclidean")[3:, 3:], rtol=1e-9)
+
+
+def test_second_order_paths_agree():
+    """Gram and gather paths: the same per-row values up to rounding, and "auto" picks by
+    n ≤ GRAM_GATHER_RATIO · 2k."""
+    rng = np.random.default_rng(5)
+    n = 60
+    xa = rng.normal(size=(n, 7)).astype(np.float32) + 3.0
+    xb = (xa[:, :3] @ rng.normal(size=(3, 11)) + 0.3 * rng.normal(size=(n, 11))).astype(np.float32)
+    xb[7] = xb[3]                                          # an exact duplicate pair
+    for distance in ("euclidean", "cosine"):
+        a, b = brute_knn(xa, 8, distance), brute_knn(xb, 8, distance)
+        for k in (1, 3, 8):
+            rows = {m: peers._second_order_cosine_rows(a[:, :k], b[:, :k], xa, xb, distance,
+                                                       method=m)
+                    for m in ("gather", "gram")}
+            np.testing.assert_allclose(rows["gram"], rows["gather"], atol=1e-9, rtol=0)
+            np.testing.assert_allclose(rows["gram"], ref_second_order_rows(
+                a[:, :k], b[:, :k], xa, xb, distance), atol=TOL)
+            auto = peers._second_order_cosine_rows(a[:, :k], b[:, :k], xa, xb, distance)
+            expect = "gram" if n <= peers.GRAM_GATHER_RATIO * 2 * k else "gather"
+            np.testing.assert_array_equal(auto, rows[expect])
+    # with n > ratio · 2k, auto takes the gather path
+    assert 2 * peers.GRAM_GATHER_RATIO * 2 < 300
+    big = rng.normal(size=(300, 4))
+    ga, gb = random_graph(300, 2, rng), random_graph(300, 2, rng)
+    np.testing.assert_array_equal(
+        peers._second_order_cosine_rows(ga, gb, big, big[::-1], "euclidean"),
+        peers._second_order_cosine_rows(ga, gb, big, big[::-1], "euclidean", method="gather"))
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_pairwise_distances_and_from_distances(distance, tmp_path):
+    _, _, xa, xb = CASES[2]                                 # integer grid: duplicates, ties
+    xa, xb = xa + 0.25, xb + 0.25
+    ref = dense_dist(xa, distance)
+    for max_el in (2**23, 5):                               # in memory / tiles of 2 rows
+        got = peers.pairwise_distances(xa, distance, max_elements=max_el)
+        # the cosine reference sqrt(2 − 2 cos θ) is itself off by ~1e-8 near 0
+        np.testing.assert_allclose(got, ref, atol=1e-12 if distance == "euclidean" else 1e-7)
+        assert np.all(np.diagonal(got) == 0.0) and np.all(got >= 0.0)
+        same = np.all(xa[:, None] == xa[None, :], axis=-1)
+        assert np.all(got[same] == 0.0)                     # equal rows: exactly 0
+        if distance == "euclidean":
+            assert np.all(got[~same] > 0.0)
+    np.save(tmp_path / "xa.npy", xa.astype(np.float32))
+    mm = np.load(tmp_path / "xa.npy", mmap_mode="r")
+    np.testing.assert_array_equal(peers.pairwise_distances(mm, distance),
+                                  peers.pairwise_distances(xa.astype(np.float32), distance))
+    a, b = brute_knn(xa, 6, distance), brute_knn(xb, 6, distance)
+    da, db = peers.pairwise_distances(xa, distance), peers.pairwise_distances(xb, distance)
+    for k in (None, 2):
+        direct = second_order_cosine(a, b, xa, xb, k, distance)
+        assert abs(peers.second_order_cosine_from_distances(a, b, da, db, k) - direct) <= 1e-12
+    ak = a[:, :2]
+    assert abs(peers.second_order_cosine_from_distances(a, b, da, db, 2)
+               - ref_second_order_rows(ak, b[:, :2], xa, xb, distance).mean()) <= TOL
+    with pytest.raises(ValueError, match="dist_b must be an n × n distance matrix with n = 40"):
+        peers.second_order_cosine_from_distances(a, b, da, db[:-1, :-1])
+    with pytest.raises(ValueError, match="distance"):
+        peers.pairwise_distances(xa, "manhattan")
 
 
 def test_prefix_and_default_k():
@@ -336,6 +411,13 @@ def test_peer_errors():
     z[int(a[0, 0])] = 0.0
     with pytest.raises(ValueError, match="zero norm"):
         second_order_cosine(a, b, z, xb, distance="cosine")
+    for method in ("gather", "gram"):
+        with pytest.raises(ValueError, match="x_a: row .* NaN"):
+            peers._second_order_cosine_rows(a, b, bad, xb, "euclidean", method=method)
+        with pytest.raises(ValueError, match="x_a: row .* zero norm"):
+            peers._second_order_cosine_rows(a, b, z, xb, "cosine", method=method)
+    with pytest.raises(ValueError, match="method must be one of"):
+        peers._second_order_cosine_rows(a, b, xa, xb, "euclidean", method="dense")
 
 
 # ------------------------------------------------------------------------------------------
@@ -439,3 +521,104 @@ def test_cka_errors():
         linear_cka(x[:, 0], y)
     with pytest.raises(ValueError, match="method"):
         linear_cka(x, y, method="svd")
+
+
+@pytest.mark.parametrize("shape", [(30, 5, 40), (25, 60, 3), (12, 2, 2), (4, 3, 1)])
+def test_cka_gram_stats_match_linear_cka(shape, tmp_path):
+    n, p, q = shape
+    x = _rand(n, p, 14) + 5.0
+    y = x[:, :1] * 0.5 + _rand(n, q, 15) - 2.0
+    sx, sy = cka_mod.cka_gram(x), cka_mod.cka_gram(y, "y")
+    np.testing.assert_allclose(sx.gram, (x - x.mean(0)) @ (x - x.mean(0)).T, atol=1e-10)
+    # tiled Gram (blocks of 3 rows), a memory-mapped float32 input
+    tiled = cka_mod.cka_gram(x, block_rows=3)
+    np.save(tmp_path / "y.npy", y.astype(np.float32))
+    my = cka_mod.cka_gram(np.load(tmp_path / "y.npy", mmap_mode="r"), "y", max_elements=2 * q)
+    for debiased in (False, True):
+        direct = linear_cka(x, y, debiased)
+        got = cka_mod.cka_from_stats(sx, sy, debiased)
+        assert abs(got - direct) <= 1e-10, (debiased, got, direct)
+        assert abs(got - ref_cka(x, y, debiased)) <= TOL
+        assert abs(cka_mod.cka_from_stats(sy, sx, debiased) - got) <= 1e-12
+        assert abs(cka_mod.cka_from_stats(tiled, sy, debiased) - direct) <= 1e-10
+        assert abs(cka_mod.cka_from_stats(sx, my, debiased)
+                   - linear_cka(x, y.astype(np.float32), debiased)) <= 1e-10
+        assert cka_mod.cka_from_stats(sx, sx, debiased) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_cka_gram_stats_errors():
+    x, y = _rand(20, 3, 16), _rand(20, 4, 17)
+    sx, sy = cka_mod.cka_gram(x), cka_mod.cka_gram(y, "y")
+    with pytest.raises(ValueError, match="at least 4 rows"):
+        cka_mod.cka_from_stats(cka_mod.cka_gram(x[:3]), cka_mod.cka_gram(y[:3]), debiased=True)
+    assert abs(cka_mod.cka_from_stats(cka_mod.cka_gram(x[:3]), cka_mod.cka_gram(y[:3]))
+               - linear_cka(x[:3], y[:3])) <= 1e-10
+    with pytest.raises(ValueError, match="x has 20 rows but y has 19"):
+        cka_mod.cka_from_stats(sx, cka_mod.cka_gram(y[:-1], "y"))
+    with pytest.raises(ValueError, match="exceeds max_rows = 10"):
+        cka_mod.cka_gram(x, max_rows=10)
+    with pytest.raises(ValueError, match="^layer1: .*constant"):
+        cka_mod.cka_gram(np.full((20, 4), 0.1), "layer1")
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="x: .*NaN or inf"):
+        cka_mod.cka_gram(bad)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        cka_mod.cka_gram(x[:1])
+
+
+# ------------------------------------------------------------------------------------------
+# metric tables: the dense per-hook path (n ≤ DENSE_MAX_ROWS) equals the per-pair functions
+
+
+class _StubRun:
+    """The parts of tables.RunGraphs that _pair_rows uses: 3 hooks at scale "full", 2 at "1"."""
+
+    def __init__(self, distance: str):
+        rng = np.random.default_rng(18)
+        n = 30
+        self.labels = np.arange(n) % 3
+        self.distance = distance
+        self.scales = ["1", "full"]
+        self.pos = {"h0": 0, "h1": 1, "h2": 2}
+        base = rng.normal(size=(n, 4))
+        self.emb = {(h, s): (base @ rng.normal(size=(4, d)) + rng.normal(size=(n, d)) + 1.0)
+                    .astype(np.float32) for h, s, d in
+                    [("h0", "full", 6), ("h1", "full", 9), ("h2", "full", 3), ("h0", "1", 2),
+                     ("h2", "1", 5)]}
+        self.graphs = {key: brute_knn(x, 5, distance) for key, x in self.emb.items()}
+
+    def hooks_at(self, scale):
+        return [h for h in self.pos if (h, scale) in self.emb]
+
+    def graph(self, hook, scale):
+        return self.graphs[(hook, scale)]
+
+    def embedding(self, hook, scale):
+        return self.emb[(hook, scale)]
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_table_dense_path_matches_per_pair(distance, monkeypatch):
+    from rra.metrics import MEASURES
+    from rra.metrics import tables
+
+    g = _StubRun(distance)
+    so = [MEASURES["second_order_cosine"]]
+    dense = tables._pair_rows(g, so, [2, 5]) + tables.cka_rows(g)
+    monkeypatch.setattr(tables, "DENSE_MAX_ROWS", 0)
+    plain = tables._pair_rows(g, so, [2, 5]) + tables.cka_rows(g)
+    assert len(dense) == len(plain) == (3 + 1) * 2 * (2 + 2)   # 4 pairs, both orders, 2 k + 2 CKA
+    for r, s in zip(dense, plain):
+        assert {k: v for k, v in r.items() if k != "value"} == {k: v for k, v in s.items()
+                                                                 if k != "value"}
+        assert abs(r["value"] - s["value"]) <= 1e-10, r
+        x, y = g.embedding(r["hook_a"], r["scale_a"]), g.embedding(r["hook_b"], r["scale_a"])
+        if r["measure"] == "second_order_cosine":
+            ga, gb = g.graph(r["hook_a"], r["scale_a"]), g.graph(r["hook_b"], r["scale_a"])
+            k = r["k"]
+            ref = ref_second_order_rows(ga[:, :k], gb[:, :k], x, y, distance).mean()
+        else:
+            assert r["k"] is None
+            ref = ref_cka(x, y, r["measure"] == "linear_cka_debiased")
+        assert abs(r["value"] - ref) <= TOL, r

@@ -29,11 +29,15 @@ norms. Two exact ways to compute the traces, chosen by cost [ours]:
   the p side is cut into column blocks so that no accumulator exceeds ``max_elements``.
 - ``"gram"``: tiles K_IJ = X_I X_Jᵀ, L_IJ = Y_I Y_Jᵀ over pairs of row blocks (J ≥ I, symmetric),
   cost ~ n²(p + q)/2, never an n × n matrix.
+For one representation compared with many (metric tables), :func:`cka_gram` keeps the centred
+Gram matrix K_c = HKH (n × n, for n ≤ ``GRAM_MAX_ROWS``) and :func:`cka_from_stats` evaluates
+tr(KL) = ⟨K_c, L_c⟩_F in O(n²) per pair, both estimators from the same statistics.
 All arithmetic is float64; inputs may be memory-mapped float32 ``.npy`` arrays.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -167,6 +171,25 @@ def _hsic_unbiased_scaled(tr_kl: float, a: np.ndarray, b: np.ndarray) -> float:
     return (tr_kl - ab) + float(a.sum()) * float(b.sum()) / ((n - 1) * (n - 2)) - 2.0 * ab / (n - 2)
 
 
+def _cka_from_traces(kl: float, kk: float, ll: float,
+                     sq_norms: tuple[np.ndarray, np.ndarray] | None = None,
+                     names: tuple[str, str] = ("x", "y")) -> float:
+    """CKA from tr(KL), tr(KK), tr(LL) of the centred kernels; debiased when the centred row
+    norms (a, b) are given (see the module docstring)."""
+    if sq_norms is None:
+        return float(kl / np.sqrt(kk * ll))
+    a, b = sq_norms
+    n = a.shape[0]
+    h_kl = _hsic_unbiased_scaled(kl, a, b)
+    h_kk = _hsic_unbiased_scaled(kk, a, a)
+    h_ll = _hsic_unbiased_scaled(ll, b, b)
+    for h, name in ((h_kk, names[0]), (h_ll, names[1])):
+        if not h > 0:
+            raise ValueError(f"{name}: unbiased HSIC({name}, {name}) = {h / (n * (n - 3)):.3g} is "
+                             "not positive; debiased CKA is undefined for this input")
+    return float(h_kl / np.sqrt(h_kk * h_ll))
+
+
 def linear_cka(x: np.ndarray, y: np.ndarray, debiased: bool = False, *, method: str = "auto",
                block_rows: int = 4096, max_elements: int = 2**24) -> float:
     """Linear CKA between two representations of the same n rows (see the module docstring).
@@ -213,14 +236,80 @@ def linear_cka(x: np.ndarray, y: np.ndarray, debiased: bool = False, *, method: 
     else:
         kl, kk, ll = _traces_gram(x, mx, y, my, block_rows)
     if not debiased:
-        return float(kl / np.sqrt(kk * ll))
+        return _cka_from_traces(kl, kk, ll)
     a = _row_sq_norms(x, mx, block_rows)
     b = _row_sq_norms(y, my, block_rows)
-    h_kl = _hsic_unbiased_scaled(kl, a, b)
-    h_kk = _hsic_unbiased_scaled(kk, a, a)
-    h_ll = _hsic_unbiased_scaled(ll, b, b)
-    for h, name in ((h_kk, "x"), (h_ll, "y")):
-        if not h > 0:
-            raise ValueError(f"{name}: unbiased HSIC({name}, {name}) = {h / (n * (n - 3)):.3g} is "
-                             "not positive; debiased CKA is undefined for this input")
-    return float(h_kl / np.sqrt(h_kk * h_ll))
+    return _cka_from_traces(kl, kk, ll, (a, b), ("x", "y"))
+
+
+# --------------------------------------------------------------------------------------------
+# one representation at a time: the centred Gram matrix, reused across pairs
+
+GRAM_MAX_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class GramStats:
+    """What linear CKA needs from one representation X (n × p).  [ours, same formulas]
+
+    gram: the centred Gram matrix K_c = X_c X_cᵀ = H K H (n × n, float64);
+    self_trace: tr(K_c K_c) = ‖K_c‖_F² (= ‖X_cᵀX_c‖_F²);
+    sq_norms: a_i = ‖x_c,i‖² = (K_c)_ii, for the debiased estimator;
+    name: the representation's name, used in error messages.
+    With these, tr(KL) = ⟨K_c, L_c⟩_F, and both estimators follow as in :func:`linear_cka`.
+    """
+
+    gram: np.ndarray
+    self_trace: float
+    sq_norms: np.ndarray
+    name: str
+
+    @property
+    def n(self) -> int:
+        return self.gram.shape[0]
+
+
+def cka_gram(x: np.ndarray, name: str = "x", *, max_rows: int = GRAM_MAX_ROWS,
+             block_rows: int = 4096, max_elements: int = 2**24) -> GramStats:
+    """:class:`GramStats` of one representation, computed once so that CKA against many others
+    costs O(n²) per pair (:func:`cka_from_stats`) instead of a Gram or feature product.  [ours]
+
+    Cost ~ n² p / 2 multiply-adds; memory one n × n float64 matrix (8 n² bytes, 134 MB at
+    n = 4096) plus row blocks of at most ``max_elements`` values. Raises ValueError for n above
+    ``max_rows`` (use :func:`linear_cka`), n < 2, and the input errors of :func:`linear_cka`.
+    """
+    x = _check_input(x, name)
+    n, p = x.shape
+    if n < 2:
+        raise ValueError(f"{name}: CKA needs at least 2 rows, got n = {n}")
+    if n > max_rows:
+        raise ValueError(f"{name}: cka_gram keeps an n × n matrix; n = {n} exceeds max_rows = "
+                         f"{max_rows}; use linear_cka for this size")
+    block_rows = max(1, min(block_rows, max_elements // p))
+    mean = _column_means(x, name, block_rows)
+    blocks = list(_row_blocks(n, block_rows))
+    gram = np.empty((n, n))
+    for i, bi in enumerate(blocks):
+        xi = _centred(x, bi, mean)
+        for bj in blocks[i:]:
+            tile = xi @ (xi if bj == bi else _centred(x, bj, mean)).T
+            gram[bi, bj] = tile
+            gram[bj, bi] = tile.T
+    return GramStats(gram, float(np.einsum("ij,ij->", gram, gram)), np.diagonal(gram).copy(), name)
+
+
+def cka_from_stats(sa: GramStats, sb: GramStats, debiased: bool = False) -> float:
+    """Linear CKA from two :func:`cka_gram` results; equal to ``linear_cka(x, y, debiased)`` up to
+    rounding.  [source: Kornblith et al. 2019; debiased: Song et al. 2012, see module docstring]
+
+    Raises ValueError for different row counts, n < 4 when debiased, or a non-positive debiased
+    self-HSIC (naming the representation).
+    """
+    if sa.n != sb.n:
+        raise ValueError(f"{sa.name} has {sa.n} rows but {sb.name} has {sb.n}: representations "
+                         "must describe the same probe rows")
+    if debiased and sa.n < 4:
+        raise ValueError(f"debiased CKA needs at least 4 rows, got n = {sa.n}")
+    kl = float(np.einsum("ij,ij->", sa.gram, sb.gram))
+    norms = (sa.sq_norms, sb.sq_norms) if debiased else None
+    return _cka_from_traces(kl, sa.self_trace, sb.self_trace, norms, (sa.name, sb.name))

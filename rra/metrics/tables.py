@@ -197,27 +197,74 @@ def peer_rows(g: RunGraphs, ks: list[int]) -> list[dict]:
 
 
 def cka_rows(g: RunGraphs) -> list[dict]:
+    """Linear CKA (biased and debiased) for every hook pair at each scale, stored both ways."""
     from rra.metrics import MEASURES
 
     return _pair_rows(g, [MEASURES[m] for m in CKA], [None])
+
+
+# Up to this many probe rows, measures that compare one embedding with all others (second-order
+# cosine, CKA) use one n × n float64 matrix per hook of the current scale (134 MB each at n = 4096),
+# computed once per (hook, scale) instead of once per pair.
+DENSE_MAX_ROWS = 4096
+
+
+class _DenseMatrices:
+    """Per-hook n × n matrices of one scale, each built on first use and kept for the scale:
+    pairwise distances (second-order cosine) and centred Gram statistics (CKA)."""
+
+    def __init__(self, g: RunGraphs, scale: str):
+        self.g, self.scale = g, scale
+        self._dist: dict[str, np.ndarray] = {}
+        self._gram: dict[str, Any] = {}
+
+    def distances(self, hook: str) -> np.ndarray:
+        from rra.metrics.peers import pairwise_distances
+
+        if hook not in self._dist:
+            self._dist[hook] = pairwise_distances(self.g.embedding(hook, self.scale), self.g.distance)
+        return self._dist[hook]
+
+    def gram(self, hook: str):
+        from rra.metrics.cka import cka_gram
+
+        if hook not in self._gram:
+            self._gram[hook] = cka_gram(self.g.embedding(hook, self.scale), f"{hook}@{self.scale}")
+        return self._gram[hook]
+
+
+def _pair_value(g: RunGraphs, measure, scale: str, a: str, b: str, k: int | None,
+                dense: _DenseMatrices | None) -> float:
+    """One measure for hooks a, b at a scale; through per-hook dense matrices where available
+    (same values up to rounding), else through the measure's function."""
+    if dense is not None and measure.name == "second_order_cosine":
+        from rra.metrics.peers import second_order_cosine_from_distances
+
+        return second_order_cosine_from_distances(g.graph(a, scale), g.graph(b, scale),
+                                                  dense.distances(a), dense.distances(b), k)
+    if dense is not None and measure.name in CKA:
+        from rra.metrics.cka import cka_from_stats
+
+        return cka_from_stats(dense.gram(a), dense.gram(b), measure.name == "linear_cka_debiased")
+    if measure.kind == "embeddings":
+        return measure.fn(g.embedding(a, scale), g.embedding(b, scale))
+    if measure.kind == "pair+embeddings":
+        return measure.fn(g.graph(a, scale), g.graph(b, scale), g.embedding(a, scale),
+                          g.embedding(b, scale), k, g.distance)
+    return measure.fn(g.graph(a, scale), g.graph(b, scale), k)
 
 
 def _pair_rows(g: RunGraphs, measures: list, ks: list[int | None]) -> list[dict]:
     rows: list[dict] = []
     for scale in g.scales:
         hooks = g.hooks_at(scale)
+        dense = _DenseMatrices(g, scale) if len(g.labels) <= DENSE_MAX_ROWS else None
         for a, b in _pairs(hooks, ordered=True):
             for measure in measures:
                 if measure.symmetric and g.pos[a] > g.pos[b]:
                     continue
                 for k in ks:
-                    if measure.kind == "embeddings":
-                        v = measure.fn(g.embedding(a, scale), g.embedding(b, scale))
-                    elif measure.kind == "pair+embeddings":
-                        v = measure.fn(g.graph(a, scale), g.graph(b, scale), g.embedding(a, scale),
-                                       g.embedding(b, scale), k, g.distance)
-                    else:
-                        v = measure.fn(g.graph(a, scale), g.graph(b, scale), k)
+                    v = _pair_value(g, measure, scale, a, b, k, dense)
                     for x, y in ((a, b), (b, a)) if measure.symmetric else ((a, b),):
                         rows.append(dict(measure=measure.name, hook_a=x, hook_b=y, pos_a=g.pos[x],
                                          pos_b=g.pos[y], scale_a=scale, scale_b=scale, k=k, value=float(v)))
