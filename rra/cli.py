@@ -96,7 +96,9 @@ def cmd_metrics(a: argparse.Namespace) -> None:
     from rra.metrics.tables import run_tables
 
     _threads(a.threads)
-    run_tables(a.embed_dir, a.knn_dir, a.out, ks=a.params["k"], alphas=a.params["nntp_alpha"], run=a.run)
+    p = a.params
+    run_tables(a.embed_dir, a.knn_dir, a.out, ks=p["k"], alphas=p["nntp_alpha"], run=a.run,
+               tables=p.get("tables"), nntp_ks=p.get("nntp_k") or None)
 
 
 def cmd_report(a: argparse.Namespace) -> None:

@@ -21,6 +21,9 @@ from typing import Any
 
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 
+#: the metric tables an analysis may ask for (rra.metrics.tables; the knn table is always written)
+TABLES = ("nnts", "nntp", "class_response", "classrepsim", "peers", "cka")
+
 #: attention names that are workflow variants rather than modules: ``stac-auto`` is the ``stac``
 #: module with per-stage scales chosen by the ClassRepSim analysis of a trained baseline.
 AUTO_ATTENTION = {"stac-auto": "stac"}
@@ -306,6 +309,8 @@ class Analysis:
     ks: tuple[int, ...]
     alphas: tuple[int, ...]
     experiment: str = "study"
+    tables: tuple[str, ...] = ()
+    nntp_ks: tuple[int, ...] = ()
 
 
 def experiments(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -331,7 +336,8 @@ def analyses(config: dict[str, Any], experiment: str | None = None) -> list[Anal
     top_probe = probe_name(config["probe"])
     top_knn = [knn_spec(d, config["knn"]["backend"]) for d in config["knn"]["distance"]]
     top_k, top_alpha = tuple(sorted(set(config["knn"]["k"]))), tuple(sorted(set(config["metrics"]["nntp_alpha"])))
-    blocks = [("study", config["runs"], [top_probe], top_knn, top_k, top_alpha)]
+    top_tables, top_nntp_k = tuple(config["metrics"]["tables"]), tuple(config["metrics"]["nntp_k"])
+    blocks = [("study", config["runs"], [top_probe], top_knn, top_k, top_alpha, top_tables, top_nntp_k)]
     for name, exp in experiments(config).items():
         if not exp.get("analyse", True):
             continue
@@ -339,20 +345,23 @@ def analyses(config: dict[str, Any], experiment: str | None = None) -> list[Anal
         knn = [knn_spec(e["distance"], e) for e in exp.get("knn", [])] or top_knn
         ks = tuple(sorted(set(exp.get("k", []) or top_k)))
         alphas = tuple(sorted(set(exp.get("nntp_alpha", []) or top_alpha)))
-        blocks.append((name, exp.get("runs") or config["runs"], probes, knn, ks, alphas))
+        blocks.append((name, exp.get("runs") or config["runs"], probes, knn, ks, alphas,
+                       tuple(exp.get("tables", top_tables)), tuple(exp.get("nntp_k", top_nntp_k))))
     out = []
-    for name, entries, probes, knns, ks, alphas in blocks:
+    for name, entries, probes, knns, ks, alphas, tables, nntp_ks in blocks:
         for entry in entries:
             for run in _expand(entry):
                 for probe in probes:
                     for spec in knns:
                         parse_knn_spec(config, spec)
-                        out.append(Analysis(run, probe, spec, ks, alphas, name))
+                        out.append(Analysis(run, probe, spec, ks, alphas, name, tables,
+                                            tuple(sorted(set(nntp_ks) & set(ks))) if nntp_ks else ks))
     for run in runs_of(config):
         if run.attention in AUTO_ATTENTION:
             base = stac_baseline(config, run.model)
-            out.append(Analysis(base, top_probe, top_knn[0], (int(config["stac_auto"]["k"]),),
-                                top_alpha, "stac_auto"))
+            k = int(config["stac_auto"]["k"])
+            out.append(Analysis(base, top_probe, top_knn[0], (k,), top_alpha, "stac_auto",
+                                ("classrepsim",), ()))
     return [a for a in out if experiment is None or a.experiment == experiment]
 
 
@@ -364,7 +373,9 @@ def analysis_settings(config: dict[str, Any], run: Run, probe: str, knn: str) ->
         raise ConfigError(f"no analysis of run {run.name!r} with probe {probe!r} and kNN {knn!r} "
                           "is configured")
     ks = sorted({k for a in matching for k in a.ks})
-    return {"k": ks, "nntp_alpha": sorted({x for a in matching for x in a.alphas})}
+    return {"k": ks, "nntp_alpha": sorted({x for a in matching for x in a.alphas}),
+            "tables": [t for t in TABLES if any(t in a.tables for a in matching)],
+            "nntp_k": sorted({k for a in matching for k in a.nntp_ks})}
 
 
 def knn_params(config: dict[str, Any], run: Run, probe: str, knn: str) -> dict[str, Any]:

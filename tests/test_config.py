@@ -141,11 +141,18 @@ def test_analyses_share_folders_with_the_union_of_k(base):
     assert folders == {("test-n100-s0", "euclidean-auto"), ("test-n20-s0", "cosine-exact"),
                        ("test-n20-s0", "euclidean-annoy-t5-sauto")}
     # E1 shares the top-level folder: one graph at k_max = 100 and tables at every k
-    assert rc.metrics_params(cfg, lenet, "test-n100-s0", "euclidean-auto") == {"k": [10, 15, 50, 100], "nntp_alpha": [0, 1]}
+    assert rc.metrics_params(cfg, lenet, "test-n100-s0", "euclidean-auto") == {
+        "k": [10, 15, 50, 100], "nntp_alpha": [0, 1], "nntp_k": [10, 15, 50, 100],
+        "tables": ["nnts", "nntp", "class_response", "classrepsim", "peers", "cka"]}
     assert rc.knn_params(cfg, lenet, "test-n100-s0", "euclidean-auto")["k"] == 100
     annoy = rc.knn_params(cfg, lenet, "test-n20-s0", "euclidean-annoy-t5-sauto")
     assert (annoy["k"], annoy["n_trees"], annoy["search_k"]) == (50, 5, "auto")
     assert [a.experiment for a in rc.analyses(cfg, "E6")] == []
+    # an experiment asking for NNTS and NNTP at one k only (published E1) in a folder of its own
+    cfg["experiments"]["E2"].update(tables=["nnts", "nntp"], nntp_k=[5, 10])
+    cfg["experiments"]["E2"]["k"] = [10, 20]
+    assert rc.metrics_params(cfg, lenet, "test-n20-s0", "cosine-exact") == {
+        "k": [10, 20], "nntp_alpha": [0, 1], "nntp_k": [10], "tables": ["nnts", "nntp"]}
     with pytest.raises(rc.ConfigError, match="no analysis of run"):
         rc.knn_params(cfg, lenet, "test-n20-s0", "euclidean-auto")
 

@@ -441,3 +441,57 @@ def test_choose_stac_scale():
             choose_stac_scale({bad: 0.5})
     with pytest.raises(ValueError, match="not in"):
         choose_stac_scale({1: float("nan")})
+
+
+# --- large-n path: row blocks over memory-mapped graphs ---------------------------------------
+
+def _shift_graph(n: int, k: int, seed: int) -> np.ndarray:
+    """A valid graph without self or repeats: row i lists i + 1 + o (mod n), o distinct offsets."""
+    offsets = np.random.default_rng(seed).choice(n - 1, size=k, replace=False)
+    return ((np.arange(n)[:, None] + 1 + offsets[None, :]) % n).astype(np.int32)
+
+
+def test_all_pairs_jaccard_does_not_depend_on_the_block_size():
+    from rra.metrics.nnts import jaccard_rows_all_pairs
+
+    rng = np.random.default_rng(3)
+    graphs = [np.stack([rng.permutation(np.delete(np.arange(40), i))[:6] for i in range(40)])
+              for _ in range(3)]
+    whole = {(a, b): j for a, b, j in jaccard_rows_all_pairs(graphs, 5)}
+    small = {(a, b): j for a, b, j in jaccard_rows_all_pairs(graphs, 5, max_elements=3 * 5 * 7)}
+    assert whole.keys() == small.keys() == {(0, 1), (0, 2), (1, 2)}
+    for pair in whole:
+        np.testing.assert_array_equal(whole[pair], small[pair])
+        ref = [len(set(x[:5]) & set(y[:5])) / len(set(x[:5]) | set(y[:5]))
+               for x, y in zip(graphs[pair[0]], graphs[pair[1]])]
+        np.testing.assert_allclose(whole[pair], ref, atol=1e-12)
+    bad = graphs[1].copy()
+    bad[33, 2] = 33  # row 33 lists itself: found in a later block, named by its global row
+    with pytest.raises(ValueError, match="row 33 lists itself"):
+        list(jaccard_rows_all_pairs([graphs[0], bad], 5, max_elements=2 * 5 * 7))
+
+
+def test_all_pairs_nnts_memory_is_bounded_on_memory_mapped_graphs(tmp_path):
+    """4 graphs of 20,000 × 1,000 (80 MB each as int32, 640 MB as int64 copies): the row-blocked
+    NNTS must stay far below holding them in memory."""
+    import subprocess
+    import sys
+
+    n, k = 20_000, 1_000
+    for h in range(4):
+        np.save(tmp_path / f"g{h}.npy", _shift_graph(n, k, h))
+    code = f"""
+import resource, numpy as np
+from rra.metrics.nnts import nnts_matrix
+graphs = [np.load(r"{tmp_path}/g%d.npy" % h, mmap_mode="r") for h in range(4)]
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+m = nnts_matrix(graphs, {k})
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024, m[0, 1], m[2, 3])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    grown_mb, m01, m23 = map(float, out.stdout.split())
+    assert grown_mb < 350, f"peak RSS grew by {grown_mb:.0f} MB"
+    # shifted graphs: row sets are offset sets; J is the same for every row
+    o = [set(np.random.default_rng(h).choice(n - 1, size=k, replace=False)) for h in range(4)]
+    assert m01 == pytest.approx(len(o[0] & o[1]) / len(o[0] | o[1]), abs=1e-12)
+    assert m23 == pytest.approx(len(o[2] & o[3]) / len(o[2] | o[3]), abs=1e-12)

@@ -90,25 +90,28 @@ def _pairs(hooks: list[str], ordered: bool) -> Iterable[tuple[str, str]]:
 
 
 def nnts_rows(g: RunGraphs, ks: list[int]) -> list[dict]:
-    from rra.metrics.nnts import nnts_by_class, nnts_matrix
+    """NNTS for every hook pair at each scale and k, and its class-conditioned means, from one
+    row-blocked pass over the (memory-mapped) graphs per (scale, k)."""
+    from rra.metrics.nnts import jaccard_rows_all_pairs
 
+    classes, inverse = np.unique(g.labels, return_inverse=True)
+    sizes = np.bincount(inverse)
     rows: list[dict] = []
     for scale in g.scales:
         hooks = g.hooks_at(scale)
         graphs = [g.graph(h, scale) for h in hooks]
         for k in ks:
-            mat = nnts_matrix(graphs, k)
-            for i, a in enumerate(hooks):
-                for j, b in enumerate(hooks):
-                    rows.append(dict(measure="nnts", hook_a=a, hook_b=b, pos_a=g.pos[a], pos_b=g.pos[b],
-                                     scale_a=scale, scale_b=scale, k=k, value=float(mat[i, j])))
-            for a, b in _pairs(hooks, ordered=False):
-                per_class = nnts_by_class(g.graph(a, scale), g.graph(b, scale), g.labels, k)
-                for c, v in per_class.items():
-                    for x, y in ((a, b), (b, a)):
-                        rows.append(dict(measure="nnts_class", hook_a=x, hook_b=y, pos_a=g.pos[x],
-                                         pos_b=g.pos[y], scale_a=scale, scale_b=scale, k=k,
-                                         **{"class": int(c)}, value=float(v)))
+            common = dict(scale_a=scale, scale_b=scale, k=k)
+            for h in hooks:
+                rows.append(dict(common, measure="nnts", hook_a=h, hook_b=h, pos_a=g.pos[h], pos_b=g.pos[h],
+                                 value=1.0))
+            for a, b, j in jaccard_rows_all_pairs(graphs, k, names=[f"{h}@{scale}" for h in hooks]):
+                per_class = np.bincount(inverse, weights=j) / sizes
+                for x, y in ((hooks[a], hooks[b]), (hooks[b], hooks[a])):
+                    pair = dict(common, hook_a=x, hook_b=y, pos_a=g.pos[x], pos_b=g.pos[y])
+                    rows.append(dict(pair, measure="nnts", value=float(j.mean())))
+                    rows += [dict(pair, measure="nnts_class", **{"class": int(c)}, value=float(v))
+                             for c, v in zip(classes, per_class)]
     return rows
 
 
@@ -285,11 +288,15 @@ def knn_rows(g: RunGraphs) -> list[dict]:
 
 
 def run_tables(embed_dir: PathLike, knn_dir: PathLike, out_dir: PathLike, *, ks: list[int],
-               alphas: list[int], run: Mapping[str, Any]) -> dict:
-    """Compute every metric table of one run and write them (Parquet, CSV when small).
+               alphas: list[int], run: Mapping[str, Any], tables: list[str] | None = None,
+               nntp_ks: list[int] | None = None) -> dict:
+    """Compute the metric tables of one run and write them (Parquet, CSV when small).
 
     ``run`` holds the identity columns (dataset, model, attention, augmentation, seed, probe).
-    ``ks`` must not exceed the graphs' stored k_max. The manifest is written last.
+    ``ks`` must not exceed the graphs' stored k_max. ``tables``: which tables to compute
+    (default all); the others are written empty, so every analysis folder has every table.
+    ``nntp_ks``: the k values of NNTP (default ``ks``; NNTP at k in the thousands is rarely
+    wanted). The manifest is written last.
     """
     g = RunGraphs(embed_dir, knn_dir)
     ks = sorted({int(k) for k in ks})
@@ -297,10 +304,17 @@ def run_tables(embed_dir: PathLike, knn_dir: PathLike, out_dir: PathLike, *, ks:
         raise ValueError(f"metrics: k values {ks} must be in [1, stored k_max = {g.k_max}]; "
                          "rebuild the kNN graphs with a larger knn.k")
     alphas = sorted({int(a) for a in alphas})
+    wanted = list(TABLES[:-1]) if tables is None else list(tables)
+    unknown = sorted(set(wanted) - set(TABLES[:-1]))
+    if unknown:
+        raise ValueError(f"metrics: unknown table(s) {unknown}; known: {list(TABLES[:-1])}")
+    nntp_ks = ks if not nntp_ks else sorted({int(k) for k in nntp_ks})
+    if not set(nntp_ks) <= set(ks):
+        raise ValueError(f"metrics: NNTP k values {nntp_ks} must be among the k values {ks}")
     constants = dict(run, distance=g.distance, backend=g.knn.get("backend", ""))
     builders = {
         "nnts": lambda: nnts_rows(g, ks),
-        "nntp": lambda: nntp_rows(g, ks, alphas),
+        "nntp": lambda: nntp_rows(g, nntp_ks, alphas),
         "class_response": lambda: class_response_rows(g, ks),
         "classrepsim": lambda: classrepsim_rows(g, ks),
         "peers": lambda: peer_rows(g, ks),
@@ -312,13 +326,14 @@ def run_tables(embed_dir: PathLike, knn_dir: PathLike, out_dir: PathLike, *, ks:
     written = {}
     for name, build in builders.items():
         t0 = time.perf_counter()
-        df = frame(build(), constants)
+        df = frame(build() if name == "knn" or name in wanted else [], constants)
         written[name] = write_table(df, out / name) | {"seconds": round(time.perf_counter() - t0, 3)}
     manifest = dict(
-        tables=written, ks=ks, alphas=alphas, run=dict(run), k_max=g.k_max, distance=g.distance,
+        tables=written, ks=ks, alphas=alphas, nntp_ks=nntp_ks, computed=wanted + ["knn"],
+        run=dict(run), k_max=g.k_max, distance=g.distance,
         embed_manifest_sha256=sha256_file(g.embed_dir / "manifest.json"),
         knn_manifest_sha256=sha256_file(g.knn_dir / "manifest.json"),
-        **provenance(config={"ks": ks, "alphas": alphas}),
+        **provenance(config={"ks": ks, "alphas": alphas, "tables": wanted, "nntp_ks": nntp_ks}),
     )
     write_json(out / "manifest.json", manifest)
     return manifest
