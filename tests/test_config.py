@@ -175,3 +175,20 @@ def test_experiment_errors(base, mutate, needle):
     with pytest.raises(Exception) as err:
         rc.validate(cfg)
     assert needle in str(err.value)
+
+
+def test_published_overlays_validate(tmp_path):
+    def load(name: str) -> dict:
+        cfg = rc.merge(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()),
+                       yaml.safe_load((ROOT / "config" / name).read_text()))
+        cfg["data_dir"] = str(tmp_path)
+        return rc.validate(cfg)
+
+    mnist = load("published-mnist.yaml")
+    assert list(rc.experiments(mnist)) == ["E1"]
+    lenet = rc.Run("lenet5", "none", "none", 0)
+    assert rc.metrics_params(mnist, lenet, "train-all-s0", "euclidean-auto") == {
+        "k": [15, 100, 6000, 12000], "nntp_alpha": [0], "tables": ["nnts", "nntp"], "nntp_k": [15]}
+    cifar = load("published-cifar10.yaml")
+    assert set(rc.experiments(cifar)) == {"E2", "E3", "E4", "E5", "E6"}
+    assert rc.train_spec(cifar, rc.Run("resnet20", "none", "standard", 0))["milestones"] == [82, 123]
