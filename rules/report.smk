@@ -5,6 +5,9 @@ rule report:
     input:
         study_targets(),
     output:
+        # `snakemake --report report.html` collects every PNG of the figures folder
+        figures=report(directory(REPORTS + "/figures"), patterns=["{figure}.png"],
+                       caption="../docs/report/figures.rst", category="Figures"),
         index=REPORTS + "/index.html",
         records=REPORTS + "/index.json",
         metrics=REPORTS + "/metrics.json",

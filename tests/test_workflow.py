@@ -195,3 +195,12 @@ def test_killed_training_resumes_to_same_weights(study, tmp_path):
         assert torch.equal(sd_a[key], sd_b[key]), key
     log = (tmp_path / "results/mnist5k/resnet8-none-standard-s0/logs/train.log").read_text()
     assert re.search(r"resum", log, re.IGNORECASE), log[-2000:]
+
+
+def test_snakemake_report_collects_the_figures(study, tmp_path):
+    out = tmp_path / "report.html"
+    proc = snakemake(study, "--report", str(out))
+    added = re.findall(r"Adding (\S+\.png)", proc.stdout + proc.stderr)
+    pngs = sorted(p.name for p in (study / "reports" / "figures").rglob("*.png"))
+    assert sorted(added) == pngs and len(pngs) >= 10
+    assert out.stat().st_size > 100_000  # self-contained: the PNGs are embedded
