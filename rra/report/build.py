@@ -169,7 +169,6 @@ def _metric_figures(rep: _Report, dirs: list) -> None:
                            at_scale & pl.col("measure").is_in(["knn_purity", "knn_vote_accuracy"]))
     crs = read_tables(dirs, "classrepsim",
                       pl.col("measure").is_in(["classrepsim_mean", "classrepsim"]))
-    k = _pick(nnts["k"].unique().to_list(), rep.opts["k"], "k")
     alpha = (_pick(nntp["alpha"].unique().to_list(), rep.opts["alpha"], "alpha")
              if nntp.height else None)
     runs = {d.run: parse_run(d.run) for d in dirs}
@@ -183,6 +182,9 @@ def _metric_figures(rep: _Report, dirs: list) -> None:
         df = charts.add_variant(nnts.filter(of_model))
         if df.height == 0:
             continue
+        # k per model: models analysed in one folder can carry different k (experiments add
+        # their own); report.k, or the model's smallest computed k
+        k = _pick(df["k"].unique().to_list(), rep.opts["k"], "k")
         several = df["variant"].n_unique() > 1
         rep.emit(charts.nnts_heatmap(df, row="variant" if several else None, column="k",
                                      title=f"NNTS, {model} at scale {scale}"),
@@ -232,16 +234,18 @@ def _metric_figures(rep: _Report, dirs: list) -> None:
             v_sel = {**m_sel, "attention": attention, "augmentation": augmentation,
                      "seeds": sorted(runs[d.run]["seed"] for d in vdirs)}
             v_inputs = [d.manifest for d in vdirs]
-            t = (nntp.filter(of_variant & (pl.col("k") == k) & (pl.col("alpha") == alpha))
+            t = (nntp.filter(of_variant & (pl.col("alpha") == alpha))
                  if alpha is not None else nntp)  # no NNTP rows at this scale
+            k_nntp = k if t.height == 0 or k in t["k"].unique().to_list() else min(t["k"].unique().to_list())
+            t = t.filter(pl.col("k") == k_nntp)  # NNTP may be computed at fewer k (nntp_k)
             if t.height:
-                rep.emit(charts.nntp_heatmap(t, title=f"NNTP, {name} (scale {scale}, k = {k}, "
+                rep.emit(charts.nntp_heatmap(t, title=f"NNTP, {name} (scale {scale}, k = {k_nntp}, "
                                                       f"α = {alpha})"),
                          f"{prefix}/nntp-{name}", kind="metrics", group=group, inputs=v_inputs,
                          title=f"NNTP table: {name}",
                          caption=f"NNTP runs T[f, l] (first hook f, last hook l) and undirected "
-                                 f"kNN edges per hook at k = {k}, α = {alpha}; mean over seeds",
-                         selection={**v_sel, "k": k, "alpha": alpha})
+                                 f"kNN edges per hook at k = {k_nntp}, α = {alpha}; mean over seeds",
+                         selection={**v_sel, "k": k_nntp, "alpha": alpha})
             _classrepsim_figures(rep, crs.filter(of_variant & (pl.col("k") == k)), name,
                                  attention, prefix, group, {**v_sel, "k": k}, v_inputs)
 
@@ -330,14 +334,16 @@ def _dataset_figures(rep: _Report, dataset: str) -> None:
     graphs = knn_graph_frame(manifests) if manifests else None
     if graphs is None or not (graphs["backend_used"] == "annoy").any():
         return
-    for (probe, distance), df in graphs.group_by(["probe", "distance"], maintain_order=True):
+    # one figure per (probe, distance, k_max): graphs of one folder share k_max; folders of
+    # other analyses (other k) are not comparable in recall@k or time
+    for (probe, distance, k), df in graphs.group_by(["probe", "distance", "k"], maintain_order=True):
         if not (df["backend_used"] == "annoy").any():
             continue
         used = [p for p in manifests if p.parents[1].name == probe
                 and p.parent.name.startswith(f"{distance}-")]
         rep.emit(charts.knn_recall(df, title=f"Annoy vs exact kNN, {dataset} ({probe}, "
-                                             f"{distance})"),
-                 f"{dataset}/knn-{probe}-{distance}", kind="knn", group=group, inputs=used,
+                                             f"{distance}, k = {k})"),
+                 f"{dataset}/knn-{probe}-{distance}-k{k}", kind="knn", group=group, inputs=used,
                  title=f"Annoy recall and time vs exact: {dataset}, {probe}, {distance}",
                  caption="recall@k of the Annoy graphs against exact neighbours (on the manifest's "
                          "row sample) and seconds per graph, per hook and scale; mean over runs",
