@@ -484,7 +484,7 @@ def test_build_report_figures_files_and_hashes(results, report):
         "nntp-resnet8-none-standard",
         "classrepsim-resnet8-none-none", "classrepsim-resnet8-none-standard",
         "classrepsim-class-resnet8-none-none", "classrepsim-class-resnet8-none-standard")}
-    expected |= {"toy-accuracy", f"toy-knn-{PROBE}-euclidean"}
+    expected |= {"toy-accuracy", f"toy-knn-{PROBE}-euclidean-k5"}
     expected |= {f"toy-weight-change-{v}-{kind}" for v in ("l1", "elementwise")
                  for kind in ("heatmap", "curves")}
     assert {r.id for r in recs} == expected
@@ -795,7 +795,7 @@ def test_build_report_e2_figures_and_guideline_csv(e2_results, e2_report):
     per_analysis = {f"toy-{probe}-{spec}-{name}" for probe, spec, _ in E2_ANALYSES
                     for name in ("nnts-resnet8", "curves-resnet8")}
     assert set(by_id) == per_analysis | {
-        "toy-hyperparams-resnet8-none-none", "toy-e2-guideline", "toy-knn-test-n4-s0-euclidean",
+        "toy-hyperparams-resnet8-none-none", "toy-e2-guideline", "toy-knn-test-n4-s0-euclidean-k5",
         "toy-stac-scales-resnet8-none-none-s0"}
     hp = by_id["toy-hyperparams-resnet8-none-none"]
     assert hp.config["reference"] == {"probe": "test-n4-s0", "distance": "euclidean",
