@@ -72,6 +72,16 @@ def test_dvc_and_snakemake_agree(project, tmp_path):
     assert "rule train" not in out and "rule knn" in out
     assert "up to date" in sh(project, dvc, "status")
 
+    # reports/metrics.json is a git-tracked DVC metric: a training change shows in `dvc metrics diff`
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "commit", "-qm", "study")
+    cfg["training"]["lr"] = 0.01
+    (project / "config/config.yaml").write_text(yaml.safe_dump(cfg))
+    out = sh(project, dvc, "repro")
+    assert "rule train" in out
+    diff = sh(project, dvc, "metrics", "diff")
+    assert "lenet5-none-none-s0.eval_acc" in diff, diff
+
     store = tmp_path / "store"
     sh(project, dvc, "remote", "add", "-d", "local", str(store))
     sh(project, dvc, "push")
