@@ -22,8 +22,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from rra.metrics.common import (check_graph, check_labels, check_pair, cut, graph_blocks,
-                                overlap_counts)
+from rra.metrics.common import check_labels, check_pair, graph_blocks, overlap_counts
 
 
 def jaccard_from_overlap(m: np.ndarray, k: int) -> np.ndarray:
@@ -67,23 +66,8 @@ def prepare_graphs(graphs: Sequence[np.ndarray], k: int | None = None,
     ``k=None`` takes the smallest k_max among the graphs. Returns int32 arrays (n < 2³¹), which
     halves the memory of the per-pair sorts and makes them faster.
     """
-    graphs = list(graphs)
-    if not graphs:
-        raise ValueError("graphs: need at least one graph")
-    names = [f"graph {i}" for i in range(len(graphs))] if names is None else list(names)
-    if len(names) != len(graphs):
-        raise ValueError(f"names: got {len(names)} names for {len(graphs)} graphs")
-    checked = [check_graph(g, name) for g, name in zip(graphs, names)]
-    n = checked[0].shape[0]
-    for g, name in zip(checked, names):
-        if g.shape[0] != n:
-            raise ValueError(f"{name} has {g.shape[0]} rows but {names[0]} has {n}: "
-                             "graphs must be built on the same probe rows")
-    if k is None:
-        k = min(g.shape[1] for g in checked)
-    dtype = np.int32 if n < 2**31 else np.int64
-    return [np.ascontiguousarray(cut(g, k, name), dtype=dtype)
-            for g, name in zip(checked, names)]
+    (_, blocks), = graph_blocks(graphs, k, names, max_elements=np.iinfo(np.int64).max)  # one block
+    return blocks
 
 
 def jaccard_rows_all_pairs(graphs: Sequence[np.ndarray], k: int | None = None,
