@@ -13,13 +13,7 @@ from rra.models.cost import count_params
 KWARGS = {"none": {}, "se": {}, "cbam": {}, "ac": {}, "stac": {"scale": 2}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared 2-core machine: extra intra-op threads only add contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomise_bn(module: torch.nn.Module, seed: int = 1) -> None:

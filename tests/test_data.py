@@ -400,8 +400,11 @@ def test_imagenet64_streams_batches(tmp_path):
     expected = write_imagenet64(tmp_path / "src", per_batch=3)
     n, batches = get_dataset("imagenet64", tmp_path / "src").read("train")
     assert n == 30
-    sizes = [len(labels) for _, labels in batches]
-    assert sizes == [3] * 10
+    batches = list(batches)
+    assert [len(labels) for _, labels in batches] == [3] * 10
+    images, labels = expected["train"]
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in batches]), images)
+    np.testing.assert_array_equal(np.concatenate([y for _, y in batches]), labels)
 
 
 # ------------------------------------------------------------------------ load_split checks

@@ -18,13 +18,7 @@ CASES = [(m, a) for m in sorted(MODELS) for a in sorted(ATTENTION)
          if m != "lenet5" or a == "none"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared 2-core machine: extra intra-op threads only add contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _size(name: str) -> int:

@@ -26,14 +26,7 @@ SPEC = {"dataset": "mnist5k", "model": "lenet5", "seed": 0, "epochs": 3, "batch_
         "lr": 0.05}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread for every run of this module: results depend on the thread count (float sums
-    split differently), and on two shared cores more threads only add contention."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_split(root: Path, dataset: str, split: str, images: np.ndarray,
