@@ -147,6 +147,83 @@ def test_exact_deterministic():
     np.testing.assert_array_equal(a[1], b[1])
 
 
+def test_exact_large_k_and_thread_count_do_not_change_the_graph():
+    # k = 60 takes 75 candidates per row: the merge-sort paths of the kernels; the graph is the
+    # same with 1 and 2 threads and with other block sizes (each row is one sequential loop)
+    import torch
+
+    x = blobs(n=400, d=9, seed=15)
+    ref = assert_matches_reference(x, 60, block_rows=128)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = knn_exact(x, 60, block_rows=33, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(one[0], ref[0])
+    np.testing.assert_array_equal(one[1], ref[1])
+
+
+def test_exact_grouped_selection_is_used_and_exact():
+    x = blobs(n=1500, d=8, seed=16, spread=1.0)
+    x[700:720] = x[699]  # a run of duplicates: ties inside and across groups
+    _, _, stats = exact_neighbours(prepare_points(x, "euclidean"), 5, progress=False)
+    assert stats["group"] > 1
+    assert_matches_reference(x, 5)
+    assert_matches_reference(x, 5, "cosine", block_rows=256)
+
+
+@pytest.mark.parametrize("group", [1, 2, 5])
+@pytest.mark.parametrize("p", [1, 4, 29])
+def test_top_candidates_kernel_against_sorting(group, p):
+    from rra.knn import kernels
+
+    rng = np.random.default_rng(p * 10 + group)
+    o = rng.integers(-6, 6, size=(7, 30)).astype(np.float32)  # heavy ties
+    o[np.arange(7), rng.integers(0, 30, 7)] = -np.inf  # the excluded self column
+    o[3] = rng.normal(size=30).astype(np.float32)
+    val = np.empty((7, p), np.float32)
+    idx = np.empty((7, p), np.int64)
+    thr = np.empty(7, np.float32)
+    kernels.top_candidates(o, p, group, val, idx, thr)
+    np.testing.assert_array_equal(np.take_along_axis(o, idx, axis=1), val)
+    np.testing.assert_array_equal(-np.sort(-val, axis=1), -np.sort(-o, axis=1)[:, :p])
+    for r in range(7):
+        assert np.unique(idx[r]).size == p
+        left_out = np.delete(o[r], idx[r])
+        assert (left_out <= thr[r]).all() and (val[r] >= thr[r]).all()
+
+
+def test_kernel_helpers_against_numpy():
+    from rra.knn import kernels
+
+    v = np.array([-np.inf, -3e38, -1.5, -1e-40, -0.0, 0.0, 1e-40, 2.0, 3e38, np.inf], np.float32)
+    keys = np.array([kernels._key(t) for t in v])
+    assert (np.diff(keys[[0, 1, 2, 3, 5, 6, 7, 8, 9]]) > 0).all()  # −0.0 and 0.0 compare equal
+    assert all(kernels._unkey(kk) == t for kk, t in zip(keys, v))
+    rng = np.random.default_rng(17)
+    es = rng.integers(0, 5, 130).astype(np.float64)
+    js = rng.permutation(130).astype(np.int64)
+    order = np.lexsort((js, es))
+    for m in (130, 40):  # merge sort and insertion sort
+        e, j = es[:m].copy(), js[:m].copy()
+        kernels._sort_pairs(e, j)
+        ref = np.lexsort((js[:m], es[:m]))
+        np.testing.assert_array_equal(j, js[:m][ref])
+        np.testing.assert_array_equal(e, es[:m][ref])
+    assert order.size == 130
+    x = rng.normal(size=(20, 7))
+    norms = np.linalg.norm(x, axis=1)
+    mean = (x / norms[:, None]).mean(axis=0)
+    keys32 = np.empty((20, 8), np.float32)
+    sq = np.empty(20)
+    kernels.centred_keys(x, norms, mean, keys32, sq)
+    c = (x / norms[:, None] - mean).astype(np.float32)
+    np.testing.assert_array_equal(keys32[:, :7], c)
+    np.testing.assert_allclose(sq, (c.astype(np.float64) ** 2).sum(axis=1), rtol=1e-15)
+    np.testing.assert_allclose(keys32[:, 7], -0.5 * sq, rtol=1e-7)
+
+
 def test_exact_errors():
     x = np.random.default_rng(8).normal(size=(20, 3))
     with pytest.raises(ValueError, match="smaller than the number of rows"):

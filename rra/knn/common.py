@@ -18,10 +18,8 @@ import numpy as np
 
 DISTANCES = ("euclidean", "cosine")
 
-# Working-set sizes of chunked passes over the rows (float64 copies of a chunk): scans, and the
-# exact distances (small enough to stay in cache).
+# Working-set size of chunked passes over the rows (float64 copies of a chunk).
 CHUNK_BYTES = 32 << 20
-PAIR_CHUNK_BYTES = 4 << 20
 
 
 def check_distance(distance: str) -> str:
@@ -93,19 +91,23 @@ class Points:
     def sqdist(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Exact squared distances ``‖z_cols[r, c] − z_rows[r]‖²`` (float64), shape of ``cols``.
 
-        ``rows`` has shape (m,), ``cols`` (m, c). Direct differences, never the expansion
-        ‖a‖² + ‖b‖² − 2ab, so there is no cancellation.
+        ``rows`` has shape (m,), ``cols`` (m, c). Direct differences summed in order in float64
+        (``rra.knn.kernels.sqdist_pairs``), never the expansion ‖a‖² + ‖b‖² − 2ab, so there is
+        no cancellation; the same pair always gets the same value, whatever asked for it.
         """
-        rows = np.asarray(rows, dtype=np.int64)
-        cols = np.asarray(cols, dtype=np.int64)
-        m, c = cols.shape
-        out = np.empty((m, c), dtype=np.float64)
-        step = chunk_rows(self.d, width=2 * c, budget=PAIR_CHUNK_BYTES)
-        for s in range(0, m, step):
-            zi = self.rows(rows[s:s + step])
-            zj = self.rows(cols[s:s + step].ravel()).reshape(-1, c, self.d)
-            out[s:s + step] = ((zj - zi[:, None, :]) ** 2).sum(axis=-1)
+        from rra.knn.kernels import sqdist_pairs
+
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        cols = np.ascontiguousarray(cols, dtype=np.int64)
+        out = np.empty(cols.shape, dtype=np.float64)
+        if out.size:
+            sqdist_pairs(np.asarray(self.x), self.kernel_norms, rows, cols, out)
         return out
+
+    @property
+    def kernel_norms(self) -> np.ndarray:
+        """``norms`` as the compiled kernels take them: empty under euclidean."""
+        return self.norms if self.norms is not None else np.empty(0, dtype=np.float64)
 
     def sqdist_pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Exact squared distances for pairs ``(rows[p], cols[p])``, shape (P,)."""
@@ -120,6 +122,11 @@ def prepare_points(x: Any, distance: str, name: str = "x") -> Points:
     """
     distance = check_distance(distance)
     x = as_matrix(x, name)
+    if x.dtype not in (np.float32, np.float64):  # exact widening for the compiled kernels
+        x = x.astype(np.float32 if x.dtype == np.float16 else np.float64)
+    if x.flags.writeable:  # one array type for the compiled kernels (memory maps are read-only)
+        x = x.view()
+        x.flags.writeable = False
     n, d = x.shape
     step = chunk_rows(d)
     total = np.zeros(d, dtype=np.float64)

@@ -6,22 +6,28 @@ For each row ``i``: ``K[i]`` = the ``k`` rows ``j ≠ i`` with the smallest dist
 row index. The result equals a brute-force float64 computation (full distance matrix, lexsort by
 (distance, index)); float32 is used only to find candidates quickly:
 
-1. Centre the rows, ``c_i = fl32(z_i − μ)`` (distances do not change; cancellation shrinks).
-2. Per block of query rows, ``a_ij = ‖c_j‖² − 2 c_i·c_j`` by one matrix product (``+‖c_i‖²``
-   is constant along a row and added only where needed), self excluded. (The code holds −a and
-   takes the largest values: torch's CPU top-k is faster that way.)
-3. Candidates: the ``k + margin`` smallest ``a_ij`` per row (``torch.topk``). Their exact squared
-   distances ``e_ij = ‖z_i − z_j‖²`` are computed directly in float64 and sorted by
-   (e, index); ``E_i`` is the k-th of them.
-4. Certificate: with ``|a_ij + ‖c_i‖² − e_ij| ≤ γ (‖c_i‖ + ‖c_j‖)²`` (worst-case rounding-error
-   bound of the float32 product and of the centring, γ = 1.01 (γ_{d+2} + 6u), u the unit
-   round-off of the product under torch's matmul precision setting, γ_m = m u / (1 − m u)),
-   every non-candidate ``j`` has ``e_ij ≥ max_cand(a) + ‖c_i‖² − γ (‖c_i‖ + R)²`` (R = max‖c‖).
-   If that exceeds ``E_i`` the candidates hold the answer. Otherwise (close calls and ties at the
-   boundary) the row is re-checked: every ``j`` with ``a_ij + ‖c_i‖² − γ (‖c_i‖ + ‖c_j‖)² ≤ E_i``
-   gets its exact distance, and the first k by (e, index) are kept. The bound is the worst case
-   of any summation order, so the answer does not depend on BLAS, threads or device. If the
-   bound is void ((d + 2) u ≥ ½, e.g. with bf16 matmuls allowed) the products run in float64.
+1. Centre the rows, ``c_i = fl32(z_i − μ)`` (distances do not change; cancellation shrinks),
+   and append ``fl32(−‖c_j‖²/2)`` as one more column of the keys.
+2. Per block of query rows ``[c_i, 1]``, one matrix product gives
+   ``o_ij = c_i·c_j − ‖c_j‖²/2``, so ``ẽ_ij = ‖c_i‖² − 2 o_ij`` estimates ``‖c_i − c_j‖²``;
+   self excluded (``o_ii = −∞``).
+3. Candidates: the ``p = k + margin`` largest ``o_ij`` per row, and a threshold ``τ_i`` that no
+   other column exceeds (``rra.knn.kernels.top_candidates``: a grouped selection; on a GPU,
+   ``torch.topk``).
+4. Error bound: ``|ẽ_ij − e_ij| ≤ w_ij = γ (‖c_i‖ + ‖c_j‖)²`` for the exact squared distance
+   ``e_ij = ‖z_i − z_j‖²`` (worst-case rounding of the float32 product, of the appended column
+   and of the centring; γ = 1.01 (γ_{d+2} + 6u), u the unit round-off of the product under
+   torch's matmul precision setting, γ_m = m u / (1 − m u)). With ``U_k`` the k-th smallest
+   ``ẽ_ij + w_ij`` among the candidates, only candidates with ``ẽ_ij − w_ij ≤ U_k`` can be among
+   the k nearest: they get ``e_ij``, computed directly in float64 (``rra.knn.kernels``), and the
+   first k by (e, index) are kept; ``E_i`` is the k-th.
+5. Certificate: every non-candidate has ``e_ij ≥ ‖c_i‖² − 2 τ_i − γ (‖c_i‖ + R)²``
+   (R = max‖c‖). If that exceeds ``E_i`` the answer is proved. Otherwise (close calls and ties at
+   the boundary) the row is re-checked: every ``j`` with ``ẽ_ij − w_ij ≤ E_i`` gets its exact
+   distance, and the first k by (e, index) are kept. The bound is the worst case of any
+   summation order, so the answer does not depend on BLAS, threads, block size or device. If
+   the bound is void ((d + 2) u ≥ ½, e.g. with bf16 matmuls allowed) the products run in
+   float64.
 
 Reported distances are ``sqrt(e_ij)`` rounded to float32; the order is by the float64 value.
 """
@@ -34,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from rra.knn.common import Points, check_k, finish, prepare_points, sort_neighbours
+from rra.knn.common import Points, check_k, finish, prepare_points
 
 BLOCK_BYTES = 256 << 20  # one block's distance matrix
 
@@ -44,9 +50,19 @@ def candidate_margin(k: int) -> int:
     return max(8, k // 4)
 
 
-def default_block_rows(n: int, itemsize: int = 4, budget: int = BLOCK_BYTES) -> int:
-    """Query rows per block so that one block × n distance matrix fits in ``budget`` bytes."""
-    return int(min(n, max(1, budget // (itemsize * n))))
+def default_block_rows(n: int, d: int | None = None, itemsize: int = 4,
+                       budget: int = BLOCK_BYTES) -> int:
+    """Query rows per block: at most ``budget`` bytes of block × n products, and on the CPU
+    (``d`` given) about 4·d rows, within [256, 4096]. [ours, measured in benchmarks/bench_knn.py]
+
+    Small blocks keep the product rows in cache for the selection and spare the first-touch
+    cost of a large buffer (≈ 0.3 ms per MB here); the matrix library wants more rows the
+    larger d is (it re-packs the n × d right-hand side for every block).
+    """
+    rows = budget // (itemsize * n)
+    if d is not None:
+        rows = min(rows, min(4096, max(256, 4 * d)))
+    return int(min(n, max(1, rows)))
 
 
 def _torch_dtype(dtype: Any):
@@ -103,10 +119,12 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
     rows that needed the re-check and the exact distances computed. Costs m × n × d for the
     products, so a sample of m rows is cheap to check against.
     """
+    import numba
     import torch
     from tqdm.auto import tqdm
 
     from rra.device import pick_device
+    from rra.knn import kernels
 
     n, d = points.n, points.d
     k = check_k(k, n)
@@ -120,6 +138,7 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
     gamma_d = (d + 2) * u / (1 - (d + 2) * u)
     gamma = 1.01 * (gamma_d + 6 * u)
     np_dtype = np.float32 if tdtype == torch.float32 else np.float64
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
     if queries is None:
         queries_arr = np.arange(n, dtype=np.int64)
@@ -130,87 +149,81 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
     m = queries_arr.size
     t0 = time.perf_counter()
 
-    # 1. centred copy of the rows in the product dtype, and the exact norms of that copy
-    c = torch.empty((n, d), dtype=tdtype, device=dev)
+    # 1. keys [c_j, −‖c_j‖²/2] in the product dtype (c: the centred rows), and the exact
+    #    squared norms of c; a query row is [c_i, 1], so one product gives c_i·c_j − ‖c_j‖²/2
+    keys_np = np.empty((n, d + 1), dtype=np_dtype)
     sq = np.empty(n, dtype=np.float64)
-    step = max(1, (32 << 20) // (8 * d))
-    for s in range(0, n, step):
-        part = (points.rows(slice(s, s + step)) - points.mean).astype(np_dtype)
-        sq[s:s + step] = (part.astype(np.float64) ** 2).sum(axis=1)
-        c[s:s + step] = torch.from_numpy(part).to(dev)
+    kernels.centred_keys(np.asarray(points.x), points.kernel_norms, points.mean, keys_np, sq)
     if 4 * sq.max() >= np.finfo(np_dtype).max:
         raise ValueError(f"values too large for {np_dtype.__name__} products (max squared norm "
                          f"{sq.max():.3g} after centring); use dtype='float64'")
+    keys = torch.from_numpy(keys_np).to(dev)
     nc = np.sqrt(sq)
     radius = float(nc.max())
-    neg_sq_row = torch.from_numpy(-sq.astype(np_dtype)).to(dev)[None, :]
-    sq_dev = torch.from_numpy(sq).to(dev)
-    nc_dev = torch.from_numpy(nc).to(dev)
 
     n_cand = min(n - 1, k + candidate_margin(k))
+    group = kernels.group_size(n, n_cand)
     itemsize = np.dtype(np_dtype).itemsize
-    b = int(block_rows) if block_rows is not None else default_block_rows(n, itemsize)
+    if block_rows is None:
+        block_rows = default_block_rows(n, d if dev.type == "cpu" else None, itemsize)
+    b = int(block_rows)
     if b < 1:
         raise ValueError(f"block_rows must be at least 1, got {block_rows}")
     b = min(b, max(1, m))
     buf = torch.empty((b, n), dtype=tdtype, device=dev)
-    inf = float("inf")
+    cand_val = np.empty((b, n_cand), dtype=np_dtype)
+    cand_idx = np.empty((b, n_cand), dtype=np.int64)
+    thr = np.empty(b, dtype=np_dtype)
+    ok = np.empty(b, dtype=np.bool_)
+    n_exact = np.empty(b, dtype=np.int64)
+    x, norms = np.asarray(points.x), points.kernel_norms
 
     out_idx = np.empty((m, k), dtype=np.int64)
     out_sqd = np.empty((m, k), dtype=np.float64)
     rechecked = 0
     exact_pairs = 0
-    starts = range(0, m, b)
-    for s in tqdm(starts, desc=f"exact kNN n={n} d={d}", unit="block",
+    for s in tqdm(range(0, m, b), desc=f"exact kNN n={n} d={d}", unit="block",
                   disable=None if progress else True):
         q = queries_arr[s:s + b]
         bb = q.size
         q_dev = torch.from_numpy(q).to(dev)
-        rows_q = c[s:s + bb] if queries is None else c.index_select(0, q_dev)
-        # 2. neg_a_ij = −(‖c_j‖² − 2 c_i·c_j), self excluded
-        neg_a = torch.addmm(neg_sq_row, rows_q, c.T, alpha=2, out=buf[:bb])
-        neg_a[torch.arange(bb, device=dev), q_dev] = -inf
-        # 3. candidates (the largest −a) and their exact distances
-        vals, cand = torch.topk(neg_a, n_cand, dim=1, largest=True, sorted=False)
-        cand = cand.cpu().numpy()
-        cols, e = sort_neighbours(cand, points.sqdist(q, cand), n_cand)
-        exact_pairs += cand.size
-        kth = e[:, k - 1]
-        # 4. certificate
-        if n_cand == n - 1:
-            ok = np.ones(bb, dtype=bool)
+        rows_q = keys.index_select(0, q_dev)
+        rows_q[:, d] = 1
+        # 2. o_ij = c_i·c_j − ‖c_j‖²/2 (= (‖c_i‖² − ‖c_i − c_j‖²) / 2), self excluded
+        o = torch.mm(rows_q, keys.T, out=buf[:bb])
+        o[torch.arange(bb, device=dev), q_dev] = -float("inf")
+        # 3. candidates: the n_cand largest o_ij per row, and a value no other column exceeds
+        if dev.type == "cpu" and tdtype == torch.float32:
+            kernels.top_candidates(o.numpy(), n_cand, group, cand_val[:bb], cand_idx[:bb],
+                                   thr[:bb])
         else:
-            floor = sq[q] - vals.min(dim=1).values.double().cpu().numpy()
-            ok = kth < floor - gamma * (nc[q] + radius) ** 2
-        out_idx[s:s + bb] = cols[:, :k]
-        out_sqd[s:s + bb] = e[:, :k]
-        bad = np.flatnonzero(~ok)
+            vals, cand = torch.topk(o, n_cand, dim=1, largest=True, sorted=False)
+            cand_val[:bb] = vals.cpu().numpy()
+            cand_idx[:bb] = cand.cpu().numpy()
+            thr[:bb] = vals.min(dim=1).values.cpu().numpy()
+        if (cand_idx[:bb] < 0).any():  # impossible: a row has n − 1 finite values
+            raise RuntimeError("kNN candidate selection failed; please report this as a bug")
+        # 4. exact distances of the candidates that can be among the k nearest, certificate
+        kernels.refine(cand_val[:bb], cand_idx[:bb], thr[:bb], q, k, n_cand == n - 1, sq, nc,
+                       gamma, radius, x, norms, out_idx[s:s + bb], out_sqd[s:s + bb], ok[:bb],
+                       n_exact[:bb])
+        exact_pairs += int(n_exact[:bb].sum())
+        bad = np.flatnonzero(~ok[:bb])
         if bad.size:
             rechecked += bad.size
-            sub = max(1, (BLOCK_BYTES // 3) // (8 * n))
-            for r0 in range(0, bad.size, sub):
-                rr = bad[r0:r0 + sub]
-                qi = q[rr]
-                qi_dev = torch.from_numpy(qi).to(dev)
-                # lower bound of e_ij: a_ij + ‖c_i‖² − γ (‖c_i‖ + ‖c_j‖)²
-                lower = (sq_dev[qi_dev][:, None]
-                         - neg_a.index_select(0, torch.from_numpy(rr).to(dev)).double()
-                         - gamma * (nc_dev[qi_dev][:, None] + nc_dev[None, :]) ** 2)
-                mask = lower <= torch.from_numpy(kth[rr]).to(dev)[:, None]
-                loc, jj = (t.cpu().numpy() for t in torch.nonzero(mask, as_tuple=True))
-                del lower, mask
-                e_pairs = points.sqdist_pairs(qi[loc], jj)
-                exact_pairs += e_pairs.size
-                order = np.lexsort((jj, e_pairs, loc))
-                counts = np.bincount(loc, minlength=rr.size)
-                if counts.min() < k:  # impossible while the error bound holds
-                    raise RuntimeError("kNN certification failed: fewer than k rows within the "
-                                       "error bound; please report this as a bug")
-                first = (np.cumsum(counts) - counts)[:, None] + np.arange(k)[None, :]
-                sel = order[first]
-                out_idx[s + rr] = jj[sel]
-                out_sqd[s + rr] = e_pairs[sel]
-    stats = {"block_rows": b, "candidates": n_cand, "rows_rechecked": int(rechecked),
-             "exact_pairs": int(exact_pairs), "device": str(dev), "dtype": str(tdtype),
-             "seconds": time.perf_counter() - t0}
+            o_rows = o[torch.from_numpy(bad).to(dev)].cpu().numpy()
+            r_idx = np.empty((bad.size, k), dtype=np.int64)
+            r_sqd = np.empty((bad.size, k), dtype=np.float64)
+            r_exact = np.empty(bad.size, dtype=np.int64)
+            kernels.recheck(o_rows, q[bad], k, out_sqd[s + bad, k - 1], sq, nc, gamma, x, norms,
+                            r_idx, r_sqd, r_exact)
+            if (r_exact < 0).any():  # impossible while the error bound holds
+                raise RuntimeError("kNN certification failed: fewer than k rows within the "
+                                   "error bound; please report this as a bug")
+            out_idx[s + bad] = r_idx
+            out_sqd[s + bad] = r_sqd
+            exact_pairs += int(r_exact.sum())
+    stats = {"block_rows": b, "candidates": n_cand, "group": group,
+             "rows_rechecked": int(rechecked), "exact_pairs": int(exact_pairs),
+             "device": str(dev), "dtype": str(tdtype), "seconds": time.perf_counter() - t0}
     return out_idx, out_sqd, stats
