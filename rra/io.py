@@ -181,7 +181,7 @@ def versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for pkg in ("rra", "torch", "torchvision", "numpy", "annoy", "polars", "snakemake"):
+    for pkg in ("rra", "torch", "torchvision", "numpy", "numba", "annoy", "polars", "snakemake"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -53,15 +53,16 @@ def candidate_margin(k: int) -> int:
 def default_block_rows(n: int, d: int | None = None, itemsize: int = 4,
                        budget: int = BLOCK_BYTES) -> int:
     """Query rows per block: at most ``budget`` bytes of block × n products, and on the CPU
-    (``d`` given) about 4·d rows, within [256, 4096]. [ours, measured in benchmarks/bench_knn.py]
+    (``d`` given) about √(0.16 n d) rows, within [256, 4096]. [ours, measured with
+    benchmarks/bench_knn.py]
 
-    Small blocks keep the product rows in cache for the selection and spare the first-touch
-    cost of a large buffer (≈ 0.3 ms per MB here); the matrix library wants more rows the
-    larger d is (it re-packs the n × d right-hand side for every block).
+    The two costs that depend on the block size: the first touch of the block's buffer (≈ 0.3 ms
+    per MB here, ∝ rows · n) and the matrix library's re-packing of the n × d right-hand side
+    for every block (∝ n · d / rows); the square root balances them.
     """
     rows = budget // (itemsize * n)
     if d is not None:
-        rows = min(rows, min(4096, max(256, 4 * d)))
+        rows = min(rows, min(4096, max(256, round((0.16 * n * d) ** 0.5))))
     return int(min(n, max(1, rows)))
 
 
@@ -100,7 +101,7 @@ def knn_exact(x: Any, k: int, distance: str = "euclidean", block_rows: int | Non
     """Exact directed kNN graph of the rows of ``x``: ``(idx int32 n × k, dist float32 n × k)``.
 
     ``x``: n × d array (numpy, memory-mapped or not). ``distance``: ``euclidean`` or ``cosine``.
-    ``block_rows``: query rows per block (default: the block's n-wide matrix takes ≤ 256 MB).
+    ``block_rows``: query rows per block (default: :func:`default_block_rows`).
     ``device``: ``cpu``, ``cuda[:N]`` or ``auto`` (``rra.device.pick_device``). ``dtype``: of the
     candidate products (float32, or float64; the result is exact either way).
     See the module docstring for the method and its guarantee.
