@@ -173,6 +173,40 @@ def test_exact_grouped_selection_is_used_and_exact():
     assert_matches_reference(x, 5, "cosine", block_rows=256)
 
 
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+@pytest.mark.parametrize("block_rows", [None, 37, 1])
+def test_exact_symmetric_search_matches_brute_force(distance, block_rows):
+    # d ≥ SYMMETRIC_MIN_D: every product computed once, rows fed from blocks and transposes
+    from rra.knn.exact import SYMMETRIC_MIN_D
+
+    rng = np.random.default_rng(18)
+    x = blobs(n=260, d=SYMMETRIC_MIN_D + 3, seed=18, spread=1.5)
+    x[100:104] = x[50]  # duplicates: ties at distance 0
+    x[200:230, :] = 0  # a 2-D integer grid in the first two features: ties at every place
+    x[200:230, :2] = rng.integers(0, 4, size=(30, 2))
+    x[200:230, 2] = 10.0  # (non-zero rows, for cosine)
+    _, _, stats = exact_neighbours(prepare_points(x, distance), 7, block_rows=block_rows,
+                                   progress=False)
+    assert stats["symmetric"]
+    assert_matches_reference(x, 7, distance, block_rows=block_rows)
+    # and the same graph as the per-block search (queries given: no symmetric search)
+    idx, sqd, rows_stats = exact_neighbours(prepare_points(x, distance), 7,
+                                            queries=np.arange(260), progress=False)
+    assert not rows_stats["symmetric"]
+    np.testing.assert_array_equal(knn_exact(x, 7, distance, progress=False)[0], idx)
+
+
+def test_exact_symmetric_search_rechecks_cancellation_rows():
+    rng = np.random.default_rng(19)
+    x = rng.normal(scale=1e-3, size=(90, 140))
+    x[:45, 0] += 1e3
+    x[45:, 0] -= 1e3
+    assert_matches_reference(x, 5, block_rows=20)
+    _, _, stats = exact_neighbours(prepare_points(x, "euclidean"), 5, block_rows=20,
+                                   progress=False)
+    assert stats["symmetric"] and stats["rows_rechecked"] > 0
+
+
 @pytest.mark.parametrize("group", [1, 2, 5])
 @pytest.mark.parametrize("p", [1, 4, 29])
 def test_top_candidates_kernel_against_sorting(group, p):

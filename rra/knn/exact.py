@@ -43,6 +43,11 @@ import numpy as np
 from rra.knn.common import Points, check_k, finish, prepare_points
 
 BLOCK_BYTES = 256 << 20  # one block's distance matrix
+REFINE_ROWS = 8192  # rows per call of the refining kernel in the symmetric search
+# From this d on, all rows on the CPU take the symmetric search (every product once): below
+# it the products are cheap and the second, transposed pass of the selection costs more than
+# the half of the products it saves (benchmarks/bench_knn.py). [ours, measured]
+SYMMETRIC_MIN_D = 128
 
 
 def candidate_margin(k: int) -> int:
@@ -163,68 +168,129 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
     radius = float(nc.max())
 
     n_cand = min(n - 1, k + candidate_margin(k))
-    group = kernels.group_size(n, n_cand)
-    itemsize = np.dtype(np_dtype).itemsize
-    if block_rows is None:
-        block_rows = default_block_rows(n, d if dev.type == "cpu" else None, itemsize)
-    b = int(block_rows)
-    if b < 1:
-        raise ValueError(f"block_rows must be at least 1, got {block_rows}")
-    b = min(b, max(1, m))
-    buf = torch.empty((b, n), dtype=tdtype, device=dev)
-    cand_val = np.empty((b, n_cand), dtype=np_dtype)
-    cand_idx = np.empty((b, n_cand), dtype=np.int64)
-    thr = np.empty(b, dtype=np_dtype)
-    ok = np.empty(b, dtype=np.bool_)
-    n_exact = np.empty(b, dtype=np.int64)
     x, norms = np.asarray(points.x), points.kernel_norms
-
     out_idx = np.empty((m, k), dtype=np.int64)
     out_sqd = np.empty((m, k), dtype=np.float64)
-    rechecked = 0
-    exact_pairs = 0
-    for s in tqdm(range(0, m, b), desc=f"exact kNN n={n} d={d}", unit="block",
-                  disable=None if progress else True):
-        q = queries_arr[s:s + b]
-        bb = q.size
-        q_dev = torch.from_numpy(q).to(dev)
-        rows_q = keys.index_select(0, q_dev)
+    counts = {"rows_rechecked": 0, "exact_pairs": 0}
+
+    def refine(rows: slice, q: np.ndarray, cand_val, cand_idx, thr) -> None:
+        """Steps 4–5 for the query rows ``q`` (output rows ``rows``) and their candidates."""
+        ok = np.empty(q.size, dtype=np.bool_)
+        n_exact = np.empty(q.size, dtype=np.int64)
+        kernels.refine(cand_val, cand_idx, thr, q, k, n_cand == n - 1, sq, nc, gamma, radius,
+                       x, norms, out_idx[rows], out_sqd[rows], ok, n_exact)
+        counts["exact_pairs"] += int(n_exact.sum())
+        bad = np.flatnonzero(~ok)
+        if not bad.size:
+            return
+        counts["rows_rechecked"] += bad.size
+        qb = torch.from_numpy(q[bad]).to(dev)
+        rows_q = keys.index_select(0, qb)
         rows_q[:, d] = 1
-        # 2. o_ij = c_i·c_j − ‖c_j‖²/2 (= (‖c_i‖² − ‖c_i − c_j‖²) / 2), self excluded
-        o = torch.mm(rows_q, keys.T, out=buf[:bb])
-        o[torch.arange(bb, device=dev), q_dev] = -float("inf")
-        # 3. candidates: the n_cand largest o_ij per row, and a value no other column exceeds
-        if dev.type == "cpu" and tdtype == torch.float32:
-            kernels.top_candidates(o.numpy(), n_cand, group, cand_val[:bb], cand_idx[:bb],
-                                   thr[:bb])
-        else:
-            vals, cand = torch.topk(o, n_cand, dim=1, largest=True, sorted=False)
-            cand_val[:bb] = vals.cpu().numpy()
-            cand_idx[:bb] = cand.cpu().numpy()
-            thr[:bb] = vals.min(dim=1).values.cpu().numpy()
-        if (cand_idx[:bb] < 0).any():  # impossible: a row has n − 1 finite values
-            raise RuntimeError("kNN candidate selection failed; please report this as a bug")
-        # 4. exact distances of the candidates that can be among the k nearest, certificate
-        kernels.refine(cand_val[:bb], cand_idx[:bb], thr[:bb], q, k, n_cand == n - 1, sq, nc,
-                       gamma, radius, x, norms, out_idx[s:s + bb], out_sqd[s:s + bb], ok[:bb],
-                       n_exact[:bb])
-        exact_pairs += int(n_exact[:bb].sum())
-        bad = np.flatnonzero(~ok[:bb])
-        if bad.size:
-            rechecked += bad.size
-            o_rows = o[torch.from_numpy(bad).to(dev)].cpu().numpy()
-            r_idx = np.empty((bad.size, k), dtype=np.int64)
-            r_sqd = np.empty((bad.size, k), dtype=np.float64)
-            r_exact = np.empty(bad.size, dtype=np.int64)
-            kernels.recheck(o_rows, q[bad], k, out_sqd[s + bad, k - 1], sq, nc, gamma, x, norms,
-                            r_idx, r_sqd, r_exact)
-            if (r_exact < 0).any():  # impossible while the error bound holds
-                raise RuntimeError("kNN certification failed: fewer than k rows within the "
-                                   "error bound; please report this as a bug")
-            out_idx[s + bad] = r_idx
-            out_sqd[s + bad] = r_sqd
-            exact_pairs += int(r_exact.sum())
-    stats = {"block_rows": b, "candidates": n_cand, "group": group,
-             "rows_rechecked": int(rechecked), "exact_pairs": int(exact_pairs),
-             "device": str(dev), "dtype": str(tdtype), "seconds": time.perf_counter() - t0}
+        o_rows = torch.mm(rows_q, keys.T)
+        o_rows[torch.arange(bad.size, device=dev), qb] = -float("inf")
+        r_idx = np.empty((bad.size, k), dtype=np.int64)
+        r_sqd = np.empty((bad.size, k), dtype=np.float64)
+        r_exact = np.empty(bad.size, dtype=np.int64)
+        kernels.recheck(o_rows.cpu().numpy(), q[bad], k, out_sqd[rows][bad, k - 1], sq, nc,
+                        gamma, x, norms, r_idx, r_sqd, r_exact)
+        if (r_exact < 0).any():  # impossible while the error bound holds
+            raise RuntimeError("kNN certification failed: fewer than k rows within the "
+                               "error bound; please report this as a bug")
+        out_idx[rows][bad] = r_idx
+        out_sqd[rows][bad] = r_sqd
+        counts["exact_pairs"] += int(r_exact.sum())
+
+    symmetric = (queries is None and dev.type == "cpu" and tdtype == torch.float32
+                 and d >= SYMMETRIC_MIN_D)
+    if symmetric:  # 2–3 with every product once (the Gram matrix is symmetric)
+        if block_rows is None:
+            block_rows = default_block_rows(n, d)
+        b = int(block_rows)
+        if b < 1:
+            raise ValueError(f"block_rows must be at least 1, got {block_rows}")
+        b = min(b, n)
+        cand_val, cand_idx = _symmetric_candidates(keys, n, d, n_cand, b, progress)
+        group = kernels.group_size(n, n_cand)
+        for s in range(0, n, REFINE_ROWS):
+            rows = slice(s, min(n, s + REFINE_ROWS))
+            refine(rows, queries_arr[rows], cand_val[rows], cand_idx[rows],
+                   cand_val[rows, 0].copy())
+    else:  # 2–3 per block of query rows
+        group = kernels.group_size(n, n_cand)
+        itemsize = np.dtype(np_dtype).itemsize
+        if block_rows is None:
+            block_rows = default_block_rows(n, d if dev.type == "cpu" else None, itemsize)
+        b = int(block_rows)
+        if b < 1:
+            raise ValueError(f"block_rows must be at least 1, got {block_rows}")
+        b = min(b, max(1, m))
+        buf = torch.empty((b, n), dtype=tdtype, device=dev)
+        cand_val = np.empty((b, n_cand), dtype=np_dtype)
+        cand_idx = np.empty((b, n_cand), dtype=np.int64)
+        thr = np.empty(b, dtype=np_dtype)
+        for s in tqdm(range(0, m, b), desc=f"exact kNN n={n} d={d}", unit="block",
+                      disable=None if progress else True):
+            q = queries_arr[s:s + b]
+            bb = q.size
+            q_dev = torch.from_numpy(q).to(dev)
+            rows_q = keys.index_select(0, q_dev)
+            rows_q[:, d] = 1
+            # 2. o_ij = c_i·c_j − ‖c_j‖²/2 (= (‖c_i‖² − ‖c_i − c_j‖²) / 2), self excluded
+            o = torch.mm(rows_q, keys.T, out=buf[:bb])
+            o[torch.arange(bb, device=dev), q_dev] = -float("inf")
+            # 3. candidates: the n_cand largest o_ij per row, and a value no other column exceeds
+            if dev.type == "cpu" and tdtype == torch.float32:
+                kernels.top_candidates(o.numpy(), n_cand, group, cand_val[:bb], cand_idx[:bb],
+                                       thr[:bb])
+            else:
+                vals, cand = torch.topk(o, n_cand, dim=1, largest=True, sorted=False)
+                cand_val[:bb] = vals.cpu().numpy()
+                cand_idx[:bb] = cand.cpu().numpy()
+                thr[:bb] = vals.min(dim=1).values.cpu().numpy()
+            if (cand_idx[:bb] < 0).any():  # impossible: a row has n − 1 finite values
+                raise RuntimeError("kNN candidate selection failed; please report this as a bug")
+            refine(slice(s, s + bb), q, cand_val[:bb], cand_idx[:bb], thr[:bb])
+    stats = {"block_rows": b, "candidates": n_cand, "group": group, "symmetric": symmetric,
+             **counts, "device": str(dev), "dtype": str(tdtype),
+             "seconds": time.perf_counter() - t0}
     return out_idx, out_sqd, stats
+
+
+def _symmetric_candidates(keys, n: int, d: int, p: int, block: int,
+                          progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 2–3 on the CPU with every product computed once. For each block I of rows,
+    ``G = C_I C_{J}ᵀ`` over the columns ``J = I and after``: rows I take ``G_ij − h_j`` and the
+    rows after I take ``G_ij − h_i`` (the Gram matrix is symmetric), ``h`` the keys' last column
+    negated, ``fl(‖c‖²/2)``. Each row streams its values through a heap of the ``p`` largest
+    (``rra.knn.kernels.absorb_rows``, on the block and on its transpose).
+
+    Returns ``(values float32 n × p, columns int64 n × p)``, each row a min-heap: column 0 holds
+    the smallest kept value, which bounds every value the row left out.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from rra.knn import kernels
+
+    c = keys[:, :d]
+    h = np.ascontiguousarray(-keys[:, d].numpy())
+    hv = np.full((n, p), -np.inf, dtype=np.float32)
+    hi = np.full((n, p), -1, dtype=np.int64)
+    hc = np.zeros(n, dtype=np.int64)
+    buf = torch.empty((block, n), dtype=keys.dtype)
+    buf_t = torch.empty((n, block), dtype=keys.dtype)
+    for a in tqdm(range(0, n, block), desc=f"exact kNN n={n} d={d}", unit="block",
+                  disable=None if progress else True):
+        ni = min(n, a + block) - a
+        g = torch.mm(c[a:a + ni], c[a:].T, out=buf[:ni, :n - a])
+        g[:, :ni].fill_diagonal_(-float("inf"))  # self
+        kernels.absorb_rows(g.numpy(), a, a, h, p, kernels.group_size(n - a, p), hv, hi, hc)
+        rest = n - a - ni
+        if rest:  # the rows after I, through the transposed block
+            g_t = buf_t[:rest, :ni].copy_(g[:, ni:].T)
+            kernels.absorb_rows(g_t.numpy(), a + ni, a, h, p, kernels.group_size(ni, p),
+                                hv, hi, hc)
+    if (hc < p).any() or (hi < 0).any():  # impossible: every row sees n − 1 finite values
+        raise RuntimeError("kNN candidate selection failed; please report this as a bug")
+    return hv, hi
