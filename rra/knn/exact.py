@@ -204,8 +204,8 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
     symmetric = (queries is None and dev.type == "cpu" and tdtype == torch.float32
                  and d >= SYMMETRIC_MIN_D)
     if symmetric:  # 2–3 with every product once (the Gram matrix is symmetric)
-        if block_rows is None:
-            block_rows = default_block_rows(n, d)
+        if block_rows is None:  # ≥ 8 blocks, so that the triangle is not much more than half
+            block_rows = min(default_block_rows(n, d), max(256, -(-n // 8)))
         b = int(block_rows)
         if b < 1:
             raise ValueError(f"block_rows must be at least 1, got {block_rows}")
