@@ -13,7 +13,11 @@ row index. The result equals a brute-force float64 computation (full distance ma
    self excluded (``o_ii = −∞``).
 3. Candidates: the ``p = k + margin`` largest ``o_ij`` per row, and a threshold ``τ_i`` that no
    other column exceeds (``rra.knn.kernels.top_candidates``: a grouped selection; on a GPU,
-   ``torch.topk``).
+   ``torch.topk``). On the CPU with d ≥ ``SYMMETRIC_MIN_D`` every product is computed once
+   instead: block I of rows against the columns from I on, ``G = C_I C_Jᵀ``; rows I take
+   ``G_ij − h_j`` and, through the transpose, rows J take ``G_ij − h_i`` (``h = fl(‖c‖²/2)``,
+   so ``o`` carries one more rounding, inside the same bound); each row keeps the p largest
+   values it has seen in a heap whose root is ``τ_i``.
 4. Error bound: ``|ẽ_ij − e_ij| ≤ w_ij = γ (‖c_i‖ + ‖c_j‖)²`` for the exact squared distance
    ``e_ij = ‖z_i − z_j‖²`` (worst-case rounding of the float32 product, of the appended column
    and of the centring; γ = 1.01 (γ_{d+2} + 6u), u the unit round-off of the product under
