@@ -83,17 +83,19 @@ def test_exact_k_is_n_minus_1_and_float64_int_memmap_inputs(tmp_path):
     assert_matches_reference(mm, 8, "cosine", block_rows=9)
 
 
-def test_exact_certification_rechecks_cancellation_rows():
+@pytest.mark.parametrize("d", [6, 140])  # the per-block and the symmetric search
+def test_exact_certification_rechecks_cancellation_rows(d):
     # Two clusters far apart with tiny spread: after centring ‖c‖² ≈ 1e6 while neighbour
-    # distances² ≈ 1e-6, far below float32 resolution, so candidates alone cannot be trusted.
+    # distances² ≈ 1e-6·d, far below float32 resolution, so candidates alone cannot be trusted.
     rng = np.random.default_rng(4)
-    x = rng.normal(scale=1e-3, size=(120, 6))
+    x = rng.normal(scale=1e-3, size=(120, d))
     x[:60, 0] += 1e3
     x[60:, 0] -= 1e3
     assert_matches_reference(x, 5, block_rows=50)
     _, _, stats = exact_neighbours(prepare_points(x, "euclidean"), 5, block_rows=50,
                                    progress=False)
     assert stats["rows_rechecked"] > 0
+    assert stats["symmetric"] == (d >= 128)
 
 
 def test_exact_stays_exact_under_coarse_matmul_precision():
@@ -194,17 +196,6 @@ def test_exact_symmetric_search_matches_brute_force(distance, block_rows):
                                             queries=np.arange(260), progress=False)
     assert not rows_stats["symmetric"]
     np.testing.assert_array_equal(knn_exact(x, 7, distance, progress=False)[0], idx)
-
-
-def test_exact_symmetric_search_rechecks_cancellation_rows():
-    rng = np.random.default_rng(19)
-    x = rng.normal(scale=1e-3, size=(90, 140))
-    x[:45, 0] += 1e3
-    x[45:, 0] -= 1e3
-    assert_matches_reference(x, 5, block_rows=20)
-    _, _, stats = exact_neighbours(prepare_points(x, "euclidean"), 5, block_rows=20,
-                                   progress=False)
-    assert stats["symmetric"] and stats["rows_rechecked"] > 0
 
 
 @pytest.mark.parametrize("group", [1, 2, 5])

@@ -215,7 +215,7 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
             raise ValueError(f"block_rows must be at least 1, got {block_rows}")
         b = min(b, n)
         cand_val, cand_idx = _symmetric_candidates(keys, n, d, n_cand, b, progress)
-        group = kernels.group_size(n, n_cand)
+        group = None  # chosen per block
         for s in range(0, n, REFINE_ROWS):
             rows = slice(s, min(n, s + REFINE_ROWS))
             refine(rows, queries_arr[rows], cand_val[rows], cand_idx[rows],

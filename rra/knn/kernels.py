@@ -106,6 +106,29 @@ def centred_keys(x, norms, mean, keys, sq):
         keys[j, d] = -0.5 * acc
 
 
+@nb.njit(cache=True)
+def _strided_groups(w, p, group):
+    """``(ng, full)``: ``ng`` strided groups for ``w`` values in groups of about ``group`` (one
+    value per group when there would be fewer than p groups); ``full`` complete slices of ng."""
+    ng = (w + group - 1) // group
+    if ng < p:
+        ng = w
+    return ng, w // ng
+
+
+@nb.njit(cache=True)
+def _group_maxima(row, ng, full):
+    """Maximum of each strided group ``g, g + ng, g + 2 ng, …`` of ``row``: an elementwise max
+    of contiguous slices (vectorised), then the last, shorter slice."""
+    gm = row[:ng].copy()
+    for t in range(1, full):
+        np.maximum(gm, row[t * ng:(t + 1) * ng], gm)
+    for g in range(row.size - full * ng):
+        if row[full * ng + g] > gm[g]:
+            gm[g] = row[full * ng + g]
+    return gm
+
+
 @nb.njit(parallel=True, cache=True)
 def top_candidates(o, p, group, out_val, out_idx, out_thr):
     """Per row ``r`` of ``o`` (m × n float32): ``p`` largest values and their columns.
@@ -122,19 +145,10 @@ def top_candidates(o, p, group, out_val, out_idx, out_thr):
     contiguous slices and the scan is branch-free, so most of the row costs one vector compare.
     """
     m, n = o.shape
-    ng = (n + group - 1) // group
-    if ng < p:  # fewer groups than values wanted: one column per group
-        ng = n
-    full = n // ng  # complete slices of ng columns
+    ng, full = _strided_groups(n, p, group)
     for r in nb.prange(m):
         row = o[r]
-        gm = row[:ng].copy()
-        for t in range(1, full):
-            np.maximum(gm, row[t * ng:(t + 1) * ng], gm)
-        for g in range(n - full * ng):  # the last, shorter slice
-            v = row[full * ng + g]
-            if v > gm[g]:
-                gm[g] = v
+        gm = _group_maxima(row, ng, full)
         tau = _pth_largest_bound(gm, p)
         cap = 1
         for g in range(ng):
@@ -397,16 +411,6 @@ def _heap_push(hv, hi, count, p, v, j):
     return count
 
 
-@nb.njit(cache=True)
-def _strided_groups(w, p, group):
-    """(ng, full) for ``w`` values in strided groups of about ``group`` (one value per group
-    when there would be fewer than p groups)."""
-    ng = (w + group - 1) // group
-    if ng < p:
-        ng = w
-    return ng, w // ng
-
-
 @nb.njit(parallel=True, cache=True)
 def absorb_rows(g, i0, j0, h, p, group, hv, hi, hc):
     """Stream rows ``i0 + r`` take the block's columns: values ``g[r, t] − h[j0 + t]``.
@@ -422,12 +426,7 @@ def absorb_rows(g, i0, j0, h, p, group, hv, hi, hc):
         vals = np.empty(bj, np.float32)
         for t in range(bj):
             vals[t] = g[r, t] - h[j0 + t]
-        gm = vals[:ng].copy()
-        for t in range(1, full):
-            np.maximum(gm, vals[t * ng:(t + 1) * ng], gm)
-        for t in range(bj - full * ng):
-            if vals[full * ng + t] > gm[t]:
-                gm[t] = vals[full * ng + t]
+        gm = _group_maxima(vals, ng, full)
         count = hc[row]
         lim = -np.inf
         if count < p and ng >= p:
