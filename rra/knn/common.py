@@ -55,9 +55,9 @@ def as_matrix(x: Any, name: str = "x") -> np.ndarray:
     return x
 
 
-def chunk_rows(d: int, width: int = 1, budget: int = CHUNK_BYTES) -> int:
-    """Rows per chunk so that a float64 chunk of ``rows × width × d`` stays within ``budget``."""
-    return max(1, budget // (8 * max(1, d) * max(1, width)))
+def chunk_rows(d: int, budget: int = CHUNK_BYTES) -> int:
+    """Rows per chunk so that a float64 chunk of ``rows × d`` stays within ``budget``."""
+    return max(1, budget // (8 * max(1, d)))
 
 
 @dataclass(frozen=True)
@@ -80,13 +80,6 @@ class Points:
     @property
     def d(self) -> int:
         return int(self.x.shape[1])
-
-    def rows(self, index: Any) -> np.ndarray:
-        """``z`` rows for ``index`` (slice or integer array) as a float64 array."""
-        z = np.asarray(self.x[index], dtype=np.float64)
-        if self.norms is not None:
-            z = z / self.norms[index][:, None]
-        return z
 
     def sqdist(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Exact squared distances ``‖z_cols[r, c] − z_rows[r]‖²`` (float64), shape of ``cols``.

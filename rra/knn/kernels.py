@@ -11,7 +11,7 @@ do not depend on the number of threads, the block size or the machine's BLAS.
 
 All distances reported anywhere in ``rra.knn`` come from :func:`sqdist_pairs` (through
 ``Points.sqdist``), computed as ``Σ_t (z_jt − z_it)²`` in float64 from the stored values, where
-``z = x`` (euclidean) or ``z = x / ‖x‖`` (cosine, division in float64, as ``Points.rows``).
+``z = x`` (euclidean) or ``z = x / ‖x‖`` (cosine, the division in float64).
 
 The first call of each kernel compiles it (a few seconds); compiled code is cached next to this
 file (``__pycache__``) and reused by later processes.
