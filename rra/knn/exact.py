@@ -157,6 +157,8 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
         if queries_arr.size and (queries_arr.min() < 0 or queries_arr.max() >= n):
             raise ValueError(f"query rows must lie in [0, {n})")
     m = queries_arr.size
+    if block_rows is not None and int(block_rows) < 1:
+        raise ValueError(f"block_rows must be at least 1, got {block_rows}")
     t0 = time.perf_counter()
 
     # 1. keys [c_j, −‖c_j‖²/2] in the product dtype (c: the centred rows), and the exact
@@ -177,6 +179,16 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
     out_sqd = np.empty((m, k), dtype=np.float64)
     counts = {"rows_rechecked": 0, "exact_pairs": 0}
 
+    def products(q: np.ndarray, out=None):
+        """Step 2 for the query rows ``q``: ``o_ij = c_i·c_j − ‖c_j‖²/2`` (= (‖c_i‖² −
+        ‖c_i − c_j‖²) / 2) against every row, self excluded (−∞)."""
+        q_dev = torch.from_numpy(q).to(dev)
+        rows_q = keys.index_select(0, q_dev)
+        rows_q[:, d] = 1
+        o = torch.mm(rows_q, keys.T, out=out)
+        o[torch.arange(q.size, device=dev), q_dev] = -float("inf")
+        return o
+
     def refine(rows: slice, q: np.ndarray, cand_val, cand_idx, thr) -> None:
         """Steps 4–5 for the query rows ``q`` (output rows ``rows``) and their candidates."""
         ok = np.empty(q.size, dtype=np.bool_)
@@ -188,11 +200,7 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
         if not bad.size:
             return
         counts["rows_rechecked"] += bad.size
-        qb = torch.from_numpy(q[bad]).to(dev)
-        rows_q = keys.index_select(0, qb)
-        rows_q[:, d] = 1
-        o_rows = torch.mm(rows_q, keys.T)
-        o_rows[torch.arange(bad.size, device=dev), qb] = -float("inf")
+        o_rows = products(q[bad])
         r_idx = np.empty((bad.size, k), dtype=np.int64)
         r_sqd = np.empty((bad.size, k), dtype=np.float64)
         r_exact = np.empty(bad.size, dtype=np.int64)
@@ -210,10 +218,7 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
     if symmetric:  # 2–3 with every product once (the Gram matrix is symmetric)
         if block_rows is None:  # ≥ 8 blocks, so that the triangle is not much more than half
             block_rows = min(default_block_rows(n, d), max(256, -(-n // 8)))
-        b = int(block_rows)
-        if b < 1:
-            raise ValueError(f"block_rows must be at least 1, got {block_rows}")
-        b = min(b, n)
+        b = min(int(block_rows), n)
         cand_val, cand_idx = _symmetric_candidates(keys, n, d, n_cand, b, progress)
         group = None  # chosen per block
         for s in range(0, n, REFINE_ROWS):
@@ -225,10 +230,7 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
         itemsize = np.dtype(np_dtype).itemsize
         if block_rows is None:
             block_rows = default_block_rows(n, d if dev.type == "cpu" else None, itemsize)
-        b = int(block_rows)
-        if b < 1:
-            raise ValueError(f"block_rows must be at least 1, got {block_rows}")
-        b = min(b, max(1, m))
+        b = min(int(block_rows), max(1, m))
         buf = torch.empty((b, n), dtype=tdtype, device=dev)
         cand_val = np.empty((b, n_cand), dtype=np_dtype)
         cand_idx = np.empty((b, n_cand), dtype=np.int64)
@@ -237,12 +239,7 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
                       disable=None if progress else True):
             q = queries_arr[s:s + b]
             bb = q.size
-            q_dev = torch.from_numpy(q).to(dev)
-            rows_q = keys.index_select(0, q_dev)
-            rows_q[:, d] = 1
-            # 2. o_ij = c_i·c_j − ‖c_j‖²/2 (= (‖c_i‖² − ‖c_i − c_j‖²) / 2), self excluded
-            o = torch.mm(rows_q, keys.T, out=buf[:bb])
-            o[torch.arange(bb, device=dev), q_dev] = -float("inf")
+            o = products(q, out=buf[:bb])
             # 3. candidates: the n_cand largest o_ij per row, and a value no other column exceeds
             if dev.type == "cpu" and tdtype == torch.float32:
                 kernels.top_candidates(o.numpy(), n_cand, group, cand_val[:bb], cand_idx[:bb],

@@ -341,15 +341,16 @@ def recheck(o_rows, queries, k, bound, sq, nc, gamma, x, norms, out_idx, out_sqd
     m, n = o_rows.shape
     for r in nb.prange(m):
         i = queries[r]
-        cnt = 0
+        contender = np.empty(n, np.bool_)
         for j in range(n):
-            if sq[i] - 2.0 * np.float64(o_rows[r, j]) - gamma * (nc[i] + nc[j]) ** 2 <= bound[r]:
-                cnt += 1
+            contender[j] = (sq[i] - 2.0 * np.float64(o_rows[r, j])
+                            - gamma * (nc[i] + nc[j]) ** 2 <= bound[r])
+        cnt = contender.sum()
         js = np.empty(cnt, np.int64)
         es = np.empty(cnt)
         c = 0
         for j in range(n):
-            if sq[i] - 2.0 * np.float64(o_rows[r, j]) - gamma * (nc[i] + nc[j]) ** 2 <= bound[r]:
+            if contender[j]:
                 js[c] = j
                 es[c] = _sqdist(x, norms, i, j)
                 c += 1
