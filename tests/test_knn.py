@@ -200,23 +200,28 @@ def test_exact_symmetric_search_matches_brute_force(distance, block_rows):
 
 @pytest.mark.parametrize("group", [1, 2, 5])
 @pytest.mark.parametrize("p", [1, 4, 29])
-def test_top_candidates_kernel_against_sorting(group, p):
+def test_select_row_kernel_against_sorting(group, p):
     from rra.knn import kernels
 
     rng = np.random.default_rng(p * 10 + group)
     o = rng.integers(-6, 6, size=(7, 30)).astype(np.float32)  # heavy ties
     o[np.arange(7), rng.integers(0, 30, 7)] = -np.inf  # the excluded self column
     o[3] = rng.normal(size=30).astype(np.float32)
-    val = np.empty((7, p), np.float32)
-    idx = np.empty((7, p), np.int64)
-    thr = np.empty(7, np.float32)
-    kernels.top_candidates(o, p, group, val, idx, thr)
-    np.testing.assert_array_equal(np.take_along_axis(o, idx, axis=1), val)
-    np.testing.assert_array_equal(-np.sort(-val, axis=1), -np.sort(-o, axis=1)[:, :p])
+    k = max(1, p // 2)
+    ng, full = kernels._strided_groups(30, p, group)
     for r in range(7):
-        assert np.unique(idx[r]).size == p
-        left_out = np.delete(o[r], idx[r])
-        assert (left_out <= thr[r]).all() and (val[r] >= thr[r]).all()
+        vals, cols = np.empty(30, np.float32), np.empty(30, np.int64)
+        c, tau, v_k = kernels._select_row(o[r], p, k, ng, full, np.empty(ng, np.float32),
+                                          np.empty(30, np.int32), np.empty(64, np.float32),
+                                          vals, cols)
+        vals, cols = vals[:c], cols[:c]
+        assert c >= p and np.unique(cols).size == c
+        np.testing.assert_array_equal(o[r, cols], vals)
+        left_out = np.delete(o[r], cols)
+        assert (vals >= tau).all() and (left_out < tau).all()
+        top = -np.sort(-o[r])
+        np.testing.assert_array_equal(-np.sort(-vals)[:p], top[:p])  # the p largest are in
+        assert (vals >= v_k).sum() >= k and top[k - 1] >= v_k >= top[k]
 
 
 def test_kernel_helpers_against_numpy():

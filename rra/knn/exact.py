@@ -179,23 +179,19 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
     out_sqd = np.empty((m, k), dtype=np.float64)
     counts = {"rows_rechecked": 0, "exact_pairs": 0}
 
-    def products(q: np.ndarray, out=None):
+    def products(q: np.ndarray, out=None, exclude_self: bool = True):
         """Step 2 for the query rows ``q``: ``o_ij = c_i·c_j − ‖c_j‖²/2`` (= (‖c_i‖² −
-        ‖c_i − c_j‖²) / 2) against every row, self excluded (−∞)."""
+        ‖c_i − c_j‖²) / 2) against every row; self excluded (−∞) unless the caller does it."""
         q_dev = torch.from_numpy(q).to(dev)
         rows_q = keys.index_select(0, q_dev)
         rows_q[:, d] = 1
         o = torch.mm(rows_q, keys.T, out=out)
-        o[torch.arange(q.size, device=dev), q_dev] = -float("inf")
+        if exclude_self:
+            o[torch.arange(q.size, device=dev), q_dev] = -float("inf")
         return o
 
-    def refine(rows: slice, q: np.ndarray, cand_val, cand_idx, thr) -> None:
-        """Steps 4–5 for the query rows ``q`` (output rows ``rows``) and their candidates."""
-        ok = np.empty(q.size, dtype=np.bool_)
-        n_exact = np.empty(q.size, dtype=np.int64)
-        kernels.refine(cand_val, cand_idx, thr, q, k, n_cand == n - 1, sq, nc, gamma, radius,
-                       x, norms, out_idx[rows], out_sqd[rows], ok, n_exact)
-        counts["exact_pairs"] += int(n_exact.sum())
+    def recheck(rows: slice, q: np.ndarray, ok: np.ndarray) -> None:
+        """Step 5's re-check of the rows whose certificate failed."""
         bad = np.flatnonzero(~ok)
         if not bad.size:
             return
@@ -212,6 +208,15 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
         out_idx[rows][bad] = r_idx
         out_sqd[rows][bad] = r_sqd
         counts["exact_pairs"] += int(r_exact.sum())
+
+    def refine(rows: slice, q: np.ndarray, cand_val, cand_idx, thr) -> None:
+        """Steps 4–5 for the query rows ``q`` (output rows ``rows``) and their candidates."""
+        ok = np.empty(q.size, dtype=np.bool_)
+        n_exact = np.empty(q.size, dtype=np.int64)
+        kernels.refine(cand_val, cand_idx, thr, q, k, n_cand == n - 1, sq, nc, gamma, radius,
+                       x, norms, out_idx[rows], out_sqd[rows], ok, n_exact)
+        counts["exact_pairs"] += int(n_exact.sum())
+        recheck(rows, q, ok)
 
     symmetric = (queries is None and dev.type == "cpu" and tdtype == torch.float32
                  and d >= SYMMETRIC_MIN_D)
@@ -232,26 +237,35 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
             block_rows = default_block_rows(n, d if dev.type == "cpu" else None, itemsize)
         b = min(int(block_rows), max(1, m))
         buf = torch.empty((b, n), dtype=tdtype, device=dev)
-        cand_val = np.empty((b, n_cand), dtype=np_dtype)
-        cand_idx = np.empty((b, n_cand), dtype=np.int64)
-        thr = np.empty(b, dtype=np_dtype)
+        fused = dev.type == "cpu" and tdtype == torch.float32
+        if not fused:
+            cand_val = np.empty((b, n_cand), dtype=np_dtype)
+            cand_idx = np.empty((b, n_cand), dtype=np.int64)
+            thr = np.empty(b, dtype=np_dtype)
+        ok = np.empty(b, dtype=np.bool_)
+        n_exact = np.empty(b, dtype=np.int64)
         for s in tqdm(range(0, m, b), desc=f"exact kNN n={n} d={d}", unit="block",
                       disable=None if progress else True):
             q = queries_arr[s:s + b]
             bb = q.size
-            o = products(q, out=buf[:bb])
+            rows = slice(s, s + bb)
+            o = products(q, out=buf[:bb], exclude_self=not fused)
+            if fused:  # 3–5 per row while it is in cache
+                kernels.select_refine(o.numpy(), q, n_cand, k, group, n_cand == n - 1, sq, nc,
+                                      gamma, radius, x, norms, out_idx[rows], out_sqd[rows],
+                                      ok[:bb], n_exact[:bb], numba.get_num_threads())
+                if (n_exact[:bb] < 0).any():  # impossible: a row has n − 1 finite values
+                    raise RuntimeError("kNN candidate selection failed; please report this as "
+                                       "a bug")
+                counts["exact_pairs"] += int(n_exact[:bb].sum())
+                recheck(rows, q, ok[:bb])
+                continue
             # 3. candidates: the n_cand largest o_ij per row, and a value no other column exceeds
-            if dev.type == "cpu" and tdtype == torch.float32:
-                kernels.top_candidates(o.numpy(), n_cand, group, cand_val[:bb], cand_idx[:bb],
-                                       thr[:bb])
-            else:
-                vals, cand = torch.topk(o, n_cand, dim=1, largest=True, sorted=False)
-                cand_val[:bb] = vals.cpu().numpy()
-                cand_idx[:bb] = cand.cpu().numpy()
-                thr[:bb] = vals.min(dim=1).values.cpu().numpy()
-            if (cand_idx[:bb] < 0).any():  # impossible: a row has n − 1 finite values
-                raise RuntimeError("kNN candidate selection failed; please report this as a bug")
-            refine(slice(s, s + bb), q, cand_val[:bb], cand_idx[:bb], thr[:bb])
+            vals, cand = torch.topk(o, n_cand, dim=1, largest=True, sorted=False)
+            cand_val[:bb] = vals.cpu().numpy()
+            cand_idx[:bb] = cand.cpu().numpy()
+            thr[:bb] = vals.min(dim=1).values.cpu().numpy()
+            refine(rows, q, cand_val[:bb], cand_idx[:bb], thr[:bb])
     stats = {"block_rows": b, "candidates": n_cand, "group": group, "symmetric": symmetric,
              **counts, "device": str(dev), "dtype": str(tdtype),
              "seconds": time.perf_counter() - t0}

@@ -48,24 +48,35 @@ def _unkey(key):
 
 
 @nb.njit(cache=True)
+def _int_keys(a, out):
+    """:func:`_key` of every element of the float32 array ``a``, into ``out`` (vectorised)."""
+    bits = a.view(np.int32)
+    for i in range(a.size):
+        b = bits[i]
+        out[i] = b if b >= 0 else -(b & 0x7FFFFFFF) - 1
+
+
+@nb.njit(cache=True)
 def _count_at_least(a, t):
     c = 0
     for i in range(a.size):  # (this form vectorises; ``for v in a`` does not)
-        if a[i] >= t:
-            c += 1
+        c += a[i] >= t
     return c
 
 
 @nb.njit(cache=True)
-def _pth_largest_bound(a, p):
+def _pth_largest_bound(a, p, scratch):
     """A value ``t`` with ``#{a ≥ t} ≥ p``, tight: either ``#{a ≥ t} = p`` or ``t`` is the p-th
-    largest value of ``a``. Bisection on the order-preserving integer keys of float32 (about 32
-    vectorised counting passes, no data-dependent branches per element)."""
-    lo = _key(a.min())  # #{a ≥ unkey(lo)} ≥ p
-    hi = _key(a.max()) + 1  # #{a ≥ unkey(hi)} < p
+    largest value of ``a`` (float32; ``scratch``: int32, at least ``a.size``). Bisection on the
+    order-preserving integer keys (about 32 vectorised counting passes, no data-dependent
+    branches per element)."""
+    keys = scratch[:a.size]
+    _int_keys(a, keys)
+    lo = np.int64(keys.min())  # #{keys ≥ lo} ≥ p
+    hi = np.int64(keys.max()) + 1  # #{keys ≥ hi} < p
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        c = _count_at_least(a, _unkey(mid))
+        c = _count_at_least(keys, np.int32(mid))
         if c == p:
             return _unkey(mid)
         if c > p:
@@ -73,19 +84,6 @@ def _pth_largest_bound(a, p):
         else:
             hi = mid
     return _unkey(lo)
-
-
-@nb.njit(cache=True)
-def _pth_largest_small(a, p):
-    """The p-th largest value of a short ``a`` (insertion sort, descending; reorders ``a``)."""
-    for s in range(1, a.size):
-        v = a[s]
-        b = s - 1
-        while b >= 0 and a[b] < v:
-            a[b + 1] = a[b]
-            b -= 1
-        a[b + 1] = v
-    return a[p - 1]
 
 
 @nb.njit(parallel=True, cache=True)
@@ -117,70 +115,65 @@ def _strided_groups(w, p, group):
 
 
 @nb.njit(cache=True)
-def _group_maxima(row, ng, full):
-    """Maximum of each strided group ``g, g + ng, g + 2 ng, …`` of ``row``: an elementwise max
-    of contiguous slices (vectorised), then the last, shorter slice."""
-    gm = row[:ng].copy()
+def _group_maxima(row, ng, full, gm):
+    """Maximum of each strided group ``g, g + ng, g + 2 ng, …`` of ``row``, into ``gm`` (size
+    ng): an elementwise max of contiguous slices (vectorised), then the last, shorter slice."""
+    gm[:] = row[:ng]
     for t in range(1, full):
         np.maximum(gm, row[t * ng:(t + 1) * ng], gm)
     for g in range(row.size - full * ng):
         if row[full * ng + g] > gm[g]:
             gm[g] = row[full * ng + g]
-    return gm
 
 
-@nb.njit(parallel=True, cache=True)
-def top_candidates(o, p, group, out_val, out_idx, out_thr):
-    """Per row ``r`` of ``o`` (m × n float32): ``p`` largest values and their columns.
+@nb.njit(cache=True)
+def _select_row(row, p, k, ng, full, gm, scratch, ordered, vals, cols):
+    """Candidates of ``row`` (float32): at least its ``p`` largest values, into ``vals[:c]`` /
+    ``cols[:c]``. Work space: ``gm`` (ng float32), ``scratch`` (row.size int32), ``ordered``
+    (64 float32), ``vals`` / ``cols`` (row.size).
+    Returns ``(c, τ, v_k)`` (``1 ≤ k ≤ p``):
 
-    Writes ``out_val[r]`` / ``out_idx[r]`` (any order) and ``out_thr[r]`` = a value that no
-    column left out exceeds and no kept column falls below (ties at it may go either way — the
-    certificate of ``rra.knn.exact`` covers them).
+    - every column left out has a value ``< τ``, every candidate ``≥ τ``;
+    - at least ``k`` candidates are ``≥ v_k`` (the k-th largest value of the row, or a value with
+      exactly k candidates ``≥`` it).
 
     The row is split into strided groups (group ``g`` = columns ``g, g + ng, g + 2 ng, …``;
-    ``group = 1``: one column each). ``τ`` bounds the p-th largest group maximum from below
-    (``#{groups with max ≥ τ} ≥ p``); only those groups are scanned, for elements ``≥ τ``. A
-    skipped element is ``< τ`` and at least ``p`` collected elements are ``≥ τ``, so the p
-    largest collected are the p largest of the row. The group maxima are an elementwise max of
-    contiguous slices and the scan is branch-free, so most of the row costs one vector compare.
+    ``ng = n``: one column each). ``τ`` bounds the p-th largest group maximum from below
+    (``#{groups with max ≥ τ} ≥ p``), so at least p values are ``≥ τ``; only those groups are
+    scanned. The group maxima are an elementwise max of contiguous slices and the scan is
+    branch-free, so most of the row costs one vector compare. ``c`` is p or a little more
+    (values ≥ τ in the same group, ties). [ours]
     """
-    m, n = o.shape
-    ng, full = _strided_groups(n, p, group)
-    for r in nb.prange(m):
-        row = o[r]
-        gm = _group_maxima(row, ng, full)
-        tau = _pth_largest_bound(gm, p)
-        cap = 1
-        for g in range(ng):
-            if gm[g] >= tau:
-                cap += full + 1
-        vals = np.empty(cap, np.float32)
-        cols = np.empty(cap, np.int64)
-        c = 0
-        for g in range(ng):
-            if gm[g] >= tau:
-                for j in range(g, n, ng):  # branch-free: write always, advance if ≥ τ
-                    v = row[j]
-                    vals[c] = v
-                    cols[c] = j
-                    c += v >= tau
-        thr = _pth_largest_small(vals[:c].copy(), p) if c <= 64 else _pth_largest_bound(vals[:c], p)
-        kept = 0
-        for t in range(c):  # the values above the threshold, then ties at it
-            if vals[t] > thr:
-                out_val[r, kept] = vals[t]
-                out_idx[r, kept] = cols[t]
-                kept += 1
-        for t in range(c):
-            if kept == p:
-                break
-            if vals[t] == thr:
-                out_val[r, kept] = vals[t]
-                out_idx[r, kept] = cols[t]
-                kept += 1
-        for t in range(kept, p):  # impossible (at least p values ≥ τ); flagged for the caller
-            out_idx[r, t] = -1
-        out_thr[r] = thr
+    n = row.size
+    _group_maxima(row, ng, full, gm)
+    tau = _pth_largest_bound(gm, p, scratch)
+    c = 0
+    for g in range(ng):
+        if gm[g] >= tau:
+            for j in range(g, n, ng):  # branch-free: write always, advance if ≥ τ
+                v = row[j]
+                vals[c] = v
+                cols[c] = j
+                c += v >= tau
+    if c <= ordered.size:
+        ordered[:c] = vals[:c]
+        _sort_desc(ordered[:c])
+        v_k = ordered[k - 1]
+    else:
+        v_k = _pth_largest_bound(vals[:c], k, scratch)
+    return c, tau, v_k
+
+
+@nb.njit(cache=True)
+def _sort_desc(a):
+    """Sort a short float array in place, descending (insertion sort)."""
+    for s in range(1, a.size):
+        v = a[s]
+        b = s - 1
+        while b >= 0 and a[b] < v:
+            a[b + 1] = a[b]
+            b -= 1
+        a[b + 1] = v
 
 
 @nb.njit(cache=True)
@@ -288,47 +281,86 @@ def _sort_pairs(es, js):
         width *= 2
 
 
+@nb.njit(cache=True)
+def _refine_row(cand_val, cand_idx, v_k, thr, i, k, complete, sq, nc, gamma, radius, x, norms,
+                es, js, out_idx, out_sqd):
+    """Exact top k of query ``i``'s candidates, and its certificate (see ``rra.knn.exact``).
+
+    ``ẽ_j = ‖c_i‖² − 2 o_ij`` estimates the squared distance within ``w_j = γ (‖c_i‖ + ‖c_j‖)²``.
+    ``U`` = the largest ``ẽ_j + w_j`` over the candidates with ``o_ij ≥ v_k`` (at least k of
+    them, so the k-th smallest exact distance is ``≤ U``); only candidates with
+    ``ẽ_j − w_j ≤ U`` can be among the k nearest. Their exact distances are computed (work
+    space ``es`` / ``js``, as long as the candidates) and the first k by (distance, index)
+    written to ``out_idx`` / ``out_sqd``; ``E_i`` is the k-th. Returns ``(ok, contenders)``:
+    ``ok`` = every non-candidate (value ``≤ thr``) is provably farther than ``E_i``
+    (``complete``: the candidates are all other rows).
+    """
+    u = -np.inf
+    for t in range(cand_idx.size):
+        if cand_val[t] >= v_k:
+            up = sq[i] - 2.0 * np.float64(cand_val[t]) + gamma * (nc[i] + nc[cand_idx[t]]) ** 2
+            u = max(u, up)
+    cnt = 0
+    for t in range(cand_idx.size):
+        j = cand_idx[t]
+        if sq[i] - 2.0 * np.float64(cand_val[t]) - gamma * (nc[i] + nc[j]) ** 2 <= u:
+            js[cnt] = j
+            es[cnt] = _sqdist(x, norms, i, j)
+            cnt += 1
+    _sort_pairs(es[:cnt], js[:cnt])
+    out_idx[:] = js[:k]
+    out_sqd[:] = es[:k]
+    floor = sq[i] - 2.0 * np.float64(thr) - gamma * (nc[i] + radius) ** 2
+    return complete or es[k - 1] < floor, cnt
+
+
+@nb.njit(parallel=True, cache=True)
+def select_refine(o, queries, p, k, group, complete, sq, nc, gamma, radius, x, norms,
+                  out_idx, out_sqd, ok, n_exact, parts):
+    """Steps 3–5 of ``rra.knn.exact`` for a block of float32 products ``o`` (row ``r`` = query
+    ``queries[r]`` against all rows): excludes self (writes −∞ into ``o``), selects at least
+    ``p`` candidates (:func:`_select_row`, strided groups of about ``group`` columns) and
+    refines them (:func:`_refine_row`), one row at a time while it is in cache. The rows are
+    split into ``parts`` contiguous ranges (one per thread), each allocating its work space
+    once. ``n_exact[r] = −1``
+    flags a row with fewer than p candidates (impossible: a row has n − 1 finite values)."""
+    m, n = o.shape
+    ng, full = _strided_groups(n, p, group)
+    parts = max(1, min(m, parts))
+    for part in nb.prange(parts):
+        gm = np.empty(ng, np.float32)
+        scratch = np.empty(n, np.int32)
+        ordered = np.empty(64, np.float32)
+        vals = np.empty(n, np.float32)
+        cols = np.empty(n, np.int64)
+        es = np.empty(n)
+        js = np.empty(n, np.int64)
+        for r in range(part * m // parts, (part + 1) * m // parts):
+            i = queries[r]
+            row = o[r]
+            row[i] = -np.inf
+            c, tau, v_k = _select_row(row, p, k, ng, full, gm, scratch, ordered, vals, cols)
+            if c < p:
+                n_exact[r] = -1
+                ok[r] = True
+                continue
+            ok[r], n_exact[r] = _refine_row(vals[:c], cols[:c], v_k, tau, i, k, complete, sq,
+                                            nc, gamma, radius, x, norms, es, js, out_idx[r],
+                                            out_sqd[r])
+
+
 @nb.njit(parallel=True, cache=True)
 def refine(cand_val, cand_idx, thr, queries, k, complete, sq, nc, gamma, radius, x, norms,
            out_idx, out_sqd, ok, n_exact):
-    """Exact top k of each row's candidates, and its certificate (see ``rra.knn.exact``).
-
-    Per row (query ``i``): ``ẽ_j = ‖c_i‖² − 2 o_ij`` estimates the squared distance within
-    ``w_j = γ (‖c_i‖ + ‖c_j‖)²``. With ``U_k`` the k-th smallest ``ẽ_j + w_j``, only candidates
-    with ``ẽ_j − w_j ≤ U_k`` can be among the k nearest; their exact distances are computed and
-    the first k by (distance, index) kept, ``E_i`` the k-th. ``ok[r]``: every non-candidate is
-    provably farther than ``E_i`` (``complete``: the candidates are all other rows).
-    """
+    """:func:`_refine_row` for candidates selected elsewhere (``cand_val`` / ``cand_idx``:
+    m × p, any order; ``thr[r]``: no non-candidate of row r has a larger value)."""
     m, p = cand_idx.shape
-    upper = np.empty((m, p))
-    lower = np.empty((m, p))
-    es_all = np.empty((m, p))
-    js_all = np.empty((m, p), np.int64)
     for r in nb.prange(m):
-        i = queries[r]
-        up = upper[r]
-        for t in range(p):
-            est = sq[i] - 2.0 * np.float64(cand_val[r, t])
-            w = gamma * (nc[i] + nc[cand_idx[r, t]]) ** 2
-            up[t] = est + w
-            lower[r, t] = est - w
-            js_all[r, t] = 0
-        _sort_pairs(up, js_all[r])  # (values only: the indices are all 0 here)
-        u_k = up[k - 1]
-        es = es_all[r]
-        js = js_all[r]
-        cnt = 0
-        for t in range(p):
-            if lower[r, t] <= u_k:
-                js[cnt] = cand_idx[r, t]
-                es[cnt] = _sqdist(x, norms, i, js[cnt])
-                cnt += 1
-        n_exact[r] = cnt
-        _sort_pairs(es[:cnt], js[:cnt])
-        out_idx[r, :] = js[:k]
-        out_sqd[r, :] = es[:k]
-        floor = sq[i] - 2.0 * np.float64(thr[r]) - gamma * (nc[i] + radius) ** 2
-        ok[r] = complete or es[k - 1] < floor
+        v_k = np.sort(cand_val[r])[p - k]  # the k-th largest
+        ok[r], n_exact[r] = _refine_row(cand_val[r], cand_idx[r], v_k, thr[r], queries[r], k,
+                                        complete, sq, nc, gamma, radius, x, norms,
+                                        np.empty(p), np.empty(p, np.int64), out_idx[r],
+                                        out_sqd[r])
 
 
 @nb.njit(parallel=True, cache=True)
@@ -427,11 +459,12 @@ def absorb_rows(g, i0, j0, h, p, group, hv, hi, hc):
         vals = np.empty(bj, np.float32)
         for t in range(bj):
             vals[t] = g[r, t] - h[j0 + t]
-        gm = _group_maxima(vals, ng, full)
+        gm = np.empty(ng, np.float32)
+        _group_maxima(vals, ng, full, gm)
         count = hc[row]
         lim = -np.inf
         if count < p and ng >= p:
-            lim = _pth_largest_bound(gm, p)
+            lim = _pth_largest_bound(gm, p, np.empty(ng, np.int32))
         thr = hv[row, 0] if count == p else -np.inf
         for q in range(ng):
             if gm[q] >= lim and gm[q] > thr:
