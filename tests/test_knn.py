@@ -67,6 +67,8 @@ def test_exact_duplicates_ordered_by_index():
     rng = np.random.default_rng(2)
     x = rng.integers(0, 3, size=(150, 3)).astype(np.float32)  # 27 distinct points: many duplicates
     idx, dist = assert_matches_reference(x, 9, block_rows=16)
+    _, _, stats = exact_neighbours(prepare_points(x, "euclidean"), 9, progress=False)
+    assert stats["rows_widened"] > 0  # ties at the threshold: it had to be lowered
     dup = np.flatnonzero((x == x[0]).all(axis=1))[1:]
     n0 = min(9, dup.size)
     np.testing.assert_array_equal(idx[0, :n0], dup[:n0])
@@ -83,19 +85,24 @@ def test_exact_k_is_n_minus_1_and_float64_int_memmap_inputs(tmp_path):
     assert_matches_reference(mm, 8, "cosine", block_rows=9)
 
 
-@pytest.mark.parametrize("d", [6, 140])  # the per-block and the symmetric search
-def test_exact_certification_rechecks_cancellation_rows(d):
+@pytest.mark.parametrize("d, search", [(6, "symmetric"), (140, "symmetric"), (6, "rows")])
+def test_exact_certification_rechecks_cancellation_rows(d, search):
     # Two clusters far apart with tiny spread: after centring ‖c‖² ≈ 1e6 while neighbour
     # distances² ≈ 1e-6·d, far below float32 resolution, so candidates alone cannot be trusted.
     rng = np.random.default_rng(4)
     x = rng.normal(scale=1e-3, size=(120, d))
     x[:60, 0] += 1e3
     x[60:, 0] -= 1e3
-    assert_matches_reference(x, 5, block_rows=50)
-    _, _, stats = exact_neighbours(prepare_points(x, "euclidean"), 5, block_rows=50,
-                                   progress=False)
+    queries = None if search == "symmetric" else np.arange(120)
+    idx, sqd, stats = exact_neighbours(prepare_points(x, "euclidean"), 5, queries=queries,
+                                       block_rows=50, progress=False)
+    ref_idx, ref_dist = brute_force(x, 5)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(np.sqrt(sqd), ref_dist, rtol=1e-6)
     assert stats["rows_rechecked"] > 0
-    assert stats["symmetric"] == (d >= 128)
+    assert stats["symmetric"] == (search == "symmetric")
+    if search == "symmetric":  # every row lowered its threshold before the full re-check
+        assert stats["rows_widened"] >= stats["rows_rechecked"]
 
 
 def test_exact_stays_exact_under_coarse_matmul_precision():
@@ -105,11 +112,13 @@ def test_exact_stays_exact_under_coarse_matmul_precision():
 
     previous = torch.get_float32_matmul_precision()
     try:
-        torch.set_float32_matmul_precision("medium")
         x = blobs(n=150, d=12, seed=13)
+        _, _, fine = exact_neighbours(prepare_points(x, "euclidean"), 6, progress=False)
+        torch.set_float32_matmul_precision("medium")
         assert_matches_reference(x, 6, block_rows=40)
-        _, _, stats = exact_neighbours(prepare_points(x, "euclidean"), 6, progress=False)
-        assert stats["rows_rechecked"] > 0
+        _, _, coarse = exact_neighbours(prepare_points(x, "euclidean"), 6, progress=False)
+        assert coarse["exact_pairs"] > fine["exact_pairs"]
+        assert coarse["rows_widened"] + coarse["rows_rechecked"] > 0
         with pytest.warns(UserWarning, match="too coarse"):
             assert_matches_reference(blobs(n=80, d=200, seed=14), 4, "cosine")
     finally:
@@ -176,20 +185,19 @@ def test_exact_grouped_selection_is_used_and_exact():
 
 
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])
-@pytest.mark.parametrize("block_rows", [None, 37, 1])
-def test_exact_symmetric_search_matches_brute_force(distance, block_rows):
-    # d ≥ SYMMETRIC_MIN_D: every product computed once, rows fed from blocks and transposes
-    from rra.knn.exact import SYMMETRIC_MIN_D
-
+@pytest.mark.parametrize("d, block_rows", [(9, None), (9, 37), (131, None), (131, 1)])
+def test_exact_symmetric_search_matches_brute_force(distance, d, block_rows):
+    # every product computed once; rows fed from their blocks and through later blocks' columns
     rng = np.random.default_rng(18)
-    x = blobs(n=260, d=SYMMETRIC_MIN_D + 3, seed=18, spread=1.5)
+    x = blobs(n=260, d=d, seed=18, spread=1.5)
     x[100:104] = x[50]  # duplicates: ties at distance 0
     x[200:230, :] = 0  # a 2-D integer grid in the first two features: ties at every place
     x[200:230, :2] = rng.integers(0, 4, size=(30, 2))
     x[200:230, 2] = 10.0  # (non-zero rows, for cosine)
     _, _, stats = exact_neighbours(prepare_points(x, distance), 7, block_rows=block_rows,
                                    progress=False)
-    assert stats["symmetric"]
+    assert stats["symmetric"] and stats["group"] >= 1
+    assert stats["block_rows"] % stats["group"] == 0 or stats["block_rows"] == 260
     assert_matches_reference(x, 7, distance, block_rows=block_rows)
     # and the same graph as the per-block search (queries given: no symmetric search)
     idx, sqd, rows_stats = exact_neighbours(prepare_points(x, distance), 7,

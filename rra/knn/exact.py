@@ -1,37 +1,52 @@
 """Exact kNN graphs by blocked matrix products, certified against float64. [source: directed
-kNN graph, Euclidean distance; ours: blocking, centring and the certification below]
+kNN graph, Euclidean distance; ours: blocking, centring, both searches and the certification]
 
 For each row ``i``: ``K[i]`` = the ``k`` rows ``j ≠ i`` with the smallest distance
 ``‖z_i − z_j‖``, sorted by (distance, index), so ties — at the k-th place too — go to the smaller
 row index. The result equals a brute-force float64 computation (full distance matrix, lexsort by
 (distance, index)); float32 is used only to find candidates quickly:
 
-1. Centre the rows, ``c_i = fl32(z_i − μ)`` (distances do not change; cancellation shrinks),
-   and append ``fl32(−‖c_j‖²/2)`` as one more column of the keys.
-2. Per block of query rows ``[c_i, 1]``, one matrix product gives
-   ``o_ij = c_i·c_j − ‖c_j‖²/2``, so ``ẽ_ij = ‖c_i‖² − 2 o_ij`` estimates ``‖c_i − c_j‖²``;
-   self excluded (``o_ii = −∞``).
-3. Candidates: the ``p = k + margin`` largest ``o_ij`` per row, and a threshold ``τ_i`` that no
-   other column exceeds (``rra.knn.kernels.top_candidates``: a grouped selection; on a GPU,
-   ``torch.topk``). On the CPU with d ≥ ``SYMMETRIC_MIN_D`` every product is computed once
-   instead: block I of rows against the columns from I on, ``G = C_I C_Jᵀ``; rows I take
-   ``G_ij − h_j`` and, through the transpose, rows J take ``G_ij − h_i`` (``h = fl(‖c‖²/2)``,
-   so ``o`` carries one more rounding, inside the same bound); each row keeps the p largest
-   values it has seen in a heap whose root is ``τ_i``.
+1. Centre the rows, ``c_i = fl32(z_i − μ)`` (distances do not change; cancellation shrinks);
+   ``h_i = fl32(‖c_i‖² / 2)``.
+2. Products, in one of two searches:
+
+   - *symmetric* (all rows, on the CPU in float32): ``S_ij = [c_i, −h_i, 1]·[c_j, 1, −h_j]
+     = c_i·c_j − h_i − h_j``, so ``ẽ_ij = −2 S_ij`` estimates ``‖c_i − c_j‖²``. S is symmetric:
+     a block I of rows against the columns from I on serves the rows I and, through its
+     columns, the rows after I — every product is computed once;
+   - *per block* (query rows given, a GPU, or float64 products): ``o_ij = [c_i, 1]·[c_j, −h_j]
+     = c_i·c_j − h_j`` against every row, so ``ẽ_ij = ‖c_i‖² − 2 o_ij``.
+
+   Self is excluded (−∞). Larger values are nearer.
+3. Candidates, and a threshold ``τ_i`` that no other row's value exceeds:
+
+   - symmetric: pass 1 keeps only maxima of groups of about G columns per row (within a row's
+     own block range, strided groups of its products; before it, runs of G rows of the earlier
+     blocks, read from their columns). Pass 2: ``τ_i`` bounds the p-th largest group maximum
+     of the row (p = k + ``symmetric_margin(k)``); the groups that reach it are recomputed
+     (a float32 dot product, any summation order) and their values ``≥ τ_i`` are the
+     candidates. Every other row is below ``τ_i`` by its group maximum or by its recomputed
+     value, both estimates within the bound of step 4 (``rra.knn.kernels.gram_select_refine``);
+   - per block, CPU: the same threshold from strided group maxima of the row's products, the
+     values ``≥ τ_i`` of the groups that reach it (``rra.knn.kernels.select_refine``); GPU:
+     ``torch.topk`` of p = k + ``candidate_margin(k)``, ``τ_i`` the smallest.
 4. Error bound: ``|ẽ_ij − e_ij| ≤ w_ij = γ (‖c_i‖ + ‖c_j‖)²`` for the exact squared distance
-   ``e_ij = ‖z_i − z_j‖²`` (worst-case rounding of the float32 product, of the appended column
-   and of the centring; γ = 1.01 (γ_{d+2} + 6u), u the unit round-off of the product under
-   torch's matmul precision setting, γ_m = m u / (1 − m u)). With ``U_k`` the k-th smallest
-   ``ẽ_ij + w_ij`` among the candidates, only candidates with ``ẽ_ij − w_ij ≤ U_k`` can be among
-   the k nearest: they get ``e_ij``, computed directly in float64 (``rra.knn.kernels``), and the
-   first k by (e, index) are kept; ``E_i`` is the k-th.
-5. Certificate: every non-candidate has ``e_ij ≥ ‖c_i‖² − 2 τ_i − γ (‖c_i‖ + R)²``
-   (R = max‖c‖). If that exceeds ``E_i`` the answer is proved. Otherwise (close calls and ties at
-   the boundary) the row is re-checked: every ``j`` with ``ẽ_ij − w_ij ≤ E_i`` gets its exact
+   ``e_ij = ‖z_i − z_j‖²``: the worst-case rounding of a product of at most d + 2 terms in any
+   order, of ``h`` and of the centring; γ = 1.01 (γ_{d+2} + 6u), u the unit round-off of the
+   product under torch's matmul precision setting, γ_m = m u / (1 − m u). With ``U`` the
+   largest ``ẽ_ij + w_ij`` over the candidates whose value is at least the k-th largest
+   candidate value (k or more of them), only candidates with ``ẽ_ij − w_ij ≤ U`` can be among
+   the k nearest: they get ``e_ij``, computed directly in float64 (``rra.knn.kernels``), and
+   the first k by (e, index) are kept; ``E_i`` is the k-th.
+5. Certificate: every non-candidate has ``e_ij ≥ b_i − 2 τ_i − γ (‖c_i‖ + R)²`` (R = max‖c‖;
+   ``b_i`` = 0 in the symmetric search, ``‖c_i‖²`` per block). If that exceeds ``E_i`` the
+   answer is proved. Otherwise (close calls and ties at the boundary) the symmetric search
+   first lowers ``τ_i`` (4p, 16p, … groups, up to all); a row still unproved is re-checked:
+   all its products (per block, float32), every ``j`` with ``ẽ_ij − w_ij ≤ E_i`` gets its exact
    distance, and the first k by (e, index) are kept. The bound is the worst case of any
-   summation order, so the answer does not depend on BLAS, threads, block size or device. If
-   the bound is void ((d + 2) u ≥ ½, e.g. with bf16 matmuls allowed) the products run in
-   float64.
+   summation order, so the answer does not depend on BLAS, threads, block size, search or
+   device. If the bound is void ((d + 2) u ≥ ½, e.g. with bf16 matmuls allowed) the products
+   run in float64.
 
 Reported distances are ``sqrt(e_ij)`` rounded to float32; the order is by the float64 value.
 """
@@ -48,15 +63,22 @@ from rra.knn.common import Points, check_k, finish, prepare_points
 
 BLOCK_BYTES = 256 << 20  # one block's distance matrix
 REFINE_ROWS = 8192  # rows per call of the refining kernel in the symmetric search
-# From this d on, all rows on the CPU take the symmetric search (every product once): below
-# it the products are cheap and the second, transposed pass of the selection costs more than
-# the half of the products it saves (benchmarks/bench_knn.py). [ours, measured]
-SYMMETRIC_MIN_D = 128
+GROUP_MAXIMA_BYTES = 256 << 20  # pass 1 of the symmetric search keeps n × n / group floats
+GROUP_BALANCE = 16.0  # see gram_group
+MIN_GRAM_GROUP = 4  # below, pass 1 of the symmetric search costs more than pass 2 saves
 
 
 def candidate_margin(k: int) -> int:
     """Extra candidates beyond k taken from the float32 pass: max(8, k // 4). [ours]"""
     return max(8, k // 4)
+
+
+def symmetric_margin(k: int) -> int:
+    """Extra group maxima beyond k that set the symmetric search's threshold: max(2, k // 8).
+    Smaller than :func:`candidate_margin`, because every group above the threshold is
+    recomputed; the margin only has to keep the k-th distance clear of the threshold for the
+    certificate. [ours, measured]"""
+    return max(2, k // 8)
 
 
 def default_block_rows(n: int, d: int | None = None, itemsize: int = 4,
@@ -73,6 +95,17 @@ def default_block_rows(n: int, d: int | None = None, itemsize: int = 4,
     if d is not None:
         rows = min(rows, min(4096, max(256, round((0.16 * n * d) ** 0.5))))
     return int(min(n, max(1, rows)))
+
+
+def gram_group(n: int, d: int, p: int, budget: int = GROUP_MAXIMA_BYTES) -> int:
+    """Columns per group of the symmetric search: about √(GROUP_BALANCE · n / (p (d + 2))),
+    balancing a row's bisection over its ≈ n / G group maxima against the recomputation of its
+    ≈ p G products of length d + 2; at least ``MIN_GRAM_GROUP`` and 4 n² / budget (the group
+    maxima, n × n / G float32, stay within ``budget``); at most (n − 1) / (2 p), so that a row
+    has at least 2p groups. [ours, measured with benchmarks/bench_knn.py]"""
+    g = round((GROUP_BALANCE * n / (p * (d + 2))) ** 0.5)
+    g = max(g, MIN_GRAM_GROUP, -(-4 * n * n // budget))
+    return int(max(1, min(g, (n - 1) // (2 * p))))
 
 
 def _torch_dtype(dtype: Any):
@@ -177,7 +210,7 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
     x, norms = np.asarray(points.x), points.kernel_norms
     out_idx = np.empty((m, k), dtype=np.int64)
     out_sqd = np.empty((m, k), dtype=np.float64)
-    counts = {"rows_rechecked": 0, "exact_pairs": 0}
+    counts = {"rows_widened": 0, "rows_rechecked": 0, "exact_pairs": 0}
 
     def products(q: np.ndarray, out=None, exclude_self: bool = True):
         """Step 2 for the query rows ``q``: ``o_ij = c_i·c_j − ‖c_j‖²/2`` (= (‖c_i‖² −
@@ -218,18 +251,42 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
         counts["exact_pairs"] += int(n_exact.sum())
         recheck(rows, q, ok)
 
-    symmetric = (queries is None and dev.type == "cpu" and tdtype == torch.float32
-                 and d >= SYMMETRIC_MIN_D)
-    if symmetric:  # 2–3 with every product once (the Gram matrix is symmetric)
+    symmetric = queries is None and dev.type == "cpu" and tdtype == torch.float32
+    if symmetric:  # 2–5 with every product once (the Gram matrix is symmetric)
+        n_cand = min(n - 1, k + symmetric_margin(k))
+        group = gram_group(n, d, n_cand)
         if block_rows is None:  # ≥ 8 blocks, so that the triangle is not much more than half
             block_rows = min(default_block_rows(n, d), max(256, -(-n // 8)))
-        b = min(int(block_rows), n)
-        cand_val, cand_idx = _symmetric_candidates(keys, n, d, n_cand, b, progress)
-        group = None  # chosen per block
+        b = min(n, max(group, int(block_rows) // group * group))
+        ka, kb = np.empty((n, d + 2), np.float32), np.empty((n, d + 2), np.float32)
+        ka[:, :d + 1] = keys_np  # [c, −h, 1]
+        ka[:, d + 1] = 1
+        kb[:, :d] = keys_np[:, :d]  # [c, 1, −h]
+        kb[:, d] = 1
+        kb[:, d + 1] = keys_np[:, d]
+        gm = np.empty((n, _gram_width(n, n_cand, group, b)), np.float32)
+        ta, tb, t_gm = torch.from_numpy(ka), torch.from_numpy(kb), torch.from_numpy(gm)
+        buf = torch.empty((b, n), dtype=torch.float32)
+        for a in tqdm(range(0, n, b), desc=f"exact kNN n={n} d={d}", unit="block",
+                      disable=None if progress else True):
+            bb = min(b, n - a)
+            # (an output with the buffer's row stride: much faster than a contiguous one here)
+            s_blk = torch.mm(ta[a:a + bb], tb[a:].T, out=buf[:bb, :n - a])
+            _gram_maxima(s_blk, a, group, n_cand, t_gm)
+        del buf
+        ok = np.empty(min(n, REFINE_ROWS), dtype=np.bool_)
+        widened = np.empty(min(n, REFINE_ROWS), dtype=np.bool_)
+        n_exact = np.empty(min(n, REFINE_ROWS), dtype=np.int64)
         for s in range(0, n, REFINE_ROWS):
             rows = slice(s, min(n, s + REFINE_ROWS))
-            refine(rows, queries_arr[rows], cand_val[rows], cand_idx[rows],
-                   cand_val[rows, 0].copy())
+            mr = rows.stop - s
+            kernels.gram_select_refine(gm, ka, kb, s, mr, b, group, n_cand, k, n_cand == n - 1,
+                                       nc, gamma, radius, x, norms, out_idx[rows],
+                                       out_sqd[rows], ok[:mr], n_exact[:mr], widened[:mr],
+                                       numba.get_num_threads())
+            counts["exact_pairs"] += int(n_exact[:mr].sum())
+            counts["rows_widened"] += int(widened[:mr].sum())
+            recheck(rows, queries_arr[rows], ok[:mr])
     else:  # 2–3 per block of query rows
         group = kernels.group_size(n, n_cand)
         itemsize = np.dtype(np_dtype).itemsize
@@ -272,40 +329,41 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
     return out_idx, out_sqd, stats
 
 
-def _symmetric_candidates(keys, n: int, d: int, p: int, block: int,
-                          progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Steps 2–3 on the CPU with every product computed once. For each block I of rows,
-    ``G = C_I C_{J}ᵀ`` over the columns ``J = I and after``: rows I take ``G_ij − h_j`` and the
-    rows after I take ``G_ij − h_i`` (the Gram matrix is symmetric), ``h`` the keys' last column
-    negated, ``fl(‖c‖²/2)``. Each row streams its values through a heap of the ``p`` largest
-    (``rra.knn.kernels.absorb_rows``, on the block and on its transpose).
+def _gram_width(n: int, p: int, group: int, block: int) -> int:
+    """Columns of the symmetric search's group-maxima matrix: row ``j`` of the block starting
+    at ``a`` holds ``a // group`` groups of the columns before ``a`` (``[q G, (q + 1) G)``),
+    then the strided groups of its columns from ``a`` on."""
+    from rra.knn.kernels import _strided_groups
 
-    Returns ``(values float32 n × p, columns int64 n × p)``, each row a min-heap: column 0 holds
-    the smallest kept value, which bounds every value the row left out.
+    return max(a // group + _strided_groups(n - a, p, group)[0] for a in range(0, n, block))
+
+
+def _gram_maxima(s, a: int, group: int, p: int, gm) -> None:
+    """Pass 1 of the symmetric search for the block of rows ``[a, a + B)`` (torch tensors):
+    ``s = S[a:a + B, a:]`` (B × w float32, rows contiguous; B a multiple of ``group`` unless it
+    is the last block), ``gm`` the group-maxima matrix (n × :func:`_gram_width`).
+
+    - Row ``a + r``: self → −∞, then the maxima of the strided groups of ``s[r]``
+      (``rra.knn.kernels._strided_groups(w, p, group)``) into ``gm[a + r, a // group:]``;
+    - row ``a + t`` after the block (t ≥ B): ``gm[a + t, a // group + q]`` = the maximum of
+      ``s[q G:(q + 1) G, t]``.
+
+    Both are maxima over a middle axis (``torch.amax``, vectorised); a maximum is exact.
     """
     import torch
-    from tqdm.auto import tqdm
 
-    from rra.knn import kernels
+    from rra.knn.kernels import _strided_groups
 
-    c = keys[:, :d]
-    h = np.ascontiguousarray(-keys[:, d].numpy())
-    hv = np.full((n, p), -np.inf, dtype=np.float32)
-    hi = np.full((n, p), -1, dtype=np.int64)
-    hc = np.zeros(n, dtype=np.int64)
-    buf = torch.empty((block, n), dtype=keys.dtype)
-    buf_t = torch.empty((n, block), dtype=keys.dtype)
-    for a in tqdm(range(0, n, block), desc=f"exact kNN n={n} d={d}", unit="block",
-                  disable=None if progress else True):
-        ni = min(n, a + block) - a
-        g = torch.mm(c[a:a + ni], c[a:].T, out=buf[:ni, :n - a])
-        g[:, :ni].fill_diagonal_(-float("inf"))  # self
-        kernels.absorb_rows(g.numpy(), a, a, h, p, kernels.group_size(n - a, p), hv, hi, hc)
-        rest = n - a - ni
-        if rest:  # the rows after I, through the transposed block
-            g_t = buf_t[:rest, :ni].copy_(g[:, ni:].T)
-            kernels.absorb_rows(g_t.numpy(), a + ni, a, h, p, kernels.group_size(ni, p),
-                                hv, hi, hc)
-    if (hc < p).any() or (hi < 0).any():  # impossible: every row sees n − 1 finite values
-        raise RuntimeError("kNN candidate selection failed; please report this as a bug")
-    return hv, hi
+    b, w = s.shape
+    col0 = a // group
+    ng, full = _strided_groups(w, p, group)
+    s[:, :b].fill_diagonal_(-float("inf"))
+    rows = gm[a:a + b, col0:col0 + ng]
+    torch.amax(s[:, :full * ng].view(b, full, ng), dim=1, out=rows)
+    rest = w - full * ng
+    if rest:
+        torch.maximum(rows[:, :rest], s[:, full * ng:], out=rows[:, :rest])
+    nq = b // group
+    if w > b and nq:
+        after = torch.amax(s[:nq * group, b:].reshape(nq, group, w - b), dim=1)
+        gm[a + b:a + w, col0:col0 + nq] = after.T

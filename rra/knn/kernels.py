@@ -1,13 +1,16 @@
 """Compiled per-row loops of the kNN backends (numba). [ours]
 
-Why numba: the exact search is a matrix product followed by per-row work — the top ``p`` of
-each product row, then exact float64 distances of a few pairs. torch has no fused per-row
-selection (``torch.topk`` costs about as much as the product itself at d = 64), and numpy's
-float64 distances of gathered rows make several passes over a row-count × d temporary. Here each
-row is one sequential loop, rows run in parallel (``prange``), and no n × n temporary exists.
+Why numba: the exact search is a matrix product followed by per-row work — the candidates of
+each row (its largest products), then exact float64 distances of a few pairs. torch has no
+fused per-row selection (``torch.topk`` costs about as much as the product itself at d = 64),
+and numpy's float64 distances of gathered rows make several passes over a row-count × d
+temporary. Here each row is one sequential loop, rows run in parallel (``prange``), and no
+n × n temporary exists.
 
-Determinism: every row's arithmetic is sequential and fixed by the inputs alone, so the results
-do not depend on the number of threads, the block size or the machine's BLAS.
+Determinism: the float32 products that pick candidates may round differently with the BLAS,
+the block size or the vector width (the symmetric search's recomputed dot products use any
+summation order), but the certificate of ``rra.knn.exact`` makes the graph independent of them;
+the float64 distances that order it are computed in one fixed order.
 
 All distances reported anywhere in ``rra.knn`` come from :func:`sqdist_pairs` (through
 ``Points.sqdist``), computed as ``Σ_t (z_jt − z_it)²`` in float64 from the stored values, where
@@ -27,7 +30,7 @@ MIN_GROUP = 4
 
 
 def group_size(n: int, p: int) -> int:
-    """Columns per group for :func:`top_candidates`: ≈ √(1.5 n / p), so that the bisection over
+    """Columns per group for :func:`select_refine`: ≈ √(1.5 n / p), so that the bisection over
     the n / g group maxima and the scan of the ≈ p kept groups (p · g values) cost about the
     same. [ours]"""
     g = int(round((1.5 * n / max(1, p)) ** 0.5))
@@ -155,13 +158,19 @@ def _select_row(row, p, k, ng, full, gm, scratch, ordered, vals, cols):
                 vals[c] = v
                 cols[c] = j
                 c += v >= tau
-    if c <= ordered.size:
-        ordered[:c] = vals[:c]
-        _sort_desc(ordered[:c])
-        v_k = ordered[k - 1]
-    else:
-        v_k = _pth_largest_bound(vals[:c], k, scratch)
-    return c, tau, v_k
+    return c, tau, _kth_largest(vals[:c], k, ordered, scratch)
+
+
+@nb.njit(cache=True)
+def _kth_largest(vals, k, ordered, scratch):
+    """The k-th largest of the float32 ``vals`` (sorting a copy in ``ordered`` when it fits),
+    or a value with exactly k values ``≥`` it (:func:`_pth_largest_bound`)."""
+    c = vals.size
+    if c > ordered.size:
+        return _pth_largest_bound(vals, k, scratch)
+    ordered[:c] = vals
+    _sort_desc(ordered[:c])
+    return ordered[k - 1]
 
 
 @nb.njit(cache=True)
@@ -282,11 +291,12 @@ def _sort_pairs(es, js):
 
 
 @nb.njit(cache=True)
-def _refine_row(cand_val, cand_idx, v_k, thr, i, k, complete, sq, nc, gamma, radius, x, norms,
+def _refine_row(cand_val, cand_idx, v_k, thr, i, base, k, complete, nc, gamma, radius, x, norms,
                 es, js, out_idx, out_sqd):
     """Exact top k of query ``i``'s candidates, and its certificate (see ``rra.knn.exact``).
 
-    ``ẽ_j = ‖c_i‖² − 2 o_ij`` estimates the squared distance within ``w_j = γ (‖c_i‖ + ‖c_j‖)²``.
+    ``ẽ_j = base − 2 o_ij`` estimates the squared distance within ``w_j = γ (‖c_i‖ + ‖c_j‖)²``
+    (``base = ‖c_i‖²`` for the values of the per-block search, 0 for those of the symmetric one).
     ``U`` = the largest ``ẽ_j + w_j`` over the candidates with ``o_ij ≥ v_k`` (at least k of
     them, so the k-th smallest exact distance is ``≤ U``); only candidates with
     ``ẽ_j − w_j ≤ U`` can be among the k nearest. Their exact distances are computed (work
@@ -298,19 +308,19 @@ def _refine_row(cand_val, cand_idx, v_k, thr, i, k, complete, sq, nc, gamma, rad
     u = -np.inf
     for t in range(cand_idx.size):
         if cand_val[t] >= v_k:
-            up = sq[i] - 2.0 * np.float64(cand_val[t]) + gamma * (nc[i] + nc[cand_idx[t]]) ** 2
+            up = base - 2.0 * np.float64(cand_val[t]) + gamma * (nc[i] + nc[cand_idx[t]]) ** 2
             u = max(u, up)
     cnt = 0
     for t in range(cand_idx.size):
         j = cand_idx[t]
-        if sq[i] - 2.0 * np.float64(cand_val[t]) - gamma * (nc[i] + nc[j]) ** 2 <= u:
+        if base - 2.0 * np.float64(cand_val[t]) - gamma * (nc[i] + nc[j]) ** 2 <= u:
             js[cnt] = j
             es[cnt] = _sqdist(x, norms, i, j)
             cnt += 1
     _sort_pairs(es[:cnt], js[:cnt])
     out_idx[:] = js[:k]
     out_sqd[:] = es[:k]
-    floor = sq[i] - 2.0 * np.float64(thr) - gamma * (nc[i] + radius) ** 2
+    floor = base - 2.0 * np.float64(thr) - gamma * (nc[i] + radius) ** 2
     return complete or es[k - 1] < floor, cnt
 
 
@@ -344,7 +354,7 @@ def select_refine(o, queries, p, k, group, complete, sq, nc, gamma, radius, x, n
                 n_exact[r] = -1
                 ok[r] = True
                 continue
-            ok[r], n_exact[r] = _refine_row(vals[:c], cols[:c], v_k, tau, i, k, complete, sq,
+            ok[r], n_exact[r] = _refine_row(vals[:c], cols[:c], v_k, tau, i, sq[i], k, complete,
                                             nc, gamma, radius, x, norms, es, js, out_idx[r],
                                             out_sqd[r])
 
@@ -357,8 +367,8 @@ def refine(cand_val, cand_idx, thr, queries, k, complete, sq, nc, gamma, radius,
     m, p = cand_idx.shape
     for r in nb.prange(m):
         v_k = np.sort(cand_val[r])[p - k]  # the k-th largest
-        ok[r], n_exact[r] = _refine_row(cand_val[r], cand_idx[r], v_k, thr[r], queries[r], k,
-                                        complete, sq, nc, gamma, radius, x, norms,
+        ok[r], n_exact[r] = _refine_row(cand_val[r], cand_idx[r], v_k, thr[r], queries[r],
+                                        sq[queries[r]], k, complete, nc, gamma, radius, x, norms,
                                         np.empty(p), np.empty(p, np.int64), out_idx[r],
                                         out_sqd[r])
 
@@ -375,8 +385,8 @@ def recheck(o_rows, queries, k, bound, sq, nc, gamma, x, norms, out_idx, out_sqd
         i = queries[r]
         contender = np.empty(n, np.bool_)
         for j in range(n):
-            contender[j] = (sq[i] - 2.0 * np.float64(o_rows[r, j])
-                            - gamma * (nc[i] + nc[j]) ** 2 <= bound[r])
+            contender[j] = j != i and (sq[i] - 2.0 * np.float64(o_rows[r, j])
+                                       - gamma * (nc[i] + nc[j]) ** 2 <= bound[r])
         cnt = contender.sum()
         js = np.empty(cnt, np.int64)
         es = np.empty(cnt)
@@ -396,82 +406,80 @@ def recheck(o_rows, queries, k, bound, sq, nc, gamma, x, norms, out_idx, out_sqd
 
 
 # --------------------------------------------------------------------------- symmetric search
-# The Gram matrix is symmetric: a block G = C_I C_Jᵀ (columns J from I on) serves rows I
-# (values G_ij − h_j) and, transposed, rows J (values G_ij − h_i), h = fl(‖c‖²/2): every
-# product once. Each row keeps a min-heap of its p largest values seen so far; its root bounds
-# every value the row has dropped. [ours]
+# S_ij = ka_i · kb_j with ka = [c, −h, 1] and kb = [c, 1, −h] (h = fl(‖c‖²/2)) estimates
+# −‖c_i − c_j‖²/2 and is symmetric: a block of rows against the columns from it on serves both
+# its rows and, through its columns, the rows after it. Pass 1 (``rra.knn.exact``, torch) keeps
+# only maxima of column groups per row; pass 2 (here) recomputes, per row, the few groups that
+# can hold its candidates. [ours]
 
 
-@nb.njit(cache=True)
-def _sift_down(hv, hi, p):
-    """Restore the min-heap ``hv[:p]`` (with ``hi`` alongside) after its root changed."""
-    s = 0
-    while True:
-        child = 2 * s + 1
-        if child >= p:
-            return
-        if child + 1 < p and hv[child + 1] < hv[child]:
-            child += 1
-        if hv[child] < hv[s]:
-            hv[child], hv[s] = hv[s], hv[child]
-            hi[child], hi[s] = hi[s], hi[child]
-            s = child
-        else:
-            return
-
-
-@nb.njit(cache=True)
-def _heap_push(hv, hi, count, p, v, j):
-    """Offer (v, j) to the heap holding ``count`` items (at most p); returns the new count.
-    A value is kept while the heap is not full or when it exceeds the root (ties stay out)."""
-    if count < p:
-        s = count
-        hv[s] = v
-        hi[s] = j
-        while s > 0:  # sift up
-            parent = (s - 1) // 2
-            if hv[s] < hv[parent]:
-                hv[s], hv[parent] = hv[parent], hv[s]
-                hi[s], hi[parent] = hi[parent], hi[s]
-                s = parent
-            else:
-                break
-        return count + 1
-    if v > hv[0]:
-        hv[0] = v
-        hi[0] = j
-        _sift_down(hv, hi, p)
-    return count
+@nb.njit(cache=True, fastmath={"reassoc", "contract"})
+def _dot(ka, kb, i, j):
+    """``S_ij = ka_i · kb_j`` in float32, any summation order (vectorised): covered by the error
+    bound of ``rra.knn.exact``, which holds for every order."""
+    acc = np.float32(0.0)
+    for t in range(ka.shape[1]):
+        acc += ka[i, t] * kb[j, t]
+    return acc
 
 
 @nb.njit(parallel=True, cache=True)
-def absorb_rows(g, i0, j0, h, p, group, hv, hi, hc):
-    """Stream rows ``i0 + r`` take the block's columns: values ``g[r, t] − h[j0 + t]``.
-
-    As in :func:`top_candidates`, strided group maxima bound what a scan can find: a row whose
-    heap is not yet full scans the groups whose maximum reaches ``τ`` (the p-th largest group
-    maximum, a floor for this tile's p largest values); a full heap scans only the groups whose
-    maximum exceeds its root."""
-    bi, bj = g.shape
-    ng, full = _strided_groups(bj, p, group)
-    for r in nb.prange(bi):
-        row = i0 + r
-        vals = np.empty(bj, np.float32)
-        for t in range(bj):
-            vals[t] = g[r, t] - h[j0 + t]
-        gm = np.empty(ng, np.float32)
-        _group_maxima(vals, ng, full, gm)
-        count = hc[row]
-        lim = -np.inf
-        if count < p and ng >= p:
-            lim = _pth_largest_bound(gm, p, np.empty(ng, np.int32))
-        thr = hv[row, 0] if count == p else -np.inf
-        for q in range(ng):
-            if gm[q] >= lim and gm[q] > thr:
-                for t in range(q, bj, ng):
-                    v = vals[t]
-                    if v >= lim and v > thr:
-                        count = _heap_push(hv[row], hi[row], count, p, v, j0 + t)
-                        if count == p:
-                            thr = hv[row, 0]
-        hc[row] = count
+def gram_select_refine(gm, ka, kb, row0, m, block, group, p, k, complete, nc, gamma, radius, x,
+                       norms, out_idx, out_sqd, ok, n_exact, widened, parts):
+    """Pass 2 for rows ``row0 … row0 + m − 1``: ``τ`` = a bound of the p-th largest group
+    maximum (``gm``, pass 1); every group whose maximum reaches ``τ`` is recomputed
+    (:func:`_dot`) and its values ``≥ τ`` are the candidates; :func:`_refine_row` with base 0.
+    A non-candidate's value is ``< τ`` by pass 1 (its group) or by the recomputation, both
+    within the error bound. A row whose certificate fails is tried again with 4 p, 16 p, …
+    groups (a lower τ) up to all of them; a row still unproved, or left with fewer than k
+    candidates (recomputed values a rounding below the group maxima), gets ``ok = False``, and
+    the latter also an infinite bound ``out_sqd[r, k − 1]``, so that the caller re-checks it
+    against every row. ``n_exact[r]`` counts the exact distances of all tries, ``widened[r]``
+    whether more than one was needed."""
+    n = ka.shape[0]
+    parts = max(1, min(m, parts))
+    for part in nb.prange(parts):
+        scratch = np.empty(max(n, gm.shape[1]), np.int32)
+        ordered = np.empty(64, np.float32)
+        vals = np.empty(n, np.float32)
+        cols = np.empty(n, np.int64)
+        es = np.empty(n)
+        js = np.empty(n, np.int64)
+        for r in range(part * m // parts, (part + 1) * m // parts):
+            i = row0 + r
+            a = (i // block) * block
+            nc0 = a // group
+            ng, _ = _strided_groups(n - a, p, group)
+            row_gm = gm[i, :nc0 + ng]
+            n_exact[r] = 0
+            widened[r] = False
+            tries = p
+            while True:
+                tries = min(tries, nc0 + ng)
+                tau = _pth_largest_bound(row_gm, tries, scratch)
+                c = 0
+                for g in range(nc0 + ng):
+                    if row_gm[g] < tau:
+                        continue
+                    if g < nc0:  # columns before the row's block
+                        start, stop, step = g * group, (g + 1) * group, 1
+                    else:  # strided, from the block on
+                        start, stop, step = a + g - nc0, n, ng
+                    for j in range(start, stop, step):
+                        if j != i:
+                            v = _dot(ka, kb, i, j)
+                            vals[c] = v
+                            cols[c] = j
+                            c += v >= tau
+                if c < k:
+                    ok[r] = False
+                    out_sqd[r, k - 1] = np.inf
+                    break
+                v_k = _kth_largest(vals[:c], k, ordered, scratch)
+                ok[r], cnt = _refine_row(vals[:c], cols[:c], v_k, tau, i, 0.0, k, complete, nc,
+                                         gamma, radius, x, norms, es, js, out_idx[r], out_sqd[r])
+                n_exact[r] += cnt
+                if ok[r] or tries == nc0 + ng:
+                    break
+                tries *= 4
+                widened[r] = True
