@@ -64,7 +64,7 @@ def child(args: argparse.Namespace) -> None:
 
     x = np.load(args.file, mmap_mode="r")
     n, d = x.shape
-    warm = np.asarray(x[:300])
+    warm = np.array(x[:300])
     torch.mm(torch.from_numpy(warm), torch.from_numpy(warm).T)
     if args.case == "exact":
         knn(warm, 5, backend="exact", device=args.device, progress=False)

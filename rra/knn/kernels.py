@@ -186,42 +186,33 @@ def _sort_desc(a):
 
 
 @nb.njit(cache=True)
-def _sqdist(x, norms, i, j):
+def _sqdist(x, norms, i, j, tmp):
     """``‖z_i − z_j‖²`` in float64: feature ``t`` goes to partial sum ``t mod 4`` (in order),
-    then ``(s0 + s1) + (s2 + s3)`` — a fixed order (four chains hide the add latency)."""
+    then ``(s0 + s1) + (s2 + s3)`` — a fixed order (four chains hide the add latency). The
+    squared differences go through ``tmp`` (d float64) first: that loop vectorises, a loop
+    that also accumulates does not."""
     d = x.shape[1]
-    d4 = d - d % 4
     xi = x[i]
     xj = x[j]
-    s0 = s1 = s2 = s3 = 0.0
     if norms.size == 0:
-        for t in range(0, d4, 4):
-            e0 = np.float64(xj[t]) - np.float64(xi[t])
-            e1 = np.float64(xj[t + 1]) - np.float64(xi[t + 1])
-            e2 = np.float64(xj[t + 2]) - np.float64(xi[t + 2])
-            e3 = np.float64(xj[t + 3]) - np.float64(xi[t + 3])
-            s0 += e0 * e0
-            s1 += e1 * e1
-            s2 += e2 * e2
-            s3 += e3 * e3
-        for t in range(d4, d):
-            e0 = np.float64(xj[t]) - np.float64(xi[t])
-            s0 += e0 * e0
+        for t in range(d):
+            e = np.float64(xj[t]) - np.float64(xi[t])
+            tmp[t] = e * e
     else:
         ni = norms[i]
         nj = norms[j]
-        for t in range(0, d4, 4):
-            e0 = np.float64(xj[t]) / nj - np.float64(xi[t]) / ni
-            e1 = np.float64(xj[t + 1]) / nj - np.float64(xi[t + 1]) / ni
-            e2 = np.float64(xj[t + 2]) / nj - np.float64(xi[t + 2]) / ni
-            e3 = np.float64(xj[t + 3]) / nj - np.float64(xi[t + 3]) / ni
-            s0 += e0 * e0
-            s1 += e1 * e1
-            s2 += e2 * e2
-            s3 += e3 * e3
-        for t in range(d4, d):
-            e0 = np.float64(xj[t]) / nj - np.float64(xi[t]) / ni
-            s0 += e0 * e0
+        for t in range(d):
+            e = np.float64(xj[t]) / nj - np.float64(xi[t]) / ni
+            tmp[t] = e * e
+    d4 = d - d % 4
+    s0 = s1 = s2 = s3 = 0.0
+    for t in range(0, d4, 4):
+        s0 += tmp[t]
+        s1 += tmp[t + 1]
+        s2 += tmp[t + 2]
+        s3 += tmp[t + 3]
+    for t in range(d4, d):
+        s0 += tmp[t]
     return (s0 + s1) + (s2 + s3)
 
 
@@ -231,8 +222,9 @@ def sqdist_pairs(x, norms, rows, cols, out):
     ``‖x_i‖`` for cosine."""
     m, c = cols.shape
     for r in nb.prange(m):
+        tmp = np.empty(x.shape[1])
         for q in range(c):
-            out[r, q] = _sqdist(x, norms, rows[r], cols[r, q])
+            out[r, q] = _sqdist(x, norms, rows[r], cols[r, q], tmp)
 
 
 @nb.njit(cache=True)
@@ -292,7 +284,7 @@ def _sort_pairs(es, js):
 
 @nb.njit(cache=True)
 def _refine_row(cand_val, cand_idx, v_k, thr, i, base, k, complete, nc, gamma, radius, x, norms,
-                es, js, out_idx, out_sqd):
+                es, js, tmp, out_idx, out_sqd):
     """Exact top k of query ``i``'s candidates, and its certificate (see ``rra.knn.exact``).
 
     ``ẽ_j = base − 2 o_ij`` estimates the squared distance within ``w_j = γ (‖c_i‖ + ‖c_j‖)²``
@@ -300,8 +292,9 @@ def _refine_row(cand_val, cand_idx, v_k, thr, i, base, k, complete, nc, gamma, r
     ``U`` = the largest ``ẽ_j + w_j`` over the candidates with ``o_ij ≥ v_k`` (at least k of
     them, so the k-th smallest exact distance is ``≤ U``); only candidates with
     ``ẽ_j − w_j ≤ U`` can be among the k nearest. Their exact distances are computed (work
-    space ``es`` / ``js``, as long as the candidates) and the first k by (distance, index)
-    written to ``out_idx`` / ``out_sqd``; ``E_i`` is the k-th. Returns ``(ok, contenders)``:
+    space ``es`` / ``js``, as long as the candidates, and ``tmp``, d floats) and the first k by
+    (distance, index) written to ``out_idx`` / ``out_sqd``; ``E_i`` is the k-th. Returns
+    ``(ok, contenders)``:
     ``ok`` = every non-candidate (value ``≤ thr``) is provably farther than ``E_i``
     (``complete``: the candidates are all other rows).
     """
@@ -315,7 +308,7 @@ def _refine_row(cand_val, cand_idx, v_k, thr, i, base, k, complete, nc, gamma, r
         j = cand_idx[t]
         if base - 2.0 * np.float64(cand_val[t]) - gamma * (nc[i] + nc[j]) ** 2 <= u:
             js[cnt] = j
-            es[cnt] = _sqdist(x, norms, i, j)
+            es[cnt] = _sqdist(x, norms, i, j, tmp)
             cnt += 1
     _sort_pairs(es[:cnt], js[:cnt])
     out_idx[:] = js[:k]
@@ -345,6 +338,7 @@ def select_refine(o, queries, p, k, group, complete, sq, nc, gamma, radius, x, n
         cols = np.empty(n, np.int64)
         es = np.empty(n)
         js = np.empty(n, np.int64)
+        tmp = np.empty(x.shape[1])
         for r in range(part * m // parts, (part + 1) * m // parts):
             i = queries[r]
             row = o[r]
@@ -355,8 +349,8 @@ def select_refine(o, queries, p, k, group, complete, sq, nc, gamma, radius, x, n
                 ok[r] = True
                 continue
             ok[r], n_exact[r] = _refine_row(vals[:c], cols[:c], v_k, tau, i, sq[i], k, complete,
-                                            nc, gamma, radius, x, norms, es, js, out_idx[r],
-                                            out_sqd[r])
+                                            nc, gamma, radius, x, norms, es, js, tmp,
+                                            out_idx[r], out_sqd[r])
 
 
 @nb.njit(parallel=True, cache=True)
@@ -369,8 +363,8 @@ def refine(cand_val, cand_idx, thr, queries, k, complete, sq, nc, gamma, radius,
         v_k = np.sort(cand_val[r])[p - k]  # the k-th largest
         ok[r], n_exact[r] = _refine_row(cand_val[r], cand_idx[r], v_k, thr[r], queries[r],
                                         sq[queries[r]], k, complete, nc, gamma, radius, x, norms,
-                                        np.empty(p), np.empty(p, np.int64), out_idx[r],
-                                        out_sqd[r])
+                                        np.empty(p), np.empty(p, np.int64),
+                                        np.empty(x.shape[1]), out_idx[r], out_sqd[r])
 
 
 @nb.njit(parallel=True, cache=True)
@@ -384,6 +378,7 @@ def recheck(o_rows, queries, k, bound, sq, nc, gamma, x, norms, out_idx, out_sqd
     for r in nb.prange(m):
         i = queries[r]
         contender = np.empty(n, np.bool_)
+        tmp = np.empty(x.shape[1])
         for j in range(n):
             contender[j] = j != i and (sq[i] - 2.0 * np.float64(o_rows[r, j])
                                        - gamma * (nc[i] + nc[j]) ** 2 <= bound[r])
@@ -394,7 +389,7 @@ def recheck(o_rows, queries, k, bound, sq, nc, gamma, x, norms, out_idx, out_sqd
         for j in range(n):
             if contender[j]:
                 js[c] = j
-                es[c] = _sqdist(x, norms, i, j)
+                es[c] = _sqdist(x, norms, i, j, tmp)
                 c += 1
         if cnt < k:
             n_exact[r] = -1
@@ -445,6 +440,7 @@ def gram_select_refine(gm, ka, kb, row0, m, block, group, p, k, complete, nc, ga
         cols = np.empty(n, np.int64)
         es = np.empty(n)
         js = np.empty(n, np.int64)
+        tmp = np.empty(x.shape[1])
         for r in range(part * m // parts, (part + 1) * m // parts):
             i = row0 + r
             a = (i // block) * block
@@ -477,7 +473,8 @@ def gram_select_refine(gm, ka, kb, row0, m, block, group, p, k, complete, nc, ga
                     break
                 v_k = _kth_largest(vals[:c], k, ordered, scratch)
                 ok[r], cnt = _refine_row(vals[:c], cols[:c], v_k, tau, i, 0.0, k, complete, nc,
-                                         gamma, radius, x, norms, es, js, out_idx[r], out_sqd[r])
+                                         gamma, radius, x, norms, es, js, tmp, out_idx[r],
+                                         out_sqd[r])
                 n_exact[r] += cnt
                 if ok[r] or tries == nc0 + ng:
                     break
