@@ -85,23 +85,27 @@ def test_exact_k_is_n_minus_1_and_float64_int_memmap_inputs(tmp_path):
     assert_matches_reference(mm, 8, "cosine", block_rows=9)
 
 
-@pytest.mark.parametrize("d, search", [(6, "symmetric"), (140, "symmetric"), (6, "rows")])
-def test_exact_certification_rechecks_cancellation_rows(d, search):
+@pytest.mark.parametrize("d, search", [(6, "symmetric, group maxima"),
+                                       (140, "symmetric, group maxima"),
+                                       (6, "symmetric, heaps"), (6, "per block")])
+def test_exact_certification_rechecks_cancellation_rows(d, search, monkeypatch):
     # Two clusters far apart with tiny spread: after centring ‖c‖² ≈ 1e6 while neighbour
     # distances² ≈ 1e-6·d, far below float32 resolution, so candidates alone cannot be trusted.
     rng = np.random.default_rng(4)
     x = rng.normal(scale=1e-3, size=(120, d))
     x[:60, 0] += 1e3
     x[60:, 0] -= 1e3
-    queries = None if search == "symmetric" else np.arange(120)
+    from rra.knn import exact
+
+    monkeypatch.setattr(exact, "HEAP_MIN_D", 1 if search.endswith("heaps") else 10 ** 9)
+    queries = None if search.startswith("symmetric") else np.arange(120)
     idx, sqd, stats = exact_neighbours(prepare_points(x, "euclidean"), 5, queries=queries,
                                        block_rows=50, progress=False)
     ref_idx, ref_dist = brute_force(x, 5)
     np.testing.assert_array_equal(idx, ref_idx)
     np.testing.assert_allclose(np.sqrt(sqd), ref_dist, rtol=1e-6)
-    assert stats["rows_rechecked"] > 0
-    assert stats["symmetric"] == (search == "symmetric")
-    if search == "symmetric":  # every row lowered its threshold before the full re-check
+    assert stats["search"] == search and stats["rows_rechecked"] > 0
+    if search.endswith("group maxima"):  # each row lowered its threshold before the re-check
         assert stats["rows_widened"] >= stats["rows_rechecked"]
 
 
@@ -186,8 +190,13 @@ def test_exact_grouped_selection_is_used_and_exact():
 
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])
 @pytest.mark.parametrize("d, block_rows", [(9, None), (9, 37), (131, None), (131, 1)])
-def test_exact_symmetric_search_matches_brute_force(distance, d, block_rows):
-    # every product computed once; rows fed from their blocks and through later blocks' columns
+@pytest.mark.parametrize("heaps", [False, True])
+def test_exact_symmetric_search_matches_brute_force(distance, d, block_rows, heaps, monkeypatch):
+    # every product computed once; rows fed from their blocks and through later blocks' columns,
+    # selected by group maxima or (from HEAP_MIN_D on; here lowered) by heaps
+    from rra.knn import exact
+
+    monkeypatch.setattr(exact, "HEAP_MIN_D", 1 if heaps else 10 ** 9)
     rng = np.random.default_rng(18)
     x = blobs(n=260, d=d, seed=18, spread=1.5)
     x[100:104] = x[50]  # duplicates: ties at distance 0
@@ -196,8 +205,12 @@ def test_exact_symmetric_search_matches_brute_force(distance, d, block_rows):
     x[200:230, 2] = 10.0  # (non-zero rows, for cosine)
     _, _, stats = exact_neighbours(prepare_points(x, distance), 7, block_rows=block_rows,
                                    progress=False)
-    assert stats["symmetric"] and stats["group"] >= 1
-    assert stats["block_rows"] % stats["group"] == 0 or stats["block_rows"] == 260
+    assert stats["symmetric"]
+    if heaps:
+        assert stats["search"] == "symmetric, heaps" and stats["group"] is None
+    else:
+        assert stats["search"] == "symmetric, group maxima" and stats["group"] >= 1
+        assert stats["block_rows"] % stats["group"] == 0 or stats["block_rows"] == 260
     assert_matches_reference(x, 7, distance, block_rows=block_rows)
     # and the same graph as the per-block search (queries given: no symmetric search)
     idx, sqd, rows_stats = exact_neighbours(prepare_points(x, distance), 7,

@@ -13,23 +13,29 @@ row index. The result equals a brute-force float64 computation (full distance ma
    - *symmetric* (all rows, on the CPU in float32): ``S_ij = [c_i, −h_i, 1]·[c_j, 1, −h_j]
      = c_i·c_j − h_i − h_j``, so ``ẽ_ij = −2 S_ij`` estimates ``‖c_i − c_j‖²``. S is symmetric:
      a block I of rows against the columns from I on serves the rows I and, through its
-     columns, the rows after I — every product is computed once;
+     columns, the rows after I — every product is computed once. (With heaps, step 3, the
+     block is ``G = C_I C_Jᵀ`` and a row takes ``o_ij = fl(G_ij − h_j)`` as below, one more
+     rounding within the same bound);
    - *per block* (query rows given, a GPU, or float64 products): ``o_ij = [c_i, 1]·[c_j, −h_j]
      = c_i·c_j − h_j`` against every row, so ``ẽ_ij = ‖c_i‖² − 2 o_ij``.
 
    Self is excluded (−∞). Larger values are nearer.
 3. Candidates, and a threshold ``τ_i`` that no other row's value exceeds:
 
-   - symmetric: pass 1 keeps only maxima of groups of about G columns per row (within a row's
-     own block range, strided groups of its products; before it, runs of G rows of the earlier
-     blocks, read from their columns). Pass 2: ``τ_i`` bounds the p-th largest group maximum
-     of the row (p = k + ``symmetric_margin(k)``); the groups that reach it are recomputed
-     (a float32 dot product, any summation order) and their values ``≥ τ_i`` are the
-     candidates. Every other row is below ``τ_i`` by its group maximum or by its recomputed
-     value, both estimates within the bound of step 4 (``rra.knn.kernels.gram_select_refine``);
-   - per block, CPU: the same threshold from strided group maxima of the row's products, the
-     values ``≥ τ_i`` of the groups that reach it (``rra.knn.kernels.select_refine``); GPU:
-     ``torch.topk`` of p = k + ``candidate_margin(k)``, ``τ_i`` the smallest.
+   - symmetric, d < ``HEAP_MIN_D``: pass 1 keeps only maxima of groups of about G columns per
+     row (within a row's own block range, strided groups of its products; before it, runs of
+     G rows of the earlier blocks, read from their columns). Pass 2: ``τ_i`` bounds the p-th
+     largest group maximum of the row (p = k + ``symmetric_margin(k)``); the groups that reach
+     it are recomputed (a float32 dot product, any summation order) and their values ``≥ τ_i``
+     are the candidates. Every other row is below ``τ_i`` by its group maximum or by its
+     recomputed value, both estimates within the bound of step 4
+     (``rra.knn.kernels.gram_select_refine``);
+   - symmetric, d ≥ ``HEAP_MIN_D``: each row streams the values of its block and of the
+     transposes of earlier blocks through a min-heap of its p = k + ``candidate_margin(k)``
+     largest; the root is ``τ_i`` (``rra.knn.kernels.absorb_rows``);
+   - per block (p = k + ``candidate_margin(k)``), CPU: the same threshold from strided group
+     maxima of the row's products, the values ``≥ τ_i`` of the groups that reach it
+     (``rra.knn.kernels.select_refine``); GPU: ``torch.topk`` of p, ``τ_i`` the smallest.
 4. Error bound: ``|ẽ_ij − e_ij| ≤ w_ij = γ (‖c_i‖ + ‖c_j‖)²`` for the exact squared distance
    ``e_ij = ‖z_i − z_j‖²``: the worst-case rounding of a product of at most d + 2 terms in any
    order, of ``h`` and of the centring; γ = 1.01 (γ_{d+2} + 6u), u the unit round-off of the
@@ -39,14 +45,14 @@ row index. The result equals a brute-force float64 computation (full distance ma
    the k nearest: they get ``e_ij``, computed directly in float64 (``rra.knn.kernels``), and
    the first k by (e, index) are kept; ``E_i`` is the k-th.
 5. Certificate: every non-candidate has ``e_ij ≥ b_i − 2 τ_i − γ (‖c_i‖ + R)²`` (R = max‖c‖;
-   ``b_i`` = 0 in the symmetric search, ``‖c_i‖²`` per block). If that exceeds ``E_i`` the
-   answer is proved. Otherwise (close calls and ties at the boundary) the symmetric search
-   first lowers ``τ_i`` (4p, 16p, … groups, up to all); a row still unproved is re-checked:
-   all its products (per block, float32), every ``j`` with ``ẽ_ij − w_ij ≤ E_i`` gets its exact
-   distance, and the first k by (e, index) are kept. The bound is the worst case of any
-   summation order, so the answer does not depend on BLAS, threads, block size, search or
-   device. If the bound is void ((d + 2) u ≥ ½, e.g. with bf16 matmuls allowed) the products
-   run in float64.
+   ``b_i`` = 0 for the values S, ``‖c_i‖²`` for the values o). If that exceeds ``E_i`` the
+   answer is proved. Otherwise (close calls and ties at the boundary) the search with group
+   maxima first lowers ``τ_i`` (4p, 16p, … groups, up to all); a row still unproved is
+   re-checked: all its products (per block, float32), every ``j`` with ``ẽ_ij − w_ij ≤ E_i``
+   gets its exact distance, and the first k by (e, index) are kept. The bound is the worst
+   case of any summation order, so the answer does not depend on BLAS, threads, block size,
+   search or device. If the bound is void ((d + 2) u ≥ ½, e.g. with bf16 matmuls allowed) the
+   products run in float64.
 
 Reported distances are ``sqrt(e_ij)`` rounded to float32; the order is by the float64 value.
 """
@@ -66,6 +72,11 @@ REFINE_ROWS = 8192  # rows per call of the refining kernel in the symmetric sear
 GROUP_MAXIMA_BYTES = 256 << 20  # pass 1 of the symmetric search keeps n × n / group floats
 GROUP_BALANCE = 16.0  # see gram_group
 MIN_GRAM_GROUP = 4  # below, pass 1 of the symmetric search costs more than pass 2 saves
+# From this d on the symmetric search selects with per-row heaps fed from each block and its
+# transpose instead of group maxima: recomputing the groups (step 3) reads whole rows of length
+# d, while the heaps' cost per product does not grow with d. [ours, measured:
+# benchmarks/bench_knn.py, about equal at d = 1024, heaps 20–40 % faster at d = 4096]
+HEAP_MIN_D = 2048
 
 
 def candidate_margin(k: int) -> int:
@@ -76,8 +87,8 @@ def candidate_margin(k: int) -> int:
 def symmetric_margin(k: int) -> int:
     """Extra group maxima beyond k that set the symmetric search's threshold: max(2, k // 8).
     Smaller than :func:`candidate_margin`, because every group above the threshold is
-    recomputed; the margin only has to keep the k-th distance clear of the threshold for the
-    certificate. [ours, measured]"""
+    recomputed; a row whose k-th distance is too close to the threshold for the certificate
+    lowers it (4×, 16×, … as many groups) before a full re-check. [ours, measured]"""
     return max(2, k // 8)
 
 
@@ -158,9 +169,12 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
                      progress: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
     """Exact neighbours of the rows ``queries`` (default: all) among all rows of ``points``.
 
-    Returns ``(idx int64 m × k, squared distances float64 m × k, stats)``; ``stats`` counts the
-    rows that needed the re-check and the exact distances computed. Costs m × n × d for the
-    products, so a sample of m rows is cheap to check against.
+    Returns ``(idx int64 m × k, squared distances float64 m × k, stats)``. ``stats``: the
+    ``search`` (``symmetric`` or not), ``block_rows``, ``candidates`` (p), ``group`` (columns per group),
+    the rows whose threshold was lowered (``rows_widened``) or that were re-checked against
+    every row (``rows_rechecked``), the exact distances computed (``exact_pairs``), device,
+    dtype and seconds. Query rows cost m × n × d for the products, so a sample of m rows is
+    cheap to check against.
     """
     import numba
     import torch
@@ -195,8 +209,11 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
     t0 = time.perf_counter()
 
     # 1. keys [c_j, −‖c_j‖²/2] in the product dtype (c: the centred rows), and the exact
-    #    squared norms of c; a query row is [c_i, 1], so one product gives c_i·c_j − ‖c_j‖²/2
-    keys_np = np.empty((n, d + 1), dtype=np_dtype)
+    #    squared norms of c; a query row is [c_i, 1], so one product gives c_i·c_j − ‖c_j‖²/2.
+    #    ka = [c, −h, 1] holds them (the symmetric search's left factor; keys: a view)
+    ka = np.empty((n, d + 2), dtype=np_dtype)
+    ka[:, d + 1] = 1
+    keys_np = ka[:, :d + 1]
     sq = np.empty(n, dtype=np.float64)
     kernels.centred_keys(np.asarray(points.x), points.kernel_norms, points.mean, keys_np, sq)
     if 4 * sq.max() >= np.finfo(np_dtype).max:
@@ -252,18 +269,28 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
         recheck(rows, q, ok)
 
     symmetric = queries is None and dev.type == "cpu" and tdtype == torch.float32
-    if symmetric:  # 2–5 with every product once (the Gram matrix is symmetric)
+    if symmetric and d >= HEAP_MIN_D:  # 2–3 with every product once, selection by heaps
+        search = "symmetric, heaps"
+        if block_rows is None:  # ≥ 8 blocks, so that the triangle is not much more than half
+            block_rows = min(default_block_rows(n, d), max(256, -(-n // 8)))
+        b = min(int(block_rows), n)
+        cand_val, cand_idx = _heap_candidates(keys, n, d, n_cand, b, progress)
+        group = None  # chosen per block
+        for s in range(0, n, REFINE_ROWS):
+            rows = slice(s, min(n, s + REFINE_ROWS))
+            refine(rows, queries_arr[rows], cand_val[rows], cand_idx[rows],
+                   cand_val[rows, 0].copy())
+    elif symmetric:  # 2–5 with every product once, selection by group maxima
+        search = "symmetric, group maxima"
         n_cand = min(n - 1, k + symmetric_margin(k))
         group = gram_group(n, d, n_cand)
         if block_rows is None:  # ≥ 8 blocks, so that the triangle is not much more than half
             block_rows = min(default_block_rows(n, d), max(256, -(-n // 8)))
         b = min(n, max(group, int(block_rows) // group * group))
-        ka, kb = np.empty((n, d + 2), np.float32), np.empty((n, d + 2), np.float32)
-        ka[:, :d + 1] = keys_np  # [c, −h, 1]
-        ka[:, d + 1] = 1
-        kb[:, :d] = keys_np[:, :d]  # [c, 1, −h]
+        kb = np.empty((n, d + 2), np.float32)  # [c, 1, −h]
+        kb[:, :d] = ka[:, :d]
         kb[:, d] = 1
-        kb[:, d + 1] = keys_np[:, d]
+        kb[:, d + 1] = ka[:, d]
         gm = np.empty((n, _gram_width(n, n_cand, group, b)), np.float32)
         ta, tb, t_gm = torch.from_numpy(ka), torch.from_numpy(kb), torch.from_numpy(gm)
         buf = torch.empty((b, n), dtype=torch.float32)
@@ -288,6 +315,7 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
             counts["rows_widened"] += int(widened[:mr].sum())
             recheck(rows, queries_arr[rows], ok[:mr])
     else:  # 2–3 per block of query rows
+        search = "per block"
         group = kernels.group_size(n, n_cand)
         itemsize = np.dtype(np_dtype).itemsize
         if block_rows is None:
@@ -323,8 +351,8 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
             cand_idx[:bb] = cand.cpu().numpy()
             thr[:bb] = vals.min(dim=1).values.cpu().numpy()
             refine(rows, q, cand_val[:bb], cand_idx[:bb], thr[:bb])
-    stats = {"block_rows": b, "candidates": n_cand, "group": group, "symmetric": symmetric,
-             **counts, "device": str(dev), "dtype": str(tdtype),
+    stats = {"search": search, "symmetric": symmetric, "block_rows": b, "candidates": n_cand,
+             "group": group, **counts, "device": str(dev), "dtype": str(tdtype),
              "seconds": time.perf_counter() - t0}
     return out_idx, out_sqd, stats
 
@@ -367,3 +395,42 @@ def _gram_maxima(s, a: int, group: int, p: int, gm) -> None:
     if w > b and nq:
         after = torch.amax(s[:nq * group, b:].reshape(nq, group, w - b), dim=1)
         gm[a + b:a + w, col0:col0 + nq] = after.T
+
+
+def _heap_candidates(keys, n: int, d: int, p: int, block: int,
+                     progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 2–3 of the symmetric search for large d (heaps). For each block I of rows,
+    ``G = C_I C_{J}ᵀ`` over the columns ``J = I and after``: rows I take ``G_ij − h_j`` and the
+    rows after I take ``G_ij − h_i`` (the Gram matrix is symmetric), ``h`` the keys' last column
+    negated, ``fl(‖c‖²/2)``. Each row streams its values through a heap of the ``p`` largest
+    (``rra.knn.kernels.absorb_rows``, on the block and on its transpose).
+
+    Returns ``(values float32 n × p, columns int64 n × p)``, each row a min-heap: column 0 holds
+    the smallest kept value, which bounds every value the row left out.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from rra.knn import kernels
+
+    c = keys[:, :d]
+    h = np.ascontiguousarray(-keys[:, d].numpy())
+    hv = np.full((n, p), -np.inf, dtype=np.float32)
+    hi = np.full((n, p), -1, dtype=np.int64)
+    hc = np.zeros(n, dtype=np.int64)
+    buf = torch.empty((block, n), dtype=keys.dtype)
+    buf_t = torch.empty((n, block), dtype=keys.dtype)
+    for a in tqdm(range(0, n, block), desc=f"exact kNN n={n} d={d}", unit="block",
+                  disable=None if progress else True):
+        ni = min(n, a + block) - a
+        g = torch.mm(c[a:a + ni], c[a:].T, out=buf[:ni, :n - a])
+        g[:, :ni].fill_diagonal_(-float("inf"))  # self
+        kernels.absorb_rows(g.numpy(), a, a, h, p, kernels.group_size(n - a, p), hv, hi, hc)
+        rest = n - a - ni
+        if rest:  # the rows after I, through the transposed block
+            g_t = buf_t[:rest, :ni].copy_(g[:, ni:].T)
+            kernels.absorb_rows(g_t.numpy(), a + ni, a, h, p, kernels.group_size(ni, p),
+                                hv, hi, hc)
+    if (hc < p).any() or (hi < 0).any():  # impossible: every row sees n − 1 finite values
+        raise RuntimeError("kNN candidate selection failed; please report this as a bug")
+    return hv, hi

@@ -400,7 +400,7 @@ def recheck(o_rows, queries, k, bound, sq, nc, gamma, x, norms, out_idx, out_sqd
             out_sqd[r, :] = es[:k]
 
 
-# --------------------------------------------------------------------------- symmetric search
+# ------------------------------------------------------ symmetric search, small d: group maxima
 # S_ij = ka_i · kb_j with ka = [c, −h, 1] and kb = [c, 1, −h] (h = fl(‖c‖²/2)) estimates
 # −‖c_i − c_j‖²/2 and is symmetric: a block of rows against the columns from it on serves both
 # its rows and, through its columns, the rows after it. Pass 1 (``rra.knn.exact``, torch) keeps
@@ -480,3 +480,84 @@ def gram_select_refine(gm, ka, kb, row0, m, block, group, p, k, complete, nc, ga
                     break
                 tries *= 4
                 widened[r] = True
+
+
+# ------------------------------------------------------------- symmetric search, large d: heaps
+# A block G = C_I C_Jᵀ (columns J from I on) serves rows I (values G_ij − h_j) and, transposed,
+# the rows J (values G_ij − h_i), h = fl(‖c‖²/2). Each row keeps a min-heap of its p largest
+# values seen so far; its root bounds every value the row has dropped. [ours]
+
+
+@nb.njit(cache=True)
+def _sift_down(hv, hi, p):
+    """Restore the min-heap ``hv[:p]`` (with ``hi`` alongside) after its root changed."""
+    s = 0
+    while True:
+        child = 2 * s + 1
+        if child >= p:
+            return
+        if child + 1 < p and hv[child + 1] < hv[child]:
+            child += 1
+        if hv[child] < hv[s]:
+            hv[child], hv[s] = hv[s], hv[child]
+            hi[child], hi[s] = hi[s], hi[child]
+            s = child
+        else:
+            return
+
+
+@nb.njit(cache=True)
+def _heap_push(hv, hi, count, p, v, j):
+    """Offer (v, j) to the heap holding ``count`` items (at most p); returns the new count.
+    A value is kept while the heap is not full or when it exceeds the root (ties stay out)."""
+    if count < p:
+        s = count
+        hv[s] = v
+        hi[s] = j
+        while s > 0:  # sift up
+            parent = (s - 1) // 2
+            if hv[s] < hv[parent]:
+                hv[s], hv[parent] = hv[parent], hv[s]
+                hi[s], hi[parent] = hi[parent], hi[s]
+                s = parent
+            else:
+                break
+        return count + 1
+    if v > hv[0]:
+        hv[0] = v
+        hi[0] = j
+        _sift_down(hv, hi, p)
+    return count
+
+
+@nb.njit(parallel=True, cache=True)
+def absorb_rows(g, i0, j0, h, p, group, hv, hi, hc):
+    """Stream rows ``i0 + r`` take the block's columns: values ``g[r, t] − h[j0 + t]``.
+
+    As in :func:`top_candidates`, strided group maxima bound what a scan can find: a row whose
+    heap is not yet full scans the groups whose maximum reaches ``τ`` (the p-th largest group
+    maximum, a floor for this tile's p largest values); a full heap scans only the groups whose
+    maximum exceeds its root."""
+    bi, bj = g.shape
+    ng, full = _strided_groups(bj, p, group)
+    for r in nb.prange(bi):
+        row = i0 + r
+        vals = np.empty(bj, np.float32)
+        for t in range(bj):
+            vals[t] = g[r, t] - h[j0 + t]
+        gm = np.empty(ng, np.float32)
+        _group_maxima(vals, ng, full, gm)
+        count = hc[row]
+        lim = -np.inf
+        if count < p and ng >= p:
+            lim = _pth_largest_bound(gm, p, np.empty(ng, np.int32))
+        thr = hv[row, 0] if count == p else -np.inf
+        for q in range(ng):
+            if gm[q] >= lim and gm[q] > thr:
+                for t in range(q, bj, ng):
+                    v = vals[t]
+                    if v >= lim and v > thr:
+                        count = _heap_push(hv[row], hi[row], count, p, v, j0 + t)
+                        if count == p:
+                            thr = hv[row, 0]
+        hc[row] = count
