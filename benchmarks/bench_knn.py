@@ -86,7 +86,8 @@ def child(args: argparse.Namespace) -> None:
             t0 = time.perf_counter()
             _, _, info = knn(x, args.k, backend="exact", device=args.device, progress=False)
             seconds = time.perf_counter() - t0
-            rec["rows_rechecked"] = info["rows_rechecked"]
+            rec.update(search=info["search"], rows_widened=info["rows_widened"],
+                       rows_rechecked=info["rows_rechecked"])
         else:
             search_k = "auto" if args.case == "annoy-auto" else -1
             t0 = time.perf_counter()
@@ -162,10 +163,10 @@ def main(argv: list[str] | None = None) -> None:
           f"torch threads={torch.get_num_threads()}, cpus={os.cpu_count()}, "
           f"product speed ≈ {gflops:.0f} GFLOP/s, budget {args.budget_seconds:.0f} s and "
           f"{mem_gb:.1f} GB per measurement, fastest of {args.repeat} run(s)")
-    print("| n | d | product s | exact s | exact/product | exact peak RSS MB (at start) "
-          "| rows re-checked "
+    print("| n | d | product s | exact s | exact/product | exact search | exact peak RSS MB "
+          "(at start) | rows widened / re-checked "
           "| annoy -1 s | recall | annoy auto s | recall | search_k |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="bench_knn.") as tmp:
         for n in args.n:
             for d in args.d:
@@ -184,9 +185,9 @@ def main(argv: list[str] | None = None) -> None:
                 ratio = (ex["seconds"] / prod["seconds"]
                          if "seconds" in ex and "seconds" in prod else None)
                 row += [prod.get("skip") or fmt(prod["seconds"]),
-                        ex.get("skip") or fmt(ex["seconds"]), fmt(ratio),
+                        ex.get("skip") or fmt(ex["seconds"]), fmt(ratio), ex.get("search", "—"),
                         f"{fmt(ex.get('peak_rss_mb'), '.0f')} ({fmt(ex.get('start_rss_mb'), '.0f')})",
-                        fmt(ex.get("rows_rechecked"), "d")]
+                        f"{fmt(ex.get('rows_widened'), 'd')} / {fmt(ex.get('rows_rechecked'), 'd')}"]
                 for case in ("annoy-fixed", "annoy-auto"):
                     if args.no_annoy:
                         row += ["not run", ""] + ([""] if case == "annoy-auto" else [])
