@@ -184,10 +184,11 @@ def main(argv: list[str] | None = None) -> None:
                 ex = run_case("exact", file, args)
                 ratio = (ex["seconds"] / prod["seconds"]
                          if "seconds" in ex and "seconds" in prod else None)
+                rss = f"{fmt(ex.get('peak_rss_mb'), '.0f')} ({fmt(ex.get('start_rss_mb'), '.0f')})"
+                widened = fmt(ex.get("rows_widened"), "d")
                 row += [prod.get("skip") or fmt(prod["seconds"]),
                         ex.get("skip") or fmt(ex["seconds"]), fmt(ratio), ex.get("search", "—"),
-                        f"{fmt(ex.get('peak_rss_mb'), '.0f')} ({fmt(ex.get('start_rss_mb'), '.0f')})",
-                        f"{fmt(ex.get('rows_widened'), 'd')} / {fmt(ex.get('rows_rechecked'), 'd')}"]
+                        rss, f"{widened} / {fmt(ex.get('rows_rechecked'), 'd')}"]
                 for case in ("annoy-fixed", "annoy-auto"):
                     if args.no_annoy:
                         row += ["not run", ""] + ([""] if case == "annoy-auto" else [])

@@ -170,11 +170,11 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
     """Exact neighbours of the rows ``queries`` (default: all) among all rows of ``points``.
 
     Returns ``(idx int64 m × k, squared distances float64 m × k, stats)``. ``stats``: the
-    ``search`` (``symmetric`` or not), ``block_rows``, ``candidates`` (p), ``group`` (columns per group),
-    the rows whose threshold was lowered (``rows_widened``) or that were re-checked against
-    every row (``rows_rechecked``), the exact distances computed (``exact_pairs``), device,
-    dtype and seconds. Query rows cost m × n × d for the products, so a sample of m rows is
-    cheap to check against.
+    ``search`` (and whether it is ``symmetric``), ``block_rows``, ``candidates`` (p), ``group``
+    (columns per group), the rows whose threshold was lowered (``rows_widened``) or that were
+    re-checked against every row (``rows_rechecked``), the exact distances computed
+    (``exact_pairs``), device, dtype and seconds. Query rows cost m × n × d for the
+    products, so a sample of m rows is cheap to check against.
     """
     import numba
     import torch
@@ -269,10 +269,10 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
         recheck(rows, q, ok)
 
     symmetric = queries is None and dev.type == "cpu" and tdtype == torch.float32
+    if symmetric and block_rows is None:  # ≥ 8 blocks: the triangle is not much over half
+        block_rows = min(default_block_rows(n, d), max(256, -(-n // 8)))
     if symmetric and d >= HEAP_MIN_D:  # 2–3 with every product once, selection by heaps
         search = "symmetric, heaps"
-        if block_rows is None:  # ≥ 8 blocks, so that the triangle is not much more than half
-            block_rows = min(default_block_rows(n, d), max(256, -(-n // 8)))
         b = min(int(block_rows), n)
         cand_val, cand_idx = _heap_candidates(keys, n, d, n_cand, b, progress)
         group = None  # chosen per block
@@ -284,8 +284,6 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
         search = "symmetric, group maxima"
         n_cand = min(n - 1, k + symmetric_margin(k))
         group = gram_group(n, d, n_cand)
-        if block_rows is None:  # ≥ 8 blocks, so that the triangle is not much more than half
-            block_rows = min(default_block_rows(n, d), max(256, -(-n // 8)))
         b = min(n, max(group, int(block_rows) // group * group))
         kb = np.empty((n, d + 2), np.float32)  # [c, 1, −h]
         kb[:, :d] = ka[:, :d]
