@@ -534,7 +534,7 @@ def _heap_push(hv, hi, count, p, v, j):
 def absorb_rows(g, i0, j0, h, p, group, hv, hi, hc):
     """Stream rows ``i0 + r`` take the block's columns: values ``g[r, t] − h[j0 + t]``.
 
-    As in :func:`top_candidates`, strided group maxima bound what a scan can find: a row whose
+    As in :func:`_select_row`, strided group maxima bound what a scan can find: a row whose
     heap is not yet full scans the groups whose maximum reaches ``τ`` (the p-th largest group
     maximum, a floor for this tile's p largest values); a full heap scans only the groups whose
     maximum exceeds its root."""
