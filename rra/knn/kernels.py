@@ -317,6 +317,15 @@ def _refine_row(cand_val, cand_idx, v_k, thr, i, base, k, complete, nc, gamma, r
     return complete or es[k - 1] < floor, cnt
 
 
+@nb.njit(cache=True)
+def _row_work(n, n_keys, d):
+    """One thread's work space for selecting and refining one row at a time: ``(scratch``
+    int32 keys (n_keys), ``ordered`` (64 float32 to sort), candidate ``vals`` / ``cols`` and
+    exact ``es`` / ``js`` (n each), ``tmp`` (a float64 row of d))."""
+    return (np.empty(n_keys, np.int32), np.empty(64, np.float32), np.empty(n, np.float32),
+            np.empty(n, np.int64), np.empty(n), np.empty(n, np.int64), np.empty(d))
+
+
 @nb.njit(parallel=True, cache=True)
 def select_refine(o, queries, p, k, group, complete, sq, nc, gamma, radius, x, norms,
                   out_idx, out_sqd, ok, n_exact, parts):
@@ -332,13 +341,7 @@ def select_refine(o, queries, p, k, group, complete, sq, nc, gamma, radius, x, n
     parts = max(1, min(m, parts))
     for part in nb.prange(parts):
         gm = np.empty(ng, np.float32)
-        scratch = np.empty(n, np.int32)
-        ordered = np.empty(64, np.float32)
-        vals = np.empty(n, np.float32)
-        cols = np.empty(n, np.int64)
-        es = np.empty(n)
-        js = np.empty(n, np.int64)
-        tmp = np.empty(x.shape[1])
+        scratch, ordered, vals, cols, es, js, tmp = _row_work(n, n, x.shape[1])
         for r in range(part * m // parts, (part + 1) * m // parts):
             i = queries[r]
             row = o[r]
@@ -434,13 +437,7 @@ def gram_select_refine(gm, ka, kb, row0, m, block, group, p, k, complete, nc, ga
     n = ka.shape[0]
     parts = max(1, min(m, parts))
     for part in nb.prange(parts):
-        scratch = np.empty(max(n, gm.shape[1]), np.int32)
-        ordered = np.empty(64, np.float32)
-        vals = np.empty(n, np.float32)
-        cols = np.empty(n, np.int64)
-        es = np.empty(n)
-        js = np.empty(n, np.int64)
-        tmp = np.empty(x.shape[1])
+        scratch, ordered, vals, cols, es, js, tmp = _row_work(n, max(n, gm.shape[1]), x.shape[1])
         for r in range(part * m // parts, (part + 1) * m // parts):
             i = row0 + r
             a = (i // block) * block
