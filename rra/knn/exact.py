@@ -417,7 +417,7 @@ def _heap_candidates(keys, n: int, d: int, p: int, block: int,
     hi = np.full((n, p), -1, dtype=np.int64)
     hc = np.zeros(n, dtype=np.int64)
     buf = torch.empty((block, n), dtype=keys.dtype)
-    buf_t = torch.empty((n, block), dtype=keys.dtype)
+    buf_t = torch.empty((n - block, block), dtype=keys.dtype)  # the rows after the first block
     for a in tqdm(range(0, n, block), desc=f"exact kNN n={n} d={d}", unit="block",
                   disable=None if progress else True):
         ni = min(n, a + block) - a
