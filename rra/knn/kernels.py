@@ -294,9 +294,8 @@ def _refine_row(cand_val, cand_idx, v_k, thr, i, base, k, complete, nc, gamma, r
     ``ẽ_j − w_j ≤ U`` can be among the k nearest. Their exact distances are computed (work
     space ``es`` / ``js``, as long as the candidates, and ``tmp``, d floats) and the first k by
     (distance, index) written to ``out_idx`` / ``out_sqd``; ``E_i`` is the k-th. Returns
-    ``(ok, contenders)``:
-    ``ok`` = every non-candidate (value ``≤ thr``) is provably farther than ``E_i``
-    (``complete``: the candidates are all other rows).
+    ``(ok, contenders)``: ``ok`` = every non-candidate (value ``≤ thr``) is provably farther
+    than ``E_i`` (``complete``: the candidates are all other rows).
     """
     u = -np.inf
     for t in range(cand_idx.size):
@@ -334,8 +333,8 @@ def select_refine(o, queries, p, k, group, complete, sq, nc, gamma, radius, x, n
     ``p`` candidates (:func:`_select_row`, strided groups of about ``group`` columns) and
     refines them (:func:`_refine_row`), one row at a time while it is in cache. The rows are
     split into ``parts`` contiguous ranges (one per thread), each allocating its work space
-    once. ``n_exact[r] = −1``
-    flags a row with fewer than p candidates (impossible: a row has n − 1 finite values)."""
+    once. ``n_exact[r] = −1`` flags a row with fewer than p candidates (impossible: a row has
+    n − 1 finite values)."""
     m, n = o.shape
     ng, full = _strided_groups(n, p, group)
     parts = max(1, min(m, parts))
@@ -372,7 +371,7 @@ def refine(cand_val, cand_idx, thr, queries, k, complete, sq, nc, gamma, radius,
 
 @nb.njit(parallel=True, cache=True)
 def recheck(o_rows, queries, k, bound, sq, nc, gamma, x, norms, out_idx, out_sqd, n_exact):
-    """Rows whose certificate failed: every ``j`` whose lower bound ``‖c_i‖² − 2 o_ij −
+    """Rows whose certificate failed: every ``j ≠ i`` whose lower bound ``‖c_i‖² − 2 o_ij −
     γ (‖c_i‖ + ‖c_j‖)²`` is ``≤ bound[r]`` (the k-th exact distance among the candidates) gets
     its exact distance; the first k by (distance, index) are kept. ``n_exact[r]`` = the number of
     such contenders (fewer than k is impossible while the error bound holds; it is reported as
