@@ -1,0 +1,227 @@
+"""One pass over row blocks for every hook of a scale: the stored kNN graphs and, for large k,
+the NNTS overlaps, without n × k graphs. [ours]
+
+NNTS at k in the thousands (the published E1: k = 6000 and 12000 of n = 60,000 rows) needs
+only ``m_i = |K_a[i] ∩ K_b[i]|`` for every pair of hooks, never the neighbour lists themselves;
+stored as n × k graphs they would take 5.8 GB per hook. Here each block of rows is taken
+through every hook in turn:
+
+1. the block's values ``o_ij = z_i·z_j − h_j`` against every row (one float32 matrix product,
+   ``h_j = fl(‖z_j‖²/2)``, the per-block values of ``rra.knn.exact``; ``z`` the rows
+   themselves under euclidean float32, no copy, else ``fl32(x / ‖x‖)`` or ``fl32(x)``);
+2. the stored graph's rows at ``k_graph`` (``rra.knn.kernels.select_refine``, the per-block
+   exact search: the same graph as ``rra.knn.exact.knn_exact`` builds);
+3. for each large k, the row's exact k nearest by (distance, index) as a bitmap
+   (``rra.knn.kernels.large_k_members``: float32 values decide all but a thin band around the
+   k-th, whose members get float64 distances);
+
+then the overlaps of every hook pair at every large k are popcounts of the bitmaps' AND
+(``rra.knn.kernels.pair_overlaps``). Every product is computed once per ordered pair of rows
+(``n² d`` multiply-adds per hook, twice the symmetric search's), and it serves both the graph
+and every large k. Memory: the embeddings (memory-mapped), the graphs at ``k_graph``, one block
+of products and the block's bitmaps (hooks × large ks × block × n / 8 bytes).
+
+The sets are exactly those of the stored-graph path: the overlaps equal
+``rra.metrics.common.overlap_counts`` of exact graphs at k (tests compare them, with ties and
+duplicate rows).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rra.knn.common import Points, check_k
+from rra.knn.exact import BLOCK_BYTES, _unit_roundoff, candidate_margin, default_block_rows
+
+#: the bitmaps of one block (hooks × large ks × rows × n bits) stay within this many bytes
+BITMAP_BYTES = 512 << 20
+
+
+@dataclass
+class SweepResult:
+    """Graphs (per point set: int32 indices and float32 distances, n × k_graph, or ``None``),
+    overlap counts per large k (int32 n × P, column p = pair ``pairs[p]``) and per-set stats."""
+
+    graphs: list[tuple[np.ndarray, np.ndarray] | None]
+    overlaps: dict[int, np.ndarray]
+    pairs: list[tuple[int, int]]
+    stats: list[dict] = field(default_factory=list)
+
+
+def hook_pairs(count: int) -> list[tuple[int, int]]:
+    """The pairs a < b of ``count`` point sets in the overlaps' column order."""
+    return [(a, b) for a in range(count) for b in range(a + 1, count)]
+
+
+class _Keys:
+    """One point set prepared for the products: ``z`` (float32 n × d, possibly the memory map
+    itself), ``h = fl(‖z‖²/2)``, ``sq = ‖z‖²`` and ``nc = ‖z‖`` (float64), R and γ."""
+
+    def __init__(self, points: Points):
+        import torch
+
+        from rra.knn import kernels
+
+        x = np.asarray(points.x)
+        n, d = x.shape
+        self.x, self.norms = x, points.kernel_norms
+        self.sq = np.empty(n, dtype=np.float64)
+        if points.distance == "euclidean" and x.dtype == np.float32 and x.flags.c_contiguous:
+            z = x  # no copy: z_j = x_j exactly
+            kernels.row_sqnorms(x, self.sq)
+        else:  # fl32(x / ‖x‖) (cosine) or fl32(x) (float64 input), with ‖·‖² of the rounded rows
+            keys = np.empty((n, d + 1), dtype=np.float32)
+            kernels.centred_keys(x, self.norms, np.zeros(d), keys, self.sq)
+            z = keys[:, :d]
+        if 4 * self.sq.max() >= np.finfo(np.float32).max:
+            raise ValueError(f"values too large for float32 products (max squared norm "
+                             f"{self.sq.max():.3g}); use the exact backend's float64 products")
+        self.nc = np.sqrt(self.sq)
+        self.radius = float(self.nc.max())
+        u = _unit_roundoff(torch.float32, torch.device("cpu"))
+        if (d + 2) * u >= 0.5:
+            raise ValueError(f"float32 matmul precision {torch.get_float32_matmul_precision()!r}"
+                             f" is too coarse for d = {d}; set it to 'highest'")
+        gamma_d = (d + 2) * u / (1 - (d + 2) * u)
+        self.gamma = 1.01 * (gamma_d + 6 * u)
+        with warnings.catch_warnings():  # read-only memory maps: torch only reads them
+            warnings.simplefilter("ignore", UserWarning)
+            self.z = torch.from_numpy(z)
+        self.h = torch.from_numpy((self.sq / 2).astype(np.float32))
+        self.d = d
+
+    def products(self, rows, out=None):
+        """``o_ij = fl(z_i·z_j − h_j)`` for the rows ``rows`` (a slice or an index array)."""
+        import torch
+
+        zi = self.z[rows] if isinstance(rows, slice) else self.z[torch.from_numpy(rows)]
+        o = torch.mm(zi, self.z.T, out=out)
+        return o.sub_(self.h)
+
+
+def sweep(points: Sequence[Points], k_graph: int | None, ks: Sequence[int], *,
+          block_rows: int | None = None, progress: bool = True,
+          names: Sequence[str] | None = None) -> SweepResult:
+    """Exact kNN graphs at ``k_graph`` (``None``: none) of every point set and, for each k of
+    ``ks``, the overlap counts ``m_i = |K_a[i] ∩ K_b[i]|`` of every pair a < b of point sets,
+    in one pass over blocks of rows (module docstring). All point sets must have the same rows.
+    CPU, float32 products (the result is exact regardless)."""
+    import numba
+    import torch
+    from tqdm.auto import tqdm
+
+    from rra.knn import kernels
+
+    points = list(points)
+    if not points:
+        raise ValueError("sweep: need at least one embedding")
+    names = [f"embedding {i}" for i in range(len(points))] if names is None else list(names)
+    n = points[0].n
+    for p, name in zip(points, names):
+        if p.n != n:
+            raise ValueError(f"{name} has {p.n} rows but {names[0]} has {n}: the sweep compares "
+                             "neighbour sets of the same probe rows")
+    ks_arr = np.array(sorted({check_k(k, n) for k in ks}), dtype=np.int64)
+    if k_graph is not None:
+        k_graph = check_k(k_graph, n)
+    pairs = hook_pairs(len(points))
+    large = ks_arr.size > 0 and len(points) > 1
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(threads)
+
+    t0 = time.perf_counter()
+    keys = []
+    for p, name in zip(points, names):
+        try:
+            keys.append(_Keys(p))
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from err
+    words = -(-n // 64)
+    b = default_block_rows(n, max(k.d for k in keys)) if block_rows is None else int(block_rows)
+    if b < 1:
+        raise ValueError(f"block_rows must be at least 1, got {block_rows}")
+    if large:
+        b = min(b, max(1, BITMAP_BYTES // (8 * words * len(points) * ks_arr.size)))
+    b = min(b, n, max(1, BLOCK_BYTES // (4 * n)) if block_rows is None else n)
+
+    graphs: list = [None] * len(points)
+    if k_graph is not None:
+        graphs = [(np.empty((n, k_graph), np.int32), np.empty((n, k_graph), np.float32))
+                  for _ in points]
+        n_cand = min(n - 1, k_graph + candidate_margin(k_graph))
+        group = kernels.group_size(n, n_cand)
+        b_idx = np.empty((b, k_graph), np.int64)
+        b_sqd = np.empty((b, k_graph), np.float64)
+        ok = np.empty(b, np.bool_)
+        n_exact = np.empty(b, np.int64)
+    overlaps = {int(k): np.zeros((n, len(pairs)), np.int32) for k in ks_arr} if large else {}
+    if large:
+        bits = np.zeros((len(points), ks_arr.size, b, words), np.uint64)
+        band = np.empty(b, np.int64)
+        block_overlaps = np.empty((ks_arr.size, b, len(pairs)), np.int64)
+    stats = [{"search": "sweep (per block)", "block_rows": b, "exact_pairs": 0,
+              "rows_rechecked": 0, "band_pairs": 0} for _ in points]
+    buf = torch.empty((b, n), dtype=torch.float32)
+
+    for a in tqdm(range(0, n, b), desc=f"kNN sweep n={n} hooks={len(points)}", unit="block",
+                  disable=None if progress else True):
+        bb = min(b, n - a)
+        q = np.arange(a, a + bb, dtype=np.int64)
+        for h, key in enumerate(keys):
+            o = key.products(slice(a, a + bb), out=buf[:bb]).numpy()
+            if k_graph is not None:
+                kernels.select_refine(o, q, n_cand, k_graph, group, n_cand == n - 1, key.sq,
+                                      key.nc, key.gamma, key.radius, key.x, key.norms,
+                                      b_idx[:bb], b_sqd[:bb], ok[:bb], n_exact[:bb], threads)
+                if (n_exact[:bb] < 0).any():  # impossible: a row has n − 1 finite values
+                    raise RuntimeError("kNN candidate selection failed; please report this as "
+                                       "a bug")
+                stats[h]["exact_pairs"] += int(n_exact[:bb].sum())
+                _recheck(key, q, k_graph, b_idx[:bb], b_sqd[:bb], ok[:bb], stats[h])
+                idx, dist = graphs[h]
+                idx[a:a + bb] = b_idx[:bb]
+                dist[a:a + bb] = np.sqrt(b_sqd[:bb])
+            if large:
+                kernels.large_k_members(o, q, ks_arr, key.sq, key.nc, key.gamma, key.radius,
+                                        key.x, key.norms, bits[h], band[:bb], threads)
+                if (band[:bb] < 0).any():  # impossible while the error bound holds
+                    raise RuntimeError(f"{names[h]}: large-k neighbour sets could not be "
+                                       "certified; please report this as a bug")
+                stats[h]["band_pairs"] += int(band[:bb].sum())
+        if large:
+            kernels.pair_overlaps(bits[:, :, :bb], block_overlaps[:, :bb])
+            for qk, k in enumerate(ks_arr):
+                overlaps[int(k)][a:a + bb] = block_overlaps[qk, :bb]
+    seconds = time.perf_counter() - t0
+    for s in stats:
+        s["seconds"] = seconds
+    return SweepResult(graphs=graphs, overlaps=overlaps, pairs=pairs, stats=stats)
+
+
+def _recheck(key: _Keys, q: np.ndarray, k: int, idx: np.ndarray, sqd: np.ndarray,
+             ok: np.ndarray, stats: dict) -> None:
+    """Step 5 of ``rra.knn.exact`` for the block's rows whose certificate failed: all their
+    products again, every row within the error bound of the k-th gets its exact distance."""
+    from rra.knn import kernels
+
+    bad = np.flatnonzero(~ok)
+    if not bad.size:
+        return
+    stats["rows_rechecked"] += int(bad.size)
+    o_rows = key.products(q[bad]).numpy()
+    r_idx = np.empty((bad.size, k), np.int64)
+    r_sqd = np.empty((bad.size, k), np.float64)
+    r_exact = np.empty(bad.size, np.int64)
+    kernels.recheck(o_rows, q[bad], k, sqd[bad, k - 1].copy(), key.sq, key.nc, key.gamma,
+                    key.x, key.norms, r_idx, r_sqd, r_exact)
+    if (r_exact < 0).any():  # impossible while the error bound holds
+        raise RuntimeError("kNN certification failed: fewer than k rows within the error bound; "
+                           "please report this as a bug")
+    idx[bad] = r_idx
+    sqd[bad] = r_sqd
+    stats["exact_pairs"] += int(r_exact.sum())

@@ -1,0 +1,80 @@
+"""The kNN sweep (rra.knn.sweep): stored graphs and large-k overlaps in one pass, against brute
+force and against the stored-graph path (exact graphs at k, then overlap counts)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rra.knn import knn_exact
+from rra.knn.common import prepare_points
+from rra.knn.sweep import hook_pairs, sweep
+from rra.metrics.common import overlap_counts
+from test_knn import brute_force
+
+
+def hooks_data(n=300, seed=0):
+    """Embeddings of one probe set at several 'hooks', with the hard cases: integer grids (many
+    exactly tied distances), duplicated rows, a near-constant hook, a 1-D hook."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n, 8))
+    grid = rng.integers(0, 3, size=(n, 5)).astype(np.float32)  # ties everywhere
+    dup = base[:, :4].copy()
+    dup[n // 2:] = dup[: n - n // 2]  # every row of the second half duplicates one of the first
+    wide = np.maximum(base @ rng.normal(size=(8, 96)), 0)  # ReLU-like, many zeros
+    flat = np.ones((n, 3)) + 1e-4 * rng.normal(size=(n, 3))  # large mean, tiny spread
+    line = rng.integers(0, 20, size=(n, 1))  # 1-D, ties
+    return [np.asarray(a, dtype=np.float32) for a in (base, grid, dup, wide, flat, line)]
+
+
+def brute_overlaps(xs, k, distance="euclidean"):
+    graphs = [brute_force(x, k, distance)[0] for x in xs]
+    return np.stack([overlap_counts(graphs[a], graphs[b])
+                     for a, b in hook_pairs(len(xs))], axis=1)
+
+
+def test_sweep_matches_brute_force(one_thread):
+    xs = hooks_data()
+    n = xs[0].shape[0]
+    ks = [1, 7, 60, 150, n - 2, n - 1]
+    res = sweep([prepare_points(x, "euclidean") for x in xs], 12, ks, block_rows=37,
+                progress=False)
+    assert res.pairs == hook_pairs(len(xs))
+    for x, (idx, dist) in zip(xs, res.graphs):
+        ref_idx, ref_dist = brute_force(x, 12)
+        np.testing.assert_array_equal(idx, ref_idx)
+        np.testing.assert_allclose(dist, ref_dist, rtol=1e-6, atol=1e-7)
+    for k in ks:
+        np.testing.assert_array_equal(res.overlaps[k], brute_overlaps(xs, k), err_msg=f"k = {k}")
+    assert res.overlaps[n - 1].min() == n - 1  # every other row, in every set
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_sweep_equals_stored_graph_path(distance):
+    """Same graphs and sets as knn_exact (the stored-graph path) at every k, any block size
+    (cosine too, where collinear rows tie mathematically: both paths order by the same float64
+    distances)."""
+    xs = [x + 0.5 for x in hooks_data(n=500, seed=3)]  # + 0.5: no zero rows under cosine
+    ks = [40, 250]
+    graphs = [knn_exact(x, max(ks), distance, progress=False) for x in xs]
+    for block_rows in (1, 64, None):
+        res = sweep([prepare_points(x, distance) for x in xs], 9, ks, block_rows=block_rows,
+                    progress=False)
+        for (idx, dist), (ref_idx, ref_dist) in zip(res.graphs, graphs):
+            np.testing.assert_array_equal(idx, ref_idx[:, :9])
+            np.testing.assert_array_equal(dist, ref_dist[:, :9])
+        for k in ks:
+            ref = np.stack([overlap_counts(graphs[a][0][:, :k], graphs[b][0][:, :k])
+                            for a, b in res.pairs], axis=1)
+            np.testing.assert_array_equal(res.overlaps[k], ref)
+
+
+def test_sweep_checks_inputs():
+    xs = hooks_data(n=50)
+    pts = [prepare_points(x, "euclidean") for x in xs]
+    with pytest.raises(ValueError, match="must be smaller than the number of rows"):
+        sweep(pts, None, [50], progress=False)
+    with pytest.raises(ValueError, match="same probe rows"):
+        sweep([pts[0], prepare_points(xs[1][:40], "euclidean")], None, [5], progress=False)
+    with pytest.raises(ValueError, match="at least one"):
+        sweep([], None, [5], progress=False)
