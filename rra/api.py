@@ -30,6 +30,7 @@ from rra.io import PathLike, save_npy
 
 
 def analyse(model: Any, images: Any, labels: Any = None, *, hooks: Iterable[str] | None = None,
+            include_input: bool | None = None,
             scales: Iterable[object] = ("full",), k: int | Iterable[int] = 10,
             distance: str = "euclidean", backend: str = "auto", nntp_alpha: Iterable[int] = (0,),
             knn_options: dict | None = None, batch_size: int = 256, device: str = "auto",
@@ -45,7 +46,13 @@ def analyse(model: Any, images: Any, labels: Any = None, *, hooks: Iterable[str]
     labels : N class labels (integers). ``None`` puts every row in one class 0, which makes
         the class-conditioned measures trivial.
     hooks : module names (``model.get_submodule``) in forward order; default
-        ``model.hook_names`` (rra's models have it).
+        ``model.hook_names`` (rra's models have it). May start with ``"input"``, the input
+        hook (see ``include_input``).
+    include_input : analyse the model's input itself as the hook ``"input"`` at position 0:
+        the batch ``model(x)`` receives (after ``transform``), flattened at ``full`` and
+        average-pooled at integer scales like any map. Default ``None``: the model's
+        ``analyse_input`` attribute if it has one (rra's LeNet-5: True), else False. True adds
+        it before ``hooks``; False with ``"input"`` among ``hooks`` is a ``ValueError``.
     scales : pooled scales: integers s (s × s average pooling) and/or ``"full"``.
     k : neighbourhood size(s); one graph at max(k) serves every k.
     distance, backend : ``euclidean``/``cosine``; ``auto``/``exact``/``annoy``.
@@ -63,7 +70,7 @@ def analyse(model: Any, images: Any, labels: Any = None, *, hooks: Iterable[str]
         hooks = getattr(model, "hook_names", None)
         if hooks is None:
             raise ValueError("hooks: give the module names to analyse (the model has no hook_names)")
-    hooks = list(hooks)
+    hooks = _with_input(model, list(hooks), include_input)
     ks = sorted({int(v) for v in ([k] if isinstance(k, (int, np.integer)) else k)})
     if not ks or ks[0] < 1:
         raise ValueError(f"k: need positive neighbourhood sizes, got {ks}")
@@ -97,6 +104,21 @@ def _analyse(model, images, labels, out: Path, hooks, scales, ks, distance, back
                  options=dict(knn_options or {}), progress=progress)
     run_tables(embed_dir, knn_dir, metrics_dir, ks=ks, alphas=list(nntp_alpha), run=run)
     return {name: pl.read_parquet(metrics_dir / f"{name}.parquet") for name in TABLES}
+
+
+def _with_input(model: Any, hooks: list[str], include_input: bool | None) -> list[str]:
+    """``hooks`` with the input hook first when it is requested (``include_input``, else the
+    model's ``analyse_input`` attribute, else no) and not already listed."""
+    from rra.embed import INPUT_HOOK
+
+    if INPUT_HOOK in hooks:
+        if include_input is False:
+            raise ValueError(f"include_input=False, but hooks list {INPUT_HOOK!r}: drop one of "
+                             "the two")
+        return hooks
+    if include_input is None:
+        include_input = bool(getattr(model, "analyse_input", False))
+    return [INPUT_HOOK, *hooks] if include_input else hooks
 
 
 def _as_labels(labels: Any) -> np.ndarray:

@@ -80,8 +80,9 @@ def cmd_embed(a: argparse.Namespace) -> None:
     from rra.embed import embed_run
 
     _threads(a.threads)
+    include_input = {"auto": None, "true": True, "false": False}[a.input]
     embed_run(a.run_dir, a.split_dir, a.probe, a.out, scales=a.scales, batch_size=a.batch_size,
-              device=a.device)
+              device=a.device, include_input=include_input)
 
 
 def cmd_knn(a: argparse.Namespace) -> None:
@@ -149,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scales", type=_json, required=True)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
+    p.add_argument("--input", choices=["auto", "true", "false"], default="auto",
+                   help="embed the model's normalised input as hook 'input' (position 0): "
+                        "auto = the model's analyse_input attribute (the rule passes the "
+                        "resolved embed.input)")
 
     p = stage("knn", cmd_knn, "build one kNN graph per embedding")
     p.add_argument("--embed-dir", required=True)

@@ -260,6 +260,25 @@ def embed_scales(config: dict[str, Any]) -> list[str]:
     return [str(s) for s in sorted(ints)] + (["full"] if "full" in raw else [])
 
 
+def embed_input(config: dict[str, Any], model: str) -> bool:
+    """Whether the embed stage adds the input hook ``input`` (position 0) for runs of ``model``.
+
+    ``embed.input``: ``true``/``false`` force it for every model; ``auto`` (default) follows
+    the model's ``analyse_input`` class attribute (:func:`rra.models.analyses_input`: LeNet-5
+    yes, ResNets no). The resolved value is an embed rule param, so changing it reruns the
+    embed jobs whose setting changed.
+    """
+    setting = config["embed"].get("input", "auto")
+    if setting == "auto":
+        from rra.models import analyses_input
+
+        return analyses_input(model)
+    if not isinstance(setting, bool):
+        raise ConfigError(f"config key 'embed.input': expected auto, true or false, "
+                          f"got {setting!r}")
+    return setting
+
+
 def probe_name(probe: dict[str, Any]) -> str:
     """``{split}-n{n_per_class}-s{seed}``, or ``{split}-all-s{seed}`` for every row of the split."""
     n = probe["n_per_class"]

@@ -1,4 +1,5 @@
-# Per-layer embedding dumps (rra/embed): every hook point at every pooled scale, streamed to disk.
+# Per-layer embedding dumps (rra/embed): every hook point at every pooled scale, streamed to disk;
+# with the input hook `input` first where embed.input resolves to true for the run's model.
 
 
 rule embed:
@@ -9,6 +10,7 @@ rule embed:
         RUN_DIR + "/embed/{probe}/manifest.json",
     params:
         scales=lambda w: rc.as_json(SCALES),
+        include_input=lambda w: rc.as_json(rc.embed_input(config, w.model)),
         batch_size=config["embed"]["batch_size"],
         device=config["device"],
         split_dir=lambda w: f"{RESULTS}/data/{w.dataset}/{rc.parse_probe(w.probe)['split']}",
@@ -24,4 +26,5 @@ rule embed:
     shell:
         "{RRA} embed --run-dir {params.run_dir} --split-dir {params.split_dir}"
         " --probe {input.probe} --out {params.out_dir} --scales {params.scales:q}"
-        " --batch-size {params.batch_size} --device {params.device} --threads {threads} 2> {log}"
+        " --batch-size {params.batch_size} --device {params.device} --input {params.include_input}"
+        " --threads {threads} 2> {log}"

@@ -86,6 +86,49 @@ def test_errors(setup):
         analyse(model, x, y, hooks=HOOKS, k=36, progress=False)
 
 
+def test_input_hook(setup, tmp_path):
+    """LeNet-5 analyses its input by default: NNTS rows with hook_a == "input" at position 0,
+    equal to NNTS recomputed from the flattened input and conv1's output."""
+    from rra.models import build_model
+
+    torch.manual_seed(0)
+    lenet = build_model("lenet5", in_channels=1, num_classes=4, image_size=28).eval()
+    x = torch.randn(30, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(30) % 4
+    tables = analyse(lenet, x, y, scales=[2, "full"], k=[4], progress=False)
+    nnts = tables["nnts"].filter(pl.col("measure") == "nnts")
+    first = nnts.filter(pl.col("hook_a") == "input")
+    assert first.height > 0 and first["pos_a"].unique().to_list() == [0]
+    assert nnts.filter(pl.col("hook_a") == "conv1")["pos_a"].unique().to_list() == [1]
+    assert set(first["scale_a"].unique()) == {"2", "full"}
+    with torch.no_grad():
+        conv1 = lenet.conv1(x)
+    for scale, a, b in [("full", x.flatten(1), conv1.flatten(1)),
+                        ("2", torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1),
+                         torch.nn.functional.adaptive_avg_pool2d(conv1, 2).flatten(1))]:
+        ga, gb = brute_knn(a.numpy(), 4), brute_knn(b.numpy(), 4)
+        ref = np.mean([len(set(p) & set(q)) / len(set(p) | set(q)) for p, q in zip(ga, gb)])
+        got = first.filter((pl.col("hook_b") == "conv1") & (pl.col("scale_a") == scale))["value"]
+        assert got.to_list() == pytest.approx([ref], abs=1e-12), scale
+    chain = tables["nntp"].filter(pl.col("measure") == "nntp_edges") \
+        .filter(pl.col("scale_a") == "full").sort("pos_a")["hook_a"].to_list()
+    assert chain[:2] == ["input", "conv1"] and len(chain) == 12  # I, C0, R0, P0, …, O
+    off = analyse(lenet, x, y, include_input=False, k=[4], progress=False)
+    assert "input" not in off["nnts"]["hook_a"].to_list()
+    # any model: include_input=True, or "input" among the hooks; not by default
+    model, xr, yr, _ = setup
+    on = analyse(model, xr, yr, hooks=["layer1", "fc"], include_input=True, k=3, progress=False)
+    listed = analyse(model, xr, yr, hooks=["input", "layer1", "fc"], k=3, progress=False)
+    assert on["nnts"].equals(listed["nnts"])
+    assert on["nnts"].filter(pl.col("pos_a") == 0)["hook_a"].unique().to_list() == ["input"]
+    plain = analyse(model, xr, yr, hooks=["layer1", "fc"], k=3, progress=False)
+    assert "input" not in plain["nnts"]["hook_a"].to_list()
+    with pytest.raises(ValueError, match="include_input=False, but hooks list 'input'"):
+        analyse(model, xr, yr, hooks=["input", "fc"], include_input=False, progress=False)
+    with pytest.raises(ValueError, match="must come first"):
+        analyse(model, xr, yr, hooks=["layer1", "input"], progress=False)
+
+
 def test_readme_example_runs():
     text = (ROOT / "README.md").read_text()
     block = re.search(r"```python\n(.*?from rra\.api import analyse.*?)```", text, re.S)

@@ -107,6 +107,25 @@ def test_scales_and_names(base):
     assert rc.as_json({"b": 1, "a": [1, 2]}) == '{"a":[1,2],"b":1}'
 
 
+def test_embed_input_setting(base):
+    """embed.input: auto (default) follows the model (LeNet-5 on, ResNets off); true/false force."""
+    cfg = validated(base)
+    assert cfg["embed"]["input"] == "auto"
+    assert rc.embed_input(cfg, "lenet5") is True
+    assert rc.embed_input(cfg, "resnet20") is False
+    for value in (True, False):
+        cfg["embed"]["input"] = value
+        validated(cfg)
+        assert rc.embed_input(cfg, "lenet5") is value and rc.embed_input(cfg, "resnet20") is value
+    cfg["embed"]["input"] = "yes"
+    with pytest.raises(Exception, match="yes"):
+        rc.validate(copy.deepcopy(cfg))
+    with pytest.raises(rc.ConfigError, match="config key 'embed.input'"):
+        rc.embed_input(cfg, "lenet5")
+    smk = (ROOT / "rules" / "embed.smk").read_text()  # a rule param, so an edit reruns embed
+    assert "rc.embed_input(config, w.model)" in smk.split("params:")[1].split("log:")[0]
+
+
 def test_knn_specs():
     cfg = rc.load_config(ROOT / "config" / "config.yaml")
     assert rc.knn_spec("cosine", "exact") == "cosine-exact"

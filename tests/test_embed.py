@@ -295,6 +295,77 @@ def test_nan_error_leaves_no_files(tmp_path):
     assert list(out.iterdir()) == []  # no final names, no temporaries, no manifest
 
 
+# ---------------------------------------------------------------- the input hook
+
+def test_input_hook_is_the_pooled_model_input(tmp_path):
+    """Hook ``input`` = the batch the model receives (after ``transform``), pooled like a map."""
+    rng = np.random.default_rng(3)
+    raw = rng.integers(0, 256, size=(13, 8, 8, 3), dtype=np.uint8)  # 8×8: scale 4 divides
+
+    def to_input(batch):  # a normalisation, as rra.data.normalise does for the workflow
+        x = (np.asarray(batch, dtype=np.float32) / 255.0 - 0.3) / 0.2
+        return torch.from_numpy(x).permute(0, 3, 1, 2)
+
+    model = small_net()
+    hooks = ["input", "conv1", "fc"]
+    man = dump_embeddings(model, raw, hooks, ["full", 4, 2, 1], tmp_path, batch_size=5,
+                          device="cpu", transform=to_input, progress=False)
+    assert man["hooks"] == hooks
+    assert [(e["hook"], e["scale"]) for e in man["entries"]][:4] == [
+        ("input", "1"), ("input", "2"), ("input", "4"), ("input", "full")]
+    x = to_input(raw)  # 13 × 3 × 8 × 8, the model's input
+    got = {e["scale"]: np.load(tmp_path / e["file"])
+           for e in man["entries"] if e["hook"] == "input"}
+    np.testing.assert_array_equal(got["full"], x.reshape(13, -1).numpy())
+    for s in (1, 2, 4):
+        torch_pool = torch.nn.functional.adaptive_avg_pool2d(x, s).flatten(1).numpy()
+        np.testing.assert_array_equal(got[str(s)], torch_pool)
+        blocks = x.numpy().reshape(13, 3, s, 8 // s, s, 8 // s).mean(axis=(3, 5)).reshape(13, -1)
+        np.testing.assert_allclose(got[str(s)], blocks, rtol=1e-6, atol=1e-6)
+        assert got[str(s)].shape == (13, 3 * s * s)
+    assert read_json(tmp_path / "input@full.json")["hook"] == "input"
+    # the module hooks are unchanged by the input hook
+    ref = reference(model, x, ["conv1", "fc"])
+    for e in man["entries"][4:]:
+        np.testing.assert_allclose(np.load(tmp_path / e["file"]), ref[(e["hook"], e["scale"])],
+                                   rtol=1e-5, atol=1e-6)
+    # input alone: no module hook at all
+    alone = dump_embeddings(model, x, ["input"], [2, "full"], tmp_path / "alone", device="cpu",
+                            progress=False)
+    assert [e["file"] for e in alone["entries"]] == ["input@2.npy", "input@full.npy"]
+    np.testing.assert_array_equal(np.load(tmp_path / "alone" / "input@full.npy"),
+                                  x.reshape(13, -1).numpy())
+
+
+def test_input_hook_errors(tmp_path):
+    model, x = small_net(), images(6)
+    with pytest.raises(ValueError, match=r"'input' \(the model's input\) must come first"):
+        dump_embeddings(model, x, ["conv1", "input"], SCALES, tmp_path, device="cpu",
+                        progress=False)
+
+    class HasInput(nn.Module):  # a submodule literally named "input"
+        def __init__(self):
+            super().__init__()
+            self.input = nn.Identity()
+            self.conv = nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            return self.conv(self.input(x))
+
+    with pytest.raises(ValueError, match="'input' is ambiguous.*submodule named 'input'"):
+        dump_embeddings(HasInput(), x, ["input", "conv"], SCALES, tmp_path, device="cpu",
+                        progress=False)
+    dump_embeddings(HasInput(), x, ["conv"], SCALES, tmp_path / "ok", device="cpu",
+                    progress=False)  # not asked for: no ambiguity
+    bad = x.clone()
+    bad[4, 1, 2, 3] = float("inf")  # second batch of 3
+    with pytest.raises(ValueError, match=r"hook 'input' \(scale 1\): NaN or inf.*rows 3\.\.5"):
+        dump_embeddings(model, bad, ["input", "conv1"], SCALES, tmp_path / "nan", batch_size=3,
+                        device="cpu", progress=False)
+    assert list((tmp_path / "nan").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan", "ok"]
+
+
 # ---------------------------------------------------------------- the stage entry
 
 def fake_stage_modules(monkeypatch, tmp_path):
@@ -354,6 +425,15 @@ def test_embed_run_probe_rows_labels_and_hashes(monkeypatch, tmp_path):
         np.testing.assert_allclose(np.load(out / e["file"]), ref[(e["hook"], e["scale"])],
                                    rtol=1e-5, atol=1e-6)
         assert read_json(out / e["file"].replace(".npy", ".json"))["probe_sha256"] == man["probe_sha256"]
+    # the input hook on request: the normalised probe images, first
+    with_input = embed_run(run_dir, split_dir, probe_path, tmp_path / "embed-input",
+                           scales=[1, "full"], batch_size=3, device="cpu", include_input=True)
+    assert with_input["hooks"] == ["input", *SmallNet.hook_names]
+    x = normalise(raw[probe], types.SimpleNamespace(mean=0.5))
+    np.testing.assert_array_equal(np.load(tmp_path / "embed-input" / "input@full.npy"),
+                                  x.reshape(8, -1).numpy())
+    np.testing.assert_array_equal(np.load(tmp_path / "embed-input" / "input@1.npy"),
+                                  x.mean(dim=(2, 3)).numpy())
     np.save(probe_path, np.array([1, 1, 2]))
     with pytest.raises(ValueError, match="repeat"):
         embed_run(run_dir, split_dir, probe_path, out, scales=[1], device="cpu")
@@ -492,11 +572,20 @@ def test_embed_run_end_to_end_with_real_stages(tmp_path):
     split = data.load_split(split_dir)
     x = torch.from_numpy(data.normalise(np.asarray(split.images[probe]), split.info))
     ref = reference(model, x, model.hook_names, [1, 2, "full"])
-    assert man["hooks"] == model.hook_names and man["n"] == 20
+    # LeNet-5 analyses its input by default: hook "input" first, the normalised images
+    ref[("input", "full")] = x.reshape(20, -1).numpy()
+    for s in (1, 2):
+        ref[("input", str(s))] = torch.nn.functional.adaptive_avg_pool2d(x, s).flatten(1).numpy()
+    assert man["hooks"] == ["input", *model.hook_names] and man["n"] == 20
     assert (man["dataset"], man["split"]) == ("mnist5k", "test")
     assert man["checkpoint_sha256"] == sha256_file(run_dir / "model.pt")
     np.testing.assert_array_equal(np.load(out / "labels.npy"), split.labels[probe])
     assert {(e["hook"], e["scale"]) for e in man["entries"]} == set(ref)
+    np.testing.assert_array_equal(np.load(out / "input@full.npy"), ref[("input", "full")])
+    without = embed_run(run_dir, split_dir, probe_path, tmp_path / "no-input", scales=["full"],
+                        device="cpu", include_input=False)
+    assert without["hooks"] == model.hook_names
+    assert not (tmp_path / "no-input" / "input@full.npy").exists()
     for e in man["entries"]:
         np.testing.assert_allclose(np.load(out / e["file"]), ref[(e["hook"], e["scale"])],
                                    rtol=1e-5, atol=1e-5, err_msg=e["file"])

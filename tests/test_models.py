@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rra.models import ATTENTION, MODELS, build_model, list_models
+from rra.models import ATTENTION, MODELS, analyses_input, build_model, list_models
 from rra.models.cost import cost_table, count_flops, count_params
 from rra.models.resnet import PadShortcut
 
@@ -128,6 +128,22 @@ def test_stages_and_hook_names():
     assert lenet.hook_names == ["conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3",
                                 "relu3", "fc1", "relu4", "fc2"]
     assert lenet.stages == []
+
+
+def test_analyse_input_flags():
+    """LeNet-5 analyses its input (hook ``input``) by default, the ResNets do not; the
+    registry-level lookup (``embed.input: auto``) agrees with every built model, and no model
+    has a submodule named ``input`` (that would make the input hook ambiguous)."""
+    assert _model("lenet5", "none").analyse_input is True
+    assert _model("resnet8", "none").analyse_input is False
+    assert {name: analyses_input(name) for name in MODELS} == {
+        name: name == "lenet5" for name in MODELS}
+    for name in MODELS:
+        model = _model(name, "none")
+        assert analyses_input(name) == getattr(model, "analyse_input", False), name
+        assert "input" not in dict(model.named_modules()), name
+    with pytest.raises(ValueError, match="unknown model 'vgg11'"):
+        analyses_input("vgg11")
 
 
 @pytest.mark.parametrize("name", ["lenet5", "resnet8", "resnet18"])

@@ -92,7 +92,7 @@ def test_embeddings_equal_forward_pass(study):
     embed = run / "embed" / PROBE
     manifest = json.loads((embed / "manifest.json").read_text())
     model = load_trained(run)
-    assert manifest["hooks"] == model.hook_names
+    assert manifest["hooks"] == ["input", *model.hook_names]  # embed.input: auto, LeNet-5 on
     probe = np.load(study / "results" / "data" / "mnist5k" / "probe" / f"{PROBE}.npy")
     assert len(probe) == 120
     split = load_split(study / "results" / "data" / "mnist5k" / "test")
@@ -111,6 +111,11 @@ def test_embeddings_equal_forward_pass(study):
     ref = torch.nn.functional.adaptive_avg_pool2d(outputs["conv1"], 2).flatten(1).numpy()
     np.testing.assert_allclose(pooled, ref, rtol=1e-5, atol=1e-5)
     assert not (embed / "fc2@2.npy").exists()  # 2-D outputs exist only at `full`
+    np.testing.assert_array_equal(np.load(embed / "input@full.npy"), x.flatten(1).numpy())
+    ref = torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1).numpy()
+    np.testing.assert_array_equal(np.load(embed / "input@2.npy"), ref)
+    resnet = study / "results" / "mnist5k" / "resnet8-none-standard-s0" / "embed" / PROBE
+    assert "input" not in json.loads((resnet / "manifest.json").read_text())["hooks"]
 
 
 def test_knn_graphs_equal_brute_force(study):
@@ -155,6 +160,8 @@ def test_rerun_does_nothing_and_edits_rerun_dependents(study, tmp_path):
     overlay = tmp_path / "edit.yaml"
     overlay.write_text(yaml.safe_dump({"knn": {"k": [3, 6]}}))
     assert planned_jobs(study, (TEST_CONFIG, overlay)) == {"knn": 3, "metrics": 3, "report": 1, "all": 1}
+    overlay.write_text(yaml.safe_dump({"embed": {"input": False}}))  # only LeNet-5's change
+    assert planned_jobs(study, (TEST_CONFIG, overlay)) == {"embed": 2, "knn": 2, "metrics": 2, "report": 1, "all": 1}
     cfg = yaml.safe_load(TEST_CONFIG.read_text())
     cfg["runs"][1]["training"] = {"lr": 0.01}
     overlay.write_text(yaml.safe_dump({"runs": cfg["runs"]}))

@@ -2,7 +2,16 @@
 
 Memory: each batch's hook outputs are pooled inside the forward hook and appended to one
 ``rra.io.NpyRowWriter`` per (hook, scale), so the process holds the model, one batch of
-activations and the writers' buffers — never an n-sized array (methods.md §1).
+activations and the writers' buffers — never an n-sized array (methods.md §2).
+
+The input hook: the reserved hook name ``input`` (:data:`INPUT_HOOK`) stands for the model's
+input itself — the float batch ``x`` that ``model(x)`` receives, i.e. the image after
+``transform`` (normalisation) — treated like any hook output: pooled to each scale by
+:func:`rra.embed.pool.pool_embedding` (an N×C×H×W input has scales 1, 2, 4, … and ``full``
+like any feature map), checked for NaN/inf and streamed to ``input@{scale}.npy``. It is
+captured before the forward pass (so no in-place op of the model can alter it) and, when
+requested, must be the first hook (forward position 0). [source: the chain of hook points
+starts at the input image I; ours: the normalised input, pooled like any map]
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 MANIFEST = "manifest.json"
+#: reserved hook name of the model's (normalised) input; always forward position 0
+INPUT_HOOK = "input"
 # keys written by dump_embeddings itself; ``meta`` may not override them
 _RESERVED = frozenset({"hook", "scale", "file", "shape", "dtype", "hooks", "scales", "entries",
                        "n", "batch_size", "device", "versions"})
@@ -48,7 +59,10 @@ def dump_embeddings(model: "nn.Module", images: Any, hooks: Sequence[str], scale
     ``hooks``: module names (``model.get_submodule``) in forward call order; every hook must be
     called exactly once per forward pass, checked with a dry forward on the first sample, which
     also fixes each embedding's width d (see :func:`rra.embed.pool.scales_for` for which scales
-    apply to which output). The model is put in eval mode (restored afterwards), moved to
+    apply to which output). The reserved name ``"input"`` (:data:`INPUT_HOOK`), allowed only
+    first, embeds the model's input batch itself (what ``model(x)`` receives, after
+    ``transform``), pooled like any map; a model with a submodule named ``input`` cannot use it
+    (ambiguous: ``ValueError``). The model is put in eval mode (restored afterwards), moved to
     ``device`` and run under ``torch.inference_mode()``.
 
     Writes ``out_dir/{hook}@{scale}.npy`` (float32, n × d, row i = input row i) with a sidecar
@@ -75,7 +89,7 @@ def dump_embeddings(model: "nn.Module", images: Any, hooks: Sequence[str], scale
     was_training = model.training
     model.eval()
     model.to(dev)
-    modules = {h: model.get_submodule(h) for h in hook_list}
+    modules = {h: model.get_submodule(h) for h in hook_list if h != INPUT_HOOK}
     sink = _Sink()
     try:
         with torch.inference_mode():
@@ -90,14 +104,17 @@ def dump_embeddings(model: "nn.Module", images: Any, hooks: Sequence[str], scale
                     width = int(np.prod(_row_shape(shapes[hook], scale)))
                     path = out_dir / f"{embedding_stem(hook, scale)}.npy"
                     sink.writers[(hook, scale)] = NpyRowWriter(path, (n, width), np.float32)
-            handles = [modules[h].register_forward_hook(sink.hook(h, plan[h])) for h in hook_list]
+            handles = [modules[h].register_forward_hook(sink.hook(h, plan[h])) for h in modules]
             try:
                 bar = tqdm(itertools.chain([first], batch_iter), total=n_batches, unit="batch",
                            desc=f"embed {len(sink.writers)} arrays",
                            disable=None if progress else True)
                 for x in bar:
+                    x = x.to(dev)
                     sink.begin(x.shape[0])
-                    model(x.to(dev))
+                    if INPUT_HOOK in plan:  # the model's input, stored before the forward pass
+                        sink.store(INPUT_HOOK, plan[INPUT_HOOK], x)
+                    model(x)
                     sink.end()
             finally:
                 for handle in handles:
@@ -147,24 +164,28 @@ class _Sink:
         self.offset += self.batch
 
     def hook(self, name: str, scales: list[Scale]) -> Callable:
-        import torch
-
         def write(module: Any, inputs: Any, output: Any) -> None:
-            rows = f"rows {self.offset}..{self.offset + self.batch - 1}"
-            if not isinstance(output, torch.Tensor) or output.shape[0] != self.batch:
-                got = (tuple(output.shape) if isinstance(output, torch.Tensor)
-                       else type(output).__name__)
-                raise ValueError(f"hook {name!r}: expected an output with {self.batch} rows for "
-                                 f"{rows}, got {got}")
-            for scale in scales:
-                emb = pool_embedding(output, scale)
-                if not _all_finite(emb):
-                    raise ValueError(f"hook {name!r} (scale {scale_name(scale)}): NaN or inf in "
-                                     f"the embedding of probe {rows}")
-                # written at once: a later in-place op cannot change what is stored
-                self.writers[(name, scale)].write(emb.cpu().numpy())
+            self.store(name, scales, output)
 
         return write
+
+    def store(self, name: str, scales: list[Scale], output: Any) -> None:
+        """Pool one batch's ``output`` of hook ``name`` to each scale and append it."""
+        import torch
+
+        rows = f"rows {self.offset}..{self.offset + self.batch - 1}"
+        if not isinstance(output, torch.Tensor) or output.shape[0] != self.batch:
+            got = (tuple(output.shape) if isinstance(output, torch.Tensor)
+                   else type(output).__name__)
+            raise ValueError(f"hook {name!r}: expected an output with {self.batch} rows for "
+                             f"{rows}, got {got}")
+        for scale in scales:
+            emb = pool_embedding(output, scale)
+            if not _all_finite(emb):
+                raise ValueError(f"hook {name!r} (scale {scale_name(scale)}): NaN or inf in "
+                                 f"the embedding of probe {rows}")
+            # written at once: a later in-place op cannot change what is stored
+            self.writers[(name, scale)].write(emb.cpu().numpy())
 
 
 def _all_finite(t: "torch.Tensor") -> bool:
@@ -176,11 +197,15 @@ def _all_finite(t: "torch.Tensor") -> bool:
 
 
 def _dry_forward(model: "nn.Module", modules: dict, hooks: list[str], x: "torch.Tensor") -> dict:
-    """Run one sample; return each hook's output shape; check each hook fires once, in order."""
+    """Run one sample; return each hook's output shape (``input``: the input's shape, first);
+    check each module hook fires once, in order."""
     import torch
 
     calls: list[str] = []
     shapes: dict[str, tuple[int, ...]] = {}
+    if hooks[0] == INPUT_HOOK:
+        shapes[INPUT_HOOK] = tuple(x.shape)
+        hooks = hooks[1:]
 
     def recorder(name: str) -> Callable:
         def record(module: Any, inputs: Any, output: Any) -> None:
@@ -243,11 +268,20 @@ def _check_hooks(model: "nn.Module", hooks: Sequence[str]) -> list[str]:
     if repeated:
         raise ValueError(f"hook(s) {repeated} given more than once")
     available = [name for name, _ in model.named_modules() if name]
-    unknown = [h for h in hooks if h not in set(available)]
+    if INPUT_HOOK in hooks:
+        if INPUT_HOOK in available:
+            raise ValueError(f"hook {INPUT_HOOK!r} is ambiguous: it is reserved for the model's "
+                             f"input, but the model also has a submodule named {INPUT_HOOK!r}; "
+                             "rename the submodule to embed either")
+        if hooks[0] != INPUT_HOOK:
+            raise ValueError(f"hook {INPUT_HOOK!r} (the model's input) must come first in the "
+                             f"hooks (forward position 0), got {hooks}")
+    unknown = [h for h in hooks if h != INPUT_HOOK and h not in set(available)]
     if unknown:
         shown = ", ".join(available[:20]) + (f", … ({len(available) - 20} more)"
                                              if len(available) > 20 else "")
-        raise ValueError(f"unknown hook(s) {unknown}: the model's modules are {shown}")
+        raise ValueError(f"unknown hook(s) {unknown}: the model's modules are {shown} (and "
+                         f"{INPUT_HOOK!r}, the model's input, first)")
     return hooks
 
 

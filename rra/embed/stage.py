@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from rra.embed.dump import dump_embeddings
+from rra.embed.dump import INPUT_HOOK, dump_embeddings
 from rra.io import PathLike, load_npy, read_json, save_npy, sha256_array, sha256_file
 
 
@@ -66,13 +66,18 @@ def load_probe(probe_path: PathLike, n_rows: int, split_dir: PathLike | None = N
 
 
 def embed_run(run_dir: PathLike, split_dir: PathLike, probe_path: PathLike, out_dir: PathLike, *,
-              scales: Iterable[object], batch_size: int = 256, device: str = "auto") -> dict:
+              scales: Iterable[object], batch_size: int = 256, device: str = "auto",
+              include_input: bool | None = None) -> dict:
     """Dump the embeddings of a trained run on a probe set; return the manifest.
 
     Loads the model (``rra.train.load_trained(run_dir)``), the split
     (``rra.data.load_split(split_dir)``) and the probe indices; embeds ``images[probe]`` in
     probe order, normalised for the model, at every hook of ``model.hook_names`` and every
-    applicable scale (:func:`rra.embed.dump_embeddings`). Also writes the probe rows' labels to
+    applicable scale (:func:`rra.embed.dump_embeddings`), preceded by the input hook
+    ``input`` (the normalised images the model receives, pooled like any map) when
+    ``include_input`` is true; ``None`` (default) follows the model's ``analyse_input`` class
+    attribute (LeNet-5: true, ResNets: false; the workflow passes the resolved
+    ``embed.input``, :func:`rra.config.embed_input`). Also writes the probe rows' labels to
     ``out_dir/labels.npy`` (int64, n) for the metrics stage. Every record carries the SHA-256 of
     ``run_dir/model.pt`` and of the probe .npy file, and the dataset and split names. The probe
     set is checked against its sidecar and the split (:func:`load_probe`).
@@ -96,6 +101,9 @@ def embed_run(run_dir: PathLike, split_dir: PathLike, probe_path: PathLike, out_
             "probe": str(probe_path), "probe_sha256": sha256_file(probe_path),
             "dataset": dataset, "split": split.manifest.get("split", split_dir.name),
             "labels": "labels.npy"}
-    return dump_embeddings(model, ProbeRows(split.images, probe), list(model.hook_names), scales,
+    if include_input is None:
+        include_input = bool(getattr(model, "analyse_input", False))
+    hooks = ([INPUT_HOOK] if include_input else []) + list(model.hook_names)
+    return dump_embeddings(model, ProbeRows(split.images, probe), hooks, scales,
                            out_dir, batch_size=batch_size, device=device,
                            transform=lambda batch: normalise(batch, info), meta=meta)

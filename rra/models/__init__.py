@@ -6,7 +6,10 @@ entry point. Every model has
 - ``model.hook_names``: module names (usable with ``model.get_submodule``) in forward order;
   each module's forward output is the embedding of that hook point, never modified in place;
 - ``model.stages``: the residual block names per stage (``[]`` for LeNet-5);
-- ``model.spec``: the arguments it was built from (``build_model(**spec)`` rebuilds it).
+- ``model.spec``: the arguments it was built from (``build_model(**spec)`` rebuilds it);
+- ``model.analyse_input`` (class attribute): whether analyses embed the model's input as the
+  hook ``input`` at position 0 by default (LeNet-5: True, ResNets: False);
+  :func:`analyses_input` reads it from a registry name without building the model.
 
 | name | model |
 |---|---|
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -37,13 +41,22 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
 }
 
-__all__ = ["ATTENTION", "MODELS", "build_attention", "build_model", "get_attn",
-           "list_attention", "list_models"]
+__all__ = ["ATTENTION", "MODELS", "analyses_input", "build_attention", "build_model",
+           "get_attn", "list_attention", "list_models"]
 
 
 def list_models() -> list[str]:
     """Registered model names, sorted."""
     return sorted(MODELS)
+
+
+def analyses_input(name: str) -> bool:
+    """Whether registry model ``name`` analyses its input (hook ``input``) by default: the
+    ``analyse_input`` class attribute of the class its builder returns (the builder's return
+    annotation), False where undeclared. Used for ``embed.input: auto``."""
+    builder = lookup(MODELS, name, "model")
+    cls = typing.get_type_hints(builder).get("return")
+    return bool(getattr(cls, "analyse_input", False))
 
 
 def build_model(name: str, *, in_channels: int, num_classes: int, image_size: int,

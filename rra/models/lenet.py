@@ -11,6 +11,10 @@ inputs.
 Inputs smaller than 28 leave no room for conv3 and are refused. The flatten is a reshape in
 ``forward`` (not a hook point: it only re-lays out relu3's output). ReLUs are not in-place.
 Parameters at 1×28×28, 10 classes: 61,706. Initialisation: PyTorch defaults.
+
+``analyse_input = True``: the embed stage (``embed.input: auto``) and ``rra.api.analyse`` add
+the input hook ``input`` before conv1 by default, so the chain of hook points starts at the
+image, I, C0, R0, P0, … O, as in the NNTS/NNTP paper [source: arXiv:2012.03793] (12 points).
 """
 
 from __future__ import annotations
@@ -29,7 +33,11 @@ def conv3_size(image_size: int) -> int:
 
 
 class LeNet5(nn.Module):
-    """LeNet-5; ``hook_names`` lists all eleven modules in forward order."""
+    """LeNet-5; ``hook_names`` lists all eleven modules in forward order; analyses add the
+    input hook ``input`` first by default (``analyse_input``)."""
+
+    #: analyses embed the (normalised) input as hook ``input`` at position 0 by default
+    analyse_input: bool = True
 
     def __init__(self, in_channels: int, num_classes: int, image_size: int) -> None:
         super().__init__()

@@ -101,6 +101,9 @@ class GlobalAvgPool(nn.Module):
 class ResNet(nn.Module):
     """Stem → stages of BasicBlocks (``layer1``, ``layer2``, …) → ``pool`` → ``fc``."""
 
+    #: the input hook ``input`` is not analysed by default (``embed.input: true`` adds it)
+    analyse_input: bool = False
+
     def __init__(self, *, blocks: Sequence[int], widths: Sequence[int],
                  strides: Sequence[int], shortcut: str, in_channels: int, num_classes: int,
                  attention: str = "none", attention_kwargs: dict[str, Any] | None = None) -> None:
