@@ -565,7 +565,13 @@ def absorb_rows(g, i0, j0, h, p, group, hv, hi, hc):
 # ------------------------------------------------- large k: neighbour sets as bitmaps (sweep)
 # For k in the thousands (NNTS at k = 6000, 12000 of 60,000 rows) a row's k nearest are a fifth
 # of all rows: ``rra.knn.sweep`` keeps them as bitmaps (one bit per row) instead of lists, so
-# that overlaps of two sets are popcounts of their AND. [ours]
+# that overlaps of two sets are popcounts of their AND. Per block of rows and hook, three steps:
+# :func:`members_select` (per row: the k-th largest value, the bitmap of the values clearly
+# above it, the band of values too close to call), :func:`band_distances` (exact distances of
+# every band pair, grouped by column so that each column's row is read once per block) and
+# :func:`members_finish` (per row: the band's nearest complete the set). [ours]
+
+SAMPLE = 1024  # strided sample of a row that brackets its k-th largest value
 
 
 @intrinsic
@@ -580,44 +586,29 @@ def _popcount(typingctx, x):
 
 
 @nb.njit(cache=True)
-def _kth_largest_row(row, k, sample, vals, scratch):
-    """The k-th largest value of the float32 ``row`` (1 ≤ k ≤ row.size), in about three
-    vectorised passes: a sorted strided sample of the row brackets the k-th value (binomial
-    margin of 4 standard deviations plus 4), one pass counts the values above the bracket and
-    collects those inside it (``vals``), and a bisection over the collected values finishes.
-    A bracket that misses (probability ≈ 1e-4 per row) is widened to the whole row; the result
-    is exact either way. ``sample``: float32 work space, ``scratch``: int32 of ``row.size``."""
-    n = row.size
+def _bracket(sample, k, n):
+    """``(lo, hi)`` from the sorted strided ``sample`` of a row of n values: the row's k-th
+    largest value lies in [lo, hi] unless the sample is unusual (binomial margin of 4 standard
+    deviations plus 4 sample ranks; ±∞ at the ends)."""
     s = sample.size
-    stride = n // s
-    for t in range(s):
-        sample[t] = row[t * stride]
-    sample.sort()
-    rk = k * s / n  # expected rank from the top in the sample
+    rk = k * s / n
     margin = 4.0 * np.sqrt(rk + 1.0) + 4.0
     top = int(rk - margin)
     bottom = int(rk + margin)
-    hi = sample[s - 1 - top] if top > 0 else np.float32(np.inf)
-    lo = sample[s - 1 - bottom] if bottom < s - 1 else np.float32(-np.inf)
-    above = 0
-    c = 0
-    for j in range(n):  # branch-free: write always, advance if inside
-        v = row[j]
-        above += v > hi
-        vals[c] = v
-        c += (v >= lo) & (v <= hi)
-    if not (above < k <= above + c):  # the sample missed: select from the whole row
-        above = 0
-        c = n
-        vals[:n] = row
-    p = k - above
-    t = _pth_largest_bound(vals[:c], p, scratch)
-    best = np.float32(np.inf)
-    for q in range(c):  # the smallest value ≥ t: the p-th largest collected value
-        v = vals[q]
-        if v >= t and v < best:
-            best = v
-    return best
+    hi = np.float64(sample[s - 1 - top]) if top > 0 else np.inf
+    lo = np.float64(sample[s - 1 - bottom]) if bottom < s - 1 else -np.inf
+    return lo, hi
+
+
+@nb.njit(cache=True)
+def _outward(v, up):
+    """float32 value at or beyond the float64 ``v`` (above it if ``up``, below otherwise)."""
+    f = np.float32(v)
+    if up and np.float64(f) < v:
+        f = np.nextafter(f, np.float32(np.inf))
+    if not up and np.float64(f) > v:
+        f = np.nextafter(f, np.float32(-np.inf))
+    return f
 
 
 @nb.njit(cache=True)
@@ -637,68 +628,213 @@ def _set_bits_above(row, thr, bits):
     return total
 
 
+@intrinsic
+def _trailing_zeros(typingctx, x):
+    """Index of the lowest set bit of a non-zero uint64 (LLVM's cttz)."""
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.IntType(64), [ir.IntType(64), ir.IntType(1)])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.cttz.i64")
+        return builder.call(fn, [args[0], ir.Constant(ir.IntType(1), 1)])
+
+    return nb.types.uint64(nb.types.uint64), codegen
+
+
+@nb.njit(cache=True)
+def _collect(row, lo, hi, vals, cols):
+    """The values of ``row`` in [lo, hi] and their columns, in column order, into ``vals`` /
+    ``cols``; returns how many. Each 64 columns give a bitmap word (a vectorised compare), whose
+    set bits are then visited one by one: a pass over the row costs about one compare per value
+    when few values are inside."""
+    n = row.size
+    c = 0
+    for w in range(-(-n // 64)):
+        base = w * 64
+        word = np.uint64(0)
+        for b in range(min(64, n - base)):
+            v = row[base + b]
+            word |= np.uint64((v >= lo) & (v <= hi)) << np.uint64(b)
+        while word:
+            j = base + np.int64(_trailing_zeros(word))
+            vals[c] = row[j]
+            cols[c] = j
+            c += 1
+            word &= word - np.uint64(1)
+    return c
+
+
+@nb.njit(cache=True)
+def _select_members_row(row, k, w_i, lo, hi, sample_fallback, vals, cols, scratch, bits,
+                        band_j):
+    """One row and one k of :func:`members_select`; returns ``(inside, band, need)``.
+
+    ``[lo, hi]`` brackets the k-th largest value (else the whole row is used). The values in
+    ``[lo − 2w, hi + 2w]`` are collected once; the k-th largest ``v_k`` is selected among them;
+    ``row > v_k + w`` goes into ``bits`` (``inside`` of them), ``[v_k − w, v_k + w]`` is the band
+    (its columns into ``band_j``, at most its size; ``band`` = how many), of which the nearest
+    ``need = k − inside`` belong to the set."""
+    n = row.size
+    above = 0
+    ge = 0
+    for j in range(n):  # vectorised counts
+        v = row[j]
+        above += v > hi
+        ge += v >= lo
+    if sample_fallback or not (above < k <= ge):
+        lo = -np.inf
+        hi = np.inf
+    c = _collect(row, _outward(lo - 2.0 * w_i, False), _outward(hi + 2.0 * w_i, True), vals,
+                 cols)
+    hi32 = _outward(hi, True)
+    over = 0  # collected values above the bracket: all larger than the k-th
+    for t in range(c):
+        over += vals[t] > hi32
+    above_all = 0 if hi == np.inf else above
+    p = k - above_all + over
+    t = _pth_largest_bound(vals[:c], p, scratch)
+    v_k = np.inf
+    for q in range(c):  # the smallest collected value ≥ t: the p-th largest collected
+        v = np.float64(vals[q])
+        if v >= t and v < v_k:
+            v_k = v
+    thr = _outward(v_k + w_i, True)
+    low = _outward(v_k - w_i, False)
+    inside = _set_bits_above(row, thr, bits)
+    band = 0
+    for t in range(c):
+        v = vals[t]
+        if v >= low and v <= thr:
+            if band < band_j.size:
+                band_j[band] = cols[t]
+            band += 1
+    return inside, band, k - inside
+
+
 @nb.njit(parallel=True, cache=True)
-def large_k_members(o, queries, ks, sq, nc, gamma, radius, x, norms, bits, n_exact, parts):
-    """Exact neighbour sets of the query rows at each k of ``ks``, as bitmaps.
+def members_select(o, queries, ks, nc, gamma, radius, bits, band_j, band_n, need, parts):
+    """Step 1 of the large-k sets for a block of per-block values ``o`` (m × n float32, row r =
+    query ``queries[r]``; ``o_ij = c_i·c_j − h_j``, larger = nearer, ``ẽ_ij = ‖c_i‖² − 2 o_ij``
+    within ``w_ij ≤ W_i = γ (‖c_i‖ + R)²`` of the exact squared distance ``e_ij``). Self is
+    excluded (−∞ is written into ``o``). For the q-th k:
 
-    ``o`` (m × n float32): per-block values ``o_ij = c_i·c_j − h_j`` of ``rra.knn.exact``
-    (larger = nearer; ``ẽ_ij = ‖c_i‖² − 2 o_ij`` within ``w_ij ≤ W_i = γ (‖c_i‖ + R)²`` of the
-    exact squared distance ``e_ij``). Self is excluded (−∞ is written into ``o``). For each k:
+    - ``v_k`` = the k-th largest ``o_ij``: the k-th smallest estimate is ``‖c_i‖² − 2 v_k``, and
+      the k-th smallest exact distance ``E_k`` is within ``W_i`` of it (order statistics move no
+      more than the values);
+    - ``o_ij > v_k + W_i`` ⟹ ``e_ij < E_k``: in the set (``bits[q, r]``); ``o_ij < v_k − W_i``
+      ⟹ ``e_ij > E_k``: out; between (both thresholds rounded outwards to float32): the band,
+      whose columns go to ``band_j[r, q]`` (``band_n[r, q]`` of them; more than fit are counted
+      only, for the caller to handle) and of which the ``need[r, q]`` nearest by (distance,
+      index) belong to the set (:func:`members_finish`).
 
-    1. ``v_k`` = the k-th largest ``o_ij`` (:func:`_kth_largest_row`), so the k-th smallest
-       estimate is ``ẽ_(k) = ‖c_i‖² − 2 v_k``, and the k-th smallest exact distance ``E_k`` is
-       within ``W_i`` of it (order statistics move no more than the values);
-    2. ``o_ij > v_k + W_i`` ⟹ ``e_ij < E_k``: in the set; ``o_ij < v_k − W_i`` ⟹ ``e_ij > E_k``:
-       out (both thresholds rounded outwards to float32);
-    3. the band between gets exact float64 distances (:func:`_sqdist`); after sorting by
-       (distance, index) its first ``k − #in`` complete the set — the k nearest by (distance,
-       index), exactly as the stored graphs order them.
-
-    ``bits``: (len(ks), m, ⌈n / 64⌉) uint64 output. ``n_exact[r]``: exact distances computed for
-    row r (−1 if a band was too small, impossible while the error bound holds). Rows are split
-    into ``parts`` ranges, one work space each. [ours]
-    """
+    The k-th largest value: a sorted strided sample brackets it, one vectorised pass counts the
+    values above and inside the bracket, one pass collects those inside, a bisection among them
+    finishes (:func:`_pth_largest_bound`); a bracket that misses falls back to the whole row."""
     m, n = o.shape
     parts = max(1, min(m, parts))
+    s = min(n, SAMPLE)
+    stride = n // s
     for part in nb.prange(parts):
-        sample = np.empty(min(n, 1024), np.float32)
+        sample = np.empty(s, np.float32)
         vals = np.empty(n, np.float32)
+        cols = np.empty(n, np.int64)
         scratch = np.empty(n, np.int32)
-        es = np.empty(n)
-        js = np.empty(n, np.int64)
-        tmp = np.empty(x.shape[1])
         for r in range(part * m // parts, (part + 1) * m // parts):
             i = queries[r]
             row = o[r]
             row[i] = -np.inf
             w_i = gamma * (nc[i] + radius) ** 2
-            n_exact[r] = 0
+            for t in range(s):
+                sample[t] = row[t * stride]
+            sample.sort()
             for q in range(ks.size):
-                k = ks[q]
-                v_k = np.float64(_kth_largest_row(row, k, sample, vals, scratch))
-                thr = np.float32(v_k + w_i)
-                if np.float64(thr) < v_k + w_i:
-                    thr = np.nextafter(thr, np.float32(np.inf))
-                low = np.float32(v_k - w_i)
-                if np.float64(low) > v_k - w_i:
-                    low = np.nextafter(low, np.float32(-np.inf))
-                inside = _set_bits_above(row, thr, bits[q, r])
-                c = 0
-                for j in range(n):  # the band, branch-free
-                    v = row[j]
-                    js[c] = j
-                    c += (v >= low) & (v <= thr)
-                need = k - inside
-                if need < 0 or c < need:
-                    n_exact[r] = -1
-                    break
-                for t in range(c):
-                    es[t] = _sqdist(x, norms, i, js[t], tmp)
+                lo, hi = _bracket(sample, ks[q], n)
+                inside, band, nd = _select_members_row(row, ks[q], w_i, lo, hi, False, vals,
+                                                       cols, scratch, bits[q, r], band_j[r, q])
+                band_n[r, q] = band
+                need[r, q] = nd
+
+
+@nb.njit(cache=True)
+def _by_column(band_j, band_n, n):
+    """Band pairs of a block grouped by column: ``(starts, order)`` with the pairs of column j
+    at ``order[starts[j]:starts[j + 1]]``, each pair encoded as ``(r · K + q) · cap + slot``."""
+    m, nk, cap = band_j.shape
+    starts = np.zeros(n + 1, np.int64)
+    for r in range(m):
+        for q in range(nk):
+            for t in range(min(band_n[r, q], cap)):
+                starts[band_j[r, q, t] + 1] += 1
+    for j in range(n):
+        starts[j + 1] += starts[j]
+    fill = starts[:n].copy()
+    order = np.empty(starts[n], np.int64)
+    for r in range(m):
+        for q in range(nk):
+            for t in range(min(band_n[r, q], cap)):
+                j = band_j[r, q, t]
+                order[fill[j]] = (r * nk + q) * cap + t
+                fill[j] += 1
+    return starts, order
+
+
+@nb.njit(parallel=True, cache=True)
+def band_distances(queries, band_j, band_n, x, norms, band_e, parts):
+    """Exact squared distances (:func:`_sqdist`) of every stored band pair of a block into
+    ``band_e`` (shape of ``band_j``), column by column: each column's row of ``x`` is read once
+    and compared with the block's rows that hold it in their band (those rows stay in cache)."""
+    n = x.shape[0]
+    m, nk, cap = band_j.shape
+    starts, order = _by_column(band_j, band_n, n)
+    parts = max(1, parts)
+    for part in nb.prange(parts):
+        tmp = np.empty(x.shape[1])
+        for j in range(part * n // parts, (part + 1) * n // parts):
+            for t in range(starts[j], starts[j + 1]):
+                code = order[t]
+                slot = code % cap
+                rq = code // cap
+                r = rq // nk
+                q = rq % nk
+                band_e[r, q, slot] = _sqdist(x, norms, queries[r], j, tmp)
+
+
+@nb.njit(parallel=True, cache=True)
+def members_finish(o, queries, ks, nc, gamma, radius, x, norms, bits, band_j, band_n,
+                   band_e, need, parts):
+    """Step 3: per row and k, the band sorted by (exact distance, index); its first ``need``
+    join the set's bitmap. A band larger than ``band_j`` holds is redone here from the row's
+    values ``o`` (exact distances computed directly). Returns nothing; a band smaller than
+    ``need`` (impossible while the error bound holds) sets ``need`` to −1."""
+    m, n = o.shape
+    nk, cap = ks.size, band_j.shape[2]
+    parts = max(1, min(m, parts))
+    for part in nb.prange(parts):
+        es = np.empty(n)
+        js = np.empty(n, np.int64)
+        vals = np.empty(n, np.float32)
+        cols = np.empty(n, np.int64)
+        scratch = np.empty(n, np.int32)
+        tmp = np.empty(x.shape[1])
+        for r in range(part * m // parts, (part + 1) * m // parts):
+            i = queries[r]
+            for q in range(nk):
+                c = band_n[r, q]
+                if c <= cap:
+                    es[:c] = band_e[r, q, :c]
+                    js[:c] = band_j[r, q, :c]
+                else:  # an overfull band: its columns again, from the whole row
+                    w_i = gamma * (nc[i] + radius) ** 2
+                    _, c, nd = _select_members_row(o[r], ks[q], w_i, -np.inf, np.inf, True,
+                                                   vals, cols, scratch, bits[q, r], js)
+                    for t in range(c):
+                        es[t] = _sqdist(x, norms, i, js[t], tmp)
+                nd = need[r, q]
+                if nd < 0 or c < nd:
+                    need[r, q] = -1
+                    continue
                 _sort_pairs(es[:c], js[:c])
-                for t in range(need):
+                for t in range(nd):
                     j = js[t]
                     bits[q, r, j >> 6] |= np.uint64(1) << np.uint64(j & 63)
-                n_exact[r] += c
 
 
 @nb.njit(parallel=True, cache=True)

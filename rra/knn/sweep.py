@@ -40,6 +40,9 @@ from rra.knn.exact import BLOCK_BYTES, _unit_roundoff, candidate_margin, default
 
 #: the bitmaps of one block (hooks × large ks × rows × n bits) stay within this many bytes
 BITMAP_BYTES = 512 << 20
+#: band columns kept per row and large k for the column-ordered exact distances; a larger band
+#: (rare: a very wide error bound) is redone row by row
+BAND_CAP = 2048
 
 
 @dataclass
@@ -162,7 +165,11 @@ def sweep(points: Sequence[Points], k_graph: int | None, ks: Sequence[int], *,
     overlaps = {int(k): np.zeros((n, len(pairs)), np.int32) for k in ks_arr} if large else {}
     if large:
         bits = np.zeros((len(points), ks_arr.size, b, words), np.uint64)
-        band = np.empty(b, np.int64)
+        cap = BAND_CAP
+        band_j = np.empty((b, ks_arr.size, cap), np.int64)
+        band_e = np.empty((b, ks_arr.size, cap), np.float64)
+        band_n = np.empty((b, ks_arr.size), np.int64)
+        need = np.empty((b, ks_arr.size), np.int64)
         block_overlaps = np.empty((ks_arr.size, b, len(pairs)), np.int64)
     stats = [{"search": "sweep (per block)", "block_rows": b, "exact_pairs": 0,
               "rows_rechecked": 0, "band_pairs": 0} for _ in points]
@@ -187,12 +194,9 @@ def sweep(points: Sequence[Points], k_graph: int | None, ks: Sequence[int], *,
                 idx[a:a + bb] = b_idx[:bb]
                 dist[a:a + bb] = np.sqrt(b_sqd[:bb])
             if large:
-                kernels.large_k_members(o, q, ks_arr, key.sq, key.nc, key.gamma, key.radius,
-                                        key.x, key.norms, bits[h], band[:bb], threads)
-                if (band[:bb] < 0).any():  # impossible while the error bound holds
-                    raise RuntimeError(f"{names[h]}: large-k neighbour sets could not be "
-                                       "certified; please report this as a bug")
-                stats[h]["band_pairs"] += int(band[:bb].sum())
+                _large_k_sets(key, o, q, ks_arr, bits[h, :, :bb], band_j[:bb], band_e[:bb],
+                              band_n[:bb], need[:bb], threads, names[h])
+                stats[h]["band_pairs"] += int(band_n[:bb].sum())
         if large:
             kernels.pair_overlaps(bits[:, :, :bb], block_overlaps[:, :bb])
             for qk, k in enumerate(ks_arr):
@@ -201,6 +205,22 @@ def sweep(points: Sequence[Points], k_graph: int | None, ks: Sequence[int], *,
     for s in stats:
         s["seconds"] = seconds
     return SweepResult(graphs=graphs, overlaps=overlaps, pairs=pairs, stats=stats)
+
+
+def _large_k_sets(key: _Keys, o: np.ndarray, q: np.ndarray, ks: np.ndarray, bits, band_j,
+                  band_e, band_n, need, threads: int, name: str) -> None:
+    """The exact sets of the block's rows at every large k as bitmaps (``bits``: ks × rows ×
+    words): select, exact distances of the bands column by column, finish."""
+    from rra.knn import kernels
+
+    kernels.members_select(o, q, ks, key.nc, key.gamma, key.radius, bits, band_j, band_n, need,
+                           threads)
+    kernels.band_distances(q, band_j, band_n, key.x, key.norms, band_e, threads)
+    kernels.members_finish(o, q, ks, key.nc, key.gamma, key.radius, key.x, key.norms, bits,
+                           band_j, band_n, band_e, need, threads)
+    if (need < 0).any():  # impossible while the error bound holds
+        raise RuntimeError(f"{name}: large-k neighbour sets could not be certified; please "
+                           "report this as a bug")
 
 
 def _recheck(key: _Keys, q: np.ndarray, k: int, idx: np.ndarray, sqd: np.ndarray,
