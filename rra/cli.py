@@ -90,7 +90,8 @@ def cmd_knn(a: argparse.Namespace) -> None:
 
     _threads(a.threads)
     p = dict(a.params)
-    build_graphs(a.embed_dir, a.out, k=p.pop("k"), distance=a.distance, backend=a.backend, options=p)
+    build_graphs(a.embed_dir, a.out, k=p.pop("k"), distance=a.distance, backend=a.backend,
+                 nnts_k=p.pop("nnts_k", []), options=p)
 
 
 def cmd_metrics(a: argparse.Namespace) -> None:

@@ -128,6 +128,7 @@ def check_config(config: dict[str, Any]) -> None:
     scales = embed_scales(config)
     check_stac_auto(config, runs_of(config), scales)
     analyses(config)  # parses every probe and kNN spec; k < n is checked by the stages
+    check_large_k(config)
 
 
 def check_stac_auto(config: dict[str, Any], runs: list[Run], scales: list[str]) -> None:
@@ -397,10 +398,48 @@ def analysis_settings(config: dict[str, Any], run: Run, probe: str, knn: str) ->
             "nntp_k": sorted({k for a in matching for k in a.nntp_ks})}
 
 
+def split_k(ks: list[int], store_k_max: int) -> tuple[int, list[int]]:
+    """``(k of the stored graphs, NNTS k values above store_k_max)`` of one analysis folder:
+    graphs are stored at the largest k ≤ ``store_k_max`` (at ``min(10, store_k_max)`` when every
+    k is larger, for the knn table and quick looks); NNTS at the larger k comes from the sweep
+    (``rra.knn.sweep``). [ours]"""
+    small = [k for k in ks if k <= store_k_max]
+    return max(small, default=min(10, store_k_max)), [k for k in ks if k > store_k_max]
+
+
+def check_large_k(config: dict[str, Any]) -> None:
+    """k above ``knn.store_k_max`` serves NNTS only (no graphs are stored at it) and needs the
+    exact search, which the sweep is; both checked per analysis folder before any job runs."""
+    limit = int(config["knn"]["store_k_max"])
+    for a in dict.fromkeys((a.run, a.probe, a.knn) for a in analyses(config)):
+        settings = analysis_settings(config, *a)
+        _, large = split_k(settings["k"], limit)
+        if not large:
+            continue
+        where = f"analysis {a[0].name} / {a[1]} / {a[2]}"
+        others = [t for t in settings["tables"] if t not in ("nnts", "nntp")]
+        if others:
+            raise ConfigError(
+                f"config key 'knn.store_k_max': {where} asks for k = {large} above store_k_max = "
+                f"{limit} and for the tables {others}, which read stored graphs; only NNTS is "
+                "computed above store_k_max. Restrict that experiment's `tables` to [nnts, nntp] "
+                "with `nntp_k` ≤ store_k_max, or raise knn.store_k_max")
+        if [k for k in settings["nntp_k"] if k > limit]:
+            raise ConfigError(f"config key 'metrics.nntp_k': {where}: NNTP at k > "
+                              f"knn.store_k_max = {limit} needs stored graphs; lower nntp_k")
+        if parse_knn_spec(config, a[2])[1] == "annoy":
+            raise ConfigError(f"config key 'knn.backend': {where}: NNTS at k = {large} above "
+                              f"knn.store_k_max = {limit} is computed exactly (one sweep over the "
+                              "embeddings); use backend exact or auto for this analysis")
+
+
 def knn_params(config: dict[str, Any], run: Run, probe: str, knn: str) -> dict[str, Any]:
-    """Settings of the kNN stage for one folder: k_max over its analyses, backend options."""
+    """Settings of the kNN stage for one folder: the stored graphs' k (:func:`split_k`), the NNTS
+    k values of the sweep, backend options."""
     _, _, options = parse_knn_spec(config, knn)
-    return {"k": max(analysis_settings(config, run, probe, knn)["k"]), **options}
+    k, large = split_k(analysis_settings(config, run, probe, knn)["k"],
+                       int(config["knn"]["store_k_max"]))
+    return {"k": k, "nnts_k": large, **options}
 
 
 def metrics_params(config: dict[str, Any], run: Run, probe: str, knn: str) -> dict[str, Any]:

@@ -196,6 +196,29 @@ def test_experiment_errors(base, mutate, needle):
     assert needle in str(err.value)
 
 
+def test_large_k_needs_nnts_only_and_exact(tmp_path):
+    """k above knn.store_k_max: NNTS (and NNTP at stored k) only, never Annoy — stopped before
+    any job runs, naming the key."""
+    base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg = rc.merge(base, {"experiments": {"E1": {"k": [15, 2000]}}})
+    with pytest.raises(rc.ConfigError, match="knn.store_k_max.*class_response"):
+        rc.validate(cfg)
+    cfg["experiments"]["E1"]["tables"] = ["nnts", "nntp"]
+    cfg["metrics"]["tables"] = ["nnts", "nntp"]  # the top-level analysis shares E1's folder
+    cfg["experiments"]["E1"]["nntp_k"] = [2000]
+    with pytest.raises(rc.ConfigError, match="metrics.nntp_k"):
+        rc.validate(cfg)
+    cfg["experiments"]["E1"]["nntp_k"] = [15]
+    rc.validate(cfg)
+    run = rc.Run("lenet5", "none", "none", 0)
+    assert rc.split_k([15, 100, 2000], 1000) == (100, [2000])
+    assert rc.split_k([2000], 1000) == (10, [2000])
+    assert rc.knn_params(cfg, run, rc.probe_name(cfg["probe"]), "euclidean-auto")["nnts_k"] == [2000]
+    cfg["knn"]["backend"] = "annoy"
+    with pytest.raises(rc.ConfigError, match="knn.backend"):
+        rc.validate(cfg)
+
+
 def test_published_overlays_validate(tmp_path):
     def load(name: str) -> dict:
         cfg = rc.merge(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()),
@@ -206,8 +229,11 @@ def test_published_overlays_validate(tmp_path):
     mnist = load("published-mnist.yaml")
     assert list(rc.experiments(mnist)) == ["E1"]
     lenet = rc.Run("lenet5", "none", "none", 0)
-    assert rc.metrics_params(mnist, lenet, "train-all-s0", "euclidean-auto") == {
+    assert rc.metrics_params(mnist, lenet, "train-all-s0", "euclidean-exact") == {
         "k": [15, 100, 6000, 12000], "nntp_alpha": [0], "tables": ["nnts", "nntp"], "nntp_k": [15]}
+    knn = rc.knn_params(mnist, lenet, "train-all-s0", "euclidean-exact")
+    assert (knn["k"], knn["nnts_k"]) == (100, [6000, 12000])  # graphs at 100, the sweep above
+    assert rc.embed_input(mnist, "lenet5") is True
     cifar = load("published-cifar10.yaml")
     assert set(rc.experiments(cifar)) == {"E2", "E3", "E4", "E5", "E6"}
     assert rc.train_spec(cifar, rc.Run("resnet20", "none", "standard", 0))["milestones"] == [82, 123]

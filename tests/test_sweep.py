@@ -78,3 +78,53 @@ def test_sweep_checks_inputs():
         sweep([pts[0], prepare_points(xs[1][:40], "euclidean")], None, [5], progress=False)
     with pytest.raises(ValueError, match="at least one"):
         sweep([], None, [5], progress=False)
+
+
+def test_stage_sweep_and_tables_match_stored_graphs(tmp_path, one_thread):
+    """The knn stage with nnts_k writes the same graphs as the stored-graph path, and the NNTS
+    table at a k above the stored k equals the table computed from graphs stored at that k."""
+    import json
+
+    import polars as pl
+
+    from rra.io import save_npy
+    from rra.knn import build_graphs
+    from rra.metrics.tables import run_tables
+
+    xs = hooks_data(n=240, seed=5)
+    emb = tmp_path / "embed"
+    emb.mkdir()
+    entries = []
+    for h, x in enumerate(xs):
+        save_npy(emb / f"h{h}@full.npy", x)
+        entries.append({"hook": f"h{h}", "scale": "full", "file": f"h{h}@full.npy",
+                        "shape": list(x.shape)})
+    save_npy(emb / "labels.npy", np.arange(240) % 3)
+    (emb / "manifest.json").write_text(json.dumps(
+        {"hooks": [e["hook"] for e in entries], "scales": ["full"], "entries": entries}))
+    run = {"dataset": "t", "model": "m", "attention": "none", "augmentation": "none", "seed": 0,
+           "probe": "p"}
+    swept = build_graphs(emb, tmp_path / "sweep", k=8, distance="euclidean", backend="auto",
+                         nnts_k=[30, 200], progress=False)
+    stored = build_graphs(emb, tmp_path / "stored", k=200, distance="euclidean",
+                          backend="exact", progress=False)
+    assert swept["nnts_k"] == [30, 200] and len(swept["overlaps"]) == 2
+    assert all(e["backend"] == "exact" for e in swept["entries"])
+    for e in swept["entries"]:
+        a = np.load(tmp_path / "sweep" / e["files"]["idx"])
+        b = np.load(tmp_path / "stored" / e["files"]["idx"])
+        np.testing.assert_array_equal(a, b[:, :8])
+    run_tables(emb, tmp_path / "sweep", tmp_path / "m1", ks=[8, 30, 200], alphas=[0], run=run,
+               tables=["nnts", "nntp"], nntp_ks=[8])
+    run_tables(emb, tmp_path / "stored", tmp_path / "m2", ks=[8, 30, 200], alphas=[0], run=run,
+               tables=["nnts", "nntp"], nntp_ks=[8])
+    for name in ("nnts", "nntp"):
+        t1 = pl.read_parquet(tmp_path / "m1" / f"{name}.parquet").drop("backend")
+        t2 = pl.read_parquet(tmp_path / "m2" / f"{name}.parquet").drop("backend")
+        assert t1.height > 0
+        assert t1.equals(t2), name
+    with pytest.raises(ValueError, match="among the NNTS k of the kNN sweep"):
+        run_tables(emb, tmp_path / "sweep", tmp_path / "m3", ks=[8, 100], alphas=[0], run=run)
+    with pytest.raises(ValueError, match="exact sweep"):
+        build_graphs(emb, tmp_path / "x", k=8, distance="euclidean", backend="annoy",
+                     nnts_k=[30], progress=False)

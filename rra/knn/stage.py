@@ -9,6 +9,7 @@ last: its presence means every graph listed is complete.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +39,18 @@ def _embed_entries(embed_dir: Path) -> tuple[dict, list[dict]]:
 
 
 def build_graphs(embed_dir: str | Path, out_dir: str | Path, *, k: int, distance: str,
-                 backend: str, options: dict | None = None, progress: bool = True) -> dict:
+                 backend: str, options: dict | None = None, nnts_k: Sequence[int] = (),
+                 progress: bool = True) -> dict:
     """Build the kNN graph of every embedding listed in ``embed_dir/manifest.json``.
 
     One graph per entry, in manifest order, one at a time (embeddings are memory-mapped).
-    ``k`` is the stored k_max; ``options`` go to :func:`rra.knn.knn` (``exact_budget`` and the
-    backends' options). Returns the manifest written to ``out_dir/manifest.json``.
+    ``k`` is the stored k_max; ``options`` go to :func:`rra.knn.knn` (the backends' options).
+    ``nnts_k``: k values above ``k`` at which NNTS is wanted: then every scale's embeddings go
+    through one exact sweep (:func:`rra.knn.sweep.sweep`) that writes the same graphs and, per
+    large k, the overlap counts of every hook pair (``overlaps@{scale}@k{k}.npy``, int32
+    n × pairs, listed under ``overlaps`` in the manifest) instead of n × k graphs.
+    Returns the manifest written to ``out_dir/manifest.json``.
     """
-    from tqdm.auto import tqdm
-
     embed_dir, out_dir = Path(embed_dir), Path(out_dir)
     check_distance(distance)
     if backend not in BACKENDS:
@@ -54,51 +58,29 @@ def build_graphs(embed_dir: str | Path, out_dir: str | Path, *, k: int, distance
     options = dict(options or {})
     if "index_path" in options:
         raise ValueError("options must not set index_path: build_graphs names the index files")
+    nnts_k = sorted({int(v) for v in nnts_k})
+    if nnts_k and backend == "annoy":
+        raise ValueError(f"NNTS at k = {nnts_k} (above the stored k = {k}) is computed by the "
+                         "exact sweep; use backend exact or auto")
+    if nnts_k and nnts_k[0] <= k:
+        raise ValueError(f"nnts_k {nnts_k} must all exceed the stored k = {k} (smaller k come "
+                         "from the stored graphs)")
     embed_manifest, entries = _embed_entries(embed_dir)
     config = {"k": k, "distance": distance, "backend": backend, "options": options}
+    if nnts_k:
+        config["nnts_k"] = nnts_k
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST).unlink(missing_ok=True)  # absent until every graph below is complete
 
-    graphs = []
-    for entry in tqdm(entries, desc="kNN graphs", unit="graph", disable=None if progress else True):
-        hook, scale = str(entry["hook"]), str(entry["scale"])
-        stem = graph_stem(hook, scale)
-        emb_path = embed_dir / entry["file"]
-        x = load_npy(emb_path, mmap=True)
-        if list(x.shape) != [int(s) for s in entry["shape"]]:
-            raise ValueError(f"{emb_path}: shape {list(x.shape)} differs from the embed "
-                             f"manifest's {entry['shape']}")
-        annoy_path = out_dir / f"{stem}.annoy"
-        t0 = time.perf_counter()
-        try:
-            idx, dist, info = knn(x, k, distance, backend, index_path=annoy_path,
-                                  **{"progress": progress, **options})
-        except ValueError as err:
-            raise ValueError(f"{emb_path} ({stem}): {err}") from err
-        seconds = time.perf_counter() - t0
-        if info["backend"] != "annoy":
-            annoy_path.unlink(missing_ok=True)  # stale index of an earlier run
-        files = {"idx": f"{stem}.idx.npy", "dist": f"{stem}.dist.npy", "json": f"{stem}.json",
-                 "annoy": annoy_path.name if info["backend"] == "annoy" else None}
-        save_npy(out_dir / files["idx"], idx)
-        save_npy(out_dir / files["dist"], dist)
-        emb_sha = sha256_file(emb_path)
-        write_json(out_dir / files["json"], {
-            "hook": hook, "scale": scale, "n": int(x.shape[0]), "d": int(x.shape[1]), "k": k,
-            "distance": distance, "backend": info["backend"], "backend_requested": backend,
-            "info": info, "seconds": seconds, "files": files,
-            "embedding": {"file": str(emb_path), "sha256": emb_sha},
-            "provenance": provenance(config, seed=options.get("seed")),
-        })
-        graphs.append({"hook": hook, "scale": scale, "n": int(x.shape[0]), "d": int(x.shape[1]),
-                       "backend": info["backend"], "recall": info["recall"],
-                       "search_k": info["search_k"], "seconds": seconds, "files": files,
-                       "embedding_sha256": emb_sha})
-        del x
-
+    if nnts_k:
+        graphs, overlaps = _sweep_graphs(embed_dir, out_dir, entries, k, nnts_k, distance,
+                                         backend, config, progress)
+    else:
+        graphs, overlaps = _graphs_one_by_one(embed_dir, out_dir, entries, k, distance, backend,
+                                              options, config, progress), []
     manifest = {
         "k_max": k, "distance": distance, "backend": backend, "options": options,
-        "entries": graphs,
+        "entries": graphs, "nnts_k": nnts_k, "overlaps": overlaps,
         "hooks": embed_manifest.get("hooks", list(dict.fromkeys(g["hook"] for g in graphs))),
         "scales": embed_manifest.get("scales", list(dict.fromkeys(g["scale"] for g in graphs))),
         "embed_manifest": {"path": str(embed_dir / MANIFEST),
@@ -107,6 +89,105 @@ def build_graphs(embed_dir: str | Path, out_dir: str | Path, *, k: int, distance
     }
     write_json(out_dir / MANIFEST, manifest)
     return manifest
+
+
+def _load_embedding(embed_dir: Path, entry: dict) -> np.ndarray:
+    emb_path = embed_dir / entry["file"]
+    x = load_npy(emb_path, mmap=True)
+    if list(x.shape) != [int(s) for s in entry["shape"]]:
+        raise ValueError(f"{emb_path}: shape {list(x.shape)} differs from the embed "
+                         f"manifest's {entry['shape']}")
+    return x
+
+
+def _write_graph(out_dir: Path, emb_path: Path, hook: str, scale: str, idx: np.ndarray,
+                 dist: np.ndarray, info: dict, seconds: float, k: int, distance: str,
+                 backend: str, config: dict, seed: Any) -> dict:
+    """Write one graph (indices, distances, sidecar); return its manifest entry."""
+    stem = graph_stem(hook, scale)
+    annoy_path = out_dir / f"{stem}.annoy"
+    if info["backend"] != "annoy":
+        annoy_path.unlink(missing_ok=True)  # stale index of an earlier run
+    files = {"idx": f"{stem}.idx.npy", "dist": f"{stem}.dist.npy", "json": f"{stem}.json",
+             "annoy": annoy_path.name if info["backend"] == "annoy" else None}
+    save_npy(out_dir / files["idx"], idx)
+    save_npy(out_dir / files["dist"], dist)
+    emb_sha = sha256_file(emb_path)
+    n, d = int(idx.shape[0]), int(info.get("d", 0))
+    write_json(out_dir / files["json"], {
+        "hook": hook, "scale": scale, "n": n, "d": d, "k": k,
+        "distance": distance, "backend": info["backend"], "backend_requested": backend,
+        "info": info, "seconds": seconds, "files": files,
+        "embedding": {"file": str(emb_path), "sha256": emb_sha},
+        "provenance": provenance(config, seed=seed),
+    })
+    return {"hook": hook, "scale": scale, "n": n, "d": d,
+            "backend": info["backend"], "recall": info["recall"],
+            "search_k": info["search_k"], "seconds": seconds, "files": files,
+            "embedding_sha256": emb_sha}
+
+
+def _graphs_one_by_one(embed_dir: Path, out_dir: Path, entries: list[dict], k: int,
+                       distance: str, backend: str, options: dict, config: dict,
+                       progress: bool) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    graphs = []
+    for entry in tqdm(entries, desc="kNN graphs", unit="graph", disable=None if progress else True):
+        hook, scale = str(entry["hook"]), str(entry["scale"])
+        stem = graph_stem(hook, scale)
+        emb_path = embed_dir / entry["file"]
+        x = _load_embedding(embed_dir, entry)
+        t0 = time.perf_counter()
+        try:
+            idx, dist, info = knn(x, k, distance, backend, index_path=out_dir / f"{stem}.annoy",
+                                  **{"progress": progress, **options})
+        except ValueError as err:
+            raise ValueError(f"{emb_path} ({stem}): {err}") from err
+        info["d"] = int(x.shape[1])
+        graphs.append(_write_graph(out_dir, emb_path, hook, scale, idx, dist, info,
+                                   time.perf_counter() - t0, k, distance, backend, config,
+                                   options.get("seed")))
+        del x
+    return graphs
+
+
+def _sweep_graphs(embed_dir: Path, out_dir: Path, entries: list[dict], k: int,
+                  nnts_k: list[int], distance: str, backend: str, config: dict,
+                  progress: bool) -> tuple[list[dict], list[dict]]:
+    """Graphs and large-k overlaps of every scale by :func:`rra.knn.sweep.sweep` (one pass per
+    scale over all its hooks)."""
+    from rra.knn.common import prepare_points
+    from rra.knn.sweep import sweep
+
+    graphs: dict[str, dict] = {}
+    overlaps = []
+    for scale in dict.fromkeys(str(e["scale"]) for e in entries):
+        group = [e for e in entries if str(e["scale"]) == scale]
+        names = [graph_stem(str(e["hook"]), scale) for e in group]
+        points = []
+        for entry, name in zip(group, names):
+            try:
+                points.append(prepare_points(_load_embedding(embed_dir, entry), distance, name))
+            except ValueError as err:
+                raise ValueError(f"{embed_dir / entry['file']} ({name}): {err}") from err
+        res = sweep(points, k, nnts_k, progress=progress, names=names)
+        for entry, (idx, dist), stats, p in zip(group, res.graphs, res.stats, points):
+            info = {"backend": "exact", "recall": 1.0, "search_k": None, "d": p.d,
+                    "backend_reason": (f"{backend}: NNTS at k = {nnts_k} needs the exact sweep "
+                                       "(every product of the probe rows)"), **stats}
+            graphs[graph_stem(str(entry["hook"]), scale)] = _write_graph(
+                out_dir, embed_dir / entry["file"], str(entry["hook"]), scale, idx, dist, info,
+                stats["seconds"] / len(group), k, distance, backend, config, None)
+        hooks = [str(e["hook"]) for e in group]
+        for kk, counts in res.overlaps.items():
+            name = f"overlaps@{scale}@k{kk}.npy"
+            save_npy(out_dir / name, counts)
+            overlaps.append({"scale": scale, "k": kk, "file": name, "hooks": hooks,
+                             "pairs": [[hooks[a], hooks[b]] for a, b in res.pairs],
+                             "sha256": sha256_file(out_dir / name)})
+    order = [graph_stem(str(e["hook"]), str(e["scale"])) for e in entries]
+    return [graphs[s] for s in order], overlaps
 
 
 def load_manifest(knn_dir: str | Path) -> dict:

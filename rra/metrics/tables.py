@@ -78,6 +78,27 @@ class RunGraphs:
             self._cache[key] = np.asarray(idx)
         return self._cache[key]
 
+    def overlap_jaccard(self, scale: str, k: int, hooks: list[str]
+                        ) -> Iterable[tuple[int, int, np.ndarray]]:
+        """``(a, b, J)`` for every pair a < b of ``hooks`` at a k above the stored graphs' k_max,
+        from the kNN sweep's overlap counts (``rra.knn.sweep``): J_i = m_i / (2k − m_i)."""
+        from rra.metrics.nnts import jaccard_from_overlap
+
+        entry = next((o for o in self.knn.get("overlaps", [])
+                      if str(o["scale"]) == scale and int(o["k"]) == k), None)
+        if entry is None:
+            raise ValueError(f"{self.knn_dir}: no NNTS overlaps at scale {scale!r} and k = {k} "
+                             f"(graphs are stored up to k_max = {self.k_max}; the sweep computed "
+                             f"k = {self.knn.get('nnts_k', [])})")
+        counts = load_npy(self.knn_dir / entry["file"])
+        column = {tuple(pair): p for p, pair in enumerate(entry["pairs"])}
+        for a, b in ((a, b) for a in range(len(hooks)) for b in range(a + 1, len(hooks))):
+            p = column.get((hooks[a], hooks[b]))
+            if p is None:
+                raise ValueError(f"{self.knn_dir / entry['file']}: no column for the hooks "
+                                 f"{hooks[a]!r}, {hooks[b]!r}")
+            yield a, b, jaccard_from_overlap(counts[:, p], k)
+
     def embedding(self, hook: str, scale: str) -> np.ndarray:
         return load_npy(self.embed_dir / self.entries[(hook, scale)]["file"])
 
@@ -91,7 +112,8 @@ def _pairs(hooks: list[str], ordered: bool) -> Iterable[tuple[str, str]]:
 
 def nnts_rows(g: RunGraphs, ks: list[int]) -> list[dict]:
     """NNTS for every hook pair at each scale and k, and its class-conditioned means, from one
-    row-blocked pass over the (memory-mapped) graphs per (scale, k)."""
+    row-blocked pass over the (memory-mapped) graphs per (scale, k); above the graphs' k_max,
+    from the kNN sweep's overlap counts (the same sets, without n × k graphs)."""
     from rra.metrics.nnts import jaccard_rows_all_pairs
 
     classes, inverse = np.unique(g.labels, return_inverse=True)
@@ -99,13 +121,15 @@ def nnts_rows(g: RunGraphs, ks: list[int]) -> list[dict]:
     rows: list[dict] = []
     for scale in g.scales:
         hooks = g.hooks_at(scale)
-        graphs = [g.graph(h, scale) for h in hooks]
+        graphs = [g.graph(h, scale) for h in hooks] if ks[0] <= g.k_max else []
         for k in ks:
             common = dict(scale_a=scale, scale_b=scale, k=k)
             for h in hooks:
                 rows.append(dict(common, measure="nnts", hook_a=h, hook_b=h, pos_a=g.pos[h], pos_b=g.pos[h],
                                  value=1.0))
-            for a, b, j in jaccard_rows_all_pairs(graphs, k, names=[f"{h}@{scale}" for h in hooks]):
+            pairs = (jaccard_rows_all_pairs(graphs, k, names=[f"{h}@{scale}" for h in hooks])
+                     if k <= g.k_max else g.overlap_jaccard(scale, k, hooks))
+            for a, b, j in pairs:
                 per_class = np.bincount(inverse, weights=j) / sizes
                 for x, y in ((hooks[a], hooks[b]), (hooks[b], hooks[a])):
                     pair = dict(common, hook_a=x, hook_b=y, pos_a=g.pos[x], pos_b=g.pos[y])
@@ -293,31 +317,37 @@ def run_tables(embed_dir: PathLike, knn_dir: PathLike, out_dir: PathLike, *, ks:
     """Compute the metric tables of one run and write them (Parquet, CSV when small).
 
     ``run`` holds the identity columns (dataset, model, attention, augmentation, seed, probe).
-    ``ks`` must not exceed the graphs' stored k_max. ``tables``: which tables to compute
-    (default all); the others are written empty, so every analysis folder has every table.
-    ``nntp_ks``: the k values of NNTP (default ``ks``; NNTP at k in the thousands is rarely
-    wanted). The manifest is written last.
+    ``ks``: each at most the graphs' stored k_max, or among the NNTS k of the kNN sweep
+    (``knn/manifest.json`` ``nnts_k``): NNTS is computed at every k, the other tables at the
+    k with stored graphs. ``tables``: which tables to compute (default all); the others are
+    written empty, so every analysis folder has every table. ``nntp_ks``: the k values of NNTP
+    (default: every k with stored graphs). The manifest is written last.
     """
     g = RunGraphs(embed_dir, knn_dir)
     ks = sorted({int(k) for k in ks})
-    if not ks or ks[-1] > g.k_max:
-        raise ValueError(f"metrics: k values {ks} must be in [1, stored k_max = {g.k_max}]; "
-                         "rebuild the kNN graphs with a larger knn.k")
+    swept = {int(k) for k in g.knn.get("nnts_k", [])}
+    missing = [k for k in ks if k > g.k_max and k not in swept]
+    if not ks or ks[0] < 1 or missing:
+        raise ValueError(f"metrics: k values {ks} must be in [1, stored k_max = {g.k_max}] or "
+                         f"among the NNTS k of the kNN sweep {sorted(swept)}; rebuild the kNN "
+                         "graphs with a larger knn.k (or knn.store_k_max)")
+    graph_ks = [k for k in ks if k <= g.k_max]
     alphas = sorted({int(a) for a in alphas})
     wanted = list(TABLES[:-1]) if tables is None else list(tables)
     unknown = sorted(set(wanted) - set(TABLES[:-1]))
     if unknown:
         raise ValueError(f"metrics: unknown table(s) {unknown}; known: {list(TABLES[:-1])}")
-    nntp_ks = ks if not nntp_ks else sorted({int(k) for k in nntp_ks})
-    if not set(nntp_ks) <= set(ks):
-        raise ValueError(f"metrics: NNTP k values {nntp_ks} must be among the k values {ks}")
+    nntp_ks = graph_ks if not nntp_ks else sorted({int(k) for k in nntp_ks})
+    if not set(nntp_ks) <= set(graph_ks):
+        raise ValueError(f"metrics: NNTP k values {nntp_ks} must be among the k values with "
+                         f"stored graphs {graph_ks}")
     constants = dict(run, distance=g.distance, backend=g.knn.get("backend", ""))
     builders = {
         "nnts": lambda: nnts_rows(g, ks),
         "nntp": lambda: nntp_rows(g, nntp_ks, alphas),
-        "class_response": lambda: class_response_rows(g, ks),
-        "classrepsim": lambda: classrepsim_rows(g, ks),
-        "peers": lambda: peer_rows(g, ks),
+        "class_response": lambda: class_response_rows(g, graph_ks),
+        "classrepsim": lambda: classrepsim_rows(g, graph_ks),
+        "peers": lambda: peer_rows(g, graph_ks),
         "cka": lambda: cka_rows(g),
         "knn": lambda: knn_rows(g),
     }
@@ -329,7 +359,7 @@ def run_tables(embed_dir: PathLike, knn_dir: PathLike, out_dir: PathLike, *, ks:
         df = frame(build() if name == "knn" or name in wanted else [], constants)
         written[name] = write_table(df, out / name) | {"seconds": round(time.perf_counter() - t0, 3)}
     manifest = dict(
-        tables=written, ks=ks, alphas=alphas, nntp_ks=nntp_ks, computed=wanted + ["knn"],
+        tables=written, ks=ks, alphas=alphas, nntp_ks=nntp_ks, graph_ks=graph_ks, computed=wanted + ["knn"],
         run=dict(run), k_max=g.k_max, distance=g.distance,
         embed_manifest_sha256=sha256_file(g.embed_dir / "manifest.json"),
         knn_manifest_sha256=sha256_file(g.knn_dir / "manifest.json"),
