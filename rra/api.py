@@ -33,9 +33,10 @@ def analyse(model: Any, images: Any, labels: Any = None, *, hooks: Iterable[str]
             include_input: bool | None = None,
             scales: Iterable[object] = ("full",), k: int | Iterable[int] = 10,
             distance: str = "euclidean", backend: str = "auto", nntp_alpha: Iterable[int] = (0,),
-            knn_options: dict | None = None, batch_size: int = 256, device: str = "auto",
-            transform: Callable[[Any], Any] | None = None, out_dir: PathLike | None = None,
-            run: dict | None = None, progress: bool = True) -> dict[str, Any]:
+            knn_options: dict | None = None, store_k_max: int = 1000, batch_size: int = 256,
+            device: str = "auto", transform: Callable[[Any], Any] | None = None,
+            out_dir: PathLike | None = None, run: dict | None = None,
+            progress: bool = True) -> dict[str, Any]:
     """Representational Response Analysis of ``model`` on ``images``; returns the metric tables.
 
     Parameters
@@ -54,10 +55,13 @@ def analyse(model: Any, images: Any, labels: Any = None, *, hooks: Iterable[str]
         ``analyse_input`` attribute if it has one (rra's LeNet-5: True), else False. True adds
         it before ``hooks``; False with ``"input"`` among ``hooks`` is a ``ValueError``.
     scales : pooled scales: integers s (s × s average pooling) and/or ``"full"``.
-    k : neighbourhood size(s); one graph at max(k) serves every k.
+    k : neighbourhood size(s); one graph at the largest k ≤ ``store_k_max`` serves every such k.
+    store_k_max : graphs are stored up to this k; NNTS at a larger k comes from one exact sweep
+        over the embeddings (``rra.knn.sweep``, no n × k graphs), and the other tables are
+        computed at the k ≤ store_k_max only (as ``knn.store_k_max`` in the workflow).
     distance, backend : ``euclidean``/``cosine``; ``auto``/``exact``/``annoy``.
-    knn_options : options of :func:`rra.knn.knn` (e.g. ``exact_budget``, ``n_trees``,
-        ``search_k``, ``recall_target``).
+    knn_options : options of :func:`rra.knn.knn` (e.g. ``n_trees``, ``search_k``,
+        ``recall_target``; ``cost``: overrides of ``auto``'s cost model, rra.knn.cost).
     out_dir : keep the embeddings, graphs and tables there (default: a temporary directory,
         removed on return).
     run : identity columns for the tables (dataset, model, attention, augmentation, seed,
@@ -78,15 +82,19 @@ def analyse(model: Any, images: Any, labels: Any = None, *, hooks: Iterable[str]
     if out_dir is None:
         with tempfile.TemporaryDirectory(prefix="rra-") as tmp:
             return _analyse(model, images, labels, Path(tmp), hooks, scales, ks, distance, backend,
-                            nntp_alpha, knn_options, batch_size, device, transform, run, progress)
+                            nntp_alpha, knn_options, store_k_max, batch_size, device, transform,
+                            run, progress)
     return _analyse(model, images, labels, Path(out_dir), hooks, scales, ks, distance, backend,
-                    nntp_alpha, knn_options, batch_size, device, transform, run, progress)
+                    nntp_alpha, knn_options, store_k_max, batch_size, device, transform, run,
+                    progress)
 
 
 def _analyse(model, images, labels, out: Path, hooks, scales, ks, distance, backend, nntp_alpha,
-             knn_options, batch_size, device, transform, run, progress) -> dict[str, Any]:
+             knn_options, store_k_max, batch_size, device, transform, run,
+             progress) -> dict[str, Any]:
     import polars as pl
 
+    from rra.config import split_k
     from rra.embed import dump_embeddings
     from rra.knn import build_graphs
     from rra.metrics.tables import TABLES, run_tables
@@ -100,8 +108,9 @@ def _analyse(model, images, labels, out: Path, hooks, scales, ks, distance, back
     if y.shape != (n,):
         raise ValueError(f"labels: expected {n} labels (one per image), got shape {y.shape}")
     save_npy(embed_dir / "labels.npy", y)
-    build_graphs(embed_dir, knn_dir, k=ks[-1], distance=distance, backend=backend,
-                 options=dict(knn_options or {}), progress=progress)
+    k_graph, large = split_k(ks, int(store_k_max))
+    build_graphs(embed_dir, knn_dir, k=k_graph, distance=distance, backend=backend,
+                 options=dict(knn_options or {}), nnts_k=large, progress=progress)
     run_tables(embed_dir, knn_dir, metrics_dir, ks=ks, alphas=list(nntp_alpha), run=run)
     return {name: pl.read_parquet(metrics_dir / f"{name}.parquet") for name in TABLES}
 

@@ -18,6 +18,8 @@ rule stac_scales:
         run_dir=lambda w, input: os.path.dirname(input.model),
     log:
         RESULTS + "/{dataset}/stac_scales/logs/{model}-none-{augmentation}-s{seed}.log",
+    benchmark:
+        RESULTS + "/{dataset}/stac_scales/benchmarks/{model}-none-{augmentation}-s{seed}.tsv",
     conda:
         ENV
     threads: 1
@@ -41,6 +43,8 @@ rule cost:
         stem=lambda w, output: output[0].removesuffix(".parquet"),
     log:
         RESULTS + "/{dataset}/logs/cost.log",
+    benchmark:
+        RESULTS + "/{dataset}/benchmarks/cost.tsv",
     conda:
         ENV
     threads: 1

@@ -9,6 +9,8 @@ rule prepare_data:
         data_dir=lambda w: config["data_dir"] or "",
     log:
         DATA_DIR + "/logs/prepare.log",
+    benchmark:
+        DATA_DIR + "/benchmarks/prepare.tsv",
     conda:
         ENV
     threads: 1
@@ -30,6 +32,8 @@ rule select_probe:
         seed=lambda w: rc.parse_probe(w.probe)["seed"],
     log:
         DATA_DIR + "/logs/probe-{probe}.log",
+    benchmark:
+        DATA_DIR + "/benchmarks/probe-{probe}.tsv",
     conda:
         ENV
     threads: 1

@@ -18,6 +18,8 @@ rule embed:
         out_dir=lambda w, output: os.path.dirname(output[0]),
     log:
         RUN_DIR + "/logs/embed-{probe}.log",
+    benchmark:
+        RUN_DIR + "/benchmarks/embed-{probe}.tsv",
     conda:
         ENV
     threads: 2

@@ -13,6 +13,8 @@ rule knn:
         out_dir=lambda w, output: os.path.dirname(output[0]),
     log:
         RUN_DIR + "/logs/knn-{probe}-{distance}-{backend}.log",
+    benchmark:
+        RUN_DIR + "/benchmarks/knn-{probe}-{distance}-{backend}.tsv",
     conda:
         ENV
     threads: 2

@@ -17,6 +17,8 @@ rule metrics:
         out_dir=lambda w, output: os.path.dirname(output[0]),
     log:
         RUN_DIR + "/logs/metrics-{probe}-{distance}-{backend}.log",
+    benchmark:
+        RUN_DIR + "/benchmarks/metrics-{probe}-{distance}-{backend}.tsv",
     conda:
         ENV
     threads: 1

@@ -15,6 +15,8 @@ rule report:
         config=lambda w: rc.as_json(config),
     log:
         RESULTS + "/logs/report.log",
+    benchmark:
+        RESULTS + "/benchmarks/report.tsv",
     conda:
         ENV
     threads: 1

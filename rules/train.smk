@@ -42,6 +42,8 @@ rule summary:
         stem=lambda w, output: output[0].removesuffix(".parquet"),
     log:
         RESULTS + "/{dataset}/logs/summary.log",
+    benchmark:
+        RESULTS + "/{dataset}/benchmarks/summary.tsv",
     conda:
         ENV
     threads: 1

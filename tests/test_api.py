@@ -64,6 +64,25 @@ def test_tables_match_direct_computation(setup, tmp_path):
     assert tables["nnts"]["model"].unique().to_list() == ["ResNet"]
 
 
+def test_large_k_through_the_sweep(setup, tmp_path):
+    """k above store_k_max: NNTS from the sweep equals brute force; graphs stay small."""
+    model, x, y, outputs = setup
+    tables = analyse(model, x, y, hooks=HOOKS, k=[3, 20, 30], store_k_max=5, out_dir=tmp_path,
+                     progress=False)
+    flat = {h: outputs[h].flatten(1).numpy() for h in HOOKS}
+    graphs = {h: brute_knn(v, 30) for h, v in flat.items()}
+    nnts = tables["nnts"].filter(pl.col("measure") == "nnts")
+    for a, b in [("layer1", "layer3"), ("avgpool", "fc")]:
+        for k in (3, 20, 30):
+            ref = np.mean([len(set(p[:k]) & set(q[:k])) / len(set(p[:k]) | set(q[:k]))
+                           for p, q in zip(graphs[a], graphs[b])])
+            got = nnts.filter((pl.col("hook_a") == a) & (pl.col("hook_b") == b) & (pl.col("k") == k))["value"]
+            assert got.to_list() == pytest.approx([ref], abs=1e-12), (a, b, k)
+    assert np.load(tmp_path / "knn" / "euclidean-auto" / "fc@full.idx.npy").shape == (36, 3)
+    # the other tables at the stored k only
+    assert tables["class_response"]["k"].unique().to_list() == [3]
+
+
 def test_dataloader_and_defaults(setup):
     model, x, y, _ = setup
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
