@@ -128,3 +128,24 @@ def test_stage_sweep_and_tables_match_stored_graphs(tmp_path, one_thread):
     with pytest.raises(ValueError, match="exact sweep"):
         build_graphs(emb, tmp_path / "x", k=8, distance="euclidean", backend="annoy",
                      nnts_k=[30], progress=False)
+
+
+def test_sweep_chunked_products_and_overfull_bands(monkeypatch, one_thread):
+    """Products summed over feature chunks (a tighter error bound) and bands too large for the
+    column-ordered pass (redone row by row) give the same exact sets."""
+    import rra.knn.sweep as sweep_module
+
+    xs = [x for x in hooks_data(n=200, seed=7) if x.shape[1] > 4]
+    ks = [9, 50, 120]
+    graphs = [brute_force(x, max(ks))[0] for x in xs]
+    for chunk, cap in ((7, sweep_module.BAND_CAP), (1024, 1)):
+        monkeypatch.setattr(sweep_module, "CHUNK_FEATURES", chunk)
+        monkeypatch.setattr(sweep_module, "BAND_CAP", cap)
+        res = sweep([prepare_points(x, "euclidean") for x in xs], 5, ks, block_rows=50,
+                    progress=False)
+        for x, (idx, _) in zip(xs, res.graphs):
+            np.testing.assert_array_equal(idx, brute_force(x, 5)[0])
+        for k in ks:
+            want = np.stack([overlap_counts(graphs[a][:, :k], graphs[b][:, :k])
+                             for a, b in res.pairs], axis=1)
+            np.testing.assert_array_equal(res.overlaps[k], want, err_msg=f"chunk {chunk}, k {k}")
