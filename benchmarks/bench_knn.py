@@ -15,8 +15,15 @@ case, from ``resource.getrusage(RUSAGE_SELF)`` in the child):
 Cases whose estimated time or memory exceeds the budget are skipped and marked in the table;
 a subprocess that exceeds the time budget is stopped and marked. Not run by the tests.
 
+``--auto-rows`` (on in the full run, off with ``--quick``): a second table for n = 60,000,
+d = 64, 784, 4704 and k = 100 with what ``backend: auto`` picks (``rra.knn.choose_backend``),
+both predicted times and the measured ones: exact, and Annoy with ``search_k: auto`` (build +
+tuning + query; stopped at ``--budget-seconds`` and shown as ``> limit``), so the table shows
+whether auto picked the faster backend.
+
     python benchmarks/bench_knn.py --quick
     python benchmarks/bench_knn.py --n 5000 20000 60000 --d 64 512 4096 --budget-seconds 600
+    python benchmarks/bench_knn.py --auto-rows --n --budget-seconds 900   # only the auto table
 """
 
 from __future__ import annotations
@@ -95,16 +102,18 @@ def child(args: argparse.Namespace) -> None:
                                    search_k=search_k, progress=False)
             seconds = time.perf_counter() - t0
             rec.update(recall=info["recall"], search_k=info["search_k"],
-                       build_seconds=info["build_seconds"], query_seconds=info["query_seconds"])
+                       build_seconds=info["build_seconds"], query_seconds=info["query_seconds"],
+                       tuning_seconds=info["tuning_seconds"])
         rec["seconds"] = min(rec["seconds"], seconds)
     rec["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rec["threads"] = torch.get_num_threads()
     print(json.dumps(rec))
 
 
-def run_case(case: str, file: Path, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--case", case, "--file", str(file), "--k", str(args.k),
-           "--n-trees", str(args.n_trees), "--device", args.device, "--repeat", str(args.repeat)]
+def run_case(case: str, file: Path, args: argparse.Namespace, k: int | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--case", case, "--file", str(file),
+           "--k", str(args.k if k is None else k), "--n-trees", str(args.n_trees),
+           "--device", args.device, "--repeat", str(args.repeat)]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.budget_seconds)
     except subprocess.TimeoutExpired:
@@ -130,10 +139,49 @@ def fmt(v, spec: str = ".2f") -> str:
     return "—" if v is None else format(v, spec)
 
 
+def auto_rows(args: argparse.Namespace, tmp: str) -> None:
+    """The ``--auto-rows`` table: auto's choice and predicted times against measured ones."""
+    from rra.knn import choose_backend
+
+    n, k = args.auto_n, args.auto_k
+    print(f"\n# backend: auto at n = {n}, k = {k} (n_trees = {args.n_trees}, search_k auto, "
+          f"recall target 0.95); Annoy stopped at {args.budget_seconds:.0f} s; one run each")
+    print("| n | d | k | auto picks | predicted exact s | predicted Annoy s (build + tuning + "
+          "query) | exact s | Annoy s (build + tuning + query) | Annoy recall | search_k "
+          "| measured faster | auto right | reason |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for d in args.auto_d:
+        dec = choose_backend(n, d, k, "auto", n_trees=args.n_trees)
+        pred = dec["predicted_s"]
+        file = Path(tmp) / f"auto_{n}_{d}.npy"
+        make_data(file, n, d)
+        ex = run_case("exact", file, args, k=k)
+        an = run_case("annoy-auto", file, args, k=k)
+        file.unlink()
+        ex_s, an_s = ex.get("seconds"), an.get("seconds")
+        # a stopped run counts as slower than the other when that one finished
+        if ex_s is not None and (an_s is None or ex_s <= an_s):
+            faster = "exact"
+        elif an_s is not None:
+            faster = "annoy"
+        else:
+            faster = "—"
+        right = "—" if faster == "—" else ("yes" if faster == dec["backend"] else "NO")
+        annoy_parts = (f"{an_s:.1f} ({an['build_seconds']:.1f} + {an['tuning_seconds']:.1f} + "
+                       f"{an['query_seconds']:.1f})" if an_s is not None else an.get("skip"))
+        print("| " + " | ".join([
+            str(n), str(d), str(k), dec["backend"], f"{pred['exact']:.3g}",
+            f"{pred['annoy']:.3g} ({pred['annoy_build']:.3g} + {pred['annoy_tuning']:.3g} + "
+            f"{pred['annoy_query']:.3g})",
+            ex.get("skip") or f"{ex_s:.2f}", annoy_parts, fmt(an.get("recall"), ".3f"),
+            fmt(an.get("search_k"), "d"), faster, right, dec["reason"]]) + " |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="n ∈ {5k, 20k}, d ∈ {64, 512}")
-    p.add_argument("--n", type=int, nargs="+", default=[5000, 20000, 60000])
+    p.add_argument("--n", type=int, nargs="*", default=[5000, 20000, 60000],
+                   help="rows of the main table (none: only the --auto-rows table)")
     p.add_argument("--d", type=int, nargs="+", default=[64, 512, 4096])
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--n-trees", type=int, default=50)
@@ -146,6 +194,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="timed runs per measurement, the fastest counts (default 3 with --quick, "
                         "else 1)")
     p.add_argument("--no-annoy", action="store_true")
+    p.add_argument("--auto-rows", action=argparse.BooleanOptionalAction, default=None,
+                   help="the backend: auto table at n = 60,000 (default: on, off with --quick)")
+    p.add_argument("--auto-d", type=int, nargs="+", default=[64, 784, 4704],
+                   help=argparse.SUPPRESS)
+    p.add_argument("--auto-n", type=int, default=60000, help=argparse.SUPPRESS)
+    p.add_argument("--auto-k", type=int, default=100, help=argparse.SUPPRESS)
     p.add_argument("--case", help=argparse.SUPPRESS)
     p.add_argument("--file", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -155,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
         args.n, args.d = [5000, 20000], [64, 512]
     if args.repeat is None:
         args.repeat = 3 if args.quick else 1
+    if args.auto_rows is None:
+        args.auto_rows = not args.quick
     mem_gb = args.mem_gb or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 31
     gflops = product_gflops()
     import torch
@@ -163,10 +219,11 @@ def main(argv: list[str] | None = None) -> None:
           f"torch threads={torch.get_num_threads()}, cpus={os.cpu_count()}, "
           f"product speed ≈ {gflops:.0f} GFLOP/s, budget {args.budget_seconds:.0f} s and "
           f"{mem_gb:.1f} GB per measurement, fastest of {args.repeat} run(s)")
-    print("| n | d | product s | exact s | exact/product | exact search | exact peak RSS MB "
-          "(at start) | rows widened / re-checked "
-          "| annoy -1 s | recall | annoy auto s | recall | search_k |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    if args.n:
+        print("| n | d | product s | exact s | exact/product | exact search | exact peak RSS MB "
+              "(at start) | rows widened / re-checked "
+              "| annoy -1 s | recall | annoy auto s | recall | search_k |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="bench_knn.") as tmp:
         for n in args.n:
             for d in args.d:
@@ -199,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
                         row.append(fmt(an.get("search_k"), "d"))
                 print("| " + " | ".join(row) + " |", flush=True)
                 file.unlink()
+        if args.auto_rows:
+            auto_rows(args, tmp)
 
 
 if __name__ == "__main__":

@@ -311,7 +311,9 @@ def parse_knn_spec(config: dict[str, Any], spec: str) -> tuple[str, str, dict[st
     if not m:
         raise ConfigError(f"kNN setting {spec!r} is not of the form distance-backend "
                           "(backend: auto, exact, annoy or annoy-tN-sK)")
-    options = {"exact_budget": config["knn"]["exact_budget"], **config["knn"]["annoy"]}
+    options = dict(config["knn"]["annoy"])
+    if config["knn"].get("cost"):  # overrides of auto's cost model, only when given
+        options["cost"] = dict(config["knn"]["cost"])
     if m[3] and m[3] != "d":
         options["n_trees"] = int(m[3])
     if m[4] and m[4] != "d":

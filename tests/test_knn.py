@@ -388,17 +388,22 @@ def test_recall_at_k():
 
 # --------------------------------------------------------------------------- knn dispatcher
 
-def test_knn_auto_backend_by_budget():
+def test_knn_auto_backend_by_cost_model():
     x = blobs(n=200, d=8, seed=11)
-    assert choose_backend(200, 8, "auto", exact_budget=200 * 200 * 8) == "exact"
-    assert choose_backend(200, 8, "auto", exact_budget=200 * 200 * 8 - 1) == "annoy"
-    idx, dist, info = knn(x, 5, backend="auto", exact_budget=1e9, n_trees=4, progress=False)
+    assert choose_backend(200, 8, 5, "auto", n_trees=4)["backend"] == "exact"
+    idx, dist, info = knn(x, 5, backend="auto", n_trees=4, progress=False)
     assert info["backend"] == "exact" and info["recall"] == 1.0 and info["search_k"] is None
+    assert info["backend_reason"].startswith("auto: exact predicted")
+    assert set(info["predicted_seconds"]) >= {"exact", "annoy"}
     np.testing.assert_array_equal(idx, brute_force(x, 5)[0])
-    _, _, info = knn(x, 5, backend="auto", exact_budget=1e3, n_trees=4, block_rows=7,
-                     progress=False)
+    # a (made-up) exact search ~10⁹ times slower than measured: Annoy is predicted faster
+    slow = {"pair_seconds": 1.0}
+    assert choose_backend(200, 8, 5, "auto", n_trees=4, cost=slow)["backend"] == "annoy"
+    _, _, info = knn(x, 5, backend="auto", cost=slow, n_trees=4, block_rows=7, progress=False)
     assert info["backend"] == "annoy" and info["backend_requested"] == "auto"
-    assert info["n_trees"] == 4
+    assert info["n_trees"] == 4 and info["backend_reason"].startswith("auto: Annoy predicted")
+    _, _, info = knn(x, 5, backend="exact", cost=slow, progress=False)
+    assert info["backend_reason"] == "requested exact" and info["predicted_seconds"] is None
     with pytest.raises(ValueError, match="unknown kNN option"):
         knn(x, 5, backend="exact", n_tree=4)
     with pytest.raises(ValueError, match="unknown kNN backend"):
@@ -452,6 +457,8 @@ def test_build_graphs_load_graph_round_trip(embed_dir, tmp_path):
         assert side["embedding"]["sha256"] == entry["embedding_sha256"]
         assert "versions" in side["provenance"]
         assert entry["recall"] == 1.0 and entry["search_k"] is None
+        assert entry["backend_reason"] == side["backend_reason"] == "requested exact"
+        assert entry["predicted_seconds"] is None
     assert not list(out.glob("*.annoy"))
     assert not list(out.glob(".*tmp*"))
     assert load_graph(out, "fc", "full")[0].dtype == np.int32
@@ -469,6 +476,20 @@ def test_build_graphs_annoy_writes_index_and_recall(embed_dir, tmp_path):
         side = json.loads((out / f"{stem}.json").read_text())
         assert side["info"]["search_k"] == entry["search_k"] and side["info"]["seed"] == 1
         assert side["provenance"]["seed"] == 1
+        assert entry["backend_reason"] == side["backend_reason"] == "requested annoy"
+
+
+def test_build_graphs_auto_records_why(embed_dir, tmp_path):
+    out = tmp_path / "knn" / "euclidean-auto"
+    manifest = build_graphs(embed_dir, out, k=4, distance="euclidean", backend="auto",
+                            progress=False)
+    for entry in manifest["entries"]:
+        side = json.loads((out / f"{entry['hook']}@{entry['scale']}.json").read_text())
+        assert entry["backend"] == "exact" and side["backend_requested"] == "auto"
+        assert entry["backend_reason"] == side["backend_reason"]
+        assert entry["backend_reason"].startswith("auto: exact predicted")
+        assert entry["predicted_seconds"] == side["predicted_seconds"]
+        assert set(entry["predicted_seconds"]) >= {"exact", "annoy"}
 
 
 def test_stage_errors(embed_dir, tmp_path):

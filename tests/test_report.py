@@ -112,10 +112,12 @@ def write_run(results: Path, augmentation: str, seed: int, *, eval_acc: float) -
     return run_dir
 
 
-def write_knn(run_dir: Path, backend: str, seconds: float, recall: float) -> Path:
+def write_knn(run_dir: Path, backend: str, seconds: float, recall: float,
+              reason: str | None = None) -> Path:
     entries = [{"hook": h, "scale": s, "n": 40, "d": 8, "backend": backend,
                 "recall": recall if backend == "annoy" else 1.0,
-                "search_k": 400 if backend == "annoy" else None, "seconds": seconds}
+                "search_k": 400 if backend == "annoy" else None, "seconds": seconds,
+                **({"backend_reason": reason} if reason else {})}
                for h in HOOKS for s in SCALES[h]]
     return write_json(run_dir / "knn" / PROBE / f"euclidean-{backend}" / "manifest.json", {
         "k_max": 5, "distance": "euclidean", "backend": backend, "hooks": HOOKS,
@@ -464,6 +466,21 @@ def test_build_index_links_every_figure(tmp_path):
     assert json.loads((tmp_path / "index.json").read_text())["figures"][1]["id"] == "f1"
     with pytest.raises(ValueError, match="duplicated figure ids"):
         build_index(recs + recs[:1], tmp_path / "index.html")
+
+
+def test_knn_backend_note_and_index_notes(tmp_path):
+    reason = "auto: exact predicted 0.01 s vs Annoy 0.4 s (search_k ≈ 550, recall 0.95)"
+    path = write_knn(tmp_path / "results" / "toy" / "resnet8-none-none-s0", "exact", 0.5, 1.0,
+                     reason=reason)
+    n_graphs = sum(len(s) for s in SCALES.values())
+    note = frames.knn_backend_note([path, tmp_path / "absent" / "manifest.json"])
+    assert note == f"kNN: exact {n_graphs} graphs (largest, 40 × 8: {reason})"
+    assert frames.knn_backend_note([tmp_path / "absent" / "manifest.json"]) == ""
+    assert frames.knn_graph_frame([path])["backend_reason"].to_list() == [reason] * n_graphs
+    rec = FigureRecord(id="f", title="F", caption="c", group="g", files={"f.png": "1" * 64})
+    page = build_index([rec], tmp_path / "index.html", notes={"g": note}).read_text()
+    assert f'<p class="note">{note}</p>' in page.replace("&gt;", ">")
+    assert json.loads((tmp_path / "index.json").read_text())["notes"] == {"g": note}
 
 
 # --------------------------------------------------------------------------------- build_report

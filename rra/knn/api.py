@@ -6,46 +6,114 @@ from typing import Any
 
 import numpy as np
 
+from rra.knn.annoy_backend import _check_options as check_annoy_options
 from rra.knn.annoy_backend import knn_annoy
-from rra.knn.common import as_matrix, check_distance, finish, prepare_points
+from rra.knn.common import as_matrix, check_distance, check_k, finish, prepare_points
+from rra.knn.cost import (ANNOY_DEFAULTS, CostModel, annoy_search_k_needed, annoy_seconds,
+                          cost_model, exact_seconds, fmt_seconds)
 from rra.knn.exact import exact_neighbours
 
 BACKENDS = ("auto", "exact", "annoy")
 EXACT_OPTIONS = frozenset({"block_rows", "device", "dtype", "progress"})
 ANNOY_OPTIONS = frozenset({"n_trees", "search_k", "seed", "index_path", "recall_target",
                            "recall_sample", "max_search_k", "progress"})
-DEFAULT_EXACT_BUDGET = 5e11
 
 
-def choose_backend(n: int, d: int, backend: str = "auto",
-                   exact_budget: float = DEFAULT_EXACT_BUDGET) -> str:
-    """``auto`` → ``exact`` if n · n · d ≤ exact_budget (the product's multiply-adds), else
-    ``annoy``. [ours]"""
+def choose_backend(n: int, d: int, k: int, backend: str = "auto", *,
+                   cost: CostModel | dict | None = None, threads: int | None = None,
+                   **annoy: Any) -> dict[str, Any]:
+    """Which backend builds the kNN graph of an n × d embedding at ``k``, and why. [ours,
+    measured: the cost model of :mod:`rra.knn.cost`]
+
+    An explicit ``exact`` or ``annoy`` is kept. ``auto`` picks ``annoy`` only where Annoy's
+    recall target is predicted reachable (below search_k = n and within ``max_search_k``, or
+    the fixed search_k) AND Annoy (build + tuning + query) is predicted faster than the exact
+    search; otherwise ``exact``. ``annoy``: the Annoy options that enter the prediction
+    (n_trees, search_k, recall_target, recall_sample, max_search_k; knn_annoy's defaults);
+    ``cost``: overrides of :class:`rra.knn.cost.CostModel`; ``threads``: of the exact search
+    (default torch's).
+
+    Returns ``{"backend", "requested", "reason", "predicted_s"}``; ``auto`` adds
+    ``annoy_search_k`` (planned), ``annoy_recall_reachable`` and ``threads``. ``predicted_s``
+    (``None`` for an explicit backend): seconds of ``exact`` and ``annoy`` (and Annoy's
+    ``annoy_build``, ``annoy_tuning``, ``annoy_query``).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown kNN backend {backend!r}: use one of {BACKENDS}")
     if backend != "auto":
-        return backend
-    return "exact" if float(n) * float(n) * float(d) <= float(exact_budget) else "annoy"
+        return {"backend": backend, "requested": backend, "reason": f"requested {backend}",
+                "predicted_s": None}
+    model = cost_model(cost)
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    unknown = set(annoy) - set(ANNOY_DEFAULTS)
+    if unknown:
+        raise ValueError(f"choose_backend: unknown Annoy option(s) {sorted(unknown)}; "
+                         f"known: {sorted(ANNOY_DEFAULTS)}")
+    opts = {**ANNOY_DEFAULTS, **annoy}
+    n_trees, search_k, target = opts["n_trees"], opts["search_k"], float(opts["recall_target"])
+    check_annoy_options(n, n_trees, search_k, target, opts["recall_sample"], opts["max_search_k"])
+    max_sk = int(opts["max_search_k"]) if opts["max_search_k"] is not None else n * int(n_trees)
+    needed = annoy_search_k_needed(n, d, k, n_trees, target, model)
+    if search_k == "auto":  # the doubling stops at the needed search_k, at most max_search_k
+        planned = int(min(max(needed, min(int(n_trees) * (k + 1), max_sk)), max_sk))
+        limit = max_sk
+    else:
+        planned = limit = int(n_trees) * (k + 1) if search_k == -1 else int(search_k)
+    reachable = needed <= limit and needed < n
+    exact_s = exact_seconds(n, d, k, threads, model)
+    annoy_s = annoy_seconds(n, d, planned, search_k == "auto", int(opts["recall_sample"]),
+                            int(n_trees), threads, model)
+    predicted = {"exact": exact_s, "annoy": annoy_s["total"], "annoy_build": annoy_s["build"],
+                 "annoy_tuning": annoy_s["tuning"], "annoy_query": annoy_s["query"]}
+    e, a = fmt_seconds(exact_s), fmt_seconds(annoy_s["total"])
+    if not reachable:
+        used = "exact"
+        if needed >= n:
+            why = "search_k ≥ n (a brute force)"
+        else:
+            why = (f"search_k ≈ {needed:.0f} > "
+                   + ("max_search_k" if search_k == "auto" else "the fixed search_k")
+                   + f" = {limit}")
+        reason = (f"auto: exact predicted {e}; Annoy's recall {target:g} at d = {d} predicted to "
+                  f"need {why} (Annoy predicted {a})")
+    elif annoy_s["total"] < exact_s:
+        used = "annoy"
+        reason = f"auto: Annoy predicted {a} vs exact {e} (search_k ≈ {planned}, recall {target:g})"
+    else:
+        used = "exact"
+        reason = f"auto: exact predicted {e} vs Annoy {a} (search_k ≈ {planned}, recall {target:g})"
+    return {"backend": used, "requested": "auto", "reason": reason, "predicted_s": predicted,
+            "annoy_search_k": planned, "annoy_recall_reachable": bool(reachable),
+            "threads": int(threads)}
 
 
 def knn(x: Any, k: int, distance: str = "euclidean", backend: str = "auto",
-        exact_budget: float = DEFAULT_EXACT_BUDGET,
+        cost: CostModel | dict | None = None,
         **opts: Any) -> tuple[np.ndarray, np.ndarray, dict]:
     """kNN graph of the rows of ``x`` with the chosen backend: ``(idx int32, dist float32, info)``.
 
     ``opts`` may hold options of either backend (``knn_exact``: block_rows, device, dtype;
     ``knn_annoy``: n_trees, search_k, seed, index_path, recall_target, recall_sample,
     max_search_k; both: progress); those of the backend not used are ignored, unknown names are
-    an error. ``info["backend"]`` is the backend used; for ``exact`` ``info["recall"]`` is 1.0
-    and ``info["search_k"]`` is ``None``.
+    an error. ``cost``: overrides of the cost model behind ``auto`` (:func:`choose_backend`).
+    ``info["backend"]`` is the backend used, ``info["backend_reason"]`` why and
+    ``info["predicted_seconds"]`` the cost model's times (``None`` for an explicit backend); for
+    ``exact`` ``info["recall"]`` is 1.0 and ``info["search_k"]`` is ``None``.
     """
     unknown = set(opts) - EXACT_OPTIONS - ANNOY_OPTIONS
     if unknown:
         raise ValueError(f"unknown kNN option(s) {sorted(unknown)}; exact takes "
-                         f"{sorted(EXACT_OPTIONS)}, annoy takes {sorted(ANNOY_OPTIONS)}")
+                         f"{sorted(EXACT_OPTIONS)}, annoy takes {sorted(ANNOY_OPTIONS)}, "
+                         "both take cost")
     check_distance(distance)
     x = as_matrix(x)
-    used = choose_backend(x.shape[0], x.shape[1], backend, exact_budget)
+    k = check_k(k, x.shape[0])
+    decision = choose_backend(x.shape[0], x.shape[1], k, backend, cost=cost,
+                              **{o: v for o, v in opts.items() if o in ANNOY_DEFAULTS})
+    used = decision["backend"]
     if used == "exact":
         idx, sqd, stats = exact_neighbours(prepare_points(x, distance), k,
                                            **{o: v for o, v in opts.items() if o in EXACT_OPTIONS})
@@ -54,5 +122,6 @@ def knn(x: Any, k: int, distance: str = "euclidean", backend: str = "auto",
     else:
         idx, dist, info = knn_annoy(x, k, distance,
                                     **{o: v for o, v in opts.items() if o in ANNOY_OPTIONS})
-    info.update(backend=used, backend_requested=backend, exact_budget=float(exact_budget))
+    info.update(backend=used, backend_requested=backend, backend_reason=decision["reason"],
+                predicted_seconds=decision["predicted_s"])
     return idx, dist, info

@@ -117,12 +117,15 @@ def _write_graph(out_dir: Path, emb_path: Path, hook: str, scale: str, idx: np.n
     write_json(out_dir / files["json"], {
         "hook": hook, "scale": scale, "n": n, "d": d, "k": k,
         "distance": distance, "backend": info["backend"], "backend_requested": backend,
+        "backend_reason": info.get("backend_reason"),
+        "predicted_seconds": info.get("predicted_seconds"),
         "info": info, "seconds": seconds, "files": files,
         "embedding": {"file": str(emb_path), "sha256": emb_sha},
         "provenance": provenance(config, seed=seed),
     })
     return {"hook": hook, "scale": scale, "n": n, "d": d,
-            "backend": info["backend"], "recall": info["recall"],
+            "backend": info["backend"], "backend_reason": info.get("backend_reason"),
+            "predicted_seconds": info.get("predicted_seconds"), "recall": info["recall"],
             "search_k": info["search_k"], "seconds": seconds, "files": files,
             "embedding_sha256": emb_sha}
 

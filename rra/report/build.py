@@ -30,7 +30,9 @@ per dataset ``{dataset}/``:
   ``stac-scales-{baseline}``   per ``stac_scales/{baseline}.json``: ClassRepSim evidence against
                                the scale per stage, tau and the chosen scale (E4).
 
-A figure whose inputs are absent is skipped. Options come from ``config["report"]``
+A figure whose inputs are absent is skipped. Under each analysis's heading the index says which
+kNN backend built its graphs and why (``kNN: exact, … (auto: exact predicted … vs Annoy …)``,
+:func:`rra.report.frames.knn_backend_note`). Options come from ``config["report"]``
 (:data:`DEFAULTS`): the pooled ``scale`` of the hook-pair figures, ``k`` (default: the smallest
 computed), ``alpha`` of NNTP, and the seed ``band`` (``minmax`` or ``sd``).
 """
@@ -90,6 +92,7 @@ class _Report:
         self.config = config
         self.opts = report_options(config)
         self.records: list[FigureRecord] = []
+        self.notes: dict[str, str] = {}  # a line under a group's heading (the kNN backend)
         self._sha: dict[Path, str] = {}
         self.progress = tqdm(desc="report figures", unit="figure", disable=None)
 
@@ -151,13 +154,14 @@ def _metric_figures(rep: _Report, dirs: list) -> None:
     import polars as pl
 
     from rra.report import charts
-    from rra.report.frames import nnts_to_logits, parse_run, read_tables
+    from rra.report.frames import knn_backend_note, nnts_to_logits, parse_run, read_tables
 
     d0 = dirs[0]
     sel = {"dataset": d0.dataset, "probe": d0.probe, "distance": d0.distance,
            "backend": d0.backend}
     prefix = f"{d0.dataset}/{d0.probe}/{d0.distance}-{d0.backend}"
     group = f"{d0.dataset} · probe {d0.probe} · {d0.distance} distance, {d0.backend} backend"
+    rep.notes[group] = knn_backend_note(d.knn_manifest for d in dirs)
     scale, band = rep.opts["scale"], rep.opts["band"]
     at_scale = pl.col("scale_a") == scale
     nnts = read_tables(dirs, "nnts", at_scale & (pl.col("measure") == "nnts"))
@@ -494,7 +498,7 @@ def build_report(results_dir: PathLike, reports_dir: PathLike, *,
     write_metrics_json(results_dir, reports_dir / "metrics.json")
     build_index(rep.records, reports_dir / "index.html", title="rra report",
                 intro=f"Figures built from {results_dir.name}/ "
-                      f"({len(datasets(results_dir))} dataset(s)).")
+                      f"({len(datasets(results_dir))} dataset(s)).", notes=rep.notes)
     return rep.records
 
 

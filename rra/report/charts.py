@@ -483,7 +483,8 @@ def knn_recall(df: pl.DataFrame, *, title: str = "Annoy vs exact kNN") -> alt.HC
     panels per scale; mean over runs/seeds. [ours]
 
     ``df``: from :func:`rra.report.frames.knn_graph_frame` (one row per stored graph: columns
-    backend_label, hook_a, pos_a, scale_a, recall, seconds), filtered to one distance and k.
+    backend_label, hook_a, pos_a, scale_a, recall, seconds; backend_reason shown when present),
+    filtered to one distance and k.
     """
     keys = ["backend_label", "scale_a", "hook_a", "pos_a"]
     require_columns(df, [*keys, "recall", "seconds"], "knn_recall")
@@ -495,6 +496,8 @@ def knn_recall(df: pl.DataFrame, *, title: str = "Annoy vs exact kNN") -> alt.HC
         recall=pl.col("recall").mean(), recall_min=pl.col("recall").min(),
         seconds=pl.col("seconds").mean(), search_k=pl.col("search_k").mean()
         if "search_k" in df.columns else pl.lit(None), n=pl.len(),
+        backend_reason=pl.col("backend_reason").drop_nulls().first()
+        if "backend_reason" in df.columns else pl.lit(None),
     ).sort(keys), "knn_recall")
     scales = scale_order(agg["scale_a"].to_list())
     base = alt.Chart(agg).encode(
@@ -504,7 +507,8 @@ def knn_recall(df: pl.DataFrame, *, title: str = "Annoy vs exact kNN") -> alt.HC
     )
     tooltip = ["backend_label", "scale_a", "hook_a", alt.Tooltip("recall:Q", format=".4f"),
                alt.Tooltip("recall_min:Q", format=".4f"), alt.Tooltip("seconds:Q", format=".3f"),
-               alt.Tooltip("search_k:Q", format=",.0f"), "n"]
+               alt.Tooltip("search_k:Q", format=",.0f"), "n",
+               alt.Tooltip("backend_reason:N", title="why (first run)")]
     recall = base.mark_line(point=True).encode(
         y=alt.Y("recall:Q", title="recall@k vs exact", scale=alt.Scale(domain=[0, 1])),
         tooltip=tooltip,

@@ -386,7 +386,8 @@ def knn_graph_frame(files: Sequence[PathLike]) -> pl.DataFrame:
     seconds (the entry's ``seconds``: wall time of the whole graph, i.e. for Annoy the index
     build, the search_k tuning, the query and the exact neighbours of the recall sample),
     backend_label (``exact``, or ``annoy (n_trees=…, search_k=…)`` with the requested
-    search_k of the manifest's options). [ours]
+    search_k of the manifest's options), backend_reason (why that backend ran, e.g. ``auto:
+    exact predicted … vs Annoy …``; null in manifests written before it was recorded). [ours]
     """
     rows = []
     for path in map(Path, files):
@@ -416,14 +417,34 @@ def knn_graph_frame(files: Sequence[PathLike]) -> pl.DataFrame:
                          "n": int(e["n"]), "d": int(e["d"]),
                          "recall": float(e["recall"]) if e.get("recall") is not None else None,
                          "seconds": float(e["seconds"]),
-                         "backend_label": annoy_label if used == "annoy" else used})
+                         "backend_label": annoy_label if used == "annoy" else used,
+                         "backend_reason": e.get("backend_reason")})
     schema = {"dataset": pl.Utf8, "model": pl.Utf8, "attention": pl.Utf8, "augmentation": pl.Utf8,
               "seed": pl.Int64, "probe": pl.Utf8, "distance": pl.Utf8, "backend": pl.Utf8,
               "backend_used": pl.Utf8, "n_trees": pl.Int64, "search_k": pl.Int64, "k": pl.Int64,
               "hook_a": pl.Utf8, "pos_a": pl.Int64, "scale_a": pl.Utf8, "n": pl.Int64,
               "d": pl.Int64, "recall": pl.Float64, "seconds": pl.Float64,
-              "backend_label": pl.Utf8}
+              "backend_label": pl.Utf8, "backend_reason": pl.Utf8}
     return pl.DataFrame(rows, schema=schema)
+
+
+def knn_backend_note(files: Sequence[PathLike]) -> str:
+    """One line on the kNN backend of an analysis's graphs: ``kNN: exact, 12 graphs (largest,
+    5000 × 784: auto: exact predicted … vs Annoy …)``; the reason is that of the largest graph
+    (n · d). Empty when no manifest exists. [ours]"""
+    files = [Path(f) for f in files if Path(f).is_file()]
+    if not files:
+        return ""
+    df = knn_graph_frame(files)
+    if df.height == 0:
+        return ""
+    counts = df.group_by("backend_used", maintain_order=True).len()
+    used = ", ".join(f"{b} {c} graph{'s' if c != 1 else ''}"
+                     for b, c in counts.sort("backend_used").iter_rows())
+    big = df.sort(pl.col("n") * pl.col("d"), descending=True).row(0, named=True)
+    why = f" (largest, {big['n']} × {big['d']}: {big['backend_reason']})" \
+        if big["backend_reason"] else ""
+    return f"kNN: {used}{why}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -90,11 +90,14 @@ def _figure_html(rec: FigureRecord) -> str:
 
 
 def build_index(figures: Sequence[FigureRecord], out_path: PathLike, *,
-                title: str = "rra report", intro: str = "") -> Path:
+                title: str = "rra report", intro: str = "",
+                notes: dict[str, str] | None = None) -> Path:
     """Write ``out_path`` (index.html) and its ``.json`` twin (``index.json``); return the path.
 
     Figure file paths are relative to ``out_path``'s folder. Figure ids must be unique.
+    ``notes``: a line under a group's heading, by group (e.g. the kNN backend of an analysis).
     """
+    notes = dict(notes or {})
     out_path = Path(out_path)
     ids = [f.id for f in figures]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
@@ -110,6 +113,8 @@ def build_index(figures: Sequence[FigureRecord], out_path: PathLike, *,
         nav.append((f"<li>{e(group)}<ul>{items}</ul></li>" if group else items))
         if group:
             body.append(f"<h2 class=\"group\">{e(group)}</h2>")
+            if notes.get(group):
+                body.append(f"<p class=\"note\">{e(notes[group])}</p>")
         body.extend(_figure_html(r) for r in recs)
     empty = "" if figures else "<p>No figures: the results directory holds no inputs yet.</p>"
     page = f"""<!DOCTYPE html>
@@ -132,6 +137,6 @@ built from; the HTML pages are interactive and work offline.</p>
 """
     with atomic_path(out_path, suffix=".html") as tmp:
         tmp.write_text(page, encoding="utf-8")
-    write_json(out_path.with_suffix(".json"), {"title": title,
+    write_json(out_path.with_suffix(".json"), {"title": title, "notes": notes,
                                                   "figures": [asdict(f) for f in figures]})
     return out_path
