@@ -140,6 +140,7 @@ def test_sweep_chunked_products_and_overfull_bands(monkeypatch, one_thread):
     graphs = [brute_force(x, max(ks))[0] for x in xs]
     for chunk, cap in ((7, sweep_module.BAND_CAP), (1024, 1)):
         monkeypatch.setattr(sweep_module, "CHUNK_FEATURES", chunk)
+        monkeypatch.setattr(sweep_module, "PANEL_COLUMNS", 64)  # 4 panels, the last one short
         monkeypatch.setattr(sweep_module, "BAND_CAP", cap)
         res = sweep([prepare_points(x, "euclidean") for x in xs], 5, ks, block_rows=50,
                     progress=False)

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from rra.io import load_npy, provenance, read_json, save_npy, sha256_file, write_json
+from rra.io import (NpyRowWriter, load_npy, provenance, read_json, save_npy, sha256_file,
+                    write_json)
 from rra.knn.api import BACKENDS, knn
 from rra.knn.common import check_distance
 
@@ -100,20 +101,28 @@ def _load_embedding(embed_dir: Path, entry: dict) -> np.ndarray:
     return x
 
 
-def _write_graph(out_dir: Path, emb_path: Path, hook: str, scale: str, idx: np.ndarray,
-                 dist: np.ndarray, info: dict, seconds: float, k: int, distance: str,
-                 backend: str, config: dict, seed: Any) -> dict:
-    """Write one graph (indices, distances, sidecar); return its manifest entry."""
+def graph_files(hook: str, scale: str, annoy: bool = False) -> dict[str, str | None]:
+    """File names of one graph in a knn directory."""
+    stem = graph_stem(hook, scale)
+    return {"idx": f"{stem}.idx.npy", "dist": f"{stem}.dist.npy", "json": f"{stem}.json",
+            "annoy": f"{stem}.annoy" if annoy else None}
+
+
+def _write_graph(out_dir: Path, emb_path: Path, hook: str, scale: str,
+                 idx: np.ndarray | None, dist: np.ndarray | None, info: dict, seconds: float,
+                 k: int, distance: str, backend: str, config: dict, seed: Any) -> dict:
+    """Write one graph (indices, distances, sidecar; ``idx``/``dist`` ``None``: already written
+    under :func:`graph_files`' names); return its manifest entry."""
     stem = graph_stem(hook, scale)
     annoy_path = out_dir / f"{stem}.annoy"
     if info["backend"] != "annoy":
         annoy_path.unlink(missing_ok=True)  # stale index of an earlier run
-    files = {"idx": f"{stem}.idx.npy", "dist": f"{stem}.dist.npy", "json": f"{stem}.json",
-             "annoy": annoy_path.name if info["backend"] == "annoy" else None}
-    save_npy(out_dir / files["idx"], idx)
-    save_npy(out_dir / files["dist"], dist)
+    files = graph_files(hook, scale, annoy=info["backend"] == "annoy")
+    if idx is not None:
+        save_npy(out_dir / files["idx"], idx)
+        save_npy(out_dir / files["dist"], dist)
     emb_sha = sha256_file(emb_path)
-    n, d = int(idx.shape[0]), int(info.get("d", 0))
+    n, d = int(info["n"]), int(info["d"])
     write_json(out_dir / files["json"], {
         "hook": hook, "scale": scale, "n": n, "d": d, "k": k,
         "distance": distance, "backend": info["backend"], "backend_requested": backend,
@@ -147,7 +156,7 @@ def _graphs_one_by_one(embed_dir: Path, out_dir: Path, entries: list[dict], k: i
                                   **{"progress": progress, **options})
         except ValueError as err:
             raise ValueError(f"{emb_path} ({stem}): {err}") from err
-        info["d"] = int(x.shape[1])
+        info["n"], info["d"] = int(x.shape[0]), int(x.shape[1])
         graphs.append(_write_graph(out_dir, emb_path, hook, scale, idx, dist, info,
                                    time.perf_counter() - t0, k, distance, backend, config,
                                    options.get("seed")))
@@ -174,13 +183,26 @@ def _sweep_graphs(embed_dir: Path, out_dir: Path, entries: list[dict], k: int,
                 points.append(prepare_points(_load_embedding(embed_dir, entry), distance, name))
             except ValueError as err:
                 raise ValueError(f"{embed_dir / entry['file']} ({name}): {err}") from err
-        res = sweep(points, k, nnts_k, progress=progress, names=names)
-        for entry, (idx, dist), stats, p in zip(group, res.graphs, res.stats, points):
-            info = {"backend": "exact", "recall": 1.0, "search_k": None, "d": p.d,
+        writers = [tuple(NpyRowWriter(out_dir / graph_files(str(e["hook"]), scale)[part],
+                                      (p.n, k), dtype) for part, dtype in
+                         (("idx", np.int32), ("dist", np.float32)))
+                   for e, p in zip(group, points)]
+        try:
+            res = sweep(points, k, nnts_k, progress=progress, names=names, writers=writers)
+            for pair in writers:
+                for writer in pair:
+                    writer.close()
+        except BaseException:
+            for pair in writers:
+                for writer in pair:
+                    writer.abort()
+            raise
+        for entry, stats, p in zip(group, res.stats, points):
+            info = {"backend": "exact", "recall": 1.0, "search_k": None, "n": p.n, "d": p.d,
                     "backend_reason": (f"{backend}: NNTS at k = {nnts_k} needs the exact sweep "
                                        "(every product of the probe rows)"), **stats}
             graphs[graph_stem(str(entry["hook"]), scale)] = _write_graph(
-                out_dir, embed_dir / entry["file"], str(entry["hook"]), scale, idx, dist, info,
+                out_dir, embed_dir / entry["file"], str(entry["hook"]), scale, None, None, info,
                 stats["seconds"] / len(group), k, distance, backend, config, None)
         hooks = [str(e["hook"]) for e in group]
         for kk, counts in res.overlaps.items():

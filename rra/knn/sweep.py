@@ -39,13 +39,15 @@ from rra.knn.common import Points, check_k
 from rra.knn.exact import BLOCK_BYTES, _unit_roundoff, candidate_margin, default_block_rows
 
 #: the bitmaps of one block (hooks × large ks × rows × n bits) stay within this many bytes
-BITMAP_BYTES = 512 << 20
+BITMAP_BYTES = 128 << 20
 #: products are summed over chunks of at most this many features (each one matrix product, then
 #: added in order): the worst-case rounding bound is that of a dot product of length
 #: K + m − 1 (K the longest of m chunks) instead of d, which narrows the band of rows whose
 #: exact distance must be computed by about d / K at the cost of m − 1 passes over a block.
 #: [ours, measured on LeNet-5's 4,704-wide hooks: the band is the sweep's largest cost]
 CHUNK_FEATURES = 1024
+#: columns per panel when the chunks are summed (the panel's partial sums stay in cache)
+PANEL_COLUMNS = 4096
 #: band columns kept per row and large k for the column-ordered exact distances; a larger band
 #: (rare: a very wide error bound) is redone row by row
 BAND_CAP = 2048
@@ -120,22 +122,31 @@ class _Keys:
         zi = self.z[rows] if isinstance(rows, slice) else self.z[torch.from_numpy(rows)]
         (a, b), rest = self.chunks[0], self.chunks[1:]
         o = torch.mm(zi[:, a:b], self.z[:, a:b].T, out=out)
-        if rest:
-            if self._tmp is None or self._tmp.shape[0] < o.shape[0]:
-                self._tmp = torch.empty_like(o)
-            tmp = self._tmp[:o.shape[0]]
-            for a, b in rest:
-                o.add_(torch.mm(zi[:, a:b], self.z[:, a:b].T, out=tmp))
+        if rest:  # the other chunks panel by panel of columns: the sums stay in cache
+            m, n = o.shape
+            if self._tmp is None or self._tmp.shape[0] < m:
+                self._tmp = torch.empty((m, PANEL_COLUMNS), dtype=o.dtype)
+            for c0 in range(0, n, PANEL_COLUMNS):
+                c1 = min(n, c0 + PANEL_COLUMNS)
+                tmp = self._tmp[:m, :c1 - c0]
+                for a, b in rest:
+                    o[:, c0:c1].add_(torch.mm(zi[:, a:b], self.z[c0:c1, a:b].T, out=tmp))
         return o.sub_(self.h)
 
 
 def sweep(points: Sequence[Points], k_graph: int | None, ks: Sequence[int], *,
           block_rows: int | None = None, progress: bool = True,
-          names: Sequence[str] | None = None) -> SweepResult:
+          names: Sequence[str] | None = None, writers: Sequence[tuple] | None = None
+          ) -> SweepResult:
     """Exact kNN graphs at ``k_graph`` (``None``: none) of every point set and, for each k of
     ``ks``, the overlap counts ``m_i = |K_a[i] ∩ K_b[i]|`` of every pair a < b of point sets,
     in one pass over blocks of rows (module docstring). All point sets must have the same rows.
-    CPU, float32 products (the result is exact regardless)."""
+    CPU, float32 products (the result is exact regardless).
+
+    ``writers``: per point set an ``(indices, distances)`` pair of ``rra.io.NpyRowWriter``-like
+    objects (``write(rows)``) that receive the graph's rows block by block, so the graphs are
+    never held whole (``SweepResult.graphs`` is then ``None`` for each); by default the graphs
+    are returned in memory."""
     import numba
     import torch
     from tqdm.auto import tqdm
@@ -176,8 +187,12 @@ def sweep(points: Sequence[Points], k_graph: int | None, ks: Sequence[int], *,
 
     graphs: list = [None] * len(points)
     if k_graph is not None:
-        graphs = [(np.empty((n, k_graph), np.int32), np.empty((n, k_graph), np.float32))
-                  for _ in points]
+        if writers is None:
+            graphs = [(np.empty((n, k_graph), np.int32), np.empty((n, k_graph), np.float32))
+                      for _ in points]
+        elif len(writers) != len(points):
+            raise ValueError(f"writers: need one (indices, distances) pair per embedding, got "
+                             f"{len(writers)} for {len(points)}")
         n_cand = min(n - 1, k_graph + candidate_margin(k_graph))
         group = kernels.group_size(n, n_cand)
         b_idx = np.empty((b, k_graph), np.int64)
@@ -212,9 +227,14 @@ def sweep(points: Sequence[Points], k_graph: int | None, ks: Sequence[int], *,
                                        "a bug")
                 stats[h]["exact_pairs"] += int(n_exact[:bb].sum())
                 _recheck(key, q, k_graph, b_idx[:bb], b_sqd[:bb], ok[:bb], stats[h])
-                idx, dist = graphs[h]
-                idx[a:a + bb] = b_idx[:bb]
-                dist[a:a + bb] = np.sqrt(b_sqd[:bb])
+                rows_idx = b_idx[:bb].astype(np.int32)
+                rows_dist = np.sqrt(b_sqd[:bb]).astype(np.float32)
+                if writers is None:
+                    graphs[h][0][a:a + bb] = rows_idx
+                    graphs[h][1][a:a + bb] = rows_dist
+                else:
+                    writers[h][0].write(rows_idx)
+                    writers[h][1].write(rows_dist)
             if large:
                 _large_k_sets(key, o, q, ks_arr, bits[h, :, :bb], band_j[:bb], band_e[:bb],
                               band_n[:bb], need[:bb], threads, names[h])
