@@ -290,6 +290,31 @@ def test_same_seed_is_bit_identical_and_other_seed_differs(reference, digits, tm
     assert not torch.equal(other["conv1.weight"], weights(reference, 1)["conv1.weight"])
 
 
+
+def test_malloc_settings_change_no_number(reference, digits, tmp_path, monkeypatch):
+    """keep_freed_memory (glibc mallopt, applied by every train() call) is speed only: a run in
+    a fresh process without it writes the same model.pt, byte for byte."""
+    import subprocess
+    import sys
+
+    from rra.train.loop import keep_freed_memory
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")  # the environment's own setting wins
+    assert keep_freed_memory() is False
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("mallopt is glibc's")
+    assert keep_freed_memory() is True
+    code = ("import sys, json, torch; torch.set_num_threads(1); import rra.train.loop as loop; "
+            "loop.keep_freed_memory = lambda: False; "
+            "loop.train(json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], device='cpu', "
+            "progress=False)")
+    subprocess.run([sys.executable, "-c", code, json.dumps(SPEC), str(digits),
+                    str(tmp_path / "plain")], check=True, capture_output=True,
+                   cwd=Path(__file__).resolve().parents[1])
+    assert checkpoint_sha256(tmp_path / "plain") == checkpoint_sha256(reference)
+
+
 def test_resume_after_stop_equals_uninterrupted_run(reference, digits, tmp_path):
     run = tmp_path / "run"
     train(SPEC, digits, run, device="cpu", progress=False, stop_after_epoch=1)

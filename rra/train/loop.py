@@ -34,6 +34,7 @@ on the whole eval split in eval mode; ``seconds`` times the training and evaluat
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import os
 import sys
@@ -56,6 +57,45 @@ from rra.train.weight_change import EPS, snapshot, tracked_weights, weight_chang
 #: splits up to this size are read from their memory map into RAM once; larger ones are
 #: gathered batch by batch from the memory map.
 IN_MEMORY_BYTES = 4 << 30
+
+#: glibc malloc settings of :func:`keep_freed_memory`: blocks below this size come from the heap
+#: (glibc's largest allowed value on 64-bit), and freed memory is returned to the system only
+#: when more than ``MALLOC_TRIM_THRESHOLD`` lies free at the heap's top.
+MALLOC_MMAP_THRESHOLD = 32 << 20
+MALLOC_TRIM_THRESHOLD = 1 << 30
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameter numbers (<malloc.h>)
+_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+
+
+def keep_freed_memory() -> bool:
+    """Let the process reuse freed memory across batches instead of returning it to the system.
+
+    Speed only, never the numbers. Every batch allocates and frees the same activation and
+    gradient buffers (LeNet-5 at batch 128: ~2.4 MB each, ~10 MB per step). glibc's defaults hand
+    blocks of that size back to the kernel on free (its mmap threshold starts at 128 KiB and
+    adapts only to what has been freed so far; the heap is trimmed above twice that), so each
+    step page-faults its buffers in again: 100,000 to 170,000 minor faults per 10,000 MNIST
+    training images, 25–40 % of the epoch's time in the project's VM. With the mmap threshold at
+    :data:`MALLOC_MMAP_THRESHOLD` and the trim threshold at :data:`MALLOC_TRIM_THRESHOLD`
+    (``mallopt``) the step reuses the heap's pages: no faults after the first batch. Peak memory
+    is the same working set; the process keeps it until it exits. [ours]
+
+    Process-wide and permanent (glibc has no way back to its adaptive thresholds). Does nothing
+    outside glibc, or when the environment sets malloc's thresholds itself (``MALLOC_*_``,
+    ``GLIBC_TUNABLES`` with ``glibc.malloc``). Returns whether the settings were applied.
+    """
+    if not sys.platform.startswith("linux") or any(k in os.environ for k in _MALLOC_ENV) \
+            or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # glibc only (musl's mallopt does nothing)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
+                and mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD))
 
 
 @dataclass
@@ -263,6 +303,7 @@ def train(spec: dict[str, Any], data_dir: PathLike, out_dir: PathLike, device: A
         train_set = SplitArrays(train_set.name, train_set.images[rows], train_set.labels[rows])
     eval_set = load_arrays(data_dir, spec["eval_split"], info)
 
+    keep_freed_memory()
     with deterministic(dev):
         return _run(spec, info, train_set, eval_set, out_dir, dev, progress, resume,
                     keep_checkpoints, stop_after_epoch)
