@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rra.knn.common import Points, check_k
-from rra.knn.exact import BLOCK_BYTES, _unit_roundoff, candidate_margin, default_block_rows
+from rra.knn.exact import _unit_roundoff, candidate_margin, default_block_rows
 
 #: the bitmaps of one block (hooks × large ks × rows × n bits) stay within this many bytes
 BITMAP_BYTES = 128 << 20
@@ -178,12 +178,14 @@ def sweep(points: Sequence[Points], k_graph: int | None, ks: Sequence[int], *,
         except ValueError as err:
             raise ValueError(f"{name}: {err}") from err
     words = -(-n // 64)
-    b = default_block_rows(n, max(k.d for k in keys)) if block_rows is None else int(block_rows)
-    if b < 1:
+    if block_rows is None:  # products within BLOCK_BYTES, bitmaps within BITMAP_BYTES
+        b = default_block_rows(n, max(k.d for k in keys))
+        if large:
+            b = min(b, max(1, BITMAP_BYTES // (8 * words * len(points) * ks_arr.size)))
+    elif int(block_rows) < 1:
         raise ValueError(f"block_rows must be at least 1, got {block_rows}")
-    if large:
-        b = min(b, max(1, BITMAP_BYTES // (8 * words * len(points) * ks_arr.size)))
-    b = min(b, n, max(1, BLOCK_BYTES // (4 * n)) if block_rows is None else n)
+    else:
+        b = min(int(block_rows), n)
 
     graphs: list = [None] * len(points)
     if k_graph is not None:
@@ -212,8 +214,9 @@ def sweep(points: Sequence[Points], k_graph: int | None, ks: Sequence[int], *,
               "rows_rechecked": 0, "band_pairs": 0} for _ in points]
     buf = torch.empty((b, n), dtype=torch.float32)
 
+    # (shown in the job's log too, every 30 s: the sweep of a published-scale run takes minutes)
     for a in tqdm(range(0, n, b), desc=f"kNN sweep n={n} hooks={len(points)}", unit="block",
-                  disable=None if progress else True):
+                  disable=not progress, mininterval=30):
         bb = min(b, n - a)
         q = np.arange(a, a + bb, dtype=np.int64)
         for h, key in enumerate(keys):
