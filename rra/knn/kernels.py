@@ -663,11 +663,11 @@ def _collect(row, lo, hi, vals, cols):
 
 
 @nb.njit(cache=True)
-def _select_members_row(row, k, w_i, lo, hi, sample_fallback, vals, cols, scratch, bits,
-                        band_j):
+def _select_members_row(row, k, w_i, lo, hi, vals, cols, scratch, bits, band_j):
     """One row and one k of :func:`members_select`; returns ``(inside, band, need)``.
 
-    ``[lo, hi]`` brackets the k-th largest value (else the whole row is used). The values in
+    ``[lo, hi]`` brackets the k-th largest value (else, or with ``[−∞, ∞]``, the whole row is
+    used). The values in
     ``[lo − 2w, hi + 2w]`` are collected once; the k-th largest ``v_k`` is selected among them;
     ``row > v_k + w`` goes into ``bits`` (``inside`` of them), ``[v_k − w, v_k + w]`` is the band
     (its columns into ``band_j``, at most its size; ``band`` = how many), of which the nearest
@@ -679,17 +679,15 @@ def _select_members_row(row, k, w_i, lo, hi, sample_fallback, vals, cols, scratc
         v = row[j]
         above += v > hi
         ge += v >= lo
-    if sample_fallback or not (above < k <= ge):
-        lo = -np.inf
-        hi = np.inf
+    if not (above < k <= ge):  # the bracket missed: the whole row
+        lo, hi, above = -np.inf, np.inf, 0
     c = _collect(row, _outward(lo - 2.0 * w_i, False), _outward(hi + 2.0 * w_i, True), vals,
                  cols)
     hi32 = _outward(hi, True)
     over = 0  # collected values above the bracket: all larger than the k-th
     for t in range(c):
         over += vals[t] > hi32
-    above_all = 0 if hi == np.inf else above
-    p = k - above_all + over
+    p = k - above + over
     t = _pth_largest_bound(vals[:c], p, scratch)
     v_k = np.inf
     for q in range(c):  # the smallest collected value ≥ t: the p-th largest collected
@@ -747,8 +745,8 @@ def members_select(o, queries, ks, nc, gamma, radius, bits, band_j, band_n, need
             sample.sort()
             for q in range(ks.size):
                 lo, hi = _bracket(sample, ks[q], n)
-                inside, band, nd = _select_members_row(row, ks[q], w_i, lo, hi, False, vals,
-                                                       cols, scratch, bits[q, r], band_j[r, q])
+                inside, band, nd = _select_members_row(row, ks[q], w_i, lo, hi, vals, cols,
+                                                       scratch, bits[q, r], band_j[r, q])
                 band_n[r, q] = band
                 need[r, q] = nd
 
@@ -823,8 +821,8 @@ def members_finish(o, queries, ks, nc, gamma, radius, x, norms, bits, band_j, ba
                     js[:c] = band_j[r, q, :c]
                 else:  # an overfull band: its columns again, from the whole row
                     w_i = gamma * (nc[i] + radius) ** 2
-                    _, c, nd = _select_members_row(o[r], ks[q], w_i, -np.inf, np.inf, True,
-                                                   vals, cols, scratch, bits[q, r], js)
+                    _, c, _ = _select_members_row(o[r], ks[q], w_i, -np.inf, np.inf, vals,
+                                                  cols, scratch, bits[q, r], js)
                     for t in range(c):
                         es[t] = _sqdist(x, norms, i, js[t], tmp)
                 nd = need[r, q]
