@@ -150,3 +150,21 @@ def test_sweep_chunked_products_and_overfull_bands(monkeypatch, one_thread):
             want = np.stack([overlap_counts(graphs[a][:, :k], graphs[b][:, :k])
                              for a, b in res.pairs], axis=1)
             np.testing.assert_array_equal(res.overlaps[k], want, err_msg=f"chunk {chunk}, k {k}")
+
+
+def test_sweep_rechecks_cancellation_rows():
+    """Rows the float32 values cannot certify (tiny spreads far from the origin) are re-checked
+    against every row (the stored graph) and still get exact large-k sets."""
+    rng = np.random.default_rng(4)
+    xs = []
+    for d in (6, 3):
+        x = rng.normal(scale=1e-3, size=(120, d))
+        x[:60, 0] += 1e3
+        x[60:, 0] -= 1e3
+        xs.append(x)
+    res = sweep([prepare_points(x, "euclidean") for x in xs], 5, [40], block_rows=50,
+                progress=False)
+    assert all(s["rows_rechecked"] > 0 for s in res.stats)
+    for x, (idx, _) in zip(xs, res.graphs):
+        np.testing.assert_array_equal(idx, brute_force(x, 5)[0])
+    np.testing.assert_array_equal(res.overlaps[40], brute_overlaps(xs, 40))

@@ -148,6 +148,33 @@ def _unit_roundoff(dtype, device) -> float:
     return u
 
 
+def error_gamma(length: int, u: float) -> float:
+    """γ of step 4 for products that are dot products of ``length`` terms (plus h and the
+    centring) at unit round-off ``u``: 1.01 (γ_{length+2} + 6u). Callers check first that the
+    bound is not void ((length + 2) u < ½)."""
+    gamma_m = (length + 2) * u / (1 - (length + 2) * u)
+    return 1.01 * (gamma_m + 6 * u)
+
+
+def recheck_rows(o_rows: np.ndarray, queries: np.ndarray, k: int, bound: np.ndarray,
+                 sq: np.ndarray, nc: np.ndarray, gamma: float, x: np.ndarray,
+                 norms: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Step 5's re-check of rows whose certificate failed, from all their products ``o_rows``
+    (float32, one row per query, against every row): every row within the error bound of
+    ``bound`` (the k-th exact distance among the candidates) gets its exact distance
+    (``rra.knn.kernels.recheck``). Returns ``(idx, squared distances, exact pairs)``."""
+    from rra.knn import kernels
+
+    r_idx = np.empty((queries.size, k), dtype=np.int64)
+    r_sqd = np.empty((queries.size, k), dtype=np.float64)
+    r_exact = np.empty(queries.size, dtype=np.int64)
+    kernels.recheck(o_rows, queries, k, bound, sq, nc, gamma, x, norms, r_idx, r_sqd, r_exact)
+    if (r_exact < 0).any():  # impossible while the error bound holds
+        raise RuntimeError("kNN certification failed: fewer than k rows within the error "
+                           "bound; please report this as a bug")
+    return r_idx, r_sqd, int(r_exact.sum())
+
+
 def knn_exact(x: Any, k: int, distance: str = "euclidean", block_rows: int | None = None,
               device: str = "cpu", dtype: Any = "float32",
               progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -192,8 +219,7 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
         warnings.warn(f"float32 matmul precision {torch.get_float32_matmul_precision()!r} is too "
                       f"coarse for d = {d}; computing the kNN products in float64")
         tdtype, u = torch.float64, 2.0 ** -53
-    gamma_d = (d + 2) * u / (1 - (d + 2) * u)
-    gamma = 1.01 * (gamma_d + 6 * u)
+    gamma = error_gamma(d, u)
     np_dtype = np.float32 if tdtype == torch.float32 else np.float64
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
@@ -246,18 +272,11 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
         if not bad.size:
             return
         counts["rows_rechecked"] += bad.size
-        o_rows = products(q[bad])
-        r_idx = np.empty((bad.size, k), dtype=np.int64)
-        r_sqd = np.empty((bad.size, k), dtype=np.float64)
-        r_exact = np.empty(bad.size, dtype=np.int64)
-        kernels.recheck(o_rows.cpu().numpy(), q[bad], k, out_sqd[rows][bad, k - 1], sq, nc,
-                        gamma, x, norms, r_idx, r_sqd, r_exact)
-        if (r_exact < 0).any():  # impossible while the error bound holds
-            raise RuntimeError("kNN certification failed: fewer than k rows within the "
-                               "error bound; please report this as a bug")
+        r_idx, r_sqd, pairs = recheck_rows(products(q[bad]).cpu().numpy(), q[bad], k,
+                                           out_sqd[rows][bad, k - 1], sq, nc, gamma, x, norms)
         out_idx[rows][bad] = r_idx
         out_sqd[rows][bad] = r_sqd
-        counts["exact_pairs"] += int(r_exact.sum())
+        counts["exact_pairs"] += pairs
 
     def refine(rows: slice, q: np.ndarray, cand_val, cand_idx, thr) -> None:
         """Steps 4–5 for the query rows ``q`` (output rows ``rows``) and their candidates."""

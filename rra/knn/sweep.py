@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rra.knn.common import Points, check_k
-from rra.knn.exact import _unit_roundoff, candidate_margin, default_block_rows
+from rra.knn.exact import (_unit_roundoff, candidate_margin, default_block_rows, error_gamma,
+                           recheck_rows)
 
 #: the bitmaps of one block (hooks × large ks × rows × n bits) stay within this many bytes
 BITMAP_BYTES = 128 << 20
@@ -108,8 +109,7 @@ class _Keys:
         if (length + 2) * u >= 0.5:
             raise ValueError(f"float32 matmul precision {torch.get_float32_matmul_precision()!r}"
                              f" is too coarse for d = {d}; set it to 'highest'")
-        gamma_d = (length + 2) * u / (1 - (length + 2) * u)
-        self.gamma = 1.01 * (gamma_d + 6 * u)
+        self.gamma = error_gamma(length, u)
         self._tmp = None
         with warnings.catch_warnings():  # read-only memory maps: torch only reads them
             warnings.simplefilter("ignore", UserWarning)
@@ -274,21 +274,11 @@ def _recheck(key: _Keys, q: np.ndarray, k: int, idx: np.ndarray, sqd: np.ndarray
              ok: np.ndarray, stats: dict) -> None:
     """Step 5 of ``rra.knn.exact`` for the block's rows whose certificate failed: all their
     products again, every row within the error bound of the k-th gets its exact distance."""
-    from rra.knn import kernels
-
     bad = np.flatnonzero(~ok)
     if not bad.size:
         return
     stats["rows_rechecked"] += int(bad.size)
-    o_rows = key.products(q[bad]).numpy()
-    r_idx = np.empty((bad.size, k), np.int64)
-    r_sqd = np.empty((bad.size, k), np.float64)
-    r_exact = np.empty(bad.size, np.int64)
-    kernels.recheck(o_rows, q[bad], k, sqd[bad, k - 1].copy(), key.sq, key.nc, key.gamma,
-                    key.x, key.norms, r_idx, r_sqd, r_exact)
-    if (r_exact < 0).any():  # impossible while the error bound holds
-        raise RuntimeError("kNN certification failed: fewer than k rows within the error bound; "
-                           "please report this as a bug")
-    idx[bad] = r_idx
-    sqd[bad] = r_sqd
-    stats["exact_pairs"] += int(r_exact.sum())
+    idx[bad], sqd[bad], pairs = recheck_rows(key.products(q[bad]).numpy(), q[bad], k,
+                                             sqd[bad, k - 1], key.sq, key.nc, key.gamma, key.x,
+                                             key.norms)
+    stats["exact_pairs"] += pairs
