@@ -37,7 +37,7 @@ slower than the exact search.
 
 Measurements (short scripts timing ``rra.knn.knn_exact`` and the Annoy backend's own index build
 and query on seeded data, this project's 2-core AMD EPYC machine while other jobs shared it,
-fastest of 2–3 runs, 2026-11-25; exact at n ≤ 20k ran up to 2× slower than the README's quieter
+fastest of 2–3 runs, 2026-12-03; exact at n ≤ 20k ran up to 2× slower than the README's quieter
 table, so its absolute times come from the README and issue #10, the k-dependence from ratios
 measured in one session; ``benchmarks/bench_knn.py --auto-rows`` checks the choice at 60k):
 

@@ -82,6 +82,7 @@ class RunGraphs:
                         ) -> Iterable[tuple[int, int, np.ndarray]]:
         """``(a, b, J)`` for every pair a < b of ``hooks`` at a k above the stored graphs' k_max,
         from the kNN sweep's overlap counts (``rra.knn.sweep``): J_i = m_i / (2k − m_i)."""
+        from rra.knn.sweep import hook_pairs
         from rra.metrics.nnts import jaccard_from_overlap
 
         entry = next((o for o in self.knn.get("overlaps", [])
@@ -92,7 +93,7 @@ class RunGraphs:
                              f"k = {self.knn.get('nnts_k', [])})")
         counts = load_npy(self.knn_dir / entry["file"])
         column = {tuple(pair): p for p, pair in enumerate(entry["pairs"])}
-        for a, b in ((a, b) for a in range(len(hooks)) for b in range(a + 1, len(hooks))):
+        for a, b in hook_pairs(len(hooks)):
             p = column.get((hooks[a], hooks[b]))
             if p is None:
                 raise ValueError(f"{self.knn_dir / entry['file']}: no column for the hooks "
