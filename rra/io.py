@@ -4,6 +4,9 @@ Rules of the house (see docs/design.md):
 - Every file is written under a temporary name in the destination directory and then renamed,
   so an interrupted job never leaves a half-written artifact under its final name.
 - Every artifact records what produced it (`provenance()`): package versions, seed and config.
+- A hash recorded as provenance covers an artifact's content, never its measured wall times:
+  `sha256_artifact` hashes a JSON manifest without its timing keys (`is_timing_key`), so two
+  identical runs record identical hashes.
 """
 
 from __future__ import annotations
@@ -162,6 +165,33 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def is_timing_key(key: str) -> bool:
+    """Whether a manifest key holds a measured wall time: ``seconds`` or ``*_seconds``, except
+    the cost model's ``predicted_*`` (a function of n, d, k and the config, so content)."""
+    return (key == "seconds" or key.endswith("_seconds")) and not key.startswith("predicted")
+
+
+def without_timings(record: Any) -> Any:
+    """``record`` (parsed JSON) with every timing key (`is_timing_key`) removed, at any depth."""
+    if isinstance(record, dict):
+        return {k: without_timings(v) for k, v in record.items() if not is_timing_key(str(k))}
+    if isinstance(record, list):
+        return [without_timings(v) for v in record]
+    return record
+
+
+def sha256_artifact(path: PathLike) -> str:
+    """The provenance hash of an artifact: its bytes, or for a ``.json`` manifest its content
+    without measured timings (canonical JSON: sorted keys, no whitespace), so the hash
+    recorded by a downstream stage is the same for two identical runs."""
+    path = Path(path)
+    if path.suffix != ".json":
+        return sha256_file(path)
+    record = without_timings(json.loads(path.read_text(encoding="utf-8")))
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def sha256_array(array: np.ndarray) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rra.io import (NpyRowWriter, load_npy, provenance, read_json, save_npy, sha256_array,
-                    sha256_file, write_json)
+                    sha256_artifact, sha256_file, write_json)
 
 from .base import Dataset, DatasetInfo
 from .registry import dataset_info, get_dataset
@@ -186,7 +186,7 @@ def select_probe(split_dir: str | Path, n_per_class: int | str, seed: int,
         "n": int(indices.shape[0]),
         "counts": np.bincount(labels[indices], minlength=split.info.num_classes).tolist(),
         "indices_sha256": sha256_array(indices),
-        "split_manifest_sha256": sha256_file(split.path / MANIFEST),
+        "split_manifest_sha256": sha256_artifact(split.path / MANIFEST),
         "provenance": provenance({"split_dir": str(split.path), "n_per_class": n_per_class if take_all else int(n_per_class)},
                                  seed=int(seed)),
     })

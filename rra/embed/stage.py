@@ -8,7 +8,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from rra.embed.dump import INPUT_HOOK, dump_embeddings
-from rra.io import PathLike, load_npy, read_json, save_npy, sha256_array, sha256_file
+from rra.io import PathLike, load_npy, read_json, save_npy, sha256_array, sha256_artifact, sha256_file
 
 
 class ProbeRows:
@@ -59,7 +59,7 @@ def load_probe(probe_path: PathLike, n_rows: int, split_dir: PathLike | None = N
     split_manifest = Path(split_dir) / "manifest.json" if split_dir is not None else None
     if ("split_manifest_sha256" in sidecar and split_manifest is not None
             and split_manifest.is_file()
-            and sha256_file(split_manifest) != sidecar["split_manifest_sha256"]):
+            and sha256_artifact(split_manifest) != sidecar["split_manifest_sha256"]):
         raise ValueError(f"{probe_path} was drawn from another split than {split_manifest.parent} "
                          f"(split_manifest_sha256 in {sidecar_path} differs)")
     return probe.astype(np.int64)

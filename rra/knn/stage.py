@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rra.io import (NpyRowWriter, load_npy, provenance, read_json, save_npy, sha256_file,
+from rra.io import (NpyRowWriter, load_npy, provenance, read_json, save_npy, sha256_artifact, sha256_file,
                     write_json)
 from rra.knn.api import BACKENDS, knn
 from rra.knn.common import check_distance
@@ -85,7 +85,7 @@ def build_graphs(embed_dir: str | Path, out_dir: str | Path, *, k: int, distance
         "hooks": embed_manifest.get("hooks", list(dict.fromkeys(g["hook"] for g in graphs))),
         "scales": embed_manifest.get("scales", list(dict.fromkeys(g["scale"] for g in graphs))),
         "embed_manifest": {"path": str(embed_dir / MANIFEST),
-                           "sha256": sha256_file(embed_dir / MANIFEST)},
+                           "sha256": sha256_artifact(embed_dir / MANIFEST)},
         "provenance": provenance(config, seed=options.get("seed")),
     }
     write_json(out_dir / MANIFEST, manifest)

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from rra.io import PathLike, load_npy, provenance, read_json, sha256_file, write_json
+from rra.io import PathLike, load_npy, provenance, read_json, sha256_artifact, sha256_file, write_json
 
 SCHEMA: dict[str, str] = {
     "dataset": "str", "model": "str", "attention": "str", "augmentation": "str", "seed": "int",
@@ -362,8 +362,8 @@ def run_tables(embed_dir: PathLike, knn_dir: PathLike, out_dir: PathLike, *, ks:
     manifest = dict(
         tables=written, ks=ks, alphas=alphas, nntp_ks=nntp_ks, graph_ks=graph_ks, computed=wanted + ["knn"],
         run=dict(run), k_max=g.k_max, distance=g.distance,
-        embed_manifest_sha256=sha256_file(g.embed_dir / "manifest.json"),
-        knn_manifest_sha256=sha256_file(g.knn_dir / "manifest.json"),
+        embed_manifest_sha256=sha256_artifact(g.embed_dir / "manifest.json"),
+        knn_manifest_sha256=sha256_artifact(g.knn_dir / "manifest.json"),
         **provenance(config={"ks": ks, "alphas": alphas, "tables": wanted, "nntp_ks": nntp_ks}),
     )
     write_json(out / "manifest.json", manifest)

@@ -47,7 +47,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from rra.io import PathLike, sha256_file
+from rra.io import PathLike, sha256_artifact, sha256_file
 from rra.report.index import FigureRecord, build_index
 
 FIGURES = "figures"  # generated figures live in {reports_dir}/figures/, rebuilt on every run
@@ -106,7 +106,7 @@ class _Report:
         out = {}
         for p in sorted(set(paths)):
             if p not in self._sha:
-                self._sha[p] = sha256_file(p)
+                self._sha[p] = sha256_artifact(p)
             out[self.show_path(p)] = self._sha[p]
         return out
 
