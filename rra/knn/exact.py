@@ -3,8 +3,10 @@ kNN graph, Euclidean distance; ours: blocking, centring, both searches and the c
 
 For each row ``i``: ``K[i]`` = the ``k`` rows ``j ≠ i`` with the smallest distance
 ``‖z_i − z_j‖``, sorted by (distance, index), so ties — at the k-th place too — go to the smaller
-row index. The result equals a brute-force float64 computation (full distance matrix, lexsort by
-(distance, index)); float32 is used only to find candidates quickly:
+row index, by the exact distance (not its rounding). The result equals a brute-force
+computation in exact arithmetic, and a float64 one (full distance matrix, lexsort by (distance,
+index)) wherever float64 separates the distances; float32 is used only to find candidates
+quickly:
 
 1. Centre the rows, ``c_i = fl32(z_i − μ)`` (distances do not change; cancellation shrinks);
    ``h_i = fl32(‖c_i‖² / 2)``.
@@ -54,7 +56,11 @@ row index. The result equals a brute-force float64 computation (full distance ma
    search or device. If the bound is void ((d + 2) u ≥ ½, e.g. with bf16 matmuls allowed) the
    products run in float64.
 
-Reported distances are ``sqrt(e_ij)`` rounded to float32; the order is by the float64 value.
+Reported distances are ``sqrt(e_ij)`` rounded to float32. The search runs at k + 1, and
+distances whose float64 values lie within their rounding bounds of each other (near ties: equal
+distances that round differently, e.g. collinear rows under cosine) are put in exact order, by
+integer arithmetic on the stored values, before the graph is cut to k (``rra.knn.ties``): the
+order is by the exact distance, then the index.
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ from typing import Any
 import numpy as np
 
 from rra.knn.common import Points, check_k, finish, prepare_points
+from rra.knn.ties import resolve_ties
 
 BLOCK_BYTES = 256 << 20  # one block's distance matrix
 REFINE_ROWS = 8192  # rows per call of the refining kernel in the symmetric search
@@ -211,7 +218,8 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
     from rra.knn import kernels
 
     n, d = points.n, points.d
-    k = check_k(k, n)
+    k_out = check_k(k, n)
+    k = min(k_out + 1, n - 1)  # one more: near ties at the k-th place are seen (rra.knn.ties)
     dev = pick_device(device)
     tdtype = _torch_dtype(dtype)
     u = _unit_roundoff(tdtype, dev)
@@ -368,9 +376,10 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
             cand_idx[:bb] = cand.cpu().numpy()
             thr[:bb] = vals.min(dim=1).values.cpu().numpy()
             refine(rows, q, cand_val[:bb], cand_idx[:bb], thr[:bb])
+    out_idx, out_sqd, tied = resolve_ties(points, queries_arr, out_idx, out_sqd, k_out)
     stats = {"search": search, "symmetric": symmetric, "block_rows": b, "candidates": n_cand,
-             "group": group, **counts, "device": str(dev), "dtype": str(tdtype),
-             "seconds": time.perf_counter() - t0}
+             "group": group, **counts, "rows_tie_resolved": tied, "device": str(dev),
+             "dtype": str(tdtype), "seconds": time.perf_counter() - t0}
     return out_idx, out_sqd, stats
 
 

@@ -795,13 +795,24 @@ def band_distances(queries, band_j, band_n, x, norms, band_e, parts):
                 band_e[r, q, slot] = _sqdist(x, norms, queries[r], j, tmp)
 
 
+@nb.njit(cache=True)
+def _identical_rows(x, a, b):
+    for t in range(x.shape[1]):
+        if x[a, t] != x[b, t]:
+            return False
+    return True
+
+
 @nb.njit(parallel=True, cache=True)
 def members_finish(o, queries, ks, nc, gamma, radius, x, norms, bits, band_j, band_n,
-                   band_e, need, parts):
-    """Step 3: per row and k, the band sorted by (exact distance, index); its first ``need``
+                   band_e, need, tie_rel, tie_abs, tied, parts):
+    """Step 3: per row and k, the band sorted by (float64 distance, index); its first ``need``
     join the set's bitmap. A band larger than ``band_j`` holds is redone here from the row's
-    values ``o`` (exact distances computed directly). Returns nothing; a band smaller than
-    ``need`` (impossible while the error bound holds) sets ``need`` to −1."""
+    values ``o`` (exact distances computed directly). ``tied[r, q]``: the last member and the
+    first row left out are a near tie (``rra.knn.ties``: float64 values within their bounds
+    ``tie_rel · ê + tie_abs`` of each other, rows not identical), for the caller to put in exact
+    order. Returns nothing; a band smaller than ``need`` (impossible while the error bound
+    holds) sets ``need`` to −1."""
     m, n = o.shape
     nk, cap = ks.size, band_j.shape[2]
     parts = max(1, min(m, parts))
@@ -833,6 +844,10 @@ def members_finish(o, queries, ks, nc, gamma, radius, x, norms, bits, band_j, ba
                 for t in range(nd):
                     j = js[t]
                     bits[q, r, j >> 6] |= np.uint64(1) << np.uint64(j & 63)
+                tied[r, q] = (0 < nd < c
+                              and es[nd] - es[nd - 1] <= tie_rel * (es[nd] + es[nd - 1])
+                              + 2.0 * tie_abs
+                              and not _identical_rows(x, js[nd - 1], js[nd]))
 
 
 @nb.njit(parallel=True, cache=True)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rra.knn.common import Points, check_k
+from rra.knn.ties import bound_terms, resolve_set, resolve_ties
 from rra.knn.exact import (_unit_roundoff, candidate_margin, default_block_rows, error_gamma,
                            recheck_rows)
 
@@ -85,6 +86,7 @@ class _Keys:
 
         x = np.asarray(points.x)
         n, d = x.shape
+        self.points = points
         self.x, self.norms = x, points.kernel_norms
         self.sq = np.empty(n, dtype=np.float64)
         if points.distance == "euclidean" and x.dtype == np.float32 and x.flags.c_contiguous:
@@ -197,10 +199,11 @@ def sweep(points: Sequence[Points], k_graph: int | None, ks: Sequence[int], *,
         elif len(writers) != len(points):
             raise ValueError(f"writers: need one (indices, distances) pair per embedding, got "
                              f"{len(writers)} for {len(points)}")
-        n_cand = min(n - 1, k_graph + candidate_margin(k_graph))
+        k_search = min(k_graph + 1, n - 1)  # one more: near ties at the k-th place (ties.py)
+        n_cand = min(n - 1, k_search + candidate_margin(k_search))
         group = kernels.group_size(n, n_cand)
-        b_idx = np.empty((b, k_graph), np.int64)
-        b_sqd = np.empty((b, k_graph), np.float64)
+        b_idx = np.empty((b, k_search), np.int64)
+        b_sqd = np.empty((b, k_search), np.float64)
         ok = np.empty(b, np.bool_)
         n_exact = np.empty(b, np.int64)
     overlaps = {int(k): np.zeros((n, len(pairs)), np.int32) for k in ks_arr} if large else {}
@@ -211,9 +214,11 @@ def sweep(points: Sequence[Points], k_graph: int | None, ks: Sequence[int], *,
         band_e = np.empty((b, ks_arr.size, cap), np.float64)
         band_n = np.empty((b, ks_arr.size), np.int64)
         need = np.empty((b, ks_arr.size), np.int64)
+        tied = np.zeros((b, ks_arr.size), np.bool_)
         block_overlaps = np.empty((ks_arr.size, b, len(pairs)), np.int64)
     stats = [{"search": "sweep (per block)", "block_rows": b, "exact_pairs": 0,
-              "rows_rechecked": 0, "band_pairs": 0} for _ in points]
+              "rows_rechecked": 0, "band_pairs": 0, "rows_tie_resolved": 0,
+              "sets_tie_resolved": 0} for _ in points]
     buf = torch.empty((b, n), dtype=torch.float32)
 
     # (shown in the job's log too, every 30 s: the sweep of a published-scale run takes minutes)
@@ -224,16 +229,19 @@ def sweep(points: Sequence[Points], k_graph: int | None, ks: Sequence[int], *,
         for h, key in enumerate(keys):
             o = key.products(slice(a, a + bb), out=buf[:bb]).numpy()
             if k_graph is not None:
-                kernels.select_refine(o, q, n_cand, k_graph, group, n_cand == n - 1, key.sq,
+                kernels.select_refine(o, q, n_cand, k_search, group, n_cand == n - 1, key.sq,
                                       key.nc, key.gamma, key.radius, key.x, key.norms,
                                       b_idx[:bb], b_sqd[:bb], ok[:bb], n_exact[:bb], threads)
                 if (n_exact[:bb] < 0).any():  # impossible: a row has n − 1 finite values
                     raise RuntimeError("kNN candidate selection failed; please report this as "
                                        "a bug")
                 stats[h]["exact_pairs"] += int(n_exact[:bb].sum())
-                _recheck(key, q, k_graph, b_idx[:bb], b_sqd[:bb], ok[:bb], stats[h])
-                rows_idx = b_idx[:bb].astype(np.int32)
-                rows_dist = np.sqrt(b_sqd[:bb]).astype(np.float32)
+                _recheck(key, q, k_search, b_idx[:bb], b_sqd[:bb], ok[:bb], stats[h])
+                g_idx, g_sqd, n_tied = resolve_ties(key.points, q, b_idx[:bb], b_sqd[:bb],
+                                                    k_graph)
+                stats[h]["rows_tie_resolved"] += n_tied
+                rows_idx = g_idx.astype(np.int32)
+                rows_dist = np.sqrt(g_sqd).astype(np.float32)
                 if writers is None:
                     graphs[h][0][a:a + bb] = rows_idx
                     graphs[h][1][a:a + bb] = rows_dist
@@ -241,8 +249,9 @@ def sweep(points: Sequence[Points], k_graph: int | None, ks: Sequence[int], *,
                     writers[h][0].write(rows_idx)
                     writers[h][1].write(rows_dist)
             if large:
-                _large_k_sets(key, o, q, ks_arr, bits[h, :, :bb], band_j[:bb], band_e[:bb],
-                              band_n[:bb], need[:bb], threads, names[h])
+                stats[h]["sets_tie_resolved"] += _large_k_sets(
+                    key, o, q, ks_arr, bits[h, :, :bb], band_j[:bb], band_e[:bb], band_n[:bb],
+                    need[:bb], tied[:bb], threads, names[h])
                 stats[h]["band_pairs"] += int(band_n[:bb].sum())
         if large:
             kernels.pair_overlaps(bits[:, :, :bb], block_overlaps[:, :bb])
@@ -255,19 +264,30 @@ def sweep(points: Sequence[Points], k_graph: int | None, ks: Sequence[int], *,
 
 
 def _large_k_sets(key: _Keys, o: np.ndarray, q: np.ndarray, ks: np.ndarray, bits, band_j,
-                  band_e, band_n, need, threads: int, name: str) -> None:
+                  band_e, band_n, need, tied, threads: int, name: str) -> int:
     """The exact sets of the block's rows at every large k as bitmaps (``bits``: ks × rows ×
-    words): select, exact distances of the bands column by column, finish."""
+    words): select, exact distances of the bands column by column, finish; a set whose k-th
+    place is a near tie is redone in exact order (``rra.knn.ties.resolve_set``). Returns how
+    many sets were redone."""
     from rra.knn import kernels
 
     kernels.members_select(o, q, ks, key.nc, key.gamma, key.radius, bits, band_j, band_n, need,
                            threads)
     kernels.band_distances(q, band_j, band_n, key.x, key.norms, band_e, threads)
+    tie_rel, tie_abs = bound_terms(key.d, key.points.distance)
+    tied[:] = False
     kernels.members_finish(o, q, ks, key.nc, key.gamma, key.radius, key.x, key.norms, bits,
-                           band_j, band_n, band_e, need, threads)
+                           band_j, band_n, band_e, need, tie_rel, tie_abs, tied, threads)
     if (need < 0).any():  # impossible while the error bound holds
         raise RuntimeError(f"{name}: large-k neighbour sets could not be certified; please "
                            "report this as a bug")
+    rows, qs = np.nonzero(tied)
+    for r, qk in zip(rows, qs):
+        members = resolve_set(key.points, int(q[r]), int(ks[qk]))
+        bits[qk, r] = 0
+        np.bitwise_or.at(bits[qk, r], members >> 6,
+                         np.left_shift(np.uint64(1), (members & 63).astype(np.uint64)))
+    return int(rows.size)
 
 
 def _recheck(key: _Keys, q: np.ndarray, k: int, idx: np.ndarray, sqd: np.ndarray,
