@@ -179,7 +179,8 @@ def test_stac_scale_one_is_channel_gate(mode):
     m = _stac(c, scale=1, mode=mode)
     x = torch.randn(3, c, 7, 7)
     q = x.mean(dim=(2, 3))                                     # B × C
-    h = torch.relu(_bn_eval(m, q @ m.conv3.weight[:, :, 1, 1].T))  # only the centre tap
+    assert m.conv3.kernel_size == (1, 1)  # see test_stac_scale_one_1x1_equals_old_3x3
+    h = torch.relu(_bn_eval(m, q @ m.conv3.weight[:, :, 0, 0].T))
     k = h @ m.conv1.weight[:, :, 0, 0].T + m.conv1.bias
     with torch.no_grad():
         assert torch.allclose(m(x), x * torch.sigmoid(k)[:, :, None, None] * 1.3, atol=1e-5)
@@ -198,6 +199,49 @@ def test_stac_intermediate_scale_nearest():
         assert torch.allclose(m(x), x * a * 1.3, atol=1e-5)
 
 
+def _old_stac_scale_one(c: int, mode: str) -> STAC:
+    """STAC at s = 1 as it was built before the 1×1 change: a zero-padded 3×3 ``conv3``."""
+    m = _stac(c, scale=1, mode=mode)
+    m.conv3 = torch.nn.Conv2d(c, c, 3, padding=1, bias=False)
+    torch.nn.init.normal_(m.conv3.weight, generator=torch.Generator().manual_seed(3))
+    return m
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@pytest.mark.parametrize("train", [False, True])
+def test_stac_scale_one_1x1_equals_old_3x3(mode, train):
+    """[ours] At s = 1 the 1×1 conv3 computes what the zero-padded 3×3 did: on the 1×1 pooled
+    map only the 3×3's centre tap is read, so copying the centre taps gives the same output,
+    in eval mode and in training mode (batch statistics)."""
+    c = 6
+    old = _old_stac_scale_one(c, mode)
+    new = _stac(c, scale=1, mode=mode)
+    assert new.conv3.weight.shape == (c, c, 1, 1) and new.conv3.padding == (0, 0)
+    state = old.state_dict()
+    state["conv3.weight"] = state["conv3.weight"][:, :, 1:2, 1:2].clone()
+    new.load_state_dict(state)
+    old.train(train)
+    new.train(train)
+    x = torch.randn(4, c, 7, 5, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = old(x)
+        assert torch.allclose(new(x), expected, atol=1e-6)
+        # the centre tap matters, the 8 others do not: zeroing them changes nothing
+        old.conv3.weight[:, :, [0, 2]] = 0.0
+        old.conv3.weight[:, :, :, [0, 2]] = 0.0
+        assert torch.allclose(old(x), expected, atol=1e-6)
+    assert count_params(old) - count_params(new) == 8 * c * c
+
+
+def test_stac_scale_one_old_checkpoint_is_refused():
+    """A state dict from before the change (3×3 conv3 at s = 1) fails to load, naming why."""
+    c = 4
+    state = _old_stac_scale_one(c, "nearest").state_dict()
+    with pytest.raises(RuntimeError, match=r"conv3\.weight.*scale 1 uses a 1×1 convolution"):
+        _stac(c, scale=1).load_state_dict(state)
+    _stac(c, scale=2).load_state_dict(state)  # s ≥ 2 keeps the 3×3: loads as before
+
+
 @pytest.mark.parametrize("size,s", [(8, 2), (8, 4), (7, 2), (7, 3), (5, 5)])
 def test_avg_pool_to_matches_adaptive(size, s):
     x = torch.randn(2, 3, size, size)
@@ -208,7 +252,9 @@ def test_stac_param_count_and_stage_scales():
     c = 16
     m = build_attention("stac", c, stage=2, scales=[4, 2, 1])
     assert m.size == 1
-    assert count_params(m) == 9 * c * c + 2 * c + c * c + c + 1
+    assert count_params(m) == c * c + 2 * c + c * c + c + 1  # 1×1 "conv3" at s = 1
+    assert count_params(build_attention("stac", c, stage=1, scales=[4, 2, 1])) == (
+        9 * c * c + 2 * c + c * c + c + 1)
     assert build_attention("stac", c, stage=0, scales=[4, 2, 1]).size == 4
     assert build_attention("stac", c, stage=3, scale=3).size == 3
 

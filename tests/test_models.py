@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from rra.models import ATTENTION, MODELS, analyses_input, build_model, list_models
-from rra.models.cost import cost_table, count_flops, count_params
+from rra.models.attention import STAC, SqueezeExcite
+from rra.models.cost import (cost_stage, cost_table, count_elementwise_flops, count_flops,
+                             count_live_params, count_params, live_taps, measure_cost)
 from rra.models.resnet import PadShortcut
 
 MODEL_KWARGS = {"cifar_resnet": {"depth": 8}}
@@ -225,10 +227,12 @@ def test_cost_table():
     se = [(c, max(1, c // 16)) for c in (16, 32, 64) for _ in range(3)]
     assert by["se"]["params_extra"] == sum(2 * c * h + h + c for c, h in se)
     assert by["se"]["flops_extra"] == sum(2 * 2 * c * h for c, h in se)
-    # STAC: 3×3 and 1×1 convs on the s × s map: 2·(9C² + C²)·s² FLOPs per block
-    st = [(c, s) for c, s in ((16, 4), (32, 2), (64, 1)) for _ in range(3)]
-    assert by["stac"]["params_extra"] == sum(10 * c * c + 3 * c + 1 for c, _ in st)
-    assert by["stac"]["flops_extra"] == sum(2 * 10 * c * c * s * s for c, s in st)
+    # STAC: k×k and 1×1 convs on the s × s map: 2·(k²C² + C²)·s² FLOPs per block, k = 3 for
+    # s ≥ 2 and k = 1 at s = 1 (the 3×3's only live tap; every parameter live)
+    st = [(c, s, 3 if s > 1 else 1) for c, s in ((16, 4), (32, 2), (64, 1)) for _ in range(3)]
+    assert by["stac"]["params_extra"] == sum((k * k + 1) * c * c + 3 * c + 1 for c, _, k in st)
+    assert by["stac"]["flops_extra"] == sum(2 * (k * k + 1) * c * c * s * s for c, s, k in st)
+    assert by["stac"]["params_live"] == by["stac"]["params"]
     assert by["stac"]["params"] == base_p + by["stac"]["params_extra"]
     assert by["stac"]["flops_ratio"] == pytest.approx(by["stac"]["flops"] / base_f)
     assert 1.0 < by["stac"]["flops_ratio"] < 1.02 < by["stac"]["params_ratio"] < 2.0
@@ -262,6 +266,144 @@ def test_bad_arguments_raise(kwargs, match):
 def test_count_flops_bad_shape():
     with pytest.raises(ValueError, match="input_shape"):
         count_flops(_model("resnet8", "none"), (32, 32))
+    for fn in (count_elementwise_flops, count_live_params, measure_cost):
+        with pytest.raises(ValueError, match="input_shape"):
+            fn(_model("resnet8", "none"), (3, 0, 8))
+
+
+# --- element-wise operations and live parameters (rra.models.cost) [ours] -------------------
+
+def test_elementwise_se_block_hand_count():
+    """SE on 1 × C × H × W: pool C·H·W adds, fc1 bias h, relu h, fc2 bias C, sigmoid C,
+    product C·H·W; torch's counter has the two matrix products (2 FLOPs per multiply-add)."""
+    c, hh, ww, r = 32, 5, 6, 8
+    h = c // r
+    m = SqueezeExcite(c, reduction=r)
+    cost = measure_cost(m, (c, hh, ww))
+    assert cost["flops"] == 2 * (c * h + h * c) == count_flops(m, (c, hh, ww))
+    assert cost["flops_elementwise"] == 2 * c * hh * ww + 2 * h + 2 * c
+    assert cost["flops_elementwise"] == count_elementwise_flops(m, (c, hh, ww))
+    assert cost["flops_total"] == cost["flops"] + cost["flops_elementwise"]
+    assert count_elementwise_flops(m, (3, c, hh, ww)) == 3 * cost["flops_elementwise"]
+    assert cost["params"] == cost["params_live"] == count_params(m)
+
+
+class _EveryRule(torch.nn.Module):
+    """One module per counting rule, tensor ops written in forward() included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 3, 3, padding=1)             # bias: 1 per output
+        self.bn = torch.nn.BatchNorm2d(3)                            # 2 per element
+        self.unused = torch.nn.Linear(4, 4)                          # never called: dead
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:              # x: 1 × 2 × 5 × 5
+        y = torch.relu(self.bn(self.conv(x)))                        # 3·25 each
+        p = F.max_pool2d(y, 3, stride=2, padding=1)                  # 3 × 3 × 3
+        a = F.adaptive_avg_pool2d(F.pad(y, (1, 1, 1, 1)), (3, 3))    # 7 × 7 → 3 × 3
+        b = F.avg_pool2d(y, 2)                                       # 5 × 5 → 2 × 2
+        u = F.interpolate(b, size=(3, 3), mode="bilinear", align_corners=False)
+        n = F.interpolate(b, size=(3, 3), mode="nearest")            # a copy: 0
+        s = torch.softmax(p * a + u - n, dim=1)                      # 3 ops of 27, softmax
+        return s.sum(dim=(2, 3)) / 2                                 # sum 27, divide 3
+
+
+def test_elementwise_every_rule_hand_count():
+    m = _EveryRule()
+    # max pool k = 3, s = 2, p = 1 on 5: windows read 2 + 3 + 2 = 7 per axis (padding reads
+    # nothing); adaptive 7 → 3: windows [0, 3), [2, 5), [4, 7): 9 per axis; avg 2 × 2, s = 2
+    # on 5: 2 windows of 2 per axis
+    expected = {"conv bias": 3 * 25, "bn": 2 * 3 * 25, "relu": 3 * 25,
+                "max pool": 3 * 7 * 7, "adaptive pool": 3 * 9 * 9, "avg pool": 3 * 4 * 4,
+                "bilinear": 7 * 27, "nearest": 0, "mul, add, sub": 3 * 27,
+                "softmax": 5 * 27, "sum": 27, "div": 3}
+    cost = measure_cost(m, (2, 5, 5))
+    assert cost["flops_elementwise"] == sum(expected.values()) == 1173
+    assert cost["flops"] == 2 * 3 * 2 * 9 * 25  # the convolution, every tap
+    assert cost["params_live"] == cost["params"] - (4 * 4 + 4)  # the unused Linear
+
+
+def test_elementwise_unknown_op_is_an_error():
+    class Cumulative(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cumsum(x, dim=1)
+
+    with pytest.raises(NotImplementedError, match=r"aten\.cumsum.*ELEMENTWISE_RULES"):
+        count_elementwise_flops(Cumulative(), (2, 3, 3))
+
+
+def test_elementwise_resnet20_hand_count():
+    """ResNet-20 at 3×32×32: stem BN + ReLU; per block 2 BN (2 ops), 2 ReLU and the residual
+    addition, 7 ops per element of C·H·W (option-A shortcuts: slicing and padding, 0); the
+    global average pool (64·8·8) and the classifier bias (10). SE adds per block
+    2·C·H·W + 2h + 2C (≈ 170 k in all, while its matrix products add ≈ 4 k FLOPs)."""
+    stages = [16 * 32 * 32, 32 * 16 * 16, 64 * 8 * 8]
+    base = 3 * 16 * 32 * 32 + 3 * 7 * sum(stages) + 64 * 8 * 8 + 10
+    assert base == 655_370
+    rows = {r["variant"]: r for r in cost_table("resnet20", {"none": {}, "se": {}},
+                                                 in_channels=3, num_classes=10, image_size=32)}
+    assert rows["none"]["flops_elementwise"] == base
+    se = sum(3 * (2 * n + 2 * (c // 16) + 2 * c) for c, n in zip((16, 32, 64), stages))
+    assert se == 172_746
+    assert rows["se"]["flops_elementwise"] - base == se
+    assert rows["se"]["flops_extra"] == 4_032  # torch's counter alone: +0.005 %
+    assert rows["se"]["flops_total_extra"] == se + 4_032
+    assert rows["se"]["flops_total_ratio"] == pytest.approx(
+        rows["se"]["flops_total"] / rows["none"]["flops_total"])
+    assert rows["none"]["flops_total"] == rows["none"]["flops"] + base
+
+
+@pytest.mark.parametrize("length,k,s,p,d,live", [
+    (1, 3, 1, 1, 1, [False, True, False]),   # 3×3 on a 1×1 map: the centre tap only
+    (2, 3, 1, 1, 1, [True, True, True]),
+    (1, 3, 1, 2, 2, [False, True, False]),   # dilation 2, padding 2
+    (1, 5, 1, 2, 1, [False, False, True, False, False]),
+    (3, 3, 2, 1, 1, [True, True, True]),
+    (1, 1, 1, 0, 1, [True]),
+])
+def test_live_taps_one_axis(length, k, s, p, d, live):
+    mask = live_taps([length, 4], [k, 1], [s, 1], [p, 0], [d, 1])
+    assert mask.shape == (k, 1) and mask[:, 0].tolist() == live
+
+
+def test_live_params_catch_the_old_stac_at_scale_one():
+    """STAC's 3×3 conv at s = 1 as it was (zero padding, 1×1 pooled map) has 8C² dead
+    weights; the 1×1 conv used now has none. A 3×3 at s = 2 has none either."""
+    c = 8
+    old = STAC(c, scale=1)
+    old.conv3 = torch.nn.Conv2d(c, c, 3, padding=1, bias=False)
+    assert count_live_params(old, (c, 6, 6)) == count_params(old) - 8 * c * c
+    new = STAC(c, scale=1)
+    assert count_live_params(new, (c, 6, 6)) == count_params(new) == count_params(old) - 8 * c * c
+    two = STAC(c, scale=2)
+    assert count_live_params(two, (c, 6, 6)) == count_params(two)
+    assert count_live_params(two, (c, 1, 6)) == count_params(two) - 6 * c * c  # rows 0, 2 dead
+    # in a network: ResNet-20 with the old layer in every last-stage block
+    m = build_model("resnet20", in_channels=3, num_classes=10, image_size=32,
+                    attention="stac", attention_kwargs={"scales": [4, 2, 1]})
+    assert measure_cost(m, (3, 32, 32))["params_live"] == count_params(m)
+    for block in m.stages[2]:
+        m.get_submodule(block).attn.conv3 = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False)
+    assert count_live_params(m, (3, 32, 32)) == count_params(m) - 3 * 8 * 64 * 64
+
+
+def test_cost_stage_columns(tmp_path):
+    import polars as pl
+
+    variants = [{"model": "resnet8", "attention": a, "module": a, "attention_kwargs": kw}
+                for a, kw in (("none", {}), ("se", {}), ("stac", {"scales": [2, 1, 1]}))]
+    df = cost_stage("mnist5k", variants, tmp_path / "cost")
+    assert pl.read_parquet(tmp_path / "cost.parquet").equals(df)
+    rows = {r["attention"]: r for r in df.to_dicts()}
+    for label, kw in (("none", {}), ("se", {}), ("stac", {"scales": [2, 1, 1]})):
+        model = build_model("resnet8", in_channels=1, num_classes=10, image_size=28,
+                            attention=label, attention_kwargs=kw)
+        expected = measure_cost(model, (1, 28, 28))
+        assert {k: rows[label][k] for k in expected} == expected
+        assert rows[label]["params_live"] == rows[label]["params"]
+        assert rows[label]["flops_total_extra"] == (rows[label]["flops_total"]
+                                                    - rows["none"]["flops_total"])
+    assert rows["none"]["flops_total_ratio"] == 1.0 < rows["se"]["flops_total_ratio"]
 
 
 def test_stac_matches_functional_block():
@@ -279,7 +421,7 @@ def test_stac_matches_functional_block():
                                                                    padding=1))),
                                block.conv2.weight, padding=1))
     a = block.attn
-    h = torch.relu(bn(a.bn, (v.mean(dim=(2, 3)) @ a.conv3.weight[:, :, 1, 1].T)[:, :, None, None]))
+    h = torch.relu(bn(a.bn, (v.mean(dim=(2, 3)) @ a.conv3.weight[:, :, 0, 0].T)[:, :, None, None]))
     k = h[:, :, 0, 0] @ a.conv1.weight[:, :, 0, 0].T + a.conv1.bias
     expected = torch.relu(x + v * torch.sigmoid(k)[:, :, None, None] * a.gain)
     with torch.no_grad():

@@ -134,16 +134,20 @@ def _groups(near_row: np.ndarray) -> list[tuple[int, int]]:
 
 
 def order_row(points: Points, i: int, cols: np.ndarray, sqd: np.ndarray, k: int,
-              near_row: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+              near_row: np.ndarray | None = None,
+              set_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The first ``k`` of row ``i``'s neighbours ``cols`` (sorted by (ê, j), with values
-    ``sqd``) in exact (distance, index) order. ``cols`` must hold every row that can be among
-    the k nearest (the caller checks that its last group ends before it does)."""
+    ``sqd``) in exact (distance, index) order (``set_only``: only the set is exact, the groups
+    inside it keep their float64 order). ``cols`` must hold every row that can be among the k
+    nearest (the caller checks that its last group ends before it does)."""
     if near_row is None:
         near_row = near_pairs(points, cols[None], sqd[None])[0]
     cols, sqd = cols.copy(), sqd.copy()
     for s, e in _groups(near_row):
         if s >= k:
             break
+        if set_only and e <= k:
+            continue
         keys = exact_keys(points, i, cols[s:e])
         order = sorted(range(e - s), key=lambda t: (keys[t], cols[s + t]))
         cols[s:e] = cols[s:e][order]
@@ -181,4 +185,4 @@ def resolve_ties(points: Points, queries: np.ndarray, idx: np.ndarray, sqd: np.n
 def resolve_set(points: Points, i: int, k: int) -> np.ndarray:
     """The exact k nearest rows of row ``i`` by (distance, index), as a set (any order)."""
     cols, vals = full_row(points, i)
-    return order_row(points, i, cols, vals, k)[0]
+    return order_row(points, i, cols, vals, k, set_only=True)[0]

@@ -172,7 +172,8 @@ class STAC(nn.Module):
 
     Q = adaptive_avg_pool(V, (s, s))                       s = the stage's condensation scale
     K = conv1×1(relu(BN(conv3×3(Q))))                      3×3: C → C, padding 1, no bias
-                                                          (BN follows); 1×1: C → C, bias
+                                                          (BN follows); 1×1: C → C, bias;
+                                                          at s = 1 the "3×3" is 1×1 (below)
     A = sigmoid(upsample(K, (H, W)))                       ``mode`` nearest (default) | bilinear
     out = V · A · S                                        S learned scalar (``gain``), init 1
 
@@ -180,8 +181,15 @@ class STAC(nn.Module):
     ``stage`` (exactly one of the two). s larger than the map is cut to the map (s_h = min(s, H),
     s_w = min(s, W)) [ours]: the pooled map cannot be finer than the map itself, and this keeps
     one scale list usable at every input size. s = H gives a per-position gate computed at full
-    resolution; s = 1 a channel gate from the global average (the 3×3 conv then sees only its
-    centre tap). Parameters: 9C² + 2C (BN) + C² + C + 1.
+    resolution; s = 1 a channel gate from the global average.
+
+    At s = 1 the pooled map is 1 × 1, where a zero-padded 3×3 convolution reads only its centre
+    tap: the other 8C² weights could never affect the output yet would count as parameters.
+    ``conv3`` is therefore a 1×1 convolution (no padding) at s = 1 [ours]: the same function
+    (the centre tap; tests/test_attention.py copies the centre taps and compares outputs) with
+    every parameter live. Parameters: k²C² + 2C (BN) + C² + C + 1, k = 3 (s ≥ 2) or 1 (s = 1).
+    An s ≥ 2 on a map of height or width 1 keeps its 3×3 kernel, with dead taps there; the
+    cost table's ``params_live`` (rra.models.cost) shows them.
 
     Note: in training mode BatchNorm needs more than one value per channel, so s = 1 needs a
     batch of at least 2 (PyTorch raises otherwise); evaluation mode has no such limit.
@@ -209,7 +217,8 @@ class STAC(nn.Module):
             scale = scales[stage]
         self.size = positive_int(scale, "scale", what)
         self.mode = _check_mode(mode, what)
-        self.conv3 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        k = 1 if self.size == 1 else 3  # [ours] 1×1 at s = 1: the 3×3's only live tap
+        self.conv3 = nn.Conv2d(c, c, k, padding=k // 2, bias=False)
         self.bn = nn.BatchNorm2d(c)
         self.relu = nn.ReLU()
         self.conv1 = nn.Conv2d(c, c, 1)
@@ -223,6 +232,22 @@ class STAC(nn.Module):
 
     def extra_repr(self) -> str:
         return f"scale={self.size}, mode={self.mode!r}"
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict,
+                              strict: bool, missing_keys: list, unexpected_keys: list,
+                              error_msgs: list) -> None:
+        """Name the cause when a state dict from before the 1×1 change at s = 1 is loaded
+        (torch then also reports the size mismatch; loading fails either way)."""
+        weight = state_dict.get(prefix + "conv3.weight")
+        if (self.size == 1 and weight is not None
+                and weight.shape[-2:] != self.conv3.weight.shape[-2:]):
+            error_msgs.append(
+                f"{prefix}conv3.weight: the state dict has a {tuple(weight.shape[-2:])} kernel, "
+                "but STAC at scale 1 uses a 1×1 convolution (the 3×3's centre tap, the only "
+                "one a 1×1 map reaches; rra/models/attention.py); retrain, or take "
+                "weight[:, :, 1:2, 1:2] of the old kernel")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
 
 ATTENTION: dict[str, Callable[..., nn.Module]] = {
