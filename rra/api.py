@@ -61,7 +61,9 @@ def analyse(model: Any, images: Any, labels: Any = None, *, hooks: Iterable[str]
         computed at the k ≤ store_k_max only (as ``knn.store_k_max`` in the workflow).
     distance, backend : ``euclidean``/``cosine``; ``auto``/``exact``/``annoy``.
     knn_options : options of :func:`rra.knn.knn` (e.g. ``n_trees``, ``search_k``,
-        ``recall_target``; ``cost``: overrides of ``auto``'s cost model, rra.knn.cost).
+        ``recall_target``, ``on_recall_miss``: ``error`` (default) or ``warn`` for an Annoy
+        graph below recall_target at some k; ``cost``: overrides of ``auto``'s cost model,
+        rra.knn.cost).
     out_dir : keep the embeddings, graphs and tables there (default: a temporary directory,
         removed on return).
     run : identity columns for the tables (dataset, model, attention, augmentation, seed,
@@ -110,7 +112,8 @@ def _analyse(model, images, labels, out: Path, hooks, scales, ks, distance, back
     save_npy(embed_dir / "labels.npy", y)
     k_graph, large = split_k(ks, int(store_k_max))
     build_graphs(embed_dir, knn_dir, k=k_graph, distance=distance, backend=backend,
-                 options=dict(knn_options or {}), nnts_k=large, progress=progress)
+                 options=dict(knn_options or {}), nnts_k=large,
+                 recall_k=[v for v in ks if v <= k_graph], progress=progress)
     run_tables(embed_dir, knn_dir, metrics_dir, ks=ks, alphas=list(nntp_alpha), run=run)
     return {name: pl.read_parquet(metrics_dir / f"{name}.parquet") for name in TABLES}
 

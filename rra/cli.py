@@ -2,6 +2,11 @@
 
 The Snakemake rules call these (``python -m rra <stage> ...``); researchers can too. Settings
 arrive as JSON strings (``--spec``, ``--params``), exactly as the rule's ``params`` hold them.
+
+Errors (:func:`main`): one line ``rra <stage>: error: <what, which file or key, the fix>`` on
+stderr and exit status 2 for what the user can fix (:data:`USER_ERRORS`: a config value, a
+missing, unreadable or malformed file, a permission, a diverging training); exit status 1 with
+``internal error`` for anything else. The traceback only with ``--debug`` or ``RRA_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -10,7 +15,13 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from typing import Any, Callable
+
+#: exceptions that are the user's to fix, exit status 2: ValueError (rra.config.ConfigError, bad
+#: data, JSON, a diverging training: rra.train.loop.TrainingDiverged), OSError (a missing file,
+#: a permission, a full disk), MemoryError. Anything else is an internal error, exit status 1.
+USER_ERRORS = (ValueError, OSError, MemoryError)
 
 
 def _json(text: str) -> Any:
@@ -32,9 +43,23 @@ def _threads(n: int | None) -> None:
 
 
 def cmd_prepare(a: argparse.Namespace) -> None:
-    from rra.data import prepare_dataset
+    from rra.data import dataset_info, prepare_dataset
 
-    prepare_dataset(a.dataset, a.out, data_dir=a.data_dir or None, **a.options)
+    check = None
+    if a.probe_check:
+        from rra.config import check_probes
+
+        def counts_of(splits: dict, split: str) -> tuple[tuple[int, ...] | None, str]:
+            if split not in splits:
+                return None, ""
+            return tuple(splits[split]["class_counts"]), f"counted in the files of {split}"
+
+        def check(splits: dict) -> None:
+            check_probes(a.probe_check, lambda split: counts_of(splits, split),
+                         dataset_info(a.dataset).num_classes)
+
+    prepare_dataset(a.dataset, a.out, data_dir=a.data_dir or None, check=check,
+                    val_per_class=a.val_per_class, val_seed=a.val_seed, **a.options)
 
 
 def cmd_probe(a: argparse.Namespace) -> None:
@@ -57,11 +82,14 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_stac_scales(a: argparse.Namespace) -> None:
-    from rra.stac import choose_scales
+    from rra.stac import choose_scales, stac_flops_ratios
     from rra.train.checkpoint import build_from_args, read_model_file
 
-    model = build_from_args(read_model_file(a.run_dir)["model_args"])
-    choose_scales(a.classrepsim, model.stages, a.out, tau=a.tau, k=a.k)
+    model_args = read_model_file(a.run_dir)["model_args"]
+    model = build_from_args(model_args)
+    choose_scales(a.classrepsim, model.stages, a.out, k=a.k, criterion=a.criterion, tau=a.tau,
+                  delta=a.delta, max_flops_ratio=a.max_flops_ratio,
+                  flops_ratios=stac_flops_ratios(model_args, a.attention_kwargs))
 
 
 def cmd_cost(a: argparse.Namespace) -> None:
@@ -92,7 +120,7 @@ def cmd_knn(a: argparse.Namespace) -> None:
     _threads(a.threads)
     p = dict(a.params)
     build_graphs(a.embed_dir, a.out, k=p.pop("k"), distance=a.distance, backend=a.backend,
-                 nnts_k=p.pop("nnts_k", []), options=p)
+                 nnts_k=p.pop("nnts_k", []), recall_k=p.pop("recall_k", []), options=p)
 
 
 def cmd_metrics(a: argparse.Namespace) -> None:
@@ -112,19 +140,29 @@ def cmd_report(a: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rra", description=__doc__.splitlines()[0])
+    debug_help = "print the traceback of an error (also: environment RRA_DEBUG=1)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="stage", required=True)
 
     def stage(name: str, fn: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
         p.set_defaults(fn=fn)
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
         return p
 
     p = stage("prepare", cmd_prepare, "prepare a dataset's splits as versionable arrays")
     p.add_argument("--dataset", required=True)
     p.add_argument("--data-dir", default="")
     p.add_argument("--options", type=_json, default={})
+    p.add_argument("--val-per-class", type=int, default=0,
+                   help="carve a held-out split 'val' of this many rows per class from train")
+    p.add_argument("--val-seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    p.add_argument("--probe-check", type=_json, default=None,
+                   help="JSON list of rra.config.probe_requirements: after reading the files, "
+                        "check every probe's n_per_class and k against the splits' class counts "
+                        "before the stage completes (the workflow passes the config's)")
 
     p = stage("probe", cmd_probe, "select the probe set (n per class, seeded)")
     p.add_argument("--split-dir", required=True)
@@ -175,8 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
               "choose the stac-auto scales per stage from a baseline's ClassRepSim table")
     p.add_argument("--classrepsim", required=True, help="the baseline's classrepsim.parquet")
     p.add_argument("--run-dir", required=True, help="the baseline's run directory (model.pt)")
-    p.add_argument("--tau", type=float, required=True)
+    p.add_argument("--criterion", choices=["agreement", "jaccard"], required=True)
+    p.add_argument("--tau", type=float, required=True, help="threshold of criterion jaccard")
+    p.add_argument("--delta", type=float, required=True, help="tolerance of criterion agreement")
     p.add_argument("--k", type=int, required=True)
+    p.add_argument("--max-flops-ratio", type=float, default=None,
+                   help="FLOPs budget of the STAC model over the baseline")
+    p.add_argument("--attention-kwargs", type=_json, default={},
+                   help="the other stac arguments (mode), for the FLOPs of each choice")
     p.add_argument("--out", required=True, help="JSON file to write")
 
     p = stage("cost", cmd_cost, "parameters and FLOPs of every (model, attention) of the grid")
@@ -215,12 +259,37 @@ def short_openmp_spin() -> None:
         os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 
+def error_line(stage: str, err: BaseException) -> tuple[str, int]:
+    """``(one line for stderr, exit status)`` of an exception that ended ``stage``."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        text = f"{err.strerror}: {err.filename}"
+        if isinstance(err, (PermissionError, FileExistsError, NotADirectoryError,
+                            IsADirectoryError)):
+            text += (" (cannot write or read there: check the paths given to this stage, e.g. "
+                     "--out, and their permissions)")
+    else:
+        text = str(err) or type(err).__name__
+    text = " ".join(text.split())  # one line, whatever the message held
+    if isinstance(err, USER_ERRORS):
+        return f"rra {stage}: error: {text}", 2
+    return (f"rra {stage}: internal error: {type(err).__name__}: {text} (rerun with --debug or "
+            "RRA_DEBUG=1 for the traceback, and report it)"), 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one stage; any exception is one line on stderr and exit status 2 (user error) or 1
+    (internal error), the traceback only with ``--debug`` / ``RRA_DEBUG=1``."""
     short_openmp_spin()
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"rra {args.stage}: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"rra {args.stage}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug or os.environ.get("RRA_DEBUG", "") not in ("", "0"):
+            traceback.print_exc()
+        line, status = error_line(args.stage, err)
+        print(line, file=sys.stderr)
+        return status
     return 0

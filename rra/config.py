@@ -2,7 +2,9 @@
 
 `config/schema.yaml` (JSON schema, defaults filled in) catches wrong keys, types and ranges;
 :func:`check_config` adds what a schema cannot express: names that must exist in a registry,
-a data directory that must exist, scales that must parse. Every message names the config key.
+a data directory that must exist, scales that must parse, finite numbers, dataset, model and
+training options, every k against the size of its probe, the report's options. Every message
+is one line naming the config key (:class:`ConfigError`).
 
 The helpers here turn the validated config into the exact settings each stage receives.
 Snakemake passes those settings to the stage as JSON ``params``, so editing one config value
@@ -11,9 +13,12 @@ reruns exactly the jobs whose settings changed (Snakemake's ``params`` rerun tri
 
 from __future__ import annotations
 
+import copy
+import functools
 import inspect
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,17 +77,108 @@ def merge(base: dict, overlay: dict) -> dict:
 
 
 def validate(config: dict[str, Any]) -> dict[str, Any]:
-    """Schema validation (fills defaults in place), then :func:`check_config`."""
-    from snakemake.utils import validate as schema_validate
-
-    schema_validate(config, str(SCHEMA))
+    """Finite numbers (:func:`check_finite`), schema validation (fills defaults in place,
+    :func:`schema_validate`), then :func:`check_config`. Every error is a :class:`ConfigError`
+    naming the key."""
+    check_finite(config)
+    schema_validate(config)
     check_config(config)
     return config
 
 
+def check_finite(value: Any, where: str = "") -> None:
+    """Every number in the config is finite: YAML's ``.nan``/``.inf`` are floats that pass a JSON
+    schema's ranges (every comparison with nan is false), so they are refused here. [ours]"""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{where}': {value} is not a finite number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_finite(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_finite(item, f"{where}[{i}]")
+
+
+@functools.cache
+def _schema() -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+def schema_validate(config: dict[str, Any]) -> None:
+    """Validate ``config`` against ``config/schema.yaml`` and fill in its defaults (in place).
+
+    The same JSON-schema check and default filling as ``snakemake.utils.validate``, but a failure
+    is one :class:`ConfigError` line (:func:`schema_error_message`): the key path, what was found
+    and what is allowed, never the schema or the whole config. [ours]
+    """
+    from jsonschema import Draft202012Validator, validators
+    from jsonschema.exceptions import relevance
+
+    check_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def fill_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from check_properties(validator, properties, instance, schema)
+
+    filling = validators.extend(Draft202012Validator, {"properties": fill_defaults})
+    errors = list(filling(_schema()).iter_errors(config))
+    if errors:
+        raise ConfigError(schema_error_message(max(errors, key=relevance)))
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _allowed(schema: dict[str, Any]) -> str:
+    """What a (sub)schema accepts, in words: ``integer >= 1``, ``one of ['full']``."""
+    if "$ref" in schema:
+        return schema["$ref"].rsplit("/", 1)[-1]
+    if "enum" in schema:
+        return f"one of {schema['enum']}"
+    kind = schema.get("type", "value")
+    text = " or ".join(kind) if isinstance(kind, list) else kind
+    bounds = (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="),
+              ("exclusiveMaximum", "<"))
+    return text + "".join(f" {op} {schema[b]}" for b, op in bounds if b in schema)
+
+
+def schema_error_message(error: Any) -> str:
+    """One line for a jsonschema ``ValidationError``: the config key path, what is wrong, and
+    the allowed keys, values or type. [ours]"""
+    where = ""
+    for part in error.absolute_path:
+        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = [k for k in error.instance if k not in allowed]
+        keys = ", ".join(f"{where}.{k}" if where else str(k) for k in extra)
+        scope = f"in {where!r}" if where else "at the top level"
+        return (f"config key '{keys}': unknown key; allowed {scope}: {', '.join(allowed)} "
+                "(config/schema.yaml documents each)")
+    if error.validator in ("anyOf", "oneOf"):
+        message = (f"{_short(error.instance)} is not allowed; expected "
+                   + " or ".join(_allowed(s) for s in error.validator_value))
+    elif len(error.message) <= 160:
+        message = error.message
+    else:
+        message = (f"{_short(error.instance)} fails the schema's {error.validator!r}; expected "
+                   f"{_allowed(error.schema)}")
+    return f"config key '{where}': {message}" if where else f"config: {message}"
+
+
 def check_config(config: dict[str, Any]) -> None:
-    """Checks beyond the schema: registry names, data directory, splits, scales, run grid, and
-    what a ``stac-auto`` run needs (:func:`check_stac_auto`)."""
+    """Checks beyond the schema: registry names, data directory, splits, scales, run grid, what
+    a ``stac-auto`` run needs (:func:`check_stac_auto`), the dataset options, every run's
+    training settings and network (:func:`check_runs`), k against the probe sizes
+    (:func:`check_probe_sizes`), NNTP's k (:func:`check_nntp_k`) and the report's options
+    (:func:`check_report`): whatever the config alone decides fails here, before any job."""
     from rra.data import DATASETS, dataset_info
     from rra.models import MODELS
     from rra.models.attention import ATTENTION
@@ -99,10 +195,14 @@ def check_config(config: dict[str, Any]) -> None:
                               "directory; set data_dir to the folder that holds it")
         if not Path(data_dir).is_dir():
             raise ConfigError(f"config key 'data_dir': directory not found: {data_dir}")
+    check_val(config)
+    splits = prepared_splits(config)
     for where, probe in probe_entries(config):
-        if probe["split"] not in info.splits:
+        if probe["split"] not in splits:
+            hint = (f" (split {VAL_SPLIT!r} exists when val.n_per_class > 0)"
+                    if probe["split"] == VAL_SPLIT else "")
             raise ConfigError(f"config key '{where}.split': dataset {name!r} has splits "
-                              f"{list(info.splits)}, not {probe['split']!r}")
+                              f"{list(splits)}, not {probe['split']!r}{hint}")
     for where, run in run_entries(config):
         if run["model"] not in MODELS:
             raise ConfigError(f"config key '{where}.model': unknown model {run['model']!r}; "
@@ -127,15 +227,285 @@ def check_config(config: dict[str, Any]) -> None:
     check_run_lists(config)
     scales = embed_scales(config)
     check_stac_auto(config, runs_of(config), scales)
-    analyses(config)  # parses every probe and kNN spec; k < n is checked by the stages
+    analyses(config)  # parses every probe and kNN spec
     check_large_k(config)
+    check_dataset_options(config)
+    check_runs(config)
+    check_probe_sizes(config)
+    check_nntp_k(config)
+    check_report(config)
+
+
+def check_dataset_options(config: dict[str, Any]) -> None:
+    """``dataset_options`` as the dataset's loader checks them (known keys, types, ranges),
+    without reading its files."""
+    from rra.data import get_dataset
+
+    try:
+        get_dataset(config["dataset"], config.get("data_dir") or None, **config["dataset_options"])
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(f"config key 'dataset_options': {err}") from None
+
+
+def check_runs(config: dict[str, Any]) -> None:
+    """Every run's training settings as the training stage checks them
+    (:func:`rra.train.spec.validate_spec`: e.g. nesterov without momentum), and its network
+    built once per variant (on the CPU, ~15 ms for a ResNet-20; torch's global RNG is restored),
+    so unknown or bad ``model_kwargs`` and attention options fail here. A ``stac-auto`` variant
+    is built with scale 1 at every stage in place of the scales its baseline will choose."""
+    import torch
+
+    from rra.data import dataset_info
+    from rra.train.checkpoint import build_from_args
+    from rra.train.loop import model_args_of
+    from rra.train.spec import validate_spec
+
+    info = dataset_info(config["dataset"])
+    where_of = {}
+    for where, entry in run_entries(config):
+        for run in _expand(entry):
+            where_of.setdefault(run, (where, entry))
+    built: set[str] = set()
+    for run in runs_of(config):
+        where, entry = where_of[run]
+        spec = train_spec(config, run)
+        try:
+            validate_spec(spec)
+        except ValueError as err:
+            m = re.match(r"training spec key '(\w+)'", str(err))
+            key = m[1] if m else None
+            key = (f"{where}.training.{key}" if key in entry.get("training", {})
+                   else f"training.{key}" if key in config["training"] else where)
+            raise ConfigError(f"config key '{key}' (run {run.name}): {err}") from None
+        module = spec["attention"]
+        try:
+            with torch.random.fork_rng(devices=[]):
+                if run.attention in AUTO_ATTENTION:
+                    plain = build_from_args(model_args_of({**spec, "attention": "none",
+                                                           "attention_kwargs": {}}, info))
+                    spec = train_spec(config, run, {"scales": [1] * len(plain.stages)})
+                args = model_args_of(spec, info)
+                if as_json(args) not in built:
+                    build_from_args(args)
+                    built.add(as_json(args))
+        except (ValueError, TypeError) as err:
+            key = (f"attention.{module}" if str(err).startswith(("attention", module))
+                   else f"{where}.model_kwargs")
+            raise ConfigError(f"config key '{key}' (run {run.name}): {err}") from None
+
+
+def split_class_counts(config: dict[str, Any], split: str) -> tuple[tuple[int, ...] | None, str]:
+    """``(rows per class, where that comes from)`` of ``split`` of the config's dataset, before
+    any job runs: the single place that sizes a split for the config checks. [ours]
+
+    The prepared split's manifest (``{results_dir}/data/{dataset}/manifest.json``, counted in
+    the files) when it was prepared with the config's dataset options (and from its data_dir),
+    else what the loader knows without its files (:func:`rra.data.expected_class_counts`: the
+    standard release, or what the options imply), else ``(None, ...)``: only the files know, and
+    the prepare stage checks them (``rra prepare --probe-check``). A ``val`` block with
+    n_per_class > 0 moves that many rows of every class from ``train`` to ``val``.
+    """
+    from rra.data import DATASETS, expected_class_counts
+
+    name = config["dataset"]
+    carve = dict(config.get("val") or {})
+    carve_n = int(carve.get("n_per_class", 0) or 0)
+    path = Path(config["results_dir"]) / "data" / name / "manifest.json"
+    try:
+        prepared = json.loads(path.read_text())
+        entry = prepared["splits"][split]
+        val = prepared.get("val") or {}
+        fresh = (prepared["dataset"] == name and prepared["options"]
+                 == {**DATASETS[name].defaults, **config["dataset_options"]}
+                 and int(val.get("n_per_class", 0)) == carve_n
+                 and (not carve_n or int(val.get("seed", 0)) == int(carve.get("seed", 0)))
+                 and (not DATASETS[name].info.needs_data_dir
+                      or all(str(src["path"]).startswith(str(Path(config["data_dir"])) + "/")
+                             for src in entry["sources"])))
+        if fresh:
+            return tuple(int(c) for c in entry["class_counts"]), f"counted in {path}"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    source = f"the registry's class counts of {name} {split}"
+    if carve_n and split == "val":
+        return (carve_n,) * DATASETS[name].info.num_classes, f"val.n_per_class = {carve_n}"
+    counts = expected_class_counts(name, split, config["dataset_options"])
+    if carve_n and split == "train" and counts is not None:
+        return (tuple(c - carve_n for c in counts),
+                f"{source} less val.n_per_class = {carve_n}")
+    return counts, source
+
+
+def probe_size(config: dict[str, Any], probe: dict[str, Any]) -> int | None:
+    """Rows n of a probe set: ``n_per_class`` × classes, or every row of the split for ``all``
+    (None when only the files know that number; :func:`split_class_counts`)."""
+    from rra.data import dataset_info
+
+    if probe["n_per_class"] != "all":
+        return int(probe["n_per_class"]) * dataset_info(config["dataset"]).num_classes
+    counts, _ = split_class_counts(config, probe["split"])
+    return None if counts is None else sum(counts)
+
+
+def probe_requirements(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """One entry per probe set of the study: its name, config key (``probe_key``), split and
+    n_per_class, and the largest k any analysis asks of it with that k's config key
+    (``k_key``): what :func:`check_probes` checks, at config load and again in the prepare
+    stage (the CLI's ``--probe-check``)."""
+    keys: dict[str, str] = {}
+    for where, p in probe_entries(config):
+        keys.setdefault(probe_name(p), where)
+    out: dict[str, dict[str, Any]] = {}
+    for a in analyses(config):
+        if a.experiment == "study":
+            k_key = "knn.k"
+        elif a.experiment == "stac_auto":
+            k_key = "stac_auto.k"
+        else:
+            own = experiments(config)[a.experiment].get("k")
+            k_key = f"experiments.{a.experiment}.k" if own else "knn.k"
+        k = max(a.ks)
+        if a.probe not in out or k > out[a.probe]["k"]:
+            out[a.probe] = {"probe": a.probe, "probe_key": keys.get(a.probe, "probe"),
+                            **parse_probe(a.probe), "k": k, "k_key": k_key}
+    return list(out.values())
+
+
+def check_probes(requirements: list[dict[str, Any]], counts_of: Any, num_classes: int) -> None:
+    """For each :func:`probe_requirements` entry: every class of the split has n_per_class rows,
+    and the largest k is below the probe size n (self is excluded: a row has at most n − 1
+    neighbours). ``counts_of(split)`` gives ``(rows per class or None, source)``. [source: k < n;
+    ours: checking it before any job]"""
+    for r in requirements:
+        counts, source = counts_of(r["split"])
+        per_class = r["n_per_class"]
+        if counts is not None and per_class != "all" and min(counts) < per_class:
+            c = counts.index(min(counts))
+            raise ConfigError(f"config key '{r['probe_key']}.n_per_class': {per_class} rows per "
+                              f"class, but class {c} of split {r['split']!r} has {counts[c]} "
+                              f"({source}); lower n_per_class")
+        if per_class != "all":
+            n, how = per_class * num_classes, f"{per_class} per class × {num_classes} classes"
+        elif counts is not None:
+            n, how = sum(counts), f"every row of split {r['split']!r}, {source}"
+        else:
+            continue
+        if r["k"] >= n:
+            raise ConfigError(f"config key '{r['k_key']}': k = {r['k']} must be smaller than the "
+                              f"probe size n = {n} of probe {r['probe']} ('{r['probe_key']}': "
+                              f"{how}); lower k or enlarge the probe")
+
+
+def check_probe_sizes(config: dict[str, Any]) -> None:
+    """:func:`check_probes` with the split sizes known at config load
+    (:func:`split_class_counts`)."""
+    from rra.data import dataset_info
+
+    check_probes(probe_requirements(config), lambda split: split_class_counts(config, split),
+                 dataset_info(config["dataset"]).num_classes)
+
+
+def check_nntp_k(config: dict[str, Any]) -> None:
+    """NNTP's k (``metrics.nntp_k``, ``experiments.E.nntp_k``) must be among the k of the
+    analyses they apply to; otherwise they would be dropped without a word. [ours]"""
+    top_k, top = config["knn"]["k"], config["metrics"]["nntp_k"]
+    blocks = [("metrics.nntp_k", top, top_k, "knn.k", config["metrics"]["tables"])]
+    for name, exp in experiments(config).items():
+        if exp.get("analyse", True):
+            blocks.append((f"experiments.{name}.nntp_k" if "nntp_k" in exp else "metrics.nntp_k",
+                           exp.get("nntp_k", top), exp.get("k") or top_k,
+                           f"experiments.{name}.k" if exp.get("k") else "knn.k",
+                           exp.get("tables", config["metrics"]["tables"])))
+    for key, nntp_k, ks, k_key, tables in blocks:
+        missing = sorted(set(nntp_k) - set(ks))
+        if "nntp" in tables and missing:
+            raise ConfigError(f"config key '{key}': NNTP at k = {missing}, which {k_key} = "
+                              f"{sorted(set(ks))} does not compute; NNTP takes some of the "
+                              f"analysis's k: add them to {k_key} or drop them from nntp_k")
+
+
+def check_report(config: dict[str, Any]) -> None:
+    """The report's options against what the study computes, as ``rra.report.build`` reads them:
+    ``report.scale`` an embedded scale; ``report.k`` (unless null) a k of every (probe, kNN
+    setting, model) whose NNTS figures it draws; ``report.alpha`` an NNTP alpha of every
+    (probe, kNN setting) with NNTS and NNTP tables. [ours]"""
+    opts = config["report"]
+    scales = embed_scales(config)
+    if str(opts["scale"]) not in scales:
+        raise ConfigError(f"config key 'report.scale': {opts['scale']!r} is not a computed scale; "
+                          f"embed.scales = {scales}: use one of them")
+    ks: dict[tuple, set[int]] = {}
+    alphas: dict[tuple, set[int]] = {}
+    for run, probe, knn in dict.fromkeys((a.run, a.probe, a.knn) for a in analyses(config)):
+        settings = analysis_settings(config, run, probe, knn)
+        if "nnts" in settings["tables"]:
+            ks.setdefault((probe, knn, run.model), set()).update(settings["k"])
+            if "nntp" in settings["tables"]:
+                alphas.setdefault((probe, knn), set()).update(settings["nntp_alpha"])
+    for name, value, groups in (("k", opts["k"], ks), ("alpha", opts["alpha"], alphas)):
+        if value is None:
+            continue
+        for group, have in groups.items():
+            if value not in have:
+                common = sorted(set.intersection(*groups.values()))
+                raise ConfigError(
+                    f"config key 'report.{name}': {name} = {value} is not computed for "
+                    f"{' / '.join(map(str, group))} ({name} there: {sorted(have)}); use one that "
+                    f"every analysis computes: {common}" + (" or null" if name == "k" else ""))
+
+
+#: the held-out split carved from train (rra.data.prepare, config key ``val``)
+VAL_SPLIT = "val"
+
+
+def prepared_splits(config: dict[str, Any]) -> tuple[str, ...]:
+    """The splits the data stage writes: the dataset's own, plus ``val`` when
+    ``val.n_per_class`` > 0 (carved from train, which then excludes those rows)."""
+    from rra.data import dataset_info
+
+    own = dataset_info(config["dataset"]).splits
+    return own + ((VAL_SPLIT,) if config["val"]["n_per_class"] else ())
+
+
+def check_val(config: dict[str, Any]) -> None:
+    """A val split can be carved only from a dataset without its own ``val`` (imagenet64's is
+    its evaluation split)."""
+    from rra.data import dataset_info
+
+    info = dataset_info(config["dataset"])
+    if config["val"]["n_per_class"] and VAL_SPLIT in info.splits:
+        raise ConfigError(f"config key 'val.n_per_class': dataset {info.name!r} has its own "
+                          f"{VAL_SPLIT!r} split (its evaluation split); carving another from "
+                          "train is not supported: set val.n_per_class: 0")
+
+
+def stac_auto_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    """The ``stac`` keyword arguments of every stac-auto run except its scales (which the
+    choice sets): the config's ``attention.stac`` block less ``scales``."""
+    kwargs = dict(config["attention"].get(AUTO_ATTENTION["stac-auto"], {}))
+    kwargs.pop("scales", None)
+    return kwargs
+
+
+def stac_probe(config: dict[str, Any]) -> str:
+    """The probe name of the baseline analysis that the stac-auto scale choice reads."""
+    return probe_name(config["stac_auto"]["probe"])
 
 
 def check_stac_auto(config: dict[str, Any], runs: list[Run], scales: list[str]) -> None:
-    """A ``stac-auto`` run needs its baseline in the grid and the analysis its choice reads."""
+    """A ``stac-auto`` run needs its baseline in the grid, the analysis its choice reads, and
+    that analysis's probe on the held-out ``val`` split (never test: no design choice may be
+    fitted to the split that the final numbers come from). That val exists (val.n_per_class > 0)
+    is checked with every probe's split (``stac_auto.probe`` is among :func:`probe_entries`)."""
     auto = [r for r in runs if r.attention in AUTO_ATTENTION]
     if not auto:
         return
+    split = config["stac_auto"]["probe"]["split"]
+    if split != VAL_SPLIT:
+        raise ConfigError(f"config key 'stac_auto.probe.split': the STAC scale choice is a design "
+                          f"decision and must read the held-out split {VAL_SPLIT!r}, not "
+                          f"{split!r} (test is for the final numbers; train is what the baseline "
+                          "fitted)")
     grid = set(runs)
     for run in auto:
         base = stac_baseline(config, run.model)
@@ -234,9 +604,8 @@ def train_spec(config: dict[str, Any], run: Run, attention_kwargs: dict | None =
     """
     entry = _run_entry(config, run)
     module = AUTO_ATTENTION.get(run.attention, run.attention)
-    kwargs = dict(config["attention"].get(module, {}))
-    if run.attention in AUTO_ATTENTION:
-        kwargs.pop("scales", None)
+    kwargs = (stac_auto_kwargs(config) if run.attention in AUTO_ATTENTION
+              else dict(config["attention"].get(module, {})))
     kwargs.update(attention_kwargs or {})
     spec = {
         "dataset": config["dataset"],
@@ -312,6 +681,7 @@ def parse_knn_spec(config: dict[str, Any], spec: str) -> tuple[str, str, dict[st
         raise ConfigError(f"kNN setting {spec!r} is not of the form distance-backend "
                           "(backend: auto, exact, annoy or annoy-tN-sK)")
     options = dict(config["knn"]["annoy"])
+    options["on_recall_miss"] = config["knn"]["on_recall_miss"]  # Annoy graphs below recall_target
     if config["knn"].get("cost"):  # overrides of auto's cost model, only when given
         options["cost"] = dict(config["knn"]["cost"])
     if m[3] and m[3] != "d":
@@ -341,9 +711,12 @@ def experiments(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def probe_entries(config: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every probe block with its config key; ``stac_auto.probe`` when the grid has stac-auto."""
     out = [("probe", config["probe"])]
     for name, exp in experiments(config).items():
         out += [(f"experiments.{name}.probes[{i}]", p) for i, p in enumerate(exp.get("probes", []))]
+    if any(r.attention in AUTO_ATTENTION for r in runs_of(config)):
+        out.append(("stac_auto.probe", config["stac_auto"]["probe"]))
     return out
 
 
@@ -382,7 +755,7 @@ def analyses(config: dict[str, Any], experiment: str | None = None) -> list[Anal
         if run.attention in AUTO_ATTENTION:
             base = stac_baseline(config, run.model)
             k = int(config["stac_auto"]["k"])
-            out.append(Analysis(base, top_probe, top_knn[0], (k,), top_alpha, "stac_auto",
+            out.append(Analysis(base, stac_probe(config), top_knn[0], (k,), top_alpha, "stac_auto",
                                 ("classrepsim",), ()))
     return [a for a in out if experiment is None or a.experiment == experiment]
 
@@ -437,11 +810,12 @@ def check_large_k(config: dict[str, Any]) -> None:
 
 def knn_params(config: dict[str, Any], run: Run, probe: str, knn: str) -> dict[str, Any]:
     """Settings of the kNN stage for one folder: the stored graphs' k (:func:`split_k`), the NNTS
-    k values of the sweep, backend options."""
+    k values of the sweep, the analysed k ≤ the stored k (``recall_k``: where Annoy's recall is
+    checked), backend options."""
     _, _, options = parse_knn_spec(config, knn)
-    k, large = split_k(analysis_settings(config, run, probe, knn)["k"],
-                       int(config["knn"]["store_k_max"]))
-    return {"k": k, "nnts_k": large, **options}
+    ks = analysis_settings(config, run, probe, knn)["k"]
+    k, large = split_k(ks, int(config["knn"]["store_k_max"]))
+    return {"k": k, "nnts_k": large, "recall_k": [v for v in ks if v <= k] or [k], **options}
 
 
 def metrics_params(config: dict[str, Any], run: Run, probe: str, knn: str) -> dict[str, Any]:

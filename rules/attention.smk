@@ -3,16 +3,24 @@
 
 
 # The stac-auto scales of a model, chosen from its baseline's ClassRepSim table (the first
-# configured distance and backend, the configured probe). tau and k are params: changing one
-# reruns this choice and the stac-auto runs that train with it, nothing else.
+# configured distance and backend, the probe stac_auto.probe on the held-out val split, never
+# test) within the FLOPs budget. The stac_auto settings are params: changing one reruns this
+# choice and the stac-auto runs that train with it, nothing else.
+STAC_PROBE = rc.stac_probe(config)
+
+
 rule stac_scales:
     input:
-        metrics=RESULTS + "/{dataset}/{model}-none-{augmentation}-s{seed}/metrics/" + PROBE + "/" + KNN_SPECS[0] + "/manifest.json",
+        metrics=RESULTS + "/{dataset}/{model}-none-{augmentation}-s{seed}/metrics/" + STAC_PROBE + "/" + KNN_SPECS[0] + "/manifest.json",
         model=RESULTS + "/{dataset}/{model}-none-{augmentation}-s{seed}/model.pt",
     output:
         RESULTS + "/{dataset}/stac_scales/{model}-none-{augmentation}-s{seed}.json",
     params:
+        criterion=config["stac_auto"]["criterion"],
         tau=config["stac_auto"]["tau"],
+        delta=config["stac_auto"]["delta"],
+        budget=lambda w: "" if config["stac_auto"]["max_flops_ratio"] is None else f"--max-flops-ratio {config['stac_auto']['max_flops_ratio']}",
+        stac_kwargs=rc.as_json(rc.stac_auto_kwargs(config)),  # mode: for the FLOPs of each choice
         k=config["stac_auto"]["k"],
         classrepsim=lambda w, input: os.path.join(os.path.dirname(input.metrics), "classrepsim.parquet"),
         run_dir=lambda w, input: os.path.dirname(input.model),
@@ -27,7 +35,8 @@ rule stac_scales:
         mem_mb=2000,
     shell:
         "{RRA} stac-scales --classrepsim {params.classrepsim} --run-dir {params.run_dir}"
-        " --tau {params.tau} --k {params.k} --out {output} 2> {log}"
+        " --criterion {params.criterion} --tau {params.tau} --delta {params.delta} {params.budget}"
+        " --attention-kwargs {params.stac_kwargs:q} --k {params.k} --out {output} 2> {log}"
 
 
 # Parameters and FLOPs (one image at the dataset's input size) per (model, attention variant),

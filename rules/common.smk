@@ -8,7 +8,16 @@ from snakemake.settings.types import DeploymentMethod
 sys.path.insert(0, workflow.basedir)  # the rra package of this checkout, installed or not
 from rra import config as rc
 
-rc.validate(config)  # schema (defaults filled in) + registry names; fails before any job runs
+# Schema (defaults filled in), names, sizes, report: a bad value stops the workflow before any
+# job runs, with one line naming the key (no traceback, no schema dump).
+try:
+    rc.validate(config)
+except rc.ConfigError as err:
+    sys.exit(f"rra: config error: {err}")
+# The probe sizes that only the files know are checked by the prepare job once it has read them
+# (`rra prepare --probe-check`). A global in its shell command, not a param, on purpose: the
+# check changes no output, so editing k must not rerun the data preparation.
+PROBE_CHECK = rc.as_json(rc.probe_requirements(config))
 
 # How rules call the package: the interpreter running Snakemake (the project's .venv), or the
 # rule's conda env under `--sdm conda`; the source tree on PYTHONPATH either way.

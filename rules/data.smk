@@ -7,6 +7,8 @@ rule prepare_data:
     params:
         options=lambda w: rc.as_json(config["dataset_options"]),
         data_dir=lambda w: config["data_dir"] or "",
+        val_per_class=config["val"]["n_per_class"],  # rows per class carved from train to val
+        val_seed=config["val"]["seed"],
     log:
         DATA_DIR + "/logs/prepare.log",
     benchmark:
@@ -18,7 +20,9 @@ rule prepare_data:
         mem_mb=4000,
     shell:
         "{RRA} prepare --dataset {wildcards.dataset} --data-dir={params.data_dir:q}"
-        " --options {params.options:q} --out {RESULTS}/data/{wildcards.dataset} 2> {log}"
+        " --options {params.options:q} --val-per-class {params.val_per_class}"
+        " --val-seed {params.val_seed} --out {RESULTS}/data/{wildcards.dataset}"
+        " --probe-check {PROBE_CHECK:q} 2> {log}"
 
 
 rule select_probe:

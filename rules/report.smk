@@ -5,12 +5,14 @@ rule report:
     input:
         study_targets(),
     output:
+        # update(): Snakemake keeps the previous report while the job runs and restores it if
+        # the job fails (rra.report.build swaps the new one in only when it is complete).
         # `snakemake --report report.html` collects every PNG of the figures folder
-        figures=report(directory(REPORTS + "/figures"), patterns=["{figure}.png"],
+        figures=report(update(directory(REPORTS + "/figures")), patterns=["{figure}.png"],
                        caption="../docs/report/figures.rst", category="Figures"),
-        index=REPORTS + "/index.html",
-        records=REPORTS + "/index.json",
-        metrics=REPORTS + "/metrics.json",
+        index=update(REPORTS + "/index.html"),
+        records=update(REPORTS + "/index.json"),
+        metrics=update(REPORTS + "/metrics.json"),
     params:
         config=lambda w: rc.as_json(config),
     log:

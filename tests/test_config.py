@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -39,21 +40,66 @@ def test_default_and_test_configs_validate(base):
 
 
 @pytest.mark.parametrize("mutate, needle", [
-    (lambda c: c["knn"].update(kk=1), "'kk' was unexpected"),
-    (lambda c: c.update(bogus=1), "'bogus' was unexpected"),
-    (lambda c: c["training"].update(lr=-0.1), "lr"),
-    (lambda c: c["training"].update(epochs="ten"), "'ten' is not of type 'integer'"),
-    (lambda c: c["knn"].update(distance=["manhattan"]), "'manhattan' is not one of"),
-    (lambda c: c["embed"].update(scales=[0, "full"]), "scales"),
-    (lambda c: c["probe"].update(n_per_class=0), "n_per_class"),
-    (lambda c: c.update(device="tpu"), "device"),
+    (lambda c: c["knn"].update(kk=1), "config key 'knn.kk': unknown key; allowed in 'knn': annoy, "
+                                      "backend, cost, distance, k,"),
+    (lambda c: c.update(bogus=1), "config key 'bogus': unknown key; allowed at the top level: "
+                                  "attention, data_dir, dataset,"),
+    (lambda c: c["training"].update(lr=-0.1),
+     "config key 'training.lr': -0.1 is less than or equal to the minimum of 0"),
+    (lambda c: c["training"].update(epochs="ten"),
+     "config key 'training.epochs': 'ten' is not of type 'integer'"),
+    (lambda c: c["knn"].update(distance=["manhattan"]),
+     "config key 'knn.distance[0]': 'manhattan' is not one of ['euclidean', 'cosine']"),
+    (lambda c: c["embed"].update(scales=[0, "full"]),
+     "config key 'embed.scales[0]': 0 is not allowed; expected integer >= 1 or one of ['full']"),
+    (lambda c: c["probe"].update(n_per_class=0),
+     "config key 'probe.n_per_class': 0 is not allowed"),
+    (lambda c: c.update(device="tpu"), "config key 'device': 'tpu' does not match"),
+    (lambda c: c["runs"][0].pop("model"), "config key 'runs[0]': 'model' is a required property"),
+    (lambda c: c.update(runs={"model": "lenet5"}),
+     "config key 'runs': {'model': 'lenet5'} is not of type 'array'"),
 ])
 def test_schema_errors_name_the_key(base, mutate, needle):
+    """One short line naming the key and what is allowed; never the schema or the config."""
     cfg = copy.deepcopy(base)
     mutate(cfg)
-    with pytest.raises(Exception) as err:
+    with pytest.raises(rc.ConfigError) as err:
         rc.validate(cfg)
-    assert needle in str(err.value)
+    message = str(err.value)
+    assert needle in message
+    assert "\n" not in message and len(message) < 400
+    assert "$schema" not in message and "description" not in message
+
+
+@pytest.mark.parametrize("key, value", [("lr", float("nan")), ("lr", float("inf")),
+                                        ("weight_decay", float("nan")), ("momentum", float("nan")),
+                                        ("gamma", float("inf"))])
+def test_non_finite_numbers_are_refused(base, key, value):
+    """YAML's .nan / .inf pass the schema's ranges (every comparison with nan is false)."""
+    cfg = copy.deepcopy(base)
+    cfg["training"][key] = value
+    with pytest.raises(rc.ConfigError, match=f"config key 'training.{key}': {value} is not a "
+                                             "finite number"):
+        rc.validate(cfg)
+    cfg = copy.deepcopy(base)
+    cfg["runs"][0]["training"] = {key: value}
+    with pytest.raises(rc.ConfigError, match=rf"config key 'runs\[0\].training.{key}'"):
+        rc.validate(cfg)
+    cfg = yaml.safe_load(f"training: {{lr: {'.nan' if value != value else '.inf'}}}")
+    with pytest.raises(rc.ConfigError, match="config key 'training.lr'"):
+        rc.check_finite(cfg)
+
+
+def test_schema_defaults_match_snakemake_validate(base):
+    """Our validator fills exactly the defaults that snakemake.utils.validate fills."""
+    from snakemake.utils import validate as snakemake_validate
+
+    for overlay in ("test.yaml", "published-mnist.yaml"):
+        cfg = rc.merge(copy.deepcopy(base), yaml.safe_load((ROOT / "config" / overlay).read_text()))
+        ours, theirs = copy.deepcopy(cfg), copy.deepcopy(cfg)
+        rc.schema_validate(ours)
+        snakemake_validate(theirs, str(rc.SCHEMA))
+        assert ours == theirs and ours["knn"]["annoy"]["n_trees"] == 50
 
 
 @pytest.mark.parametrize("mutate, needle", [
@@ -179,7 +225,7 @@ def test_analyses_share_folders_with_the_union_of_k(base):
 @pytest.mark.parametrize("mutate, needle", [
     (lambda c: c["experiments"].update(E1={"description": "x", "runs": [{"model": "vgg"}]}),
      "config key 'experiments.E1.runs[0].model': unknown model 'vgg'"),
-    (lambda c: c["experiments"].update(E1={"description": "x", "probes": [{"split": "val"}]}),
+    (lambda c: c["experiments"].update(E1={"description": "x", "probes": [{"split": "holdout"}]}),
      "config key 'experiments.E1.probes[0].split'"),
     (lambda c: c["experiments"].update(E1={"description": "x", "runs": [
         {"model": "lenet5", "augmentation": ["none"], "seeds": [0], "training": {"lr": 0.5}}]}),
@@ -201,6 +247,7 @@ def test_large_k_needs_nnts_only_and_exact(tmp_path):
     any job runs, naming the key."""
     base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     cfg = rc.merge(base, {"experiments": {"E1": {"k": [15, 2000]}}})
+    cfg["probe"] = {"split": "train", "n_per_class": 300, "seed": 0}  # n = 3000 > k
     with pytest.raises(rc.ConfigError, match="knn.store_k_max.*class_response"):
         rc.validate(cfg)
     cfg["experiments"]["E1"]["tables"] = ["nnts", "nntp"]
@@ -237,3 +284,165 @@ def test_published_overlays_validate(tmp_path):
     cifar = load("published-cifar10.yaml")
     assert set(rc.experiments(cifar)) == {"E2", "E3", "E4", "E5", "E6"}
     assert rc.train_spec(cifar, rc.Run("resnet20", "none", "standard", 0))["milestones"] == [82, 123]
+
+
+# ------------------------------------------------ every bad input stopped before work starts
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda c: c["knn"].update(k=[10, 500]),
+     "config key 'knn.k': k = 500 must be smaller than the probe size n = 500 of probe "
+     "test-n50-s0 ('probe': 50 per class × 10 classes)"),
+    (lambda c: c["experiments"].update(E1={"description": "x", "k": [15, 600]}),
+     "config key 'experiments.E1.k': k = 600 must be smaller than the probe size n = 500"),
+    (lambda c: c["experiments"].update(E2={"description": "x", "k": [5, 200], "probes": [
+        {"split": "test", "n_per_class": 20, "seed": 0}]}),
+     "config key 'experiments.E2.k': k = 200 must be smaller than the probe size n = 200 of probe "
+     "test-n20-s0 ('experiments.E2.probes[0]': 20 per class × 10 classes)"),
+    (lambda c: c["experiments"].update(E2={"description": "x", "probes": [
+        {"split": "test", "n_per_class": 4, "seed": 0}]}),
+     "config key 'knn.k': k = 50 must be smaller than the probe size n = 40 of probe test-n4-s0 "
+     "('experiments.E2.probes[0]': 4 per class × 10 classes)"),
+    (lambda c: c["probe"].update(n_per_class=101),
+     "config key 'probe.n_per_class': 101 rows per class, but class 0 of split 'test' has 100 "
+     "(the registry's class counts of mnist5k test)"),
+    (lambda c: (c["probe"].update(n_per_class="all"), c["knn"].update(k=[10, 1000])),
+     "config key 'knn.k': k = 1000 must be smaller than the probe size n = 1000 of probe "
+     "test-all-s0 ('probe': every row of split 'test'"),
+    (lambda c: (c["dataset_options"].update(test_per_class=20),
+                c["probe"].update(n_per_class="all"), c["knn"].update(k=[10, 200])),
+     "config key 'knn.k': k = 200 must be smaller than the probe size n = 200 of probe test-all-s0 "
+     "('probe': every row of split 'test', the registry's class counts of mnist5k test)"),
+])
+def test_k_at_least_the_probe_size_fails_at_load(base, mutate, needle):
+    """k ≥ n (a row has n − 1 others) used to pass, then fail in the kNN job after every
+    training."""
+    cfg = copy.deepcopy(base)
+    cfg["experiments"] = {}
+    mutate(cfg)
+    with pytest.raises(rc.ConfigError) as err:
+        rc.validate(cfg)
+    assert needle in str(err.value)
+
+
+def test_k_just_below_the_probe_size_passes(base):
+    cfg = copy.deepcopy(base)
+    cfg["knn"]["k"] = [10, 499]  # n = 50 × 10 = 500
+    rc.validate(cfg)
+    assert rc.probe_size(cfg, cfg["probe"]) == 500
+    assert rc.probe_size(cfg, {"split": "test", "n_per_class": "all", "seed": 0}) == 1000
+
+
+def test_real_dataset_sizes_from_the_registry_then_from_the_prepared_files(base, tmp_path):
+    """MNIST's class counts are known before its files are read (test: 892 fives); once the data
+    are prepared, the counts in the prepared manifest rule, if it matches the config."""
+    cfg = copy.deepcopy(base)
+    cfg.update(dataset="mnist", data_dir=str(tmp_path / "src"), results_dir=str(tmp_path / "res"))
+    (tmp_path / "src").mkdir()
+    cfg["probe"]["n_per_class"] = 893
+    with pytest.raises(rc.ConfigError, match=r"config key 'probe.n_per_class': 893 rows per class, "
+                                             r"but class 5 of split 'test' has 892"):
+        rc.validate(copy.deepcopy(cfg))
+    cfg["probe"]["n_per_class"] = 892
+    rc.validate(copy.deepcopy(cfg))
+    # prepared files of fewer images: their counts are what the probe gets
+    counts = [30] * 10
+    src = str(tmp_path / "src" / "MNIST" / "raw" / "t10k-images-idx3-ubyte")
+    prepared = {"dataset": "mnist", "options": {}, "val": cfg.get("val"),
+                "splits": {"test": {"class_counts": counts, "sources": [{"path": src}]}}}
+    (tmp_path / "res" / "data" / "mnist").mkdir(parents=True)
+    (tmp_path / "res" / "data" / "mnist" / "manifest.json").write_text(json.dumps(prepared))
+    with pytest.raises(rc.ConfigError, match=r"class 0 of split 'test' has 30 \(counted in "):
+        rc.validate(copy.deepcopy(cfg))
+    assert rc.split_class_counts(cfg, "test")[0] == tuple(counts)
+    # a manifest of another data_dir (or other options) is stale: back to the registry
+    other = dict(cfg, data_dir=str(tmp_path / "src2"))
+    assert rc.split_class_counts(other, "test") == ((980, 1135, 1032, 1010, 982, 892, 958, 1028,
+                                                      974, 1009), "the registry's class counts of "
+                                                                  "mnist test")
+    other = dict(cfg, dataset_options={"unknown": 1})
+    assert rc.split_class_counts(other, "test")[0][5] == 892
+
+
+def test_probe_requirements_and_the_prepare_check(base):
+    """The same rule at load (registry counts) and in the prepare job (counted in the files)."""
+    cfg = validated(base)
+    reqs = {r["probe"]: r for r in rc.probe_requirements(cfg)}
+    assert reqs["test-n50-s0"]["k"] == 50 and reqs["test-n50-s0"]["k_key"] == "knn.k"
+    small = {"test": ((5,) * 10, "counted in the files of test")}
+    with pytest.raises(rc.ConfigError, match=r"config key 'probe.n_per_class': 50 rows per class, "
+                                             r"but class 0 of split 'test' has 5 \(counted in the "
+                                             r"files of test\)"):
+        rc.check_probes(list(reqs.values()), lambda s: small.get(s, (None, "")), 10)
+    rc.check_probes(list(reqs.values()), lambda s: ((60,) * 10, "x"), 10)
+    every = [{**reqs["test-n50-s0"], "n_per_class": "all"}]
+    with pytest.raises(rc.ConfigError, match="k = 50 must be smaller than the probe size n = 50"):
+        rc.check_probes(every, lambda s: ((5,) * 10, "counted"), 10)
+    rc.check_probes(every, lambda s: (None, ""), 10)  # unknown until the files are read
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda c: c["report"].update(scale=8),
+     "config key 'report.scale': 8 is not a computed scale; "
+     "embed.scales = ['1', '2', '4', 'full']"),
+    (lambda c: c["embed"].update(scales=[1, 2]),
+     "config key 'report.scale': 'full' is not a computed scale"),
+    (lambda c: c["report"].update(k=20),
+     "config key 'report.k': k = 20 is not computed for test-n50-s0 / euclidean-auto / lenet5 "
+     "(k there: [10, 50]); use one that every analysis computes: [10, 50] or null"),
+    (lambda c: c["report"].update(alpha=2),
+     "config key 'report.alpha': alpha = 2 is not computed for test-n50-s0 / euclidean-auto "
+     "(alpha there: [0, 1])"),
+    (lambda c: c["metrics"].update(nntp_alpha=[1]),
+     "config key 'report.alpha': alpha = 0 is not computed"),
+    (lambda c: c["metrics"].update(nntp_k=[20]),
+     "config key 'metrics.nntp_k': NNTP at k = [20], which knn.k = [10, 50] does not compute"),
+])
+def test_report_and_nntp_options_checked_at_load(base, mutate, needle):
+    """These used to fail in the last job (report.k, alpha) or give a partial report with exit
+    status 0 (report.scale), or be dropped without a word (nntp_k)."""
+    cfg = copy.deepcopy(base)
+    cfg["report"] = {}
+    mutate(cfg)
+    with pytest.raises(rc.ConfigError) as err:
+        rc.validate(cfg)
+    assert needle in str(err.value)
+
+
+def test_report_k_must_be_computed_by_every_analysis(base):
+    cfg = copy.deepcopy(base)
+    cfg["experiments"] = {"E2": {"description": "x", "k": [5, 10],
+                                 "probes": [{"split": "test", "n_per_class": 20, "seed": 0}]}}
+    cfg["report"] = {"k": 10, "scale": 2, "alpha": 1}
+    rc.validate(copy.deepcopy(cfg))
+    cfg["report"]["k"] = 50
+    with pytest.raises(rc.ConfigError, match=r"'report.k': k = 50 is not computed for test-n20-s0 "
+                                             r"/ euclidean-auto / lenet5 \(k there: \[5, 10\]\); "
+                                             r"use one that every analysis computes: \[10\]"):
+        rc.validate(cfg)
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda c: c["dataset_options"].update(test_per_class=500),
+     "config key 'dataset_options': dataset 'mnist5k': option test_per_class must be in [1, 499]"),
+    (lambda c: c["dataset_options"].update(test_size=5),
+     "config key 'dataset_options': dataset 'mnist5k': unknown option(s) test_size"),
+    (lambda c: c["runs"][1].update(model_kwargs={"widht": 2}),
+     "config key 'runs[1].model_kwargs' (run resnet20-none-none-s0): model 'resnet20': unknown "
+     "keyword argument(s) ['widht']"),
+    (lambda c: (c["runs"][1].update(attention=["none", "se"]),
+                c["attention"].update(se={"reductio": 2})),
+     "config key 'attention.se' (run resnet20-se-none-s0): attention 'se': unknown keyword "
+     "argument(s) ['reductio']"),
+    (lambda c: c["training"].update(momentum=0),
+     "config key 'training.nesterov' (run lenet5-none-none-s0): training spec key 'nesterov': "
+     "Nesterov momentum needs momentum > 0"),
+    (lambda c: c["runs"][0].update(training={"schedule": "step", "milestones": [3, 2]}),
+     "config key 'runs[0].training.milestones' (run lenet5-none-none-s0)"),
+])
+def test_dataset_model_and_training_options_checked_at_load(base, mutate, needle):
+    """They used to fail in the prepare or training job (after other trainings had run)."""
+    cfg = copy.deepcopy(base)
+    mutate(cfg)
+    with pytest.raises(rc.ConfigError) as err:
+        rc.validate(cfg)
+    assert needle in str(err.value)

@@ -19,7 +19,7 @@ from rra.data import (DATASETS, dataset_info, get_dataset, load_split, normalise
                       prepare_dataset, select_probe)
 from rra.data.cifar import RefusedGlobal, SafeUnpickler
 from rra.data.mnist import mnist5k_path, stratified_split
-from rra.io import read_json, sha256_array, sha256_file
+from rra.io import read_json, sha256_array, sha256_artifact, sha256_file
 
 
 def esc(path: Path | str) -> str:
@@ -151,10 +151,83 @@ def test_mnist5k_options(tmp_path, mnist5k_dir):
     assert default["labels_sha256"] != m["splits"]["test"]["labels_sha256"]
 
 
+# ------------------------------------------------------------- val: held out from train
+
+def test_val_carved_from_train_disjoint_stratified_seeded(tmp_path, mnist5k_dir):
+    """val: 20 rows per class of the source train, seeded; they leave train (training never sees
+    them), test is untouched, and the same seed gives the same rows."""
+    m = prepare_dataset("mnist5k", tmp_path / "a", val_per_class=20, val_seed=3)
+    full = load_split(mnist5k_dir / "train")  # the source train split (no carving)
+    train, val = load_split(tmp_path / "a" / "train"), load_split(tmp_path / "a" / "val")
+    assert (len(train), len(val)) == (3800, 200)
+    assert val.manifest["class_counts"] == [20] * 10 and train.manifest["class_counts"] == [380] * 10
+    train_rows = np.load(tmp_path / "a" / "train" / "source_rows.npy")
+    val_rows = np.load(tmp_path / "a" / "val" / "source_rows.npy")
+    assert np.intersect1d(train_rows, val_rows).size == 0                  # disjoint
+    assert np.union1d(train_rows, val_rows).tolist() == list(range(4000))  # nothing lost
+    assert np.all(np.diff(val_rows) > 0) and np.all(np.diff(train_rows) > 0)  # source order
+    np.testing.assert_array_equal(val.images, full.images[val_rows])
+    np.testing.assert_array_equal(val.labels, full.labels[val_rows])
+    np.testing.assert_array_equal(train.images, full.images[train_rows])
+    # the draw: stratified_split of the source train labels with the val seed
+    np.testing.assert_array_equal(val_rows, stratified_split(full.labels, 20, 3, 10)[1])
+    # test is the source's test split, byte for byte, and shares no image with val
+    assert m["splits"]["test"]["images_sha256"] == read_json(mnist5k_dir / "test" / "manifest.json")["images_sha256"]
+    test = load_split(tmp_path / "a" / "test")
+    test_bytes = {img.tobytes() for img in np.asarray(test.images)}
+    assert not any(img.tobytes() in test_bytes for img in np.asarray(val.images))
+    # recorded in the manifests
+    assert m["val"] == {"n_per_class": 20, "seed": 3, "carved_from": "train", "n": 200,
+                        "source_rows_sha256": sha256_array(val_rows)}
+    assert val.manifest["split"] == "val" and val.manifest["carved_from"] == "train"
+    assert train.manifest["held_out_to"] == "val"
+    assert val.manifest["source_rows_sha256"] == sha256_array(val_rows)
+    # deterministic under the seed, and the seed matters
+    again = prepare_dataset("mnist5k", tmp_path / "b", val_per_class=20, val_seed=3)
+    assert again["splits"]["val"]["images_sha256"] == m["splits"]["val"]["images_sha256"]
+    assert again["splits"]["train"]["images_sha256"] == m["splits"]["train"]["images_sha256"]
+    other = prepare_dataset("mnist5k", tmp_path / "c", val_per_class=20, val_seed=4)
+    assert other["val"]["source_rows_sha256"] != m["val"]["source_rows_sha256"]
+
+
+def test_training_reads_train_without_val(tmp_path):
+    """The training stage loads split train, which no longer holds the val rows."""
+    from rra.train.loop import load_arrays
+
+    prepare_dataset("mnist5k", tmp_path, test_per_class=400, val_per_class=30)
+    train = load_arrays(tmp_path, "train", dataset_info("mnist5k"))
+    val = load_split(tmp_path / "val")
+    assert len(train) == 700
+    train_bytes = {img.tobytes() for img in train.images}
+    assert not any(img.tobytes() in train_bytes for img in np.asarray(val.images))
+
+
+def test_val_off_removes_a_stale_val_split(tmp_path):
+    prepare_dataset("mnist5k", tmp_path, test_per_class=400, val_per_class=10)
+    assert (tmp_path / "val" / "manifest.json").is_file()
+    m = prepare_dataset("mnist5k", tmp_path, test_per_class=400)
+    assert m["val"] is None and sorted(m["splits"]) == ["test", "train"]
+    assert m["splits"]["train"]["n"] == 1000
+    assert not (tmp_path / "val" / "manifest.json").exists()
+    assert not (tmp_path / "train" / "source_rows.npy").exists()
+
+
+@pytest.mark.parametrize("name, kwargs, match", [
+    ("mnist5k", {"test_per_class": 400, "val_per_class": 100},
+     "mnist5k train: class 0 has 100 images: cannot hold out val.n_per_class = 100"),
+    ("mnist5k", {"val_per_class": -1}, "val_per_class must be an integer >= 0"),
+    ("imagenet64", {"val_per_class": 5}, "'imagenet64' has its own 'val' split"),
+])
+def test_val_errors(tmp_path, name, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        prepare_dataset(name, tmp_path, **kwargs)
+    assert not (tmp_path / "manifest.json").exists()
+
+
 @pytest.mark.parametrize("options, match", [
     ({"bogus": 1}, "unknown option.*bogus.*known options: seed, test_per_class"),
-    ({"test_per_class": 0}, "test_per_class must be >= 1"),
-    ({"test_per_class": 500}, "class 0 has 500 images"),
+    ({"test_per_class": 0}, r"test_per_class must be in \[1, 499\].*got 0"),
+    ({"test_per_class": 500}, r"test_per_class must be in \[1, 499\] \(each digit has 500 images"),
     ({"test_per_class": 1.5}, "test_per_class must be an integer"),
     ({"seed": -1}, "seed must be >= 0"),
 ])
@@ -162,6 +235,25 @@ def test_mnist5k_bad_options(tmp_path, options, match):
     with pytest.raises(ValueError, match=match):
         prepare_dataset("mnist5k", tmp_path, **options)
     assert not (tmp_path / "manifest.json").exists()
+
+
+def test_expected_class_counts_before_the_files_are_read(tmp_path):
+    """What the config check sizes probes with: the standard releases, mnist5k from its
+    options (equal to what preparing it counts), None where only the files know."""
+    from rra.data import expected_class_counts
+
+    assert expected_class_counts("mnist", "test")[5] == 892
+    assert sum(expected_class_counts("mnist", "train")) == 60000
+    assert expected_class_counts("cifar10", "train") == (5000,) * 10
+    assert expected_class_counts("cifar100", "test") == (100,) * 100
+    assert expected_class_counts("imagenet64", "val") == (50,) * 1000
+    assert expected_class_counts("imagenet64", "train") is None
+    assert expected_class_counts("mnist5k", "test") == (100,) * 10
+    expected = {split: expected_class_counts("mnist5k", split, {"test_per_class": 30})
+                for split in ("train", "test")}
+    assert expected == {"train": (470,) * 10, "test": (30,) * 10}
+    manifest = prepare_dataset("mnist5k", tmp_path, test_per_class=30)
+    assert {s: tuple(m["class_counts"]) for s, m in manifest["splits"].items()} == expected
 
 
 def test_unknown_option_other_dataset(tmp_path):
@@ -239,6 +331,28 @@ def test_mnist_corrupt_gz_and_labels(tmp_path):
     write_idx(_raw(tmp_path) / "t10k-images-idx3-ubyte.gz", np.zeros((5, 27, 28)))
     with pytest.raises(ValueError, match="images are 27×28, expected 28×28"):
         prepare_dataset("mnist", tmp_path / "out", data_dir=tmp_path / "src")
+
+
+@pytest.mark.parametrize("name, dims, payload, match", [
+    ("t10k-images-idx3-ubyte", (0, 28, 28), b"", r"IDX header says 0 items \(dims \(0, 28, 28\)\)"),
+    ("t10k-labels-idx1-ubyte", (0,), b"", r"IDX header says 0 items \(dims \(0,\)\)"),
+    # 2^16 · 2^24 · 2^24 = 2^64 wraps to 0 in int64: the empty payload used to pass the size check
+    ("t10k-images-idx3-ubyte", (1 << 16, 1 << 24, 1 << 24), b"",
+     r"dims \(65536, 16777216, 16777216\) must have 18446744073709551632 bytes, found 16"),
+    ("t10k-images-idx3-ubyte", (1 << 16, 1 << 24, (1 << 24) + 1), bytes(784),
+     r"must have 18446745173221179408 bytes, found 800"),
+], ids=["0-images", "0-labels", "int64-overflow", "overflow-and-payload"])
+def test_mnist_idx_header_sizes(tmp_path, name, dims, payload, match):
+    """An IDX header of 0 items, or of dims whose product overflows int64 or exceeds the file,
+    is an error naming the file, before anything is written."""
+    write_mnist(tmp_path / "src")
+    path = _raw(tmp_path) / name
+    magic = 2051 if len(dims) == 3 else 2049
+    path.write_bytes(b"".join(int(v).to_bytes(4, "big") for v in (magic, *dims)) + payload)
+    with pytest.raises(ValueError, match=match) as err:
+        prepare_dataset("mnist", tmp_path / "out", data_dir=tmp_path / "src")
+    assert str(path) in str(err.value)
+    assert not (tmp_path / "out" / "manifest.json").exists()
 
 
 # ---------------------------------------------------------------------------------- CIFAR
@@ -461,7 +575,7 @@ def test_select_probe(tmp_path, mnist5k_dir):
     assert (side["n_per_class"], side["seed"], side["split"], side["n"]) == (7, 5, "test", 70)
     assert side["counts"] == [7] * 10
     assert side["indices_sha256"] == sha256_array(idx)
-    assert side["split_manifest_sha256"] == sha256_file(split_dir / "manifest.json")
+    assert side["split_manifest_sha256"] == sha256_artifact(split_dir / "manifest.json")
 
 
 def test_select_probe_errors(tmp_path, mnist5k_dir):

@@ -10,6 +10,7 @@ import pytest
 
 from rra.knn import (build_graphs, choose_backend, knn, knn_annoy, knn_exact, load_graph,
                      load_manifest, recall_at_k)
+from rra.knn.annoy_backend import RecallMissError, RecallMissWarning, recall_by_k, recall_rows
 from rra.knn.common import prepare_points
 from rra.knn.exact import exact_neighbours
 
@@ -306,8 +307,11 @@ def test_exact_errors():
 # --------------------------------------------------------------------------- annoy backend
 
 def sample_rows(n, size, seed):
-    """The documented recall sample: sorted seeded choice without replacement."""
-    return np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False))
+    """The documented recall samples: one seeded draw of 2m distinct rows, m = min(size, n // 2);
+    the first m (sorted) tune search_k, the other m (sorted) are held out."""
+    m = min(size, n // 2)
+    draw = np.random.default_rng(seed).choice(n, size=2 * m, replace=False)
+    return np.sort(draw[:m]), np.sort(draw[m:])
 
 
 @pytest.fixture(scope="module")
@@ -321,15 +325,19 @@ def test_annoy_auto_meets_recall_target_truthfully(clustered, tmp_path):
     idx, dist, info = knn_annoy(x, 10, "euclidean", n_trees=10, search_k="auto", seed=0,
                                 index_path=tmp_path / "g.annoy", progress=False)
     assert idx.shape == (3000, 10) and idx.dtype == np.int32 and dist.dtype == np.float32
-    assert info["recall"] >= 0.95
-    rows = sample_rows(3000, 500, 0)
-    assert info["recall_sample"] == 500
-    assert info["recall"] == pytest.approx(recall_at_k(idx[rows], exact_idx[rows]), abs=1e-12)
-    # trajectory: doubling from n_trees·(k+1); only the last step meets the target
+    assert info["recall"] >= 0.95 and info["recall_target_met"] is True
+    tune, held = sample_rows(3000, 500, 0)
+    assert info["recall_sample"] == 500 and info["tuning_sample"] == 500
+    # the reported recall is that of the held-out rows of the final graph
+    assert info["recall"] == pytest.approx(recall_at_k(idx[held], exact_idx[held]), abs=1e-12)
+    assert info["recall_at_k"] == {"10": info["recall"]}
+    # trajectory: doubling from n_trees·(k+1); only the last step meets the target, measured on
+    # the tuning rows (Annoy's search is deterministic: the final graph's tuning rows give it)
     steps = [s for s, _ in info["tuning"]]
     assert steps[0] == 10 * 11 and all(b == 2 * a for a, b in zip(steps, steps[1:]))
     assert info["search_k"] == steps[-1]
-    assert info["tuning"][-1][1] == pytest.approx(info["recall"], abs=1e-12)
+    assert info["tuning"][-1][1] == pytest.approx(recall_at_k(idx[tune], exact_idx[tune]),
+                                                  abs=1e-12)
     assert all(r < 0.95 for _, r in info["tuning"][:-1])
     # whole-graph recall agrees with the sample estimate
     assert recall_at_k(idx, exact_idx) == pytest.approx(info["recall"], abs=0.03)
@@ -351,9 +359,10 @@ def test_annoy_deterministic_graph_and_index_file(clustered, tmp_path):
     assert (tmp_path / "0.annoy").read_bytes() == (tmp_path / "1.annoy").read_bytes()
     info = runs[0][2]
     assert info["tuning"] == [] and info["search_k"] == 200 and info["metric"] == "angular"
+    assert info["tuning_sample"] == 0
     exact_idx, _ = knn_exact(x, 10, "cosine", progress=False)
-    rows = sample_rows(1500, 500, 3)
-    assert info["recall"] == pytest.approx(recall_at_k(runs[0][0][rows], exact_idx[rows]))
+    _, held = sample_rows(1500, 500, 3)
+    assert info["recall"] == pytest.approx(recall_at_k(runs[0][0][held], exact_idx[held]))
 
 
 def test_annoy_short_rows_fall_back_to_exact():
@@ -524,3 +533,210 @@ def test_stage_errors(embed_dir, tmp_path):
     (shape_bad / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="differs from the embed manifest"):
         build_graphs(shape_bad, out, k=4, distance="euclidean", backend="exact", options={})
+
+
+# --------------------------------------------------------------------------- recall misses
+
+def gaussian(n=1000, d=64, seed=5):
+    """High-dimensional Gaussian rows: the worst case of Annoy's recall."""
+    return np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+
+
+LOW = {"n_trees": 2, "search_k": 11, "recall_sample": 100, "progress": False}
+
+
+def test_recall_rows_are_seeded_disjoint_tuning_and_held_out():
+    tune, held = recall_rows(3000, 500, 7)
+    assert tune.size == held.size == 500 and np.intersect1d(tune, held).size == 0
+    assert (np.diff(tune) > 0).all() and (np.diff(held) > 0).all()
+    again = recall_rows(3000, 500, 7)
+    np.testing.assert_array_equal(again[0], tune)
+    np.testing.assert_array_equal(again[1], held)
+    assert not np.array_equal(recall_rows(3000, 500, 8)[1], held)
+    tune, held = recall_rows(101, 500, 0)  # small n: half the rows each, at most
+    assert tune.size == held.size == 50 and np.intersect1d(tune, held).size == 0
+    tune, held = recall_rows(2, 500, 0)
+    assert sorted([*tune, *held]) == [0, 1]
+
+
+def test_recall_by_k_is_prefix_recall_at_every_k():
+    a = np.array([[1, 2, 3], [0, 2, 3]])
+    e = np.array([[3, 2, 0], [1, 2, 3]])
+    # row 0: {1} vs {3}: 0; {1,2} vs {3,2}: 1/2; row 1: {0} vs {1}: 0; {0,2} vs {1,2}: 1/2
+    assert recall_by_k(a, e, [1, 2, 3]) == {1: 0.0, 2: 0.5, 3: pytest.approx(2 / 3)}
+    rng = np.random.default_rng(3)
+    e = np.array([rng.choice(50, 12, replace=False) for _ in range(40)])
+    a = np.where(rng.random(e.shape) < 0.6, e, e + 50)  # keep or replace each neighbour
+    a = np.array([rng.permutation(r) for r in a])
+    got = recall_by_k(a, e, range(1, 13))
+    for kk in range(1, 13):
+        assert got[kk] == pytest.approx(recall_at_k(a[:, :kk], e[:, :kk]), abs=1e-12)
+    with pytest.raises(ValueError, match=r"outside \[1, 12\]"):
+        recall_by_k(a, e, [13])
+
+
+def test_annoy_fixed_low_search_k_is_an_error_naming_the_recall():
+    x = gaussian()
+    with pytest.raises(RecallMissError) as err:
+        knn_annoy(x, 10, "euclidean", name="fc@full.npy (hook fc, scale full)", **LOW)
+    message = str(err.value)
+    # the same graph kept under warn gives the recall the message reports
+    with pytest.warns(RecallMissWarning):
+        _, _, info = knn_annoy(x, 10, "euclidean", on_recall_miss="warn", **LOW)
+    assert info["recall"] < 0.5
+    assert message.startswith("fc@full.npy (hook fc, scale full): ")
+    assert f"recall@10 = {info['recall']:.3f} on 100 held-out rows" in message
+    assert "recall_target = 0.95" in message and "fixed search_k = 11" in message
+    for fix in ("raise knn.annoy.search_k", "knn.backend: exact", "knn.on_recall_miss: warn"):
+        assert fix in message
+    assert isinstance(err.value, ValueError)
+
+
+def test_annoy_capped_auto_search_k_is_an_error():
+    with pytest.raises(RecallMissError, match=r"recall@10 = 0\.\d+ on 100 held-out rows.*"
+                                              r"search_k = 30 \(auto, capped at max_search_k\).*"
+                                              r"raise knn.annoy.max_search_k \(now 30\)"):
+        knn_annoy(gaussian(), 10, n_trees=2, search_k="auto", max_search_k=30,
+                  recall_sample=100, progress=False)
+
+
+def test_annoy_recall_miss_warn_keeps_the_graph_flagged():
+    x = gaussian()
+    with pytest.warns(RecallMissWarning, match="recall_target = 0.95"):
+        idx, dist, info = knn_annoy(x, 10, "euclidean", on_recall_miss="warn",
+                                    recall_k=[1, 5], **LOW)
+    assert info["recall_target_met"] is False and info["on_recall_miss"] == "warn"
+    assert idx.shape == (1000, 10) and (np.diff(dist, axis=1) >= 0).all()
+    exact_idx, _ = knn_exact(x, 10, progress=False)
+    _, held = sample_rows(1000, 100, 0)
+    assert info["recall_sample"] == 100 and info["tuning_sample"] == 0
+    assert set(info["recall_at_k"]) == {"1", "5", "10"}
+    for kk in (1, 5, 10):  # recall at every analysed k, on the held-out rows
+        assert info["recall_at_k"][str(kk)] == pytest.approx(
+            recall_at_k(idx[held, :kk], exact_idx[held, :kk]), abs=1e-12)
+    assert info["recall"] == info["recall_at_k"]["10"] < 0.95
+
+
+def test_annoy_recall_checked_at_every_analysed_k():
+    x = gaussian()
+    opts = dict(n_trees=4, search_k=40, recall_sample=100, progress=False)
+    with pytest.warns(RecallMissWarning):
+        _, _, info = knn_annoy(x, 10, on_recall_miss="warn", recall_k=[5], **opts)
+    r5, r10 = info["recall_at_k"]["5"], info["recall_at_k"]["10"]
+    assert r5 < r10  # this seeded graph recalls worse at k = 5 than at its k = 10
+    target = (r5 + r10) / 2
+    _, _, info = knn_annoy(x, 10, recall_target=target, **opts)  # only k = 10 analysed: met
+    assert info["recall_target_met"] is True
+    with pytest.raises(RecallMissError, match=rf"recall@5 = {r5:.3f} on") as err:
+        knn_annoy(x, 10, recall_target=target, recall_k=[5], **opts)
+    assert "recall@10" not in str(err.value)
+
+
+def test_annoy_recall_option_errors():
+    x = gaussian(n=50, d=4)
+    with pytest.raises(ValueError, match="on_recall_miss must be one of"):
+        knn_annoy(x, 3, on_recall_miss="ignore", progress=False)
+    with pytest.raises(ValueError, match=r"recall_k must be .* in \[1, k = 3\]"):
+        knn_annoy(x, 3, recall_k=[4], progress=False)
+    with pytest.raises(ValueError, match="on_recall_miss must be one of"):  # whatever backend
+        knn(x, 3, backend="exact", on_recall_miss="ignore", progress=False)
+
+
+def test_exact_recall_is_one_by_construction():
+    x = gaussian(n=200, d=8)
+    _, _, info = knn(x, 5, backend="exact", recall_k=[2, 5], progress=False)
+    assert info["recall_target_met"] is True and info["recall_at_k"] == {"2": 1.0, "5": 1.0}
+
+
+@pytest.fixture()
+def hard_embed_dir(tmp_path):
+    root = tmp_path / "hard"
+    root.mkdir()
+    return write_embed_dir(root, {("conv", "1"): (600, 8), ("fc", "full"): (600, 64)})
+
+
+def test_build_graphs_recall_miss_stops_the_stage(hard_embed_dir, tmp_path):
+    out = tmp_path / "knn" / "euclidean-annoy"
+    options = {"n_trees": 1, "search_k": 6, "recall_sample": 100}
+    with pytest.raises(RecallMissError) as err:
+        build_graphs(hard_embed_dir, out, k=5, distance="euclidean", backend="annoy",
+                     options=options, recall_k=[2, 5], progress=False)
+    message = str(err.value)
+    assert message.startswith(f"{hard_embed_dir / 'conv@1.npy'} (hook conv, scale 1): ")
+    assert "recall@2 = " in message and "recall_target = 0.95" in message
+    assert not (out / "manifest.json").exists()
+    with pytest.raises(ValueError, match="config key 'knn.on_recall_miss'"):  # before any graph
+        build_graphs(hard_embed_dir, out, k=5, distance="euclidean", backend="annoy",
+                     options={**options, "on_recall_miss": "skip"}, progress=False)
+    with pytest.raises(ValueError, match=r"recall_k must be .* \[1, k = 5\]"):
+        build_graphs(hard_embed_dir, out, k=5, distance="euclidean", backend="annoy",
+                     options=options, recall_k=[6], progress=False)
+
+
+def test_build_graphs_recall_miss_warn_records_the_flag(hard_embed_dir, tmp_path):
+    out = tmp_path / "knn" / "euclidean-annoy"
+    with pytest.warns(RecallMissWarning) as caught:
+        manifest = build_graphs(hard_embed_dir, out, k=5, distance="euclidean",
+                                backend="annoy", recall_k=[2, 5],
+                                options={"n_trees": 1, "search_k": 6, "recall_sample": 100,
+                                         "on_recall_miss": "warn"}, progress=False)
+    assert manifest["recall_k"] == [2, 5]
+    assert any(f"{hard_embed_dir / 'fc@full.npy'} (hook fc, scale full): Annoy kNN graph below"
+               in str(w.message) for w in caught)
+    flags = {}
+    for entry in manifest["entries"]:
+        side = json.loads((out / entry["files"]["json"]).read_text())
+        assert set(entry["recall_at_k"]) == {"2", "5"}
+        assert entry["recall_at_k"] == side["info"]["recall_at_k"]
+        assert entry["recall"] == entry["recall_at_k"]["5"] and entry["recall_target"] == 0.95
+        assert entry["recall_target_met"] == side["info"]["recall_target_met"] == (
+            min(entry["recall_at_k"].values()) >= 0.95)
+        flags[entry["hook"]] = entry["recall_target_met"]
+    assert flags["fc"] is False  # d = 64 from one leaf of one tree
+    exact = build_graphs(hard_embed_dir, tmp_path / "exact", k=5, distance="euclidean",
+                         backend="exact", recall_k=[2], progress=False)
+    assert all(e["recall_target_met"] is True and e["recall_at_k"] == {"2": 1.0, "5": 1.0}
+               for e in exact["entries"])
+
+
+def test_knn_table_recall_target_met_column():
+    from types import SimpleNamespace
+
+    from rra.metrics.tables import frame, knn_rows
+
+    entries = [{"hook": "conv", "scale": "1", "backend": "annoy", "recall": 0.4,
+                "search_k": 6, "recall_target_met": False},
+               {"hook": "fc", "scale": "full", "backend": "exact", "recall": 1.0,
+                "search_k": None, "recall_target_met": True},
+               {"hook": "fc", "scale": "1", "backend": "exact", "recall": 1.0,
+                "search_k": None}]  # a manifest older than the flag: exact is met anyway
+    g = SimpleNamespace(knn={"entries": entries}, pos={"conv": 0, "fc": 1}, k_max=5)
+    df = frame(knn_rows(g), {"distance": "euclidean", "backend": "auto"})
+    assert str(df.schema["recall_target_met"]) == "Boolean"
+    got = {(r["hook_a"], r["scale_a"], r["measure"]): r["recall_target_met"]
+           for r in df.iter_rows(named=True)}
+    assert got == {("conv", "1", "knn_recall"): False, ("conv", "1", "annoy_search_k"): False,
+                   ("fc", "full", "knn_recall"): True, ("fc", "1", "knn_recall"): True}
+
+
+def test_config_on_recall_miss_reaches_the_knn_stage():
+    import copy
+
+    import yaml
+
+    from rra import config as rc
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = rc.load_config(root / "config" / "config.yaml", root / "config" / "test.yaml")
+    assert cfg["knn"]["on_recall_miss"] == "error"
+    assert rc.parse_knn_spec(cfg, "euclidean-annoy")[2]["on_recall_miss"] == "error"
+    a = rc.analyses(cfg)[0]
+    params = rc.knn_params(cfg, a.run, a.probe, a.knn)
+    assert params["recall_k"] == [v for v in sorted(cfg["knn"]["k"]) if v <= params["k"]]
+    assert params["on_recall_miss"] == "error"
+    bad = copy.deepcopy(yaml.safe_load((root / "config" / "config.yaml").read_text()))
+    bad["knn"]["on_recall_miss"] = "ignore"
+    with pytest.raises(rc.ConfigError, match=r"config key 'knn.on_recall_miss': 'ignore' is "
+                                             r"not one of \['error', 'warn'\]"):
+        rc.validate(bad)
+

@@ -24,7 +24,7 @@ import polars as pl
 import pytest
 import vl_convert as vlc
 
-from rra.io import sha256_file, write_json
+from rra.io import sha256_artifact, sha256_file, write_json
 from rra.metrics.tables import frame
 from rra.report import (FigureRecord, build_index, build_report, charts, frames,
                         hyperparams)
@@ -375,6 +375,30 @@ def test_accuracy_cost_frame_and_chart():
     assert len(only_acc.to_dict()["vconcat"]) == 1 and len(only_dataset(only_acc)) == 2 * 2
 
 
+def test_accuracy_cost_shows_elementwise_and_live_params():
+    """cost.parquet's params_live, flops_elementwise and flops_total (rra.models.cost) reach
+    the report table and the scatter; flops_total_ratio is computed when absent."""
+    acc = pl.DataFrame({"model": ["r"] * 2, "attention": ["none", "se"],
+                        "augmentation": ["standard"] * 2, "seed": [0, 0],
+                        "eval_acc": [0.9, 0.95]})
+    cost = pl.DataFrame({"model": ["r", "r"], "attention": ["se", "none"],
+                         "params": [1500, 1000], "params_live": [1400, 1000],
+                         "flops": [5100, 5000], "flops_elementwise": [900, 500],
+                         "flops_total": [6000, 5500]})
+    df = frames.accuracy_cost_frame(acc, cost)
+    se = df.row(1, named=True)
+    assert se["flops_total_ratio"] == pytest.approx(6000 / 5500)
+    assert se["params_live"] == 1400 and se["flops_elementwise"] == 900
+    chart = charts.accuracy_cost(df)
+    table, scatter = sorted(datasets_of(chart), key=lambda d: "text" in d[0])[::-1]
+    assert len(table) == 2 * 10 and len(scatter) == 2 * 3
+    cells = {(r["column"], r["text"]) for r in table}
+    assert {("live params", "1,400"), ("element-wise ops", "900"),
+            ("FLOPs + element-wise", "6,000"), ("FLOPs + element-wise ratio", "1.0909")} <= cells
+    assert {r["cost"] for r in scatter} == {"FLOPs / baseline", "parameters / baseline",
+                                            "FLOPs + element-wise / baseline"}
+
+
 def test_weight_change_frame_order_and_chart(results, tmp_path):
     wc = frames.weight_change_frame(results)
     assert wc.height == 4 * 3 * 3 * 2  # runs × epochs × layers × variants
@@ -483,6 +507,37 @@ def test_knn_backend_note_and_index_notes(tmp_path):
     assert json.loads((tmp_path / "index.json").read_text())["notes"] == {"g": note}
 
 
+def test_knn_backend_note_marks_graphs_below_their_recall_target(tmp_path):
+    path = write_knn(tmp_path / "results" / "toy" / "resnet8-none-none-s0", "annoy", 0.05, 0.97,
+                     reason="requested annoy")
+    manifest = json.loads(path.read_text())
+    entries = manifest["entries"]
+    n_graphs = len(entries)
+    assert frames.knn_graph_frame([path])["recall_target_met"].null_count() == n_graphs
+    assert "RECALL" not in frames.knn_backend_note([path])  # an old manifest: no flag, no mark
+    for e in entries:
+        e.update(recall_at_k={"2": 0.99, "5": 0.97}, recall_target=0.95, recall_target_met=True)
+    entries[1].update(recall_at_k={"2": 0.412, "5": 0.5}, recall=0.5, recall_target_met=False)
+    write_json(path, manifest)
+    df = frames.knn_graph_frame([path])
+    assert df["recall_target_met"].to_list() == [True, False] + [True] * (n_graphs - 2)
+    assert df["recall_min_over_k"].to_list()[:2] == [0.97, 0.412]
+    assert df["recall_target"].to_list() == [0.95] * n_graphs
+    chart = charts.knn_recall(df)  # the recall panel marks the graph with a red ⚠
+    below = {(r["hook_a"], r["scale_a"]): r["below_target"] for r in only_dataset(chart)}
+    assert below == {(e["hook"], e["scale"]): e is entries[1] for e in entries}
+    layers = chart.to_dict()["hconcat"][0]["spec"]["layer"]
+    assert layers[1]["mark"]["text"] == "⚠" and "datum.below_target" in str(layers[1])
+    note = frames.knn_backend_note([path])
+    missed = f"{entries[1]['hook']}@{entries[1]['scale']}"
+    assert note == (f"kNN: annoy {n_graphs} graphs (largest, 40 × 8: requested annoy) — ⚠ RECALL "
+                    f"BELOW TARGET in 1 of {n_graphs} graphs: {missed} 0.412 (target 0.95; kept "
+                    "under knn.on_recall_miss: warn)")
+    rec = FigureRecord(id="f", title="F", caption="c", group="g", files={"f.png": "1" * 64})
+    page = build_index([rec], tmp_path / "index.html", notes={"g": note}).read_text()
+    assert f"⚠ RECALL BELOW TARGET in 1 of {n_graphs} graphs: {missed} 0.412" in page
+
+
 # --------------------------------------------------------------------------------- build_report
 
 @pytest.fixture(scope="module")
@@ -515,7 +570,7 @@ def test_build_report_figures_files_and_hashes(results, report):
         assert f'<img src="{rec.file("png")}"' in page
         for shown, digest in rec.inputs.items():
             assert shown.startswith("results/toy/")
-            assert sha256_file(results.parent / shown) == digest
+            assert sha256_artifact(results.parent / shown) == digest
     by_id = {r.id: r for r in recs}
     nntp = by_id[f"{prefix}-nntp-resnet8-none-none"]
     assert nntp.config["k"] == 3 and nntp.config["alpha"] == 0 and nntp.config["seeds"] == [0, 1]
@@ -541,12 +596,68 @@ def test_build_report_skips_absent_inputs_and_checks_options(tmp_path):
     recs = build_report(results, tmp_path / "reports")
     assert [r.id for r in recs] == ["toy-accuracy"]  # no metrics, logs, kNN or cost
     assert recs[0].inputs == {"results/toy/resnet8-none-none-s0/metrics.json":
-                              sha256_file(results / "toy/resnet8-none-none-s0/metrics.json")}
+                              sha256_artifact(results / "toy/resnet8-none-none-s0/metrics.json")}
     assert (tmp_path / "reports" / "index.html").is_file()
     with pytest.raises(ValueError, match="unknown key"):
         report_options({"report": {"scales": "full"}})
     with pytest.raises(FileNotFoundError):
         build_report(tmp_path / "nowhere", tmp_path / "reports")
+
+
+def test_classrepsim_only_folder_gets_its_heatmaps_not_a_warning(tmp_path):
+    """The baseline's analysis on the val probe (what the stac-auto choice reads) computes
+    ClassRepSim only; its empty NNTS table must give the E4 heat maps, not a no-NNTS warning."""
+    import warnings
+
+    results = tmp_path / "results"
+    run_dir = write_run(results, "none", 0, eval_acc=0.5)
+    mdir = run_dir / "metrics" / "val-all-s0" / "euclidean-auto"
+    mdir.mkdir(parents=True)
+    run = dict(run_id("none", 0), probe="val-all-s0", distance="euclidean", backend="auto")
+    for name, rows in metric_rows(0).items():
+        frame(rows if name == "classrepsim" else [], run).write_parquet(mdir / f"{name}.parquet")
+    write_json(mdir / "manifest.json", {"run": run, "ks": [5], "alphas": [0]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        recs = build_report(results, tmp_path / "reports")
+    ids = {r.id for r in recs}
+    assert {"toy-val-all-s0-euclidean-auto-classrepsim-resnet8-none-none",
+            "toy-val-all-s0-euclidean-auto-classrepsim-class-resnet8-none-none"} <= ids
+    assert not any(i.startswith("toy-val-all-s0") and "nnts" in i for i in ids)
+    rec = next(r for r in recs if r.id == "toy-val-all-s0-euclidean-auto-classrepsim-resnet8-none-none")
+    assert rec.config["k"] == 3 and list(rec.inputs) == [
+        "results/toy/resnet8-none-none-s0/metrics/val-all-s0/euclidean-auto/manifest.json"]
+
+
+def test_failed_report_leaves_the_previous_one_intact(tmp_path):
+    """The report is built next to reports_dir and swapped in only when complete: a failure in
+    the middle (here report.alpha that was never computed) keeps every old file; a success
+    replaces the figures (stale ones go), keeps what else lives there, leaves no temporaries."""
+    results = tmp_path / "results"
+    write_run(results, "none", 0, eval_acc=0.5)
+    reports = tmp_path / "reports"
+    (reports / "figures" / "toy").mkdir(parents=True)
+    old = {"figures/toy/stale.png": b"old figure", "index.html": b"old index",
+           "index.json": b"{}", "metrics.json": b"{}", "README.md": b"kept"}
+    for name, data in old.items():
+        (reports / name).write_bytes(data)
+    with pytest.raises(ValueError, match=r"config report.alpha = 7 was not computed; "
+                                         r"available: \[0, 1\]"):
+        build_report(results, reports, config={"report": {"alpha": 7}})
+    assert {n: (reports / n).read_bytes() for n in old} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reports", "results"]
+    assert sorted(p.name for p in reports.iterdir()) == sorted(
+        ["figures", "index.html", "index.json", "metrics.json", "README.md"])
+
+    recs = build_report(results, reports, config={"report": {"alpha": 1}})
+    assert not (reports / "figures" / "toy" / "stale.png").exists()
+    assert (reports / "README.md").read_bytes() == b"kept"
+    assert (reports / "index.html").read_bytes() != old["index.html"]
+    for rec in recs:
+        for f, digest in rec.files.items():
+            assert sha256_file(reports / f) == digest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reports", "results"]
+    assert not [p for p in reports.rglob("*") if p.name.endswith(".tmp")]
 
 
 # ----------------------------------------------------------------- E3: NNTS difference heat map
@@ -603,9 +714,11 @@ def test_stac_scales_frame_and_chart(tmp_path):
     assert spec["facet"]["sort"] == ["stage 0 · layer1.1", "stage 1 · layer2.0"]
     layers = spec["spec"]["layer"]
     marks = [layer["mark"]["type"] for layer in layers]
-    assert marks == ["rule", "line", "point", "text"]
+    assert marks == ["rule", "line", "point", "text", "point"]
     assert layers[0]["encoding"]["y"]["field"] == "tau"
+    assert layers[0]["transform"] == [{"filter": "datum.criterion"}]
     assert layers[1]["encoding"]["x"]["sort"] == [1, 2, 4]
+    assert layers[1]["encoding"]["color"]["field"] == "evidence"
     assert layers[2]["transform"] == [{"filter": "datum.chosen"}]
     assert len(only_dataset(chart)) == 5
     no_tau = {k: v for k, v in STAC.items() if k != "tau"}
@@ -616,6 +729,41 @@ def test_stac_scales_frame_and_chart(tmp_path):
                            "chose scale 2")):
         with pytest.raises(ValueError, match=match):
             frames.stac_scales_frame(write_json(tmp_path / "bad.json", broken))
+
+
+STAC_BOTH = {"scales": [4, 1], "criterion": "agreement", "tau": 0.5, "delta": 0.05, "k": 10,
+             "baseline": {"model": "resnet20", "probe": "val-all-s0"},
+             "budget": {"flops_ratio": 1.015, "max_flops_ratio": 1.02, "rule_scales": [4, 2],
+                        "rule_flops_ratio": 1.03, "limited": True},
+             "stages": [{"stage": 0, "hook": "layer1.2", "scale": 4, "rule_scale": 4,
+                         "qualified": True, "threshold": 0.854,
+                         "evidence": {"1": 0.57, "2": 0.841, "4": 0.904},
+                         "agreement": {"1": 0.57, "2": 0.841, "4": 0.904},
+                         "jaccard": {"1": 0.113, "2": 0.308, "4": 0.478}},
+                        {"stage": 1, "hook": "layer2.2", "scale": 1, "rule_scale": 2,
+                         "qualified": False, "threshold": 0.911,
+                         "evidence": {"1": 0.879, "2": 0.936, "4": 0.961},
+                         "agreement": {"1": 0.879, "2": 0.936, "4": 0.961},
+                         "jaccard": {"1": 0.269, "2": 0.492, "4": 0.629}}]}
+
+
+def test_stac_scales_figure_shows_both_measures_and_the_budget(tmp_path):
+    """E4: both evidence measures per stage, the deciding one's threshold, the chosen scale and
+    the criterion's pick that the FLOPs budget moved."""
+    df, meta = frames.stac_scales_frame(write_json(tmp_path / "b.json", STAC_BOTH))
+    assert df.height == 12 and sorted(df["measure"].unique()) == ["agreement", "jaccard"]
+    assert meta["criterion"] == "agreement" and meta["budget"]["flops_ratio"] == 1.015
+    assert df.filter(pl.col("chosen")).select("stage", "measure", "scale", "value").rows() == [
+        (0, "agreement", 4, 0.904), (1, "agreement", 1, 0.879)]
+    assert df.filter(pl.col("rule") & ~pl.col("chosen")).select("stage", "scale").rows() == [(1, 2)]
+    assert df.filter(pl.col("criterion"))["measure"].unique().to_list() == ["agreement"]
+    assert df.filter(pl.col("stage") == 1)["tau"].unique().to_list() == [0.911]
+    chart = charts.stac_scales_chart(df)
+    data = only_dataset(chart)
+    assert {r["evidence"] for r in data} == {"ClassRepSim S[s, full]",
+                                             "class-response agreement A[s, full]"}
+    layers = chart.to_dict()["spec"]["layer"]
+    assert layers[4]["transform"] == [{"filter": "datum.rule && !datum.chosen"}]
 
 
 # --------------------------------------------------------------------- E2: RRA hyper-parameters
@@ -828,7 +976,7 @@ def test_build_report_e2_figures_and_guideline_csv(e2_results, e2_report):
     assert "results/toy/resnet8-none-none-s1/knn/test-n4-s0/euclidean-annoy-t10-sauto/" \
            "manifest.json" in guide.inputs
     for shown, digest in guide.inputs.items():
-        assert sha256_file(e2_results.parent / shown) == digest
+        assert sha256_artifact(e2_results.parent / shown) == digest
     table = pl.read_csv(reports / csv)
     assert table.columns == hyperparams.GUIDELINE_COLUMNS
     assert set(table["model"]) == {"resnet8"} and set(table["dataset"]) == {"toy"}

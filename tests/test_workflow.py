@@ -211,3 +211,23 @@ def test_snakemake_report_collects_the_figures(study, tmp_path):
     pngs = sorted(p.name for p in (study / "reports" / "figures").rglob("*.png"))
     assert sorted(added) == pngs and len(pngs) >= 10
     assert out.stat().st_size > 100_000  # self-contained: the PNGs are embedded
+
+
+def test_failed_report_job_keeps_the_previous_report(study, tmp_path):
+    """A report job that fails (here: an unreadable metric table) leaves the previous report
+    byte for byte: Snakemake keeps and restores the update() outputs, and the report is only
+    swapped in when complete."""
+    import shutil
+
+    work = tmp_path / "copy"
+    shutil.copytree(study, work, symlinks=True)
+    before = {p.relative_to(work): p.read_bytes()
+              for p in (work / "reports").rglob("*") if p.is_file()}
+    assert any(p.suffix == ".png" for p in before)
+    table = next((work / "results").rglob("metrics/*/*/nnts.parquet"))
+    table.write_bytes(b"not a parquet file")
+    proc = snakemake(work, "--forcerun", "report", check=False)
+    assert proc.returncode != 0 and "Error in rule report" in proc.stdout + proc.stderr
+    after = {p.relative_to(work): p.read_bytes()
+             for p in (work / "reports").rglob("*") if p.is_file()}
+    assert after == before

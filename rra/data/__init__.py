@@ -8,7 +8,7 @@ Entry points: :func:`prepare_dataset` (one split per ``out_dir/{split}/``), :fun
 
 from .base import Dataset, DatasetInfo, normalise
 from .prepare import Split, load_split, prepare_dataset, select_probe
-from .registry import DATASETS, dataset_info, get_dataset
+from .registry import DATASETS, dataset_info, expected_class_counts, get_dataset
 
-__all__ = ["DATASETS", "Dataset", "DatasetInfo", "Split", "dataset_info", "get_dataset",
-           "load_split", "normalise", "prepare_dataset", "select_probe"]
+__all__ = ["DATASETS", "Dataset", "DatasetInfo", "Split", "dataset_info", "expected_class_counts",
+           "get_dataset", "load_split", "normalise", "prepare_dataset", "select_probe"]

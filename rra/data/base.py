@@ -102,6 +102,9 @@ class Dataset(abc.ABC):
     defaults: ClassVar[Mapping[str, Any]] = {}
     layout: ClassVar[str] = ""  # the expected files, for error messages
     note: ClassVar[str] = ""  # recorded in every manifest (e.g. who made the split)
+    #: rows per class of each split of the standard release (class order of ``info``); a split
+    #: left out is known only from its files. Read through :meth:`expected_class_counts`.
+    standard_class_counts: ClassVar[Mapping[str, tuple[int, ...]]] = {}
 
     def __init__(self, data_dir: str | Path | None = None, **options: Any) -> None:
         name = self.info.name
@@ -124,6 +127,14 @@ class Dataset(abc.ABC):
 
     def check_options(self) -> None:
         """Validate ``self.options`` (subclasses with options override)."""
+
+    @classmethod
+    def expected_class_counts(cls, split: str,
+                              options: Mapping[str, Any]) -> tuple[int, ...] | None:
+        """Rows per class that ``split`` holds before its files are read, for the config check
+        (:func:`rra.config.check_probe_sizes`): the standard release's counts, or None where
+        only the files know. Subclasses whose splits depend on ``options`` override."""
+        return cls.standard_class_counts.get(split)
 
     def check_split(self, split: str) -> None:
         if split not in self.info.splits:

@@ -172,6 +172,7 @@ class Cifar10(_Cifar):
     label_key = b"labels"
     names_key = b"label_names"
     layout = "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}"
+    standard_class_counts = {"train": (5000,) * 10, "test": (1000,) * 10}  # [source]
 
 
 class Cifar100(_Cifar):
@@ -188,3 +189,4 @@ class Cifar100(_Cifar):
     label_key = b"fine_labels"
     names_key = b"fine_label_names"
     layout = "cifar-100-python/{train,test,meta}"
+    standard_class_counts = {"train": (500,) * 100, "test": (100,) * 100}  # [source]

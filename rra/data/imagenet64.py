@@ -39,6 +39,8 @@ class Imagenet64(Dataset):
     layout = ("Imagenet64_train_npz/train_data_batch_{1..10}.npz and "
               "Imagenet64_val_npz/val_data.npz (or those files directly in data_dir)")
     note = "imagenet64: labels stored 0-based (file label - 1); class names are placeholders"
+    # val: 50 per class [source]; train: 732 to 1,300 per class, known from the files only
+    standard_class_counts = {"val": (50,) * 1000}
 
     def source_files(self, split: str) -> list[Path]:
         self.check_split(split)

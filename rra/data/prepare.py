@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -19,9 +19,14 @@ from .registry import dataset_info, get_dataset
 MANIFEST = "manifest.json"
 IMAGES = "images.npy"
 LABELS = "labels.npy"
+#: the held-out split carved from ``VAL_FROM`` (its rows leave that split) and the file, in
+#: both, of the rows' indices in the source's order
+VAL, VAL_FROM, SOURCE_ROWS = "val", "train", "source_rows.npy"
 
 
 def prepare_dataset(name: str, out_dir: str | Path, data_dir: str | Path | None = None,
+                    check: Callable[[dict[str, dict[str, Any]]], None] | None = None,
+                    *, val_per_class: int = 0, val_seed: int = 0,
                     **options: Any) -> dict[str, Any]:
     """Write every split of dataset ``name`` under ``out_dir/{split}/`` and return the manifest.
 
@@ -30,8 +35,22 @@ def prepare_dataset(name: str, out_dir: str | Path, data_dir: str | Path | None 
     of every source file, options, provenance). Last, ``out_dir/manifest.json`` lists the
     splits' manifests; it is the completion marker of the whole stage. All writes are atomic;
     a split's stale manifest is removed before its arrays are rewritten.
-    Every source file must exist before anything is written.
+    Every source file must exist before anything is written; a split of 0 images is an error.
+    ``check``, if given, is called with the splits' manifests (``{split: manifest}``, with
+    ``n`` and ``class_counts`` read from the files) before the stage's manifest is written, so
+    an error it raises leaves the stage incomplete (the CLI's ``--probe-check``:
+    :func:`rra.config.check_probe_sizes` against the files, the earliest point where sizes
+    that only the files know are known).
+
+    ``val_per_class`` > 0 carves a held-out split ``val`` from ``train`` [ours]: the rows
+    :func:`rra.data.mnist.stratified_split` draws (``val_per_class`` per class, one
+    ``Generator(PCG64(val_seed))``) go to ``out_dir/val/`` and leave ``out_dir/train/``, so
+    training never sees them; both keep the source order and record their source row indices
+    (``source_rows.npy``). The stage's manifest records the carving under ``val`` (None when
+    ``val_per_class`` is 0; a stale ``val/`` is then invalidated). ValueError for a dataset
+    that has its own ``val`` split or a class with at most ``val_per_class`` training rows.
     """
+    val_per_class, val_seed = _check_val(name, val_per_class, val_seed)
     dataset = get_dataset(name, data_dir, **options)
     out_dir = Path(out_dir)
     sources = {split: dataset.source_files(split) for split in dataset.info.splits}
@@ -39,24 +58,82 @@ def prepare_dataset(name: str, out_dir: str | Path, data_dir: str | Path | None 
     unique = list(dict.fromkeys(p for paths in sources.values() for p in paths))
     hashes = {path: sha256_file(path)
               for path in tqdm(unique, desc=f"{name}: sha256 of sources", disable=None)}
-    splits = {split: _write_split(dataset, split, out_dir / split,
-                                  [{"path": str(p), "sha256": hashes[p]} for p in paths])
-              for split, paths in sources.items()}
-    manifest = {"dataset": name, "splits": splits, "options": dataset.options,
-                "provenance": provenance({"dataset": name, "options": dataset.options},
+    (out_dir / VAL / MANIFEST).unlink(missing_ok=True)
+    splits = {}
+    for split, paths in sources.items():
+        files = [{"path": str(p), "sha256": hashes[p]} for p in paths]
+        if split == VAL_FROM and val_per_class:
+            splits.update(_write_carved(dataset, out_dir, files, val_per_class, val_seed))
+        else:
+            splits[split] = _write_split(dataset, split, out_dir / split, files)
+    if check is not None:
+        check(splits)
+    val = (None if not val_per_class else
+           {"n_per_class": val_per_class, "seed": val_seed, "carved_from": VAL_FROM,
+            "n": splits[VAL]["n"], "source_rows_sha256": splits[VAL]["source_rows_sha256"]})
+    manifest = {"dataset": name, "splits": splits, "options": dataset.options, "val": val,
+                "provenance": provenance({"dataset": name, "options": dataset.options,
+                                          "val_per_class": val_per_class, "val_seed": val_seed},
                                          seed=dataset.options.get("seed"))}
     write_json(out_dir / MANIFEST, manifest)
     return manifest
 
 
+def _check_val(name: str, val_per_class: Any, val_seed: Any) -> tuple[int, int]:
+    for key, value in (("val_per_class", val_per_class), ("val_seed", val_seed)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"prepare_dataset: {key} must be an integer >= 0, got {value!r}")
+    if val_per_class and VAL in dataset_info(name).splits:
+        raise ValueError(f"dataset {name!r} has its own {VAL!r} split (its evaluation split); "
+                         f"carving another from {VAL_FROM!r} is not supported: set "
+                         "val.n_per_class: 0")
+    return int(val_per_class), int(val_seed)
+
+
+def _source_labels(dataset: Dataset, split: str) -> np.ndarray:
+    """The labels of a source split, in its order (one pass over the loader)."""
+    _, batches = dataset.read(split)
+    return np.concatenate([np.asarray(y, dtype=np.int64) for _, y in batches] or
+                          [np.empty(0, dtype=np.int64)])
+
+
+def _write_carved(dataset: Dataset, out_dir: Path, sources: list[dict[str, str]],
+                  per_class: int, seed: int) -> dict[str, dict[str, Any]]:
+    """``train`` less the held-out rows, and ``val``: those rows (see :func:`prepare_dataset`)."""
+    from .mnist import stratified_split
+
+    labels = _source_labels(dataset, VAL_FROM)
+    try:
+        keep, held = stratified_split(labels, per_class, seed, dataset.info.num_classes,
+                                      what="val.n_per_class")
+    except ValueError as err:
+        raise ValueError(f"{dataset.info.name} {VAL_FROM}: {err}") from err
+    carving = {"carved_from": VAL_FROM, "val_per_class": per_class, "val_seed": seed}
+    return {VAL_FROM: _write_split(dataset, VAL_FROM, out_dir / VAL_FROM, sources, rows=keep,
+                                   extra={**carving, "held_out_to": VAL}),
+            VAL: _write_split(dataset, VAL_FROM, out_dir / VAL, sources, rows=held, name=VAL,
+                              extra=carving)}
+
+
 def _write_split(dataset: Dataset, split: str, split_dir: Path,
-                 sources: list[dict[str, str]]) -> dict[str, Any]:
+                 sources: list[dict[str, str]], *, rows: np.ndarray | None = None,
+                 name: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write source split ``split`` to ``split_dir`` as split ``name`` (default ``split``):
+    every row, or only ``rows`` (sorted source row indices, also saved as ``source_rows.npy``)."""
     info = dataset.info
+    name = name or split
     (split_dir / MANIFEST).unlink(missing_ok=True)
     n, batches = dataset.read(split)
-    labels = np.empty(n, dtype=np.int64)
-    pos = 0
-    with NpyRowWriter(split_dir / IMAGES, (n, *info.image_shape), np.uint8) as writer:
+    if n == 0:
+        raise ValueError(f"{info.name} {split}: the source files hold 0 images")
+    take = None
+    if rows is not None:
+        take = np.zeros(n, dtype=bool)
+        take[rows] = True
+    n_out = n if rows is None else int(rows.size)
+    labels = np.empty(n_out, dtype=np.int64)
+    pos = out = 0
+    with NpyRowWriter(split_dir / IMAGES, (n_out, *info.image_shape), np.uint8) as writer:
         for images, batch_labels in batches:
             if images.dtype != np.uint8 or images.shape[1:] != info.image_shape:
                 raise ValueError(f"{info.name} {split}: loader gave {images.dtype} images of "
@@ -64,14 +141,25 @@ def _write_split(dataset: Dataset, split: str, split_dir: Path,
             if batch_labels.shape != (images.shape[0],) or pos + images.shape[0] > n:
                 raise ValueError(f"{info.name} {split}: batch of {images.shape[0]} images with "
                                  f"labels {batch_labels.shape} at row {pos} of {n}")
+            batch = images.shape[0]
+            if take is not None:
+                keep = take[pos:pos + batch]
+                images, batch_labels = images[keep], batch_labels[keep]
+            pos += batch
             writer.write(images)
-            labels[pos:pos + images.shape[0]] = batch_labels
-            pos += images.shape[0]
+            labels[out:out + images.shape[0]] = batch_labels
+            out += images.shape[0]
     save_npy(split_dir / LABELS, labels)
+    (split_dir / SOURCE_ROWS).unlink(missing_ok=True)  # a previous carving's, if any
+    if rows is not None:
+        rows = np.asarray(rows, dtype=np.int64)
+        save_npy(split_dir / SOURCE_ROWS, rows)
+        extra = {**(extra or {}), "source_rows_file": SOURCE_ROWS,
+                 "source_rows_sha256": sha256_array(rows)}
     manifest = {
         "dataset": info.name,
-        "split": split,
-        "n": n,
+        "split": name,
+        "n": n_out,
         "image_shape": list(info.image_shape),
         "channels": info.channels,
         "num_classes": info.num_classes,
@@ -84,8 +172,9 @@ def _write_split(dataset: Dataset, split: str, split_dir: Path,
         "sources": sources,
         "options": dataset.options,
         "note": dataset.note,
-        "provenance": provenance({"dataset": info.name, "split": split,
-                                  "options": dataset.options},
+        **(extra or {}),
+        "provenance": provenance({"dataset": info.name, "split": name,
+                                  "options": dataset.options, **(extra or {})},
                                  seed=dataset.options.get("seed")),
     }
     write_json(split_dir / MANIFEST, manifest)

@@ -31,6 +31,13 @@ def dataset_info(name: str) -> DatasetInfo:
     return _dataset_class(name).info
 
 
+def expected_class_counts(name: str, split: str,
+                          options: dict[str, Any] | None = None) -> tuple[int, ...] | None:
+    """Rows per class of ``split`` of dataset ``name`` as known without reading its files (the
+    standard release, or what the options imply), None where only the files know."""
+    return _dataset_class(name).expected_class_counts(split, dict(options or {}))
+
+
 def get_dataset(name: str, data_dir: str | Path | None = None, **options: Any) -> Dataset:
     """A loader for ``name`` reading ``data_dir`` with ``options`` (validated)."""
     return _dataset_class(name)(data_dir, **options)

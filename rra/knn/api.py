@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from rra.knn.annoy_backend import _check_options as check_annoy_options
-from rra.knn.annoy_backend import knn_annoy
+from rra.knn.annoy_backend import _check_recall_k as check_recall_k
+from rra.knn.annoy_backend import ON_RECALL_MISS, knn_annoy
 from rra.knn.common import as_matrix, check_distance, check_k, finish, prepare_points
 from rra.knn.cost import (ANNOY_DEFAULTS, CostModel, annoy_search_k_needed, annoy_seconds,
                           cost_model, exact_seconds, fmt_seconds)
@@ -16,7 +18,8 @@ from rra.knn.exact import exact_neighbours
 BACKENDS = ("auto", "exact", "annoy")
 EXACT_OPTIONS = frozenset({"block_rows", "device", "dtype", "progress"})
 ANNOY_OPTIONS = frozenset({"n_trees", "search_k", "seed", "index_path", "recall_target",
-                           "recall_sample", "max_search_k", "progress"})
+                           "recall_sample", "max_search_k", "on_recall_miss", "name",
+                           "progress"})
 
 
 def choose_backend(n: int, d: int, k: int, backend: str = "auto", *,
@@ -91,17 +94,20 @@ def choose_backend(n: int, d: int, k: int, backend: str = "auto", *,
 
 
 def knn(x: Any, k: int, distance: str = "euclidean", backend: str = "auto",
-        cost: CostModel | dict | None = None,
+        cost: CostModel | dict | None = None, recall_k: Sequence[int] | None = None,
         **opts: Any) -> tuple[np.ndarray, np.ndarray, dict]:
     """kNN graph of the rows of ``x`` with the chosen backend: ``(idx int32, dist float32, info)``.
 
     ``opts`` may hold options of either backend (``knn_exact``: block_rows, device, dtype;
     ``knn_annoy``: n_trees, search_k, seed, index_path, recall_target, recall_sample,
-    max_search_k; both: progress); those of the backend not used are ignored, unknown names are
-    an error. ``cost``: overrides of the cost model behind ``auto`` (:func:`choose_backend`).
+    max_search_k, on_recall_miss, name; both: progress); those of the backend not used are
+    ignored, unknown names are an error. ``cost``: overrides of the cost model behind ``auto``
+    (:func:`choose_backend`). ``recall_k``: the analysed k values (≤ k) at which Annoy's recall
+    is measured and checked, besides k.
     ``info["backend"]`` is the backend used, ``info["backend_reason"]`` why and
     ``info["predicted_seconds"]`` the cost model's times (``None`` for an explicit backend); for
-    ``exact`` ``info["recall"]`` is 1.0 and ``info["search_k"]`` is ``None``.
+    ``exact`` ``info["recall"]`` is 1.0 (so is every ``info["recall_at_k"]``: exact by
+    construction), ``info["recall_target_met"]`` is True and ``info["search_k"]`` is ``None``.
     """
     unknown = set(opts) - EXACT_OPTIONS - ANNOY_OPTIONS
     if unknown:
@@ -111,6 +117,10 @@ def knn(x: Any, k: int, distance: str = "euclidean", backend: str = "auto",
     check_distance(distance)
     x = as_matrix(x)
     k = check_k(k, x.shape[0])
+    ks = check_recall_k(recall_k, k)
+    if opts.get("on_recall_miss", "error") not in ON_RECALL_MISS:  # checked whatever runs
+        raise ValueError(f"on_recall_miss must be one of {ON_RECALL_MISS}, got "
+                         f"{opts['on_recall_miss']!r}")
     decision = choose_backend(x.shape[0], x.shape[1], k, backend, cost=cost,
                               **{o: v for o, v in opts.items() if o in ANNOY_DEFAULTS})
     used = decision["backend"]
@@ -118,9 +128,10 @@ def knn(x: Any, k: int, distance: str = "euclidean", backend: str = "auto",
         idx, sqd, stats = exact_neighbours(prepare_points(x, distance), k,
                                            **{o: v for o, v in opts.items() if o in EXACT_OPTIONS})
         idx, dist = finish(idx, sqd)
-        info = {"recall": 1.0, "search_k": None, **stats}
+        info = {"recall": 1.0, "recall_at_k": {str(kk): 1.0 for kk in ks},
+                "recall_target_met": True, "search_k": None, **stats}
     else:
-        idx, dist, info = knn_annoy(x, k, distance,
+        idx, dist, info = knn_annoy(x, k, distance, recall_k=ks,
                                     **{o: v for o, v in opts.items() if o in ANNOY_OPTIONS})
     info.update(backend=used, backend_requested=backend, backend_reason=decision["reason"],
                 predicted_seconds=decision["predicted_s"])

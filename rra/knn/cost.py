@@ -22,8 +22,11 @@ Annoy (``rra/knn/annoy_backend.py``, single-threaded build and query)::
     query   = n · row(search_k),  row(s) = query_row_seconds
                                          + g · (gather_seconds + leaf_seconds / (d + 2))
                                          + min(g, n) · d · distance_seconds,  g = max(s, d + 2)
-    tuning  = m · n · (d + 2) / product_speed' (exact neighbours of the m-row recall sample)
+    tuning  = r · n · (d + 2) / product_speed' (exact neighbours of the recall samples:
+              r = 2m rows with ``search_k: auto``, tuning and held-out rows, else r = m held-out
+              rows; m = min(recall_sample, ⌊n / 2⌋))
             + 2 · m · row(search_k) with ``search_k: auto`` (the doubling trajectory)
+            + m · row(search_k) (the held-out rows, queried before the whole graph)
 
 (a query gathers at least one leaf, up to d + 2 rows, and computes distances to at most n rows).
 
@@ -155,9 +158,10 @@ def annoy_seconds(n: int, d: int, search_k: int, tuned: bool, recall_sample: int
     levels = max(1.0, math.log2(n / (d + 2)))
     build = (float(n) * d * cost.add_seconds
              + n_trees * float(n) * levels * (cost.node_seconds + d * cost.split_seconds))
-    m = min(recall_sample, n)
-    tuning = (m * float(n) * (d + 2) / cost.product_speed * cost.threads / max(1, threads)
-              + (2 * m * row(search_k) if tuned else 0.0))
+    m = min(recall_sample, n // 2)  # rows of each recall sample (annoy_backend.recall_rows)
+    exact_rows = 2 * m if tuned else m
+    tuning = (exact_rows * float(n) * (d + 2) / cost.product_speed * cost.threads / max(1, threads)
+              + (2 * m * row(search_k) if tuned else 0.0) + m * row(search_k))
     query = n * row(search_k)
     return {"build": build, "tuning": tuning, "query": query, "total": build + tuning + query}
 

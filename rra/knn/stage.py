@@ -17,6 +17,8 @@ import numpy as np
 
 from rra.io import (NpyRowWriter, load_npy, provenance, read_json, save_npy, sha256_artifact, sha256_file,
                     write_json)
+from rra.knn.annoy_backend import ON_RECALL_MISS, RecallMissError
+from rra.knn.annoy_backend import _check_recall_k as check_recall_k
 from rra.knn.api import BACKENDS, knn
 from rra.knn.common import check_distance
 
@@ -41,7 +43,7 @@ def _embed_entries(embed_dir: Path) -> tuple[dict, list[dict]]:
 
 def build_graphs(embed_dir: str | Path, out_dir: str | Path, *, k: int, distance: str,
                  backend: str, options: dict | None = None, nnts_k: Sequence[int] = (),
-                 progress: bool = True) -> dict:
+                 recall_k: Sequence[int] = (), progress: bool = True) -> dict:
     """Build the kNN graph of every embedding listed in ``embed_dir/manifest.json``.
 
     One graph per entry, in manifest order, one at a time (embeddings are memory-mapped).
@@ -50,6 +52,10 @@ def build_graphs(embed_dir: str | Path, out_dir: str | Path, *, k: int, distance
     through one exact sweep (:func:`rra.knn.sweep.sweep`) that writes the same graphs and, per
     large k, the overlap counts of every hook pair (``overlaps@{scale}@k{k}.npy``, int32
     n × pairs, listed under ``overlaps`` in the manifest) instead of n × k graphs.
+    ``recall_k``: the analysed k values ≤ ``k`` (default: ``k``): an Annoy graph's recall is
+    measured at each on held-out rows and checked against its recall target
+    (``options["on_recall_miss"]``: ``error``, the default, stops at the first graph that misses;
+    ``warn`` keeps it with ``recall_target_met`` false); every graph records ``recall_at_k``.
     Returns the manifest written to ``out_dir/manifest.json``.
     """
     embed_dir, out_dir = Path(embed_dir), Path(out_dir)
@@ -57,8 +63,14 @@ def build_graphs(embed_dir: str | Path, out_dir: str | Path, *, k: int, distance
     if backend not in BACKENDS:
         raise ValueError(f"unknown kNN backend {backend!r}: use one of {BACKENDS}")
     options = dict(options or {})
-    if "index_path" in options:
-        raise ValueError("options must not set index_path: build_graphs names the index files")
+    for own in ("index_path", "name", "recall_k"):
+        if own in options:
+            raise ValueError(f"options must not set {own}: build_graphs sets it"
+                             + (" from its recall_k argument" if own == "recall_k" else ""))
+    if options.get("on_recall_miss", "error") not in ON_RECALL_MISS:
+        raise ValueError(f"config key 'knn.on_recall_miss' must be one of {ON_RECALL_MISS}, got "
+                         f"{options['on_recall_miss']!r}")
+    recall_k = check_recall_k(list(recall_k) or None, k)
     nnts_k = sorted({int(v) for v in nnts_k})
     if nnts_k and backend == "annoy":
         raise ValueError(f"NNTS at k = {nnts_k} (above the stored k = {k}) is computed by the "
@@ -67,7 +79,8 @@ def build_graphs(embed_dir: str | Path, out_dir: str | Path, *, k: int, distance
         raise ValueError(f"nnts_k {nnts_k} must all exceed the stored k = {k} (smaller k come "
                          "from the stored graphs)")
     embed_manifest, entries = _embed_entries(embed_dir)
-    config = {"k": k, "distance": distance, "backend": backend, "options": options}
+    config = {"k": k, "distance": distance, "backend": backend, "options": options,
+              "recall_k": recall_k}
     if nnts_k:
         config["nnts_k"] = nnts_k
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -75,13 +88,13 @@ def build_graphs(embed_dir: str | Path, out_dir: str | Path, *, k: int, distance
 
     if nnts_k:
         graphs, overlaps = _sweep_graphs(embed_dir, out_dir, entries, k, nnts_k, distance,
-                                         backend, config, progress)
+                                         backend, config, recall_k, progress)
     else:
         graphs, overlaps = _graphs_one_by_one(embed_dir, out_dir, entries, k, distance, backend,
-                                              options, config, progress), []
+                                              options, config, recall_k, progress), []
     manifest = {
         "k_max": k, "distance": distance, "backend": backend, "options": options,
-        "entries": graphs, "nnts_k": nnts_k, "overlaps": overlaps,
+        "recall_k": recall_k, "entries": graphs, "nnts_k": nnts_k, "overlaps": overlaps,
         "hooks": embed_manifest.get("hooks", list(dict.fromkeys(g["hook"] for g in graphs))),
         "scales": embed_manifest.get("scales", list(dict.fromkeys(g["scale"] for g in graphs))),
         "embed_manifest": {"path": str(embed_dir / MANIFEST),
@@ -135,13 +148,15 @@ def _write_graph(out_dir: Path, emb_path: Path, hook: str, scale: str,
     return {"hook": hook, "scale": scale, "n": n, "d": d,
             "backend": info["backend"], "backend_reason": info.get("backend_reason"),
             "predicted_seconds": info.get("predicted_seconds"), "recall": info["recall"],
+            "recall_at_k": info["recall_at_k"], "recall_target": info.get("recall_target"),
+            "recall_target_met": info["recall_target_met"],
             "search_k": info["search_k"], "seconds": seconds, "files": files,
             "embedding_sha256": emb_sha}
 
 
 def _graphs_one_by_one(embed_dir: Path, out_dir: Path, entries: list[dict], k: int,
                        distance: str, backend: str, options: dict, config: dict,
-                       progress: bool) -> list[dict]:
+                       recall_k: list[int], progress: bool) -> list[dict]:
     from tqdm.auto import tqdm
 
     graphs = []
@@ -153,7 +168,11 @@ def _graphs_one_by_one(embed_dir: Path, out_dir: Path, entries: list[dict], k: i
         t0 = time.perf_counter()
         try:
             idx, dist, info = knn(x, k, distance, backend, index_path=out_dir / f"{stem}.annoy",
+                                  recall_k=recall_k,
+                                  name=f"{emb_path} (hook {hook}, scale {scale})",
                                   **{"progress": progress, **options})
+        except RecallMissError:  # its message names the file, hook and scale
+            raise
         except ValueError as err:
             raise ValueError(f"{emb_path} ({stem}): {err}") from err
         info["n"], info["d"] = int(x.shape[0]), int(x.shape[1])
@@ -166,7 +185,7 @@ def _graphs_one_by_one(embed_dir: Path, out_dir: Path, entries: list[dict], k: i
 
 def _sweep_graphs(embed_dir: Path, out_dir: Path, entries: list[dict], k: int,
                   nnts_k: list[int], distance: str, backend: str, config: dict,
-                  progress: bool) -> tuple[list[dict], list[dict]]:
+                  recall_k: list[int], progress: bool) -> tuple[list[dict], list[dict]]:
     """Graphs and large-k overlaps of every scale by :func:`rra.knn.sweep.sweep` (one pass per
     scale over all its hooks)."""
     from rra.knn.common import prepare_points
@@ -199,6 +218,7 @@ def _sweep_graphs(embed_dir: Path, out_dir: Path, entries: list[dict], k: int,
             raise
         for entry, stats, p in zip(group, res.stats, points):
             info = {"backend": "exact", "recall": 1.0, "search_k": None, "n": p.n, "d": p.d,
+                    "recall_at_k": {str(kk): 1.0 for kk in recall_k}, "recall_target_met": True,
                     "backend_reason": (f"{backend}: NNTS at k = {nnts_k} needs the exact sweep "
                                        "(every product of the probe rows)"), **stats}
             graphs[graph_stem(str(entry["hook"]), scale)] = _write_graph(

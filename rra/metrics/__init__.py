@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from rra.metrics import cka, peers
 from rra.metrics.class_response import class_response
-from rra.metrics.classrepsim import choose_stac_scale, classrepsim
+from rra.metrics.classrepsim import choose_stac_scale, choose_stac_scale_within, classrepsim
 from rra.metrics.nntp import nntp
 from rra.metrics.nnts import nnts, nnts_by_class, nnts_matrix
 
@@ -78,4 +78,5 @@ def get_measure(name: str) -> Measure:
 
 
 __all__ = ["MEASURES", "Measure", "get_measure", "nnts", "nnts_matrix", "nnts_by_class", "nntp",
-           "class_response", "classrepsim", "choose_stac_scale"]
+           "class_response", "classrepsim", "choose_stac_scale",
+           "choose_stac_scale_within"]

@@ -11,8 +11,15 @@ agreement of the class responses 1 − ½‖P_(v,s)[c] − P_(v,t)[c]‖₁ (1 =
 composition of the neighbourhoods). A high S between a coarse scale and ``full`` means the
 coarse summary already carries the hook's class neighbourhoods.
 
-Scale choice for STAC [ours]: the coarsest (smallest) s whose class-mean S_v[s, full] ≥ τ; if
-none qualifies, the finest (largest) available s.
+Scale choice for STAC [ours], per stage at its last block v, over the pooled scales s:
+
+- ``agreement`` (the default of ``stac_auto.criterion``): the coarsest s whose class-mean
+  class-response agreement A_v[s, full] is within δ of the finest pooled scale's,
+  A_v[s, full] ≥ A_v[s_max, full] − δ (s_max always qualifies) — :func:`choose_stac_scale_within`;
+- ``jaccard`` (the first version): the coarsest s with class-mean S_v[s, full] ≥ τ, else the
+  finest s — :func:`choose_stac_scale`.
+
+Why and with which evidence: docs/methods.md, "Scale choice for STAC".
 """
 
 from __future__ import annotations
@@ -83,8 +90,17 @@ def classrepsim(graphs_by_scale: Mapping[str, np.ndarray], labels: np.ndarray,
                        agreement=agreement, k=int(k_used))
 
 
-def scale_to_full(result: ClassRepSim, full: str = "full") -> dict[int, float]:
-    """The evidence for ``choose_stac_scale``: {s: class-mean S[s, full]} for integer scales s."""
+#: the two evidence measures of the scale choice, by criterion name
+MEASURES = ("jaccard", "agreement")
+
+
+def scale_to_full(result: ClassRepSim, full: str = "full",
+                  measure: str = "jaccard") -> dict[int, float]:
+    """The evidence of the scale choice for integer scales s: {s: class-mean S[s, full]}
+    (``measure="jaccard"``) or {s: class-mean agreement[s, full]} (``"agreement"``)."""
+    if measure not in MEASURES:
+        raise ValueError(f"scale_to_full: measure must be one of {MEASURES}, got {measure!r}")
+    values = result.class_mean if measure == "jaccard" else result.agreement.mean(axis=0)
     if full not in result.scales:
         raise ValueError(f"scale_to_full: no scale named {full!r} among {list(result.scales)}")
     f = result.scales.index(full)
@@ -93,7 +109,7 @@ def scale_to_full(result: ClassRepSim, full: str = "full") -> dict[int, float]:
         if s != full:
             if not s.isdigit():
                 raise ValueError(f"scale_to_full: scale {s!r} is neither an integer nor {full!r}")
-            out[int(s)] = float(result.class_mean[i, f])
+            out[int(s)] = float(values[i, f])
     return out
 
 
@@ -102,16 +118,18 @@ class ScaleChoice:
     """The STAC condensation scale chosen from ClassRepSim [ours].
 
     scale: the chosen integer scale s.
-    qualified: True when class-mean S[s, full] ≥ tau; False when no scale qualified and the
-        finest (largest) scale was taken instead.
-    tau: the threshold used.
-    evidence: {s: class-mean S[s, full]} for every candidate scale, sorted by s.
+    qualified: True when the evidence at s reaches the threshold; False when no scale qualified
+        and the finest (largest) scale was taken instead.
+    tau: the threshold used (for ``agreement``: A[s_max, full] − δ of this stage).
+    evidence: {s: class-mean evidence at [s, full]} for every candidate scale, sorted by s.
+    criterion: ``jaccard`` (S ≥ τ) or ``agreement`` (A within δ of the finest pooled scale).
     """
 
     scale: int
     qualified: bool
     tau: float
     evidence: dict[int, float] = field(default_factory=dict)
+    criterion: str = "jaccard"
 
 
 def choose_stac_scale(s_to_full: Mapping[int, float], tau: float = 0.5) -> ScaleChoice:
@@ -140,3 +158,28 @@ def choose_stac_scale(s_to_full: Mapping[int, float], tau: float = 0.5) -> Scale
     if qualifying:
         return ScaleChoice(scale=qualifying[0], qualified=True, tau=tau, evidence=evidence)
     return ScaleChoice(scale=max(evidence), qualified=False, tau=tau, evidence=evidence)
+
+
+#: float slack of the ``agreement`` comparison, so that a value exactly δ below the finest
+#: pooled scale's qualifies despite rounding in A[s_max] − δ [ours]
+SLACK = 1e-9
+
+
+def choose_stac_scale_within(agreement_to_full: Mapping[int, float], delta: float) -> ScaleChoice:
+    """Coarsest (smallest) integer scale s whose class-mean class-response agreement with
+    ``full`` is within ``delta`` of the finest (largest) pooled scale's [ours]:
+
+        s* = min{ s : A[s, full] ≥ A[s_max, full] − δ }.
+
+    s_max itself always qualifies, so the choice is never a fallback (``qualified`` is True);
+    the returned ``tau`` is this stage's threshold A[s_max, full] − δ. Validation as
+    :func:`choose_stac_scale`; ValueError for δ outside [0, 1].
+    """
+    delta = float(delta)
+    if not 0.0 <= delta <= 1.0:  # also rejects NaN
+        raise ValueError(f"choose_stac_scale_within: delta must lie in [0, 1], got {delta}")
+    checked = choose_stac_scale(agreement_to_full, 0.0).evidence  # validates every entry
+    threshold = checked[max(checked)] - delta
+    choice = choose_stac_scale(checked, max(0.0, threshold - SLACK))
+    return ScaleChoice(scale=choice.scale, qualified=True, tau=threshold, evidence=checked,
+                       criterion="agreement")

@@ -1,7 +1,8 @@
 """Metric tables of one run, computed from its stored kNN graphs, as tidy polars frames.
 
 One row per value. Every table has the columns of :data:`SCHEMA`; a column that does not apply
-to a measure is null. ``hook_a``/``pos_a`` name a hook and its forward position (the order of
+to a measure is null (``recall_target_met`` applies to the knn table only). ``hook_a``/``pos_a``
+name a hook and its forward position (the order of
 plot axes); ``scale_a``/``scale_b`` are pooled scales ("1", "2", "4", "full"); ``class_b`` is the
 neighbours' class of the class-composition matrix; ``alpha`` the NNTP gap tolerance.
 
@@ -24,7 +25,7 @@ SCHEMA: dict[str, str] = {
     "probe": "str", "distance": "str", "backend": "str", "measure": "str",
     "hook_a": "str", "hook_b": "str", "pos_a": "int", "pos_b": "int",
     "scale_a": "str", "scale_b": "str", "k": "int", "alpha": "int",
-    "class": "int", "class_b": "int", "value": "float",
+    "class": "int", "class_b": "int", "value": "float", "recall_target_met": "bool",
 }
 TABLES = ("nnts", "nntp", "class_response", "classrepsim", "peers", "cka", "knn")
 CSV_MAX_ROWS = 200_000
@@ -33,7 +34,7 @@ CSV_MAX_ROWS = 200_000
 def polars_schema() -> dict[str, Any]:
     import polars as pl
 
-    types = {"str": pl.Utf8, "int": pl.Int64, "float": pl.Float64}
+    types = {"str": pl.Utf8, "int": pl.Int64, "float": pl.Float64, "bool": pl.Boolean}
     return {name: types[t] for name, t in SCHEMA.items()}
 
 
@@ -300,11 +301,15 @@ def _pair_rows(g: RunGraphs, measures: list, ks: list[int | None]) -> list[dict]
 
 
 def knn_rows(g: RunGraphs) -> list[dict]:
-    """Per-graph kNN facts: the backend actually used (in ``backend``) and its recall@k."""
+    """Per-graph kNN facts: the backend actually used (in ``backend``), its recall@k_max on the
+    held-out rows and ``recall_target_met`` on every row (the graph's recall at every analysed k
+    reached its target; True for exact graphs; null in kNN manifests older than the flag)."""
     rows = []
     for e in g.knn["entries"]:
         hook, scale = e["hook"], str(e["scale"])
-        common = dict(hook_a=hook, pos_a=g.pos[hook], scale_a=scale, k=g.k_max, backend=e["backend"])
+        met = e.get("recall_target_met", True if e["backend"] == "exact" else None)
+        common = dict(hook_a=hook, pos_a=g.pos[hook], scale_a=scale, k=g.k_max,
+                      backend=e["backend"], recall_target_met=met)
         if e.get("recall") is not None:
             rows.append(dict(common, measure="knn_recall", value=float(e["recall"])))
         if e.get("search_k") is not None:

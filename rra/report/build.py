@@ -39,8 +39,10 @@ computed), ``alpha`` of NNTP, and the seed ``band`` (``minmax`` or ``sd``).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from itertools import groupby
@@ -51,6 +53,8 @@ from rra.io import PathLike, sha256_artifact, sha256_file
 from rra.report.index import FigureRecord, build_index
 
 FIGURES = "figures"  # generated figures live in {reports_dir}/figures/, rebuilt on every run
+#: what build_report writes into reports_dir, swapped in together (anything else there is kept)
+OUTPUTS = (FIGURES, "metrics.json", "index.json", "index.html")
 DEFAULTS: dict[str, Any] = {"scale": "full", "k": None, "alpha": 0, "band": "minmax"}
 # Study config blocks recorded with each kind of figure (when the study config is given), under
 # "config.{block}" beside the figure's own selection (dataset, probe name, model, k, ...).
@@ -165,6 +169,10 @@ def _metric_figures(rep: _Report, dirs: list) -> None:
     scale, band = rep.opts["scale"], rep.opts["band"]
     at_scale = pl.col("scale_a") == scale
     nnts = read_tables(dirs, "nnts", at_scale & (pl.col("measure") == "nnts"))
+    computed = pl.scan_parquet([d.path / "nnts.parquet" for d in dirs]).head(1).collect().height
+    if nnts.height == 0 and not computed:
+        _classrepsim_only_figures(rep, dirs, prefix, group, sel)  # e.g. the stac-auto val probe
+        return
     if nnts.height == 0:
         warnings.warn(f"{prefix}: no NNTS at scale {scale!r}; no metric figures", stacklevel=2)
         return
@@ -252,6 +260,37 @@ def _metric_figures(rep: _Report, dirs: list) -> None:
                          selection={**v_sel, "k": k_nntp, "alpha": alpha})
             _classrepsim_figures(rep, crs.filter(of_variant & (pl.col("k") == k)), name,
                                  attention, prefix, group, {**v_sel, "k": k}, v_inputs)
+
+
+def _classrepsim_only_figures(rep: _Report, dirs: list, prefix: str, group: str,
+                              sel: dict) -> None:
+    """An analysis folder that computed ClassRepSim only (the baseline's analysis on the val
+    probe that the stac-auto scale choice reads, E4): its ClassRepSim heat maps per variant,
+    at the smallest k."""
+    import polars as pl
+
+    from rra.report.frames import parse_run, read_tables
+
+    crs = read_tables(dirs, "classrepsim",
+                      pl.col("measure").is_in(["classrepsim_mean", "classrepsim"]))
+    if crs.height == 0:
+        warnings.warn(f"{prefix}: neither NNTS nor ClassRepSim tables; no metric figures",
+                      stacklevel=3)
+        return
+    runs = {d.run: parse_run(d.run) for d in dirs}
+    def key(d) -> tuple[str, str, str]:
+        return tuple(runs[d.run][c] for c in ("model", "attention", "augmentation"))
+
+    for (model, attention, augmentation), vd in groupby(sorted(dirs, key=key), key=key):
+        vdirs = list(vd)
+        of_variant = ((pl.col("model") == model) & (pl.col("attention") == attention)
+                      & (pl.col("augmentation") == augmentation))
+        k = min(crs.filter(of_variant)["k"].unique().to_list())
+        v_sel = {**sel, "model": model, "attention": attention, "augmentation": augmentation,
+                 "seeds": sorted(runs[d.run]["seed"] for d in vdirs), "k": k}
+        _classrepsim_figures(rep, crs.filter(of_variant & (pl.col("k") == k)),
+                             f"{model}-{attention}-{augmentation}", attention, prefix, group,
+                             v_sel, [d.manifest for d in vdirs])
 
 
 def _classrepsim_figures(rep: _Report, crs, name: str, attention: str, prefix: str, group: str,
@@ -453,34 +492,94 @@ def _stac_figures(rep: _Report, dataset: str) -> None:
     for path in stac_scales_files(rep.results_dir, dataset):
         df, meta = stac_scales_frame(path)
         baseline = path.stem
+        rule = (f"δ = {meta['delta']:g}" if meta["criterion"] == "agreement"
+                else f"τ = {meta['tau']:g}")
+        budget = meta["budget"] or {}
+        cost = (f", FLOPs ratio {budget['flops_ratio']:.4f}"
+                + (f" ≤ {budget['max_flops_ratio']:g}" if budget.get("max_flops_ratio") else "")
+                if budget else "")
+        how = ("coarsest s whose agreement is within δ of the finest pooled scale's"
+               if meta["criterion"] == "agreement" else "coarsest s with S ≥ τ, else the finest")
+        probe = (meta["baseline"] or {}).get("probe", "?")
         rep.emit(charts.stac_scales_chart(df, title=f"STAC scale choice, baseline {baseline} "
-                                                    f"(k = {meta['k']}, τ = {meta['tau']:g})"),
+                                                    f"(k = {meta['k']}, {meta['criterion']}, "
+                                                    f"{rule}{cost})"),
                  f"{dataset}/stac-scales-{baseline}", kind="stac",
                  group=f"{dataset} · STAC scale choice (E4)", inputs=[path],
                  title=f"Chosen STAC scales: {baseline}",
-                 caption="Class-mean ClassRepSim S_v[s, full] of the baseline at the last block v "
-                         "of each stage against the pooled scale s; dashed: τ; red: the chosen "
-                         "scale (coarsest s with S ≥ τ, else the finest)",
-                 selection={"dataset": dataset, "baseline": meta["baseline"], "tau": meta["tau"],
-                            "k": meta["k"], "scales": meta["scales"]})
+                 caption="Class-mean ClassRepSim S_v[s, full] and class-response agreement "
+                         "A_v[s, full] of the baseline at the last block v of each stage against "
+                         f"the pooled scale s, on the held-out probe {probe}; dashed: the "
+                         f"threshold of the deciding measure ({meta['criterion']}); red: the "
+                         f"chosen scale ({how}, within the FLOPs budget); ring: the criterion's "
+                         "pick where the budget moved it",
+                 selection={"dataset": dataset, "baseline": meta["baseline"],
+                            "criterion": meta["criterion"], "tau": meta["tau"],
+                            "delta": meta["delta"], "k": meta["k"], "scales": meta["scales"],
+                            "budget": meta["budget"]})
 
 
 def build_report(results_dir: PathLike, reports_dir: PathLike, *,
                  config: dict | None = None) -> list[FigureRecord]:
     """Build every standard figure that ``results_dir`` has inputs for, and the index page.
 
-    Writes ``{reports_dir}/figures/.../{figure}.{html,png,svg}`` (the folder is emptied first,
-    so figures of runs no longer in the results disappear), ``{reports_dir}/index.html`` and
-    ``index.json``. ``config``: the study config; its ``report`` block sets the options
+    Writes ``{reports_dir}/figures/.../{figure}.{html,png,svg}`` (a new folder, so figures of
+    runs no longer in the results disappear), ``{reports_dir}/index.html``, ``index.json`` and
+    ``metrics.json``. ``config``: the study config; its ``report`` block sets the options
     (:data:`DEFAULTS`) and its blocks are recorded with each figure. Returns the records.
-    """
-    from rra.report.frames import datasets, metric_dirs
 
+    Atomic as a whole [ours]: everything is built in a temporary folder next to ``reports_dir``
+    and swapped in only when complete (:func:`swap_in`); a failure leaves the previous report
+    untouched and no temporary folder behind.
+    """
     results_dir, reports_dir = Path(results_dir), Path(reports_dir)
     if not results_dir.is_dir():
         raise FileNotFoundError(f"results directory {results_dir} does not exist")
+    report_options(config)  # bad options fail before anything is built
+    reports_dir.parent.mkdir(parents=True, exist_ok=True)
+    new = Path(tempfile.mkdtemp(prefix=f".{reports_dir.name}.", suffix=".tmp",
+                                dir=reports_dir.parent))
+    try:
+        records = _build_report(results_dir, new, config)
+        (new / FIGURES).mkdir(exist_ok=True)  # no figures: the old ones go too
+        swap_in(new, reports_dir, OUTPUTS)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
+    return records
+
+
+def swap_in(new: Path, reports_dir: Path, names: Sequence[str]) -> None:
+    """Move ``new/{name}`` onto ``reports_dir/{name}`` for each name: a file by one atomic
+    rename; a folder by renaming the old one away, the new one in, then deleting the old one
+    (put back if the second rename fails). ``index.html`` goes last. [ours]"""
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        src, dst = new / name, reports_dir / name
+        if not src.exists():
+            continue
+        if not src.is_dir():
+            os.replace(src, dst)
+            continue
+        old = None
+        if dst.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", suffix=".tmp", dir=reports_dir))
+            os.replace(dst, old / name)
+        try:
+            os.replace(src, dst)
+        except BaseException:
+            if old is not None:
+                os.replace(old / name, dst)
+            raise
+        finally:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def _build_report(results_dir: Path, reports_dir: Path, config: dict | None) -> list[FigureRecord]:
+    """The figures, metrics.json and the index page, written under ``reports_dir``."""
+    from rra.report.frames import datasets, metric_dirs
+
     rep = _Report(results_dir, reports_dir, config)
-    shutil.rmtree(reports_dir / FIGURES, ignore_errors=True)
     dirs = metric_dirs(results_dir)
     try:
         for dataset in datasets(results_dir):

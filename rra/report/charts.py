@@ -317,34 +317,47 @@ def classrepsim_heatmaps(df: pl.DataFrame, *, title: str = "ClassRepSim",
 
 def stac_scales_chart(df: pl.DataFrame, *, title: str = "Chosen STAC scales",
                       columns: int = 4) -> alt.FacetChart:
-    """Evidence of the STAC scale choice: class-mean ClassRepSim S_v[s, full] against the
-    scale s, one panel per stage (hook v = the stage's last block), the threshold tau as a
-    dashed rule and the chosen scale as a large red point labelled "chosen".
+    """Evidence of the STAC scale choice, one panel per stage (hook v = the stage's last block):
+    both measures against the scale s, one line each (class-mean ClassRepSim S_v[s, full] and
+    class-mean class-response agreement A_v[s, full]), the deciding measure's threshold of the
+    stage as a dashed rule, the chosen scale as a large red point labelled "chosen" (or
+    "chosen (< threshold)" when it misses the criterion: no scale qualified, or the FLOPs
+    budget moved it), and the criterion's own pick, where the budget moved it, as a hollow ring.
 
     ``df``: from :func:`rra.report.frames.stac_scales_frame` (columns stage, stage_label,
-    hook, scale, value, chosen, qualified, tau). [ours]
+    measure, scale, value, criterion, chosen, rule, qualified, tau); frames without
+    ``measure``/``criterion``/``rule`` are read as one deciding measure. [ours]
     """
     require_columns(df, ["stage", "stage_label", "scale", "value", "chosen", "qualified", "tau"],
                     "stac_scales_chart")
-    df = _check_rows(df.sort("stage", "scale"), "stac_scales_chart")
+    defaults = {"measure": pl.lit("jaccard"), "criterion": pl.lit(True), "rule": pl.col("chosen")}
+    df = df.with_columns(**{c: e for c, e in defaults.items() if c not in df.columns})
+    df = _check_rows(df.sort("stage", "measure", "scale"), "stac_scales_chart")
     stages = df["stage_label"].unique(maintain_order=True).to_list()
     scales = sorted(df["scale"].unique().to_list())
+    names = {"jaccard": "ClassRepSim S[s, full]", "agreement": "class-response agreement A[s, full]"}
+    df = df.with_columns(evidence=pl.col("measure").replace_strict(names, default=pl.col("measure")))
     x = alt.X("scale:O", sort=scales, title="scale s (pooled s × s)",
               axis=alt.Axis(labelAngle=0))
     y_scale = alt.Scale(domain=[0, 1])
-    line = alt.Chart().mark_line(point=True, color="#4c78a8").encode(
-        x=x, y=alt.Y("value:Q", title="ClassRepSim S[s, full] (class mean)", scale=y_scale),
+    line = alt.Chart().mark_line(point=True).encode(
+        x=x, y=alt.Y("value:Q", title="class mean at the stage's last block", scale=y_scale),
+        color=alt.Color("evidence:N", title="measure", legend=alt.Legend(orient="bottom")),
         order="scale:Q",
-        tooltip=["stage_label", "scale", alt.Tooltip("value:Q", format=".4f"), "chosen",
-                 "qualified", "tau"],
+        tooltip=["stage_label", "evidence", "scale", alt.Tooltip("value:Q", format=".4f"),
+                 "criterion", "chosen", "qualified", alt.Tooltip("tau:Q", format=".4f")],
     )
-    rule = alt.Chart().mark_rule(strokeDash=[4, 3], color="grey").encode(y="tau:Q")
+    rule = alt.Chart().transform_filter("datum.criterion").mark_rule(
+        strokeDash=[4, 3], color="grey").encode(y="tau:Q")
     chosen = alt.Chart().transform_filter("datum.chosen").encode(x=x, y="value:Q")
     point = chosen.mark_point(filled=True, size=160, color="#e45756")
     label = chosen.mark_text(dy=-14, color="#e45756").encode(
         text=alt.condition("datum.qualified", alt.value("chosen"),
-                           alt.value("chosen (< tau)")))
-    return (alt.layer(rule, line, point, label, data=df).properties(width=alt.Step(40), height=160)
+                           alt.value("chosen (< threshold)")))
+    moved = alt.Chart().transform_filter("datum.rule && !datum.chosen").mark_point(
+        size=220, color="#e45756", strokeDash=[2, 2]).encode(x=x, y="value:Q")
+    return (alt.layer(rule, line, point, label, moved, data=df)
+            .properties(width=alt.Step(40), height=160)
             .facet(facet=alt.Facet("stage_label:N", sort=stages, title=None), columns=columns)
             .properties(title=title))
 
@@ -376,11 +389,16 @@ def text_table(rows: Sequence[str], cells: Sequence[tuple[str, Sequence[str]]], 
 
 ACC_COLUMNS = ["variant", "acc_mean", "acc_sd", "acc_min", "acc_max", "n_seeds"]
 COST_COLUMNS = ["params", "flops", "params_ratio", "flops_ratio"]
+#: drawn when present (cost tables from rra.models.cost; older ones lack them)
+COST_EXTRA_COLUMNS = ["params_live", "flops_elementwise", "flops_total", "flops_total_ratio"]
 
 
 def accuracy_cost(df: pl.DataFrame, *, title: str = "Accuracy and cost") -> alt.VConcatChart:
     """A table-like text chart of accuracy (mean ± sd over seeds), parameters, FLOPs and their
     ratios to the baseline, and a scatter of accuracy against the FLOPs and parameter ratios.
+    With the columns of ``COST_EXTRA_COLUMNS`` the table also shows live parameters,
+    element-wise operations and FLOPs + element-wise operations (and its ratio, also in the
+    scatter).
 
     ``df``: one row per variant, from :func:`rra.report.frames.accuracy_cost_frame`; without
     the cost columns only the accuracy table is drawn. [ours]
@@ -390,6 +408,7 @@ def accuracy_cost(df: pl.DataFrame, *, title: str = "Accuracy and cost") -> alt.
         raise ValueError("accuracy_cost: one row per variant expected; duplicated: "
                          f"{df.filter(pl.col('variant').is_duplicated())['variant'].to_list()}")
     has_cost = all(c in df.columns for c in COST_COLUMNS)
+    has_extra = has_cost and all(c in df.columns for c in COST_EXTRA_COLUMNS)
     order = df["variant"].to_list()
 
     def texts(column: str, fmt: str, factor: int = 1) -> list[str]:
@@ -402,12 +421,19 @@ def accuracy_cost(df: pl.DataFrame, *, title: str = "Accuracy and cost") -> alt.
         cells += [("params", texts("params", ",.0f")), ("FLOPs", texts("flops", ",.0f")),
                   ("params ratio", texts("params_ratio", ".3f")),
                   ("FLOPs ratio", texts("flops_ratio", ".4f"))]
+    if has_extra:
+        cells += [("live params", texts("params_live", ",.0f")),
+                  ("element-wise ops", texts("flops_elementwise", ",.0f")),
+                  ("FLOPs + element-wise", texts("flops_total", ",.0f")),
+                  ("FLOPs + element-wise ratio", texts("flops_total_ratio", ".4f"))]
     text = text_table(order, cells, what="accuracy_cost", row="variant")
     if not has_cost:
         return alt.vconcat(text).properties(title=title)
     long = pl.concat([
         df.select("variant", "acc_mean", "acc_sd", cost=pl.lit(name), ratio=pl.col(col))
         for name, col in (("FLOPs / baseline", "flops_ratio"),
+                          *([("FLOPs + element-wise / baseline", "flops_total_ratio")]
+                            if has_extra else []),
                           ("parameters / baseline", "params_ratio"))
     ]).drop_nulls("ratio").with_columns(lo=pl.col("acc_mean") - pl.col("acc_sd"),
                                         hi=pl.col("acc_mean") + pl.col("acc_sd"))
@@ -484,12 +510,14 @@ def knn_recall(df: pl.DataFrame, *, title: str = "Annoy vs exact kNN") -> alt.HC
 
     ``df``: from :func:`rra.report.frames.knn_graph_frame` (one row per stored graph: columns
     backend_label, hook_a, pos_a, scale_a, recall, seconds; backend_reason shown when present),
-    filtered to one distance and k.
+    filtered to one distance and k. With ``recall_target_met``, a graph below its recall target
+    in some run (kept under ``knn.on_recall_miss: warn``) gets a red ⚠ on its recall point.
     """
     keys = ["backend_label", "scale_a", "hook_a", "pos_a"]
     require_columns(df, [*keys, "recall", "seconds"], "knn_recall")
     vary = [c for c in ("seed", "model", "attention", "augmentation", "search_k", "n", "d",
-                        "recall", "seconds", "backend", "backend_used", "n_trees")
+                        "recall", "seconds", "backend", "backend_used", "n_trees",
+                        "recall_min_over_k", "recall_target", "recall_target_met")
             if c in df.columns]
     check_constant(df, keys, vary, "knn_recall")
     agg = _check_rows(df.group_by(keys).agg(
@@ -498,6 +526,8 @@ def knn_recall(df: pl.DataFrame, *, title: str = "Annoy vs exact kNN") -> alt.HC
         if "search_k" in df.columns else pl.lit(None), n=pl.len(),
         backend_reason=pl.col("backend_reason").drop_nulls().first()
         if "backend_reason" in df.columns else pl.lit(None),
+        below_target=pl.col("recall_target_met").eq(False).any()
+        if "recall_target_met" in df.columns else pl.lit(False),
     ).sort(keys), "knn_recall")
     scales = scale_order(agg["scale_a"].to_list())
     base = alt.Chart(agg).encode(
@@ -508,10 +538,13 @@ def knn_recall(df: pl.DataFrame, *, title: str = "Annoy vs exact kNN") -> alt.HC
     tooltip = ["backend_label", "scale_a", "hook_a", alt.Tooltip("recall:Q", format=".4f"),
                alt.Tooltip("recall_min:Q", format=".4f"), alt.Tooltip("seconds:Q", format=".3f"),
                alt.Tooltip("search_k:Q", format=",.0f"), "n",
+               alt.Tooltip("below_target:N", title="below recall target"),
                alt.Tooltip("backend_reason:N", title="why (first run)")]
-    recall = base.mark_line(point=True).encode(
-        y=alt.Y("recall:Q", title="recall@k vs exact", scale=alt.Scale(domain=[0, 1])),
-        tooltip=tooltip,
+    y_recall = alt.Y("recall:Q", title="recall@k vs exact", scale=alt.Scale(domain=[0, 1]))
+    recall = alt.layer(
+        base.mark_line(point=True).encode(y=y_recall, tooltip=tooltip),
+        base.mark_text(text="⚠", color="#d62728", fontSize=16, dy=-12).encode(
+            y=y_recall, tooltip=tooltip).transform_filter("datum.below_target"),
     ).properties(width=alt.Step(22), height=140).facet(
         row=alt.Row("scale_a:O", sort=scales, title="scale"))
     time = base.mark_line(point=True).encode(

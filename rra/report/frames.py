@@ -336,7 +336,10 @@ def accuracy_cost_frame(accuracy: pl.DataFrame, cost: pl.DataFrame | None = None
     acc_mean, acc_sd (ddof = 1; 0 for one seed), acc_min, acc_max, n_seeds; ``variant`` labels
     the row (``model · attention · augmentation``). ``cost`` (cost.parquet) is joined on
     (model, attention); its ``params_ratio``/``flops_ratio`` are used when present, else
-    computed against the ``none`` row of the same model. Sorted: model, baseline first.
+    computed against the ``none`` row of the same model. Its optional ``params_live``,
+    ``flops_elementwise``, ``flops_total`` and ``flops_total_ratio`` (rra.models.cost) are
+    carried along, the ratio computed the same way when only ``flops_total`` is given.
+    Sorted: model, baseline first.
     """
     missing = [c for c in ACCURACY_REQUIRED if c not in accuracy.columns]
     if missing or accuracy.height == 0:
@@ -352,19 +355,24 @@ def accuracy_cost_frame(accuracy: pl.DataFrame, cost: pl.DataFrame | None = None
         missing = [c for c in ("model", "attention", "params", "flops") if c not in cost.columns]
         if missing:
             raise ValueError(f"accuracy_cost_frame: cost frame lacks column(s) {missing}")
+        optional = ("params_ratio", "flops_ratio", "params_live", "flops_elementwise",
+                    "flops_total", "flops_total_ratio")
         c = cost.select("model", "attention", "params", "flops",
-                        *[x for x in ("params_ratio", "flops_ratio") if x in cost.columns])
+                        *[x for x in optional if x in cost.columns])
         if c.select("model", "attention").is_duplicated().any():
             raise ValueError("accuracy_cost_frame: cost frame has several rows for one "
                              "(model, attention)")
+        totals = {"base_flops_total": "flops_total"} if "flops_total" in c.columns else {}
         base = c.filter(pl.col("attention") == "none").select(
-            "model", base_params="params", base_flops="flops")
+            "model", base_params="params", base_flops="flops", **totals)
         c = c.join(base, on="model", how="left")
         for col, num, den in (("params_ratio", "params", "base_params"),
-                              ("flops_ratio", "flops", "base_flops")):
-            if col not in c.columns:
+                              ("flops_ratio", "flops", "base_flops"),
+                              ("flops_total_ratio", "flops_total", "base_flops_total")):
+            if col not in c.columns and num in c.columns:
                 c = c.with_columns((pl.col(num) / pl.col(den)).alias(col))
-        out = out.join(c.drop("base_params", "base_flops"), on=["model", "attention"], how="left")
+        out = out.join(c.drop("base_params", "base_flops", *totals), on=["model", "attention"],
+                       how="left")
     return out.sort(["model", pl.col("attention") != "none", "attention", "augmentation"])
 
 
@@ -374,6 +382,13 @@ def accuracy_cost_frame(accuracy: pl.DataFrame, cost: pl.DataFrame | None = None
 def knn_manifests(results_dir: PathLike) -> list[Path]:
     return [p for p in sorted(Path(results_dir).glob("*/*/knn/*/*/manifest.json"))
             if parse_run(p.parent.parent.parent.parent.name) is not None]
+
+
+def _recall_min(entry: dict) -> float | None:
+    """The smallest recall of a kNN manifest entry over its analysed k (else its recall)."""
+    if entry.get("recall_at_k"):
+        return min(float(r) for r in entry["recall_at_k"].values())
+    return float(entry["recall"]) if entry.get("recall") is not None else None
 
 
 def knn_graph_frame(files: Sequence[PathLike]) -> pl.DataFrame:
@@ -387,7 +402,11 @@ def knn_graph_frame(files: Sequence[PathLike]) -> pl.DataFrame:
     build, the search_k tuning, the query and the exact neighbours of the recall sample),
     backend_label (``exact``, or ``annoy (n_trees=…, search_k=…)`` with the requested
     search_k of the manifest's options), backend_reason (why that backend ran, e.g. ``auto:
-    exact predicted … vs Annoy …``; null in manifests written before it was recorded). [ours]
+    exact predicted … vs Annoy …``; null in manifests written before it was recorded),
+    recall_min_over_k (the smallest held-out recall over the analysed k, ``recall_at_k``;
+    else recall), recall_target (Annoy's; null for exact), recall_target_met (False: an Annoy graph
+    kept under ``knn.on_recall_miss: warn`` although below its target; True for exact; null in
+    manifests older than the flag). [ours]
     """
     rows = []
     for path in map(Path, files):
@@ -418,20 +437,28 @@ def knn_graph_frame(files: Sequence[PathLike]) -> pl.DataFrame:
                          "recall": float(e["recall"]) if e.get("recall") is not None else None,
                          "seconds": float(e["seconds"]),
                          "backend_label": annoy_label if used == "annoy" else used,
-                         "backend_reason": e.get("backend_reason")})
+                         "backend_reason": e.get("backend_reason"),
+                         "recall_min_over_k": _recall_min(e),
+                         "recall_target": e.get("recall_target"),
+                         "recall_target_met": e.get("recall_target_met",
+                                                    True if used == "exact" else None)})
     schema = {"dataset": pl.Utf8, "model": pl.Utf8, "attention": pl.Utf8, "augmentation": pl.Utf8,
               "seed": pl.Int64, "probe": pl.Utf8, "distance": pl.Utf8, "backend": pl.Utf8,
               "backend_used": pl.Utf8, "n_trees": pl.Int64, "search_k": pl.Int64, "k": pl.Int64,
               "hook_a": pl.Utf8, "pos_a": pl.Int64, "scale_a": pl.Utf8, "n": pl.Int64,
               "d": pl.Int64, "recall": pl.Float64, "seconds": pl.Float64,
-              "backend_label": pl.Utf8, "backend_reason": pl.Utf8}
+              "backend_label": pl.Utf8, "backend_reason": pl.Utf8, "recall_min_over_k": pl.Float64,
+              "recall_target": pl.Float64, "recall_target_met": pl.Boolean}
     return pl.DataFrame(rows, schema=schema)
 
 
 def knn_backend_note(files: Sequence[PathLike]) -> str:
     """One line on the kNN backend of an analysis's graphs: ``kNN: exact, 12 graphs (largest,
     5000 × 784: auto: exact predicted … vs Annoy …)``; the reason is that of the largest graph
-    (n · d). Empty when no manifest exists. [ours]"""
+    (n · d). Graphs kept below their recall target (``knn.on_recall_miss: warn``) add the mark
+    ``⚠ RECALL BELOW TARGET in 2 of 12 graphs: conv1@1 0.412, … (target 0.95)`` (the smallest
+    held-out recall over the analysed k; at most 5 graphs named). Empty when no manifest
+    exists. [ours]"""
     files = [Path(f) for f in files if Path(f).is_file()]
     if not files:
         return ""
@@ -444,6 +471,14 @@ def knn_backend_note(files: Sequence[PathLike]) -> str:
     big = df.sort(pl.col("n") * pl.col("d"), descending=True).row(0, named=True)
     why = f" (largest, {big['n']} × {big['d']}: {big['backend_reason']})" \
         if big["backend_reason"] else ""
+    missed = df.filter(pl.col("recall_target_met").eq(False))
+    if missed.height:
+        named = ", ".join(f"{r['hook_a']}@{r['scale_a']} {r['recall_min_over_k']:.3f}"
+                          for r in missed.head(5).iter_rows(named=True))
+        more = ", …" if missed.height > 5 else ""
+        targets = "/".join(f"{t:g}" for t in missed["recall_target"].drop_nulls().unique().sort())
+        why += (f" — ⚠ RECALL BELOW TARGET in {missed.height} of {df.height} graphs: "
+                f"{named}{more} (target {targets}; kept under knn.on_recall_miss: warn)")
     return f"kNN: {used}{why}"
 
 
@@ -460,12 +495,17 @@ def stac_scales_files(results_dir: PathLike, dataset: str) -> list[Path]:
 
 
 def stac_scales_frame(path: PathLike) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """One row per (stage, candidate scale) of a :func:`rra.stac.choose_scales` file, and the
-    file's ``tau``, ``k`` and ``baseline``.
+    """One row per (stage, evidence measure, candidate scale) of a :func:`rra.stac.choose_scales`
+    file, and the file's ``criterion``, ``tau``, ``delta``, ``k``, ``baseline``, ``scales`` and
+    ``budget``.
 
-    Columns: stage, hook, stage_label (``stage {i} · {hook}``), scale (int), value (evidence:
-    class-mean ClassRepSim S_hook[scale, full]), chosen (the stage's chosen scale), qualified
-    (whether that stage's choice reached tau), tau. [ours]
+    Columns: stage, hook, stage_label (``stage {i} · {hook}``), measure (``jaccard``:
+    class-mean ClassRepSim S_hook[scale, full]; ``agreement``: class-mean class-response
+    agreement A_hook[scale, full]; both where the file holds them, else its ``evidence`` under
+    its criterion), scale (int), value, criterion (whether this measure decided), chosen (the
+    stage's scale, on the deciding measure), rule (the criterion's pick before the FLOPs budget,
+    on the deciding measure), qualified (whether the stage's scale meets the criterion), tau
+    (the stage's threshold on the deciding measure: τ, or A[s_max, full] − δ). [ours]
     """
     path = Path(path)
     data = read_json(path)
@@ -475,6 +515,7 @@ def stac_scales_frame(path: PathLike) -> tuple[pl.DataFrame, dict[str, Any]]:
     if not isinstance(data["stages"], list) or not data["stages"]:
         raise ValueError(f"{path}: 'stages' must be a non-empty list")
     tau = float(data["tau"])
+    criterion = data.get("criterion", "jaccard")
     rows = []
     for i, st in enumerate(data["stages"]):
         lacks = [k for k in STAGE_KEYS if not isinstance(st, dict) or k not in st]
@@ -485,18 +526,27 @@ def stac_scales_frame(path: PathLike) -> tuple[pl.DataFrame, dict[str, Any]]:
         if str(st["scale"]) not in {str(s) for s in st["evidence"]}:
             raise ValueError(f"{path}: stages[{i}] chose scale {st['scale']!r}, which is not "
                              f"among its evidence scales {sorted(st['evidence'])}")
-        for scale, value in st["evidence"].items():
-            if not str(scale).isdigit():
-                raise ValueError(f"{path}: stages[{i}].evidence has scale {scale!r}, not a "
-                                 "positive integer")
-            rows.append({"stage": int(st["stage"]), "hook": str(st["hook"]),
-                         "stage_label": f"stage {st['stage']} · {st['hook']}",
-                         "scale": int(scale), "value": float(value),
-                         "chosen": int(scale) == int(st["scale"]),
-                         "qualified": bool(st["qualified"]), "tau": tau})
-    schema = {"stage": pl.Int64, "hook": pl.Utf8, "stage_label": pl.Utf8, "scale": pl.Int64,
-              "value": pl.Float64, "chosen": pl.Boolean, "qualified": pl.Boolean,
+        measures = {m: st[m] for m in ("jaccard", "agreement") if isinstance(st.get(m), dict)}
+        measures[criterion] = st["evidence"]
+        for measure, values in measures.items():
+            decides = measure == criterion
+            for scale, value in values.items():
+                if not str(scale).isdigit():
+                    raise ValueError(f"{path}: stages[{i}].{measure if not decides else 'evidence'} "
+                                     f"has scale {scale!r}, not a positive integer")
+                rows.append({"stage": int(st["stage"]), "hook": str(st["hook"]),
+                             "stage_label": f"stage {st['stage']} · {st['hook']}",
+                             "measure": measure, "scale": int(scale), "value": float(value),
+                             "criterion": decides,
+                             "chosen": decides and int(scale) == int(st["scale"]),
+                             "rule": decides and int(scale) == int(st.get("rule_scale", st["scale"])),
+                             "qualified": bool(st["qualified"]),
+                             "tau": float(st.get("threshold", tau))})
+    schema = {"stage": pl.Int64, "hook": pl.Utf8, "stage_label": pl.Utf8, "measure": pl.Utf8,
+              "scale": pl.Int64, "value": pl.Float64, "criterion": pl.Boolean,
+              "chosen": pl.Boolean, "rule": pl.Boolean, "qualified": pl.Boolean,
               "tau": pl.Float64}
-    meta = {"tau": tau, "k": int(data["k"]), "baseline": data["baseline"],
-            "scales": list(data["scales"])}
-    return pl.DataFrame(rows, schema=schema).sort("stage", "scale"), meta
+    meta = {"criterion": criterion, "tau": tau, "delta": data.get("delta"), "k": int(data["k"]),
+            "baseline": data["baseline"], "scales": list(data["scales"]),
+            "budget": data.get("budget")}
+    return pl.DataFrame(rows, schema=schema).sort("stage", "measure", "scale"), meta

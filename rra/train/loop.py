@@ -98,6 +98,12 @@ def keep_freed_memory() -> bool:
                 and mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD))
 
 
+class TrainingDiverged(FloatingPointError, ValueError):
+    """The training loss became nan or inf: the learning rate (or the data) is the user's to fix,
+    so the CLI reports it in one line with exit status 2 (a ValueError); a FloatingPointError for
+    callers that catch that. [ours]"""
+
+
 @dataclass
 class SplitArrays:
     """One split's images (uint8 N × H × W × C, in memory or memory-mapped) and int64 labels."""
@@ -351,8 +357,10 @@ def _run(spec: dict, info: Any, train_set: SplitArrays, eval_set: SplitArrays, o
                 train_loss, train_acc = train_epoch(model, optimizer, train_set, augment, info,
                                                     spec, epoch, dev, bbar)
             if not math.isfinite(train_loss):
-                raise FloatingPointError(f"{run}: training loss became {train_loss} in epoch "
-                                         f"{epoch} (lr {lr}); lower the learning rate")
+                raise TrainingDiverged(
+                    f"run {run}: training diverged, the loss became {train_loss} in epoch {epoch} "
+                    f"of {epochs} at lr = {lr:g} (spec lr = {spec['lr']:g}); lower the learning "
+                    "rate (config key training.lr, or the run's training.lr)")
             changes = weight_changes(prev, model)
             eval_loss, eval_acc = evaluate(model, eval_set, info, spec["eval_batch_size"], dev)
             scheduler.step()
