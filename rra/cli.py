@@ -35,11 +35,52 @@ def _n_per_class(text: str) -> int | str:
     return "all" if text == "all" else int(text)
 
 
+#: environment variables that size a thread pool when its library loads: OpenMP (torch's
+#: intra-op pool, libgomp), the BLAS libraries numpy and torch may use, numba's pool
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "GOTO_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS",
+                    "NUMBA_NUM_THREADS")
+
+
+def use_threads(n: int) -> None:
+    """Size every thread pool of this process to ``n`` (a job's Snakemake ``threads``): the
+    variables of :data:`THREAD_VARIABLES`, set before torch, numpy or numba load, and torch's
+    intra- and inter-op pools. Two jobs whose pools were larger than their share of the cores
+    slowed each other 70-fold here (README, "Threads"). [ours]"""
+    if n < 1:
+        raise ValueError(f"--threads must be at least 1, got {n}")
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(n)
+
+
 def _threads(n: int | None) -> None:
+    """torch's pools at ``n`` threads (the variables are set by :func:`main` already)."""
     if n:
         import torch
 
         torch.set_num_threads(int(n))
+        try:
+            torch.set_num_interop_threads(int(n))
+        except RuntimeError:  # already used in this process (the API, tests): leave it
+            pass
+
+
+def thread_report() -> str:
+    """One line: the threads of each pool this process has loaded (for the job's log)."""
+    parts = []
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        parts.append(f"torch {torch.get_num_threads()}")
+    if "numba" in sys.modules:
+        parts.append(f"numba {sys.modules['numba'].get_num_threads()}")
+    try:
+        from threadpoolctl import threadpool_info
+
+        for pool in threadpool_info():
+            parts.append(f"{pool['internal_api']} {pool['num_threads']}")
+    except ImportError:
+        pass
+    return "threads: " + (", ".join(parts) if parts else "no thread pool loaded")
 
 
 def cmd_prepare(a: argparse.Namespace) -> None:
@@ -147,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     def stage(name: str, fn: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
         p.set_defaults(fn=fn)
-        p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        p.add_argument("--threads", type=int, default=None,
+                       help="threads of every pool (torch, OpenMP, BLAS, numba): the job's share")
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
         return p
 
@@ -282,7 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     short_openmp_spin()
     args = build_parser().parse_args(argv)
     try:
+        if args.threads is not None:
+            use_threads(args.threads)
         args.fn(args)
+        if args.threads is not None:
+            print(f"rra {args.stage}: {thread_report()}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"rra {args.stage}: interrupted", file=sys.stderr)
         return 130

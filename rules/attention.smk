@@ -36,7 +36,7 @@ rule stac_scales:
     shell:
         "{RRA} stac-scales --classrepsim {params.classrepsim} --run-dir {params.run_dir}"
         " --criterion {params.criterion} --tau {params.tau} --delta {params.delta} {params.budget}"
-        " --attention-kwargs {params.stac_kwargs:q} --k {params.k} --out {output} 2> {log}"
+        " --attention-kwargs {params.stac_kwargs:q} --k {params.k} --out {output} --threads {threads} 2> {log}"
 
 
 # Parameters and FLOPs (one image at the dataset's input size) per (model, attention variant),

@@ -22,7 +22,7 @@ rule prepare_data:
         "{RRA} prepare --dataset {wildcards.dataset} --data-dir={params.data_dir:q}"
         " --options {params.options:q} --val-per-class {params.val_per_class}"
         " --val-seed {params.val_seed} --out {RESULTS}/data/{wildcards.dataset}"
-        " --probe-check {PROBE_CHECK:q} 2> {log}"
+        " --probe-check {PROBE_CHECK:q} --threads {threads} 2> {log}"
 
 
 rule select_probe:
@@ -45,4 +45,4 @@ rule select_probe:
         mem_mb=2000,
     shell:
         "{RRA} probe --split-dir {params.split_dir} --n-per-class {params.n} --seed {params.seed}"
-        " --out {output} 2> {log}"
+        " --out {output} --threads {threads} 2> {log}"

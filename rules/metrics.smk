@@ -26,4 +26,4 @@ rule metrics:
         mem_mb=8000,
     shell:
         "{RRA} metrics --embed-dir {params.embed_dir} --knn-dir {params.knn_dir}"
-        " --out {params.out_dir} --params {params.metrics:q} --run {params.run:q} 2> {log}"
+        " --out {params.out_dir} --params {params.metrics:q} --run {params.run:q} --threads {threads} 2> {log}"

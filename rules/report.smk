@@ -25,4 +25,4 @@ rule report:
     resources:
         mem_mb=4000,
     shell:
-        "{RRA} report --results {RESULTS} --out {REPORTS} --config {params.config:q} 2> {log}"
+        "{RRA} report --results {RESULTS} --out {REPORTS} --config {params.config:q} --threads {threads} 2> {log}"

@@ -50,4 +50,4 @@ rule summary:
     resources:
         mem_mb=1000,
     shell:
-        "{RRA} summary --dataset {wildcards.dataset} --runs {params.runs:q} --out {params.stem} 2> {log}"
+        "{RRA} summary --dataset {wildcards.dataset} --runs {params.runs:q} --out {params.stem} --threads {threads} 2> {log}"

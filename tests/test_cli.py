@@ -157,3 +157,28 @@ def test_snakemake_config_error_is_short(tmp_path):
     assert len(lines) == 1 and lines[0].startswith(
         "rra: config error: config key 'bogus': unknown key; allowed at the top level: attention,")
     assert len(out.splitlines()) <= 3 and "Traceback" not in out and "File " not in out
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_job_uses_exactly_its_threads(tmp_path, threads):
+    """`--threads n` sizes every pool the stage loads (torch, OpenMP, BLAS, numba) to n, even
+    when the environment asks for more: a kNN job on a tiny embedding, in a fresh process."""
+    emb = tmp_path / "embed"
+    emb.mkdir()
+    x = np.random.default_rng(0).standard_normal((60, 4)).astype(np.float32)
+    save_npy(emb / "h@full.npy", x)
+    save_npy(emb / "labels.npy", np.arange(60) % 3)
+    write_json(emb / "manifest.json", {"hooks": ["h"], "scales": ["full"], "entries": [
+        {"hook": "h", "scale": "full", "file": "h@full.npy", "shape": [60, 4]}]})
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    env.update(OMP_NUM_THREADS="7", NUMBA_NUM_THREADS="7")  # a parent's wish the job overrides
+    proc = subprocess.run(
+        [sys.executable, "-m", "rra", "knn", "--embed-dir", str(emb), "--out",
+         str(tmp_path / "knn"), "--distance", "euclidean", "--backend", "exact",
+         "--params", json.dumps({"k": 5}), "--threads", str(threads)],
+        capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("rra knn: threads: "))
+    pools = dict(part.rsplit(" ", 1) for part in line.split("threads: ", 1)[1].split(", "))
+    assert {"torch", "numba", "openmp"} <= set(pools), line  # the pools a kNN job loads
+    assert all(int(v) == threads for v in pools.values()), line

@@ -155,6 +155,20 @@ def test_metric_tables(study):
     assert {"nnts", "nntp_runs", "knn_purity", "classrepsim", "mutual_knn", "linear_cka"} <= set(everything["measure"].unique())
 
 
+def test_every_job_used_exactly_its_threads(study):
+    """Each job's log ends with the threads of every pool it loaded: the rule's `threads`
+    (train, embed, kNN: 2; the others 1), whatever the library defaults."""
+    expected = {"train": 2, "embed": 2, "knn": 2}
+    logs = sorted((study / "results").rglob("logs/*.log"))
+    assert len(logs) >= 10
+    for log in logs:
+        lines = [ln for ln in log.read_text().splitlines() if ": threads: " in ln]
+        assert lines, f"{log}: no thread report"
+        want = expected.get(log.stem.split("-")[0], 1)
+        counts = [int(part.rsplit(" ", 1)[1]) for part in lines[-1].split("threads: ")[1].split(", ")]
+        assert counts and set(counts) == {want}, f"{log}: {lines[-1]} (rule threads {want})"
+
+
 def test_rerun_does_nothing_and_edits_rerun_dependents(study, tmp_path):
     assert planned_jobs(study) == {}
     overlay = tmp_path / "edit.yaml"
