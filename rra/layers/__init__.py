@@ -1,6 +1,7 @@
 """Per-layer analyses of a trained model beside RRA (seed-measures.md, experiments E7–E9):
 pure functions of (model, probe, hooks) that return tidy rows in the columns of
-``rra.metrics.tables.SCHEMA`` (plus a few extra keys, e.g. ``dx``, ``dy``, ``radius``)."""
+``rra.metrics.tables.SCHEMA`` (``dx``, ``dy``, ``radius``, ``quantile``, ``pca_k`` among them).
+Shared plumbing: :mod:`rra.layers.common`; the workflow stage: :mod:`rra.layers.stage`."""
 
 from rra.layers.patterns import (activation_patterns, check_relu_hooks, pattern_groups,
                                  pattern_purity, relu_codes, relu_hooks)

@@ -45,10 +45,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from rra.embed.dump import INPUT_HOOK
-
-from ._hookio import (FULL_SCALE, as_batch, as_labels, capture, check_fired, check_hooks,
-                      hook_positions, on_device, positive_int, substitute)
+from rra.layers.common import (FULL_SCALE, INPUT_HOOK, HookRunner, as_batch, as_labels,
+                              check_hooks, hook_positions, on_device, positive_int, substitute)
 
 if TYPE_CHECKING:
     import torch
@@ -259,11 +257,11 @@ def _hook_outputs(model, x, hook, dev, batch_size) -> "torch.Tensor":
     if hook == INPUT_HOOK:
         return x
     parts = []
-    with capture(model, [hook]) as store, torch.inference_mode():
+    runner = HookRunner(model, [hook])
+    with torch.inference_mode():
         for s in range(0, x.shape[0], batch_size):
-            model(x[s:s + batch_size].to(dev))
-            check_fired(store, [hook])
-            parts.append(store.pop(hook).float().cpu())
+            runner.run(x[s:s + batch_size].to(dev),
+                       lambda h, out: parts.append(out.float().cpu()))
     return torch.cat(parts)
 
 

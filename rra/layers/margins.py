@@ -60,10 +60,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from rra.embed.dump import INPUT_HOOK
-
-from ._hookio import (FULL_SCALE, as_batch, as_labels, capture, check_fired, check_hooks,
-                      hook_positions, on_device, positive_int)
+from rra.layers.common import (FULL_SCALE, INPUT_HOOK, HookRunner, as_batch, as_labels,
+                              check_hooks, hook_positions, on_device, positive_int)
 
 if TYPE_CHECKING:
     import torch
@@ -135,19 +133,20 @@ def hidden_margins(model: "nn.Module", images: Any, labels: Any, hooks: Sequence
     sums: dict[str, torch.Tensor] = {}
     sumsq: dict[str, float] = {}
     shift: dict[str, torch.Tensor] = {}
-    with on_device(model, device) as dev, capture(model, hooks) as store, torch.enable_grad():
+    runner = HookRunner(model, hooks)
+    with on_device(model, device) as dev, torch.enable_grad():
         for s in range(0, n, batch_size):
             x = x_all[s:s + batch_size].to(dev).requires_grad_(True)
             y = torch.from_numpy(y_all[s:s + batch_size]).to(dev)
-            z = model(x)
-            check_fired(store, hooks)
+            store: dict[str, torch.Tensor] = {}
+            z = runner.run(x, store.__setitem__)
             _check_logits(z, x.shape[0], y_all)
             rows = torch.arange(x.shape[0], device=dev)
             others = z.detach().clone()
             others[rows, y] = -torch.inf
             j = others.argmax(1)
             diff = z[rows, y] - z[rows, j]
-            outs = [x if h == INPUT_HOOK else store[h] for h in hooks]
+            outs = [store[h] for h in hooks]
             grads = torch.autograd.grad(diff.sum(), outs, allow_unused=True)
             ok = (z.detach().argmax(1) == y).cpu().numpy()
             correct[s:s + x.shape[0]] = ok
@@ -166,9 +165,7 @@ def hidden_margins(model: "nn.Module", images: Any, labels: Any, hooks: Sequence
                 gnorm[h][s:s + x.shape[0]] = norms
                 with np.errstate(divide="ignore", invalid="ignore"):
                     raw[h][s:s + x.shape[0]] = np.where(ok & (norms > 0), dv / norms, np.nan)
-            del z, grads, outs, diff
-            for h in hooks:
-                store.pop(h, None)
+            del z, grads, outs, diff, store
 
     margin, spread, flat_counts = {}, {}, {}
     for h in hooks:

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from rra.layers.streaming import (INPUT_HOOK, HookRunner, as_images, as_labels, check_batch_size,
-                                  check_hooks, eval_on, hook_positions)
+from rra.layers.common import (INPUT_HOOK, HookRunner, as_batch, as_labels, check_hooks,
+                              hook_positions, on_device, positive_int)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -126,9 +126,9 @@ def relu_codes(model: "nn.Module", images: Any, hooks: Sequence[str], *, device:
     at ReLU ``hooks``, streamed in batches of ``batch_size``."""
     import torch
 
-    x_all = as_images(images, name)
+    x_all = as_batch(images, name, ndim=4)
     hook_list = check_relu_hooks(model, hooks)
-    batch_size = check_batch_size(batch_size)
+    batch_size = positive_int(batch_size, "batch_size")
     codes: dict[str, list] = {h: [] for h in hook_list}
     zeros = {h: 0 for h in hook_list}
     elements = {h: 0 for h in hook_list}
@@ -143,7 +143,7 @@ def relu_codes(model: "nn.Module", images: Any, hooks: Sequence[str], *, device:
         zeros[hook] += int((out == 0).sum())
         elements[hook] += out.numel()
 
-    with eval_on(model, device) as dev:
+    with on_device(model, device, inference=True) as dev:
         runner = HookRunner(model, hook_list)
         runner.shapes(x_all[:1].to(dev))
         for start in range(0, x_all.shape[0], batch_size):
@@ -181,7 +181,7 @@ def activation_patterns(model: "nn.Module", probe: Any, labels: Any, hooks: Sequ
         raise ValueError("tree_kwargs must not set random_state: it is the seed argument")
     hook_list = check_relu_hooks(model, hooks)
     pos = hook_positions(hook_list, positions)
-    x = as_images(probe, "probe")
+    x = as_batch(probe, "probe", ndim=4)
     y = as_labels(labels, x.shape[0], "labels")
     trees = {h: _tree(seed, tree_kwargs) for h in hook_list} if train is not None else {}
     probe_codes = relu_codes(model, x, hook_list, device=device, batch_size=batch_size,

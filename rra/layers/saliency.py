@@ -35,12 +35,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from rra.embed.dump import INPUT_HOOK
-
-from ._hookio import (FULL_SCALE, as_batch, as_labels, capture, check_fired, check_hooks,
-                      on_device, positive_int)
+from rra.layers.common import (FULL_SCALE, INPUT_HOOK, HookRunner, as_batch, as_labels,
+                              check_hooks, on_device, positive_int)
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 TOP = 0.05
@@ -101,9 +100,7 @@ def saliency_maps(model: "nn.Module", images: Any, labels: Any, *, top: float = 
     """
     import torch
 
-    x_all = as_batch(images, min_ndim=4)
-    if x_all.ndim != 4:
-        raise ValueError(f"images must be N × C × H × W, got shape {tuple(x_all.shape)}")
+    x_all = as_batch(images, ndim=4)
     n = x_all.shape[0]
     y_all = as_labels(labels, n)
     top = _check_top(top)
@@ -208,22 +205,19 @@ def mean_activation_maps(model: "nn.Module", images: Any, hooks: Sequence[str], 
                          device: Any = "auto", batch_size: int = 256) -> dict[str, np.ndarray]:
     """Per hook with an N × C × H' × W' output: the channel mean per image, (n, H', W') float32
     [ours]; hooks with flat outputs are left out. ``input`` maps the images themselves."""
-    import torch
-
     x_all = as_batch(images)
     hooks = check_hooks(model, hooks)
     batch_size = positive_int(batch_size, "batch_size")
     parts: dict[str, list[np.ndarray]] = {h: [] for h in hooks}
-    with on_device(model, device) as dev, capture(model, hooks) as store, \
-            torch.inference_mode():
+
+    def keep(hook: str, out: "torch.Tensor") -> None:
+        if out.ndim == 4:
+            parts[hook].append(out.float().mean(1).cpu().numpy())
+
+    runner = HookRunner(model, hooks)
+    with on_device(model, device, inference=True) as dev:
         for s in range(0, x_all.shape[0], batch_size):
-            x = x_all[s:s + batch_size].to(dev)
-            model(x)
-            check_fired(store, hooks)
-            for h in hooks:
-                out = x if h == INPUT_HOOK else store.pop(h)
-                if out.ndim == 4:
-                    parts[h].append(out.float().mean(1).cpu().numpy())
+            runner.run(x_all[s:s + batch_size].to(dev), keep)
     return {h: np.concatenate(p) for h, p in parts.items() if p}
 
 

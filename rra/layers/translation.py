@@ -46,9 +46,10 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from rra.embed.pool import parse_scales, pool_embedding, scale_name, scales_for
-from rra.layers.streaming import (HookRunner, as_images, check_batch_size, check_hooks, eval_on,
-                                  hook_positions)
+from rra.embed.pool import parse_scales, pool_embedding, scale_name
+from rra.embed.dump import _plan
+from rra.layers.common import (HookRunner, as_batch, check_hooks, hook_positions, on_device,
+                              positive_int)
 
 if TYPE_CHECKING:
     import torch
@@ -129,11 +130,11 @@ def translation_sensitivity(model: "nn.Module", probe: Any, hooks: Sequence[str]
     """
     import torch
 
-    x_all = as_images(probe, "probe")
+    x_all = as_batch(probe, "probe", ndim=4)
     n, c, h, w = x_all.shape
     hook_list = check_hooks(model, hooks)
     pos = hook_positions(hook_list, positions)
-    batch_size = check_batch_size(batch_size)
+    batch_size = positive_int(batch_size, "batch_size")
     s = _check_max_shift(max_shift, h, w)
     scale_list = parse_scales(scales)
     fill_t = _fill_tensor(fill, c)
@@ -142,7 +143,7 @@ def translation_sensitivity(model: "nn.Module", probe: Any, hooks: Sequence[str]
     b_img = min(n, batch_size)
     per_pass = max(1, batch_size // b_img)
 
-    with eval_on(model, device) as dev:
+    with on_device(model, device, inference=True) as dev:
         runner = HookRunner(model, hook_list)
         shapes = runner.shapes(x_all[:1].to(dev))
         plan = _plan(shapes, scale_list)
@@ -218,19 +219,6 @@ def _cos_rel(p: "torch.Tensor", r: "torch.Tensor", rn: "torch.Tensor"
     rel = torch.where(rn.unsqueeze(0) > 0, diff / rn.clamp_min(tiny).unsqueeze(0),
                       torch.zeros_like(diff))
     return cos, rel
-
-
-def _plan(shapes: dict[str, tuple[int, ...]], scales: list) -> dict[str, list]:
-    plan = {}
-    for hook, shape in shapes.items():
-        try:
-            plan[hook] = scales_for(shape, scales)
-        except ValueError as err:
-            raise ValueError(f"hook {hook!r}: {err}") from err
-        if not plan[hook]:
-            raise ValueError(f"hook {hook!r} (output shape {shape[1:]} per image) has none of "
-                             f"the scales {[scale_name(x) for x in scales]}: add 'full'")
-    return plan
 
 
 def _check_max_shift(max_shift: Any, h: int | None = None, w: int | None = None) -> int:
