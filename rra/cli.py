@@ -326,14 +326,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.threads is not None:
             use_threads(args.threads)
-        from rra.device import device_report, use_gpu_slots
+        from rra.device import device_report, gpu_slots
 
-        use_gpu_slots()  # a job that uses CUDA holds a GPU slot (rra/device.py)
-        args.fn(args)
-        if args.threads is not None:
-            print(f"rra {args.stage}: {thread_report()}", file=sys.stderr)
-        if device_report() is not None:
-            print(f"rra {args.stage}: {device_report()}", file=sys.stderr)
+        with gpu_slots():  # a job that uses CUDA holds a GPU slot while it runs (rra/device.py)
+            args.fn(args)
+            if args.threads is not None:
+                print(f"rra {args.stage}: {thread_report()}", file=sys.stderr)
+            if device_report() is not None:
+                print(f"rra {args.stage}: {device_report()}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"rra {args.stage}: interrupted", file=sys.stderr)
         return 130

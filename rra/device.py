@@ -1,9 +1,9 @@
 """Device choice shared by every stage: CUDA when present, CPU otherwise.
 
-GPU slots [ours]: a workflow job (a ``python -m rra`` process: :func:`rra.cli.main` switches
-slots on with :func:`use_gpu_slots`) that is about to use CUDA first takes a free slot: an
-exclusive ``flock`` on ``<lock dir>/<GPU UUID>.<slot>.lock``, held until the process ends
-(normal exit, error or ``kill -9``: the kernel drops the lock with the process). A GPU has
+GPU slots [ours]: a workflow job (a ``python -m rra`` process: :func:`rra.cli.main` runs the
+stage inside :func:`gpu_slots`) that is about to use CUDA first takes a free slot: an exclusive
+``flock`` on ``<lock dir>/<GPU UUID>.<slot>.lock``, held until the stage ends or the process
+dies (normal exit, error or ``kill -9``: the kernel drops the lock with the process). A GPU has
 ``RRA_JOBS_PER_GPU`` slots (default 1), so parallel jobs never share a device by accident:
 ``device: auto`` (or ``cuda``) takes the first free slot, slot 0 of every visible GPU before
 slot 1 of any, and makes that GPU the process's current device (``torch.cuda.set_device``);
@@ -14,11 +14,12 @@ free unless Slurm gave one GPU to several jobs). The lock directory is ``RRA_GPU
 default ``<tmp>/rra-gpu-slots-<uid>`` (per user and machine; point it at one directory to
 coordinate several users). Snakemake's ``--resources gpu=N`` (``profiles/local``) keeps the
 scheduler from starting more GPU jobs than there are slots; the locks make the device choice.
-Library calls (the Python API, tests) take no slot unless they call :func:`use_gpu_slots`.
+Library calls (the Python API, tests) take no slot outside :func:`gpu_slots`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -26,7 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Sequence
+from typing import IO, Callable, Iterator, Sequence
 
 #: environment: how many jobs may use one GPU at the same time (default 1)
 JOBS_PER_GPU_VAR = "RRA_JOBS_PER_GPU"
@@ -57,6 +58,29 @@ def use_gpu_slots(enabled: bool = True) -> None:
     returns is a held slot (module docstring)."""
     global _slots_enabled
     _slots_enabled = enabled
+
+
+def release_gpu_slots() -> None:
+    """Give back every slot this process holds (closing a lock file drops its lock)."""
+    for slot in _held.values():
+        slot.file.close()
+    _held.clear()
+
+
+@contextlib.contextmanager
+def gpu_slots() -> Iterator[None]:
+    """Slots on for the body (one stage run by :func:`rra.cli.main`), its device picks reported
+    by :func:`device_report`; on exit the slots are given back and the previous setting
+    restored, so a process that runs several stages (tests) never keeps a GPU from the jobs of
+    a workflow it starts."""
+    previous = _slots_enabled
+    _picked.clear()
+    use_gpu_slots(True)
+    try:
+        yield
+    finally:
+        release_gpu_slots()
+        use_gpu_slots(previous)
 
 
 def jobs_per_gpu() -> int:

@@ -159,3 +159,17 @@ def test_explicit_cuda_index_is_checked(fake_cuda):
 
     assert rd.pick_device("cuda:1") == torch.device("cuda:1")
     assert list(rd._held) == [1]
+
+
+def test_gpu_slots_scope_releases_and_restores(fake_cuda, tmp_path):
+    """rra.cli.main runs a stage inside gpu_slots(): the slot is held during the stage and
+    given back after it, so a process running several stages (a test session) never keeps a
+    GPU from the jobs of a workflow it starts."""
+    with rd.gpu_slots():
+        rd.pick_device("auto")
+        assert list(rd._held) == [0]
+        with pytest.raises(TimeoutError):  # another job cannot take GPU 0 meanwhile
+            rd.claim_gpu_slot(["GPU-aaaa"], directory=tmp_path / "locks", poll=0.05, timeout=0.2)
+        assert "held: cuda:0 slot 1" in rd.device_report()
+    assert rd._held == {} and rd._slots_enabled is False
+    rd.claim_gpu_slot(["GPU-aaaa"], directory=tmp_path / "locks", timeout=0)
