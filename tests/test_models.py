@@ -17,7 +17,7 @@ from rra.models.resnet import PadShortcut
 MODEL_KWARGS = {"cifar_resnet": {"depth": 8}}
 ATTN_KWARGS = {"stac": {"scale": 2}}
 CASES = [(m, a) for m in sorted(MODELS) for a in sorted(ATTENTION)
-         if m != "lenet5" or a == "none"]
+         if (m != "lenet5" or a == "none") and (not m.endswith("nobn") or m == "resnet8nobn")]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,8 +41,9 @@ def _input(name: str, batch: int = 2) -> torch.Tensor:
 
 
 def test_registry_names():
-    expected = {"lenet5", "cifar_resnet", "resnet8", "resnet14", "resnet20", "resnet32",
-                "resnet44", "resnet56", "resnet18"}
+    depths = ("8", "14", "20", "32", "44", "56")
+    expected = {"lenet5", "cifar_resnet", "resnet18", *(f"resnet{d}" for d in depths),
+                *(f"resnet{d}nobn" for d in depths)}
     assert set(list_models()) == expected and list_models() == sorted(expected)
 
 
@@ -185,6 +186,41 @@ def test_resnet20_params_and_flops():
     assert abs(flops / 2 - 41e6) / 41e6 < 0.03
     assert count_flops(m, (4, 3, 32, 32)) == 4 * flops
     assert m.training  # the training flag is restored
+
+
+def test_resnet_without_batchnorm():
+    """bn=False: no BatchNorm left, every convolution with a bias, the same hook names and
+    module names (Identity in BatchNorm's place), each residual branch zero at init (so each
+    block's output is relu(shortcut(x))); ``resnet8nobn`` is ``resnet8`` with bn=False."""
+    from torch import nn
+
+    kw = dict(in_channels=3, num_classes=10, image_size=12)
+    torch.manual_seed(0)
+    plain = build_model("resnet8nobn", **kw)
+    torch.manual_seed(0)
+    via_kwargs = build_model("resnet8", bn=False, **kw)
+    with_bn = build_model("resnet8", **kw)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    assert [n for n, _ in plain.named_modules()] == [n for n, _ in with_bn.named_modules()]
+    assert plain.hook_names == with_bn.hook_names
+    convs = [m for m in plain.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(m.bias is not None and not m.bias.any() for m in convs)
+    bn_params = sum(p.numel() for m in with_bn.modules() if isinstance(m, nn.BatchNorm2d)
+                    for p in m.parameters())
+    conv_bias = sum(m.out_channels for m in convs)
+    assert count_params(plain) == count_params(with_bn) - bn_params + conv_bias
+    for a, b in zip(plain.state_dict().values(), via_kwargs.state_dict().values()):
+        assert torch.equal(a, b)
+    block = plain.layer2[0]
+    assert not block.conv2.weight.any()
+    x = torch.randn(2, 16, 12, 12)
+    assert torch.equal(block(x), torch.relu(block.shortcut(x)))
+    r18 = build_model("resnet18", bn=False, **kw)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in r18.modules())
+    with pytest.raises(ValueError, match="bn must be true or false"):
+        build_model("resnet8", bn="no", **kw)
+    with pytest.raises(ValueError, match="unknown keyword"):
+        build_model("resnet8nobn", bn=True, **kw)
 
 
 def test_resnet18_params():

@@ -16,7 +16,11 @@ entry point. Every model has
 | `lenet5` | LeNet-5, every atomic op a hook point (``rra.models.lenet``) |
 | `cifar_resnet` | CIFAR ResNet, ``depth`` = 6n + 2 keyword (``rra.models.resnet``) |
 | `resnet8` … `resnet56` | aliases of ``cifar_resnet`` at depth 8, 14, 20, 32, 44, 56 |
+| `resnet8nobn` … `resnet56nobn` | the same without BatchNorm (``bn=False``: E8's contrast) |
 | `resnet18` | CIFAR ResNet-18 (4 stages, projection shortcuts) |
+
+The ResNets take ``bn`` (default true) as a keyword (``model_kwargs: {bn: false}`` in a run);
+the ``…nobn`` names exist so that one study can hold runs with and without BatchNorm.
 """
 
 from __future__ import annotations
@@ -32,12 +36,13 @@ from torch import nn
 from .attention import ATTENTION, build_attention, get_attn, list_attention
 from .lenet import lenet5
 from .registry import check_kwargs, lookup
-from .resnet import CIFAR_ALIASES, cifar_resnet, resnet18
+from .resnet import CIFAR_ALIASES, NOBN_ALIASES, cifar_resnet, resnet18
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet5": lenet5,
     "cifar_resnet": cifar_resnet,
     **CIFAR_ALIASES,
+    **NOBN_ALIASES,
     "resnet18": resnet18,
 }
 
