@@ -495,3 +495,28 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024, m[0, 1
     o = [set(np.random.default_rng(h).choice(n - 1, size=k, replace=False)) for h in range(4)]
     assert m01 == pytest.approx(len(o[0] & o[1]) / len(o[0] | o[1]), abs=1e-12)
     assert m23 == pytest.approx(len(o[2] & o[3]) / len(o[2] | o[3]), abs=1e-12)
+
+
+def test_frame_refuses_unknown_keys_and_old_tables_read_with_the_new_columns(tmp_path):
+    """``frame`` names a key that is not a column (it used to drop it); tables written before
+    the layer columns existed read back with those columns null, beside new ones."""
+    import polars as pl
+
+    from rra.metrics.tables import SCHEMA, frame, load_tables
+
+    with pytest.raises(ValueError, match=r"\['dz'\]"):
+        frame([dict(measure="m", value=1.0, dz=3)], {"model": "x"})
+    with pytest.raises(ValueError, match=r"\['run'\]"):
+        frame([dict(measure="m", value=1.0)], {"run": "x"})
+    new = frame([dict(measure="translation_cosine", dx=-1, dy=2, value=0.5)], {"seed": 0})
+    assert list(new.columns) == list(SCHEMA) and new.row(0, named=True)["dx"] == -1
+    old_dir = tmp_path / "ds" / "run-a" / "metrics" / "p" / "euclidean-auto"
+    new_dir = tmp_path / "ds" / "run-b" / "metrics" / "p" / "euclidean-auto"
+    for d in (old_dir, new_dir):
+        d.mkdir(parents=True)
+    old_columns = [c for c in SCHEMA if c not in ("dx", "dy", "radius", "quantile", "pca_k")]
+    new.select(old_columns).with_columns(measure=pl.lit("nnts")).write_parquet(
+        old_dir / "nnts.parquet")
+    new.write_parquet(new_dir / "nnts.parquet")
+    both = load_tables(tmp_path, "nnts")
+    assert both.height == 2 and both["dx"].to_list() == [None, -1]

@@ -4,7 +4,10 @@ One row per value. Every table has the columns of :data:`SCHEMA`; a column that 
 to a measure is null (``recall_target_met`` applies to the knn table only). ``hook_a``/``pos_a``
 name a hook and its forward position (the order of
 plot axes); ``scale_a``/``scale_b`` are pooled scales ("1", "2", "4", "full"); ``class_b`` is the
-neighbours' class of the class-composition matrix; ``alpha`` the NNTP gap tolerance.
+neighbours' class of the class-composition matrix; ``alpha`` the NNTP gap tolerance. The layer
+analyses' tables (:mod:`rra.layers.stage`, same schema) use the last five columns: ``dx``, ``dy``
+(a translation), ``radius`` (max(|dx|, |dy|) of a radial profile), ``quantile`` (of the hidden
+margins) and ``pca_k`` (the PCA subspace of a constrained margin; D for the unconstrained one).
 
 Which hooks are compared: all hooks that have an embedding at a scale, in forward order, at that
 scale (the `full` scale covers every hook). ClassRepSim compares the scales of one hook.
@@ -26,6 +29,7 @@ SCHEMA: dict[str, str] = {
     "hook_a": "str", "hook_b": "str", "pos_a": "int", "pos_b": "int",
     "scale_a": "str", "scale_b": "str", "k": "int", "alpha": "int",
     "class": "int", "class_b": "int", "value": "float", "recall_target_met": "bool",
+    "dx": "int", "dy": "int", "radius": "int", "quantile": "float", "pca_k": "int",
 }
 TABLES = ("nnts", "nntp", "class_response", "classrepsim", "peers", "cka", "knn")
 CSV_MAX_ROWS = 200_000
@@ -39,11 +43,27 @@ def polars_schema() -> dict[str, Any]:
 
 
 def frame(rows: Iterable[Mapping[str, Any]], constants: Mapping[str, Any]):
-    """Rows (dicts with some of the columns) plus constant columns → a frame with SCHEMA."""
+    """Rows (dicts with some of the columns) plus constant columns → a frame with SCHEMA.
+
+    A key that is not a column of :data:`SCHEMA` is a ``ValueError`` naming it (it would
+    otherwise be dropped without a word)."""
     import polars as pl
 
     data = [{**constants, **row} for row in rows]
+    unknown = sorted(set(constants).union(*(row.keys() for row in data)) - set(SCHEMA))
+    if unknown:
+        raise ValueError(f"table rows have key(s) {unknown} that are not columns of "
+                         f"rra.metrics.tables.SCHEMA; add them there or drop them")
     return pl.DataFrame(data, schema=polars_schema(), strict=False)
+
+
+def scan_tables(paths: Iterable[PathLike]):
+    """A lazy scan of tables written with :data:`SCHEMA` (or an older subset of it: the missing
+    columns read as null), concatenated in the order given."""
+    import polars as pl
+
+    return pl.scan_parquet([Path(p) for p in paths], schema=polars_schema(),
+                           missing_columns="insert")
 
 
 class RunGraphs:
@@ -400,4 +420,4 @@ def load_tables(results_dir: PathLike = "results", name: str | None = None):
     files = sorted(p for p in Path(results_dir).glob(f"*/*/metrics/*/*/{pattern}"))
     if not files:
         return pl.DataFrame(schema=polars_schema())
-    return pl.concat([pl.read_parquet(f) for f in files], how="vertical")
+    return scan_tables(files).collect()

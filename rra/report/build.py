@@ -157,6 +157,7 @@ def _colour(df) -> str:
 def _metric_figures(rep: _Report, dirs: list) -> None:
     import polars as pl
 
+    from rra.metrics.tables import scan_tables
     from rra.report import charts
     from rra.report.frames import knn_backend_note, nnts_to_logits, parse_run, read_tables
 
@@ -169,7 +170,7 @@ def _metric_figures(rep: _Report, dirs: list) -> None:
     scale, band = rep.opts["scale"], rep.opts["band"]
     at_scale = pl.col("scale_a") == scale
     nnts = read_tables(dirs, "nnts", at_scale & (pl.col("measure") == "nnts"))
-    computed = pl.scan_parquet([d.path / "nnts.parquet" for d in dirs]).head(1).collect().height
+    computed = scan_tables(d.path / "nnts.parquet" for d in dirs).head(1).collect().height
     if nnts.height == 0 and not computed:
         _classrepsim_only_figures(rep, dirs, prefix, group, sel)  # e.g. the stac-auto val probe
         return

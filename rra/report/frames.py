@@ -116,7 +116,7 @@ def metric_dirs(results_dir: PathLike) -> list[MetricDir]:
 def read_tables(dirs: Sequence[MetricDir], name: str, where: pl.Expr | None = None) -> pl.DataFrame:
     """Table ``name`` (``nnts``, ``nntp``, ...) of every directory, concatenated; only the rows
     matching ``where`` are read (a lazy scan, so large per-class tables stay on disk)."""
-    from rra.metrics.tables import TABLES, polars_schema
+    from rra.metrics.tables import TABLES, polars_schema, scan_tables
 
     if name not in TABLES:
         raise ValueError(f"unknown metric table {name!r}; known: {list(TABLES)}")
@@ -127,7 +127,7 @@ def read_tables(dirs: Sequence[MetricDir], name: str, where: pl.Expr | None = No
                                     "metrics stage wrote an incomplete directory)")
     if not paths:
         return pl.DataFrame(schema=polars_schema())
-    scan = pl.scan_parquet(paths)
+    scan = scan_tables(paths)
     return (scan.filter(where) if where is not None else scan).collect()
 
 
