@@ -740,3 +740,19 @@ def test_config_on_recall_miss_reaches_the_knn_stage():
                                              r"not one of \['error', 'warn'\]"):
         rc.validate(bad)
 
+
+
+def test_annoy_tuning_aims_above_the_target():
+    """auto tunes to the target plus 3 standard errors of the held-out estimate (at most
+    halfway to 1), so a held-out sample does not miss a target the tuning just reached."""
+    from rra.knn.annoy_backend import tuning_aim
+
+    assert tuning_aim(0.95, 100, 25) == pytest.approx(0.95 + 3 * (0.95 * 0.05 / 2500) ** 0.5)
+    assert tuning_aim(0.95, 100, 1) == pytest.approx(0.975)  # capped halfway to 1
+    x = np.random.default_rng(3).normal(size=(400, 24)).astype(np.float32)
+    _, _, info = knn_annoy(x, 10, "euclidean", n_trees=5, search_k="auto", recall_sample=100,
+                           seed=0, progress=False)
+    aim = tuning_aim(0.95, 100, 10)
+    assert info["tuning_aim"] == pytest.approx(aim) and aim > 0.95
+    reached = [r for _, r in info["tuning"]]
+    assert reached[-1] >= aim and all(r < aim for r in reached[:-1])

@@ -24,8 +24,13 @@ sorted by (distance, index)), so recall@k' comes from the same two arrays
 (:func:`recall_by_k`).
 
 ``search_k="auto"``: start at Annoy's own default n_trees · (k + 1), double until the tuning
-rows' recall (the smallest over ``recall_k``) reaches ``recall_target`` or ``max_search_k``
-(default n · n_trees) is reached; the whole trajectory is recorded. A fixed search_k is not
+rows' recall (the smallest over ``recall_k``) reaches the tuning aim or ``max_search_k``
+(default n · n_trees) is reached; the whole trajectory is recorded. The aim is
+``recall_target`` plus a margin for the held-out sample's chance error [ours]:
+min(target + 3 σ, (1 + target) / 2), σ = sqrt(target (1 − target) / (m k_min)) (a binomial
+proportion over the m rows' k_min neighbour slots, k_min the smallest analysed k). Without it a
+search_k that just reaches the target on the tuning rows misses it on the held-out rows about
+half the time (measured on the default study: 0.948 at a tuned 0.95). A fixed search_k is not
 tuned (the tuning rows go unused).
 
 Recall miss [ours]: when the held-out recall at some k of ``recall_k`` is below
@@ -267,11 +272,12 @@ def knn_annoy(x: Any, k: int, distance: str = "euclidean", n_trees: int = 50,
     tuning: list[tuple[int, float]] = []
     if tuned:
         exact_tune = exact_sample[:tune_rows.size]
+        aim = tuning_aim(recall_target, held.size, min(ks))
         sk = min(default_sk, max_sk)
         while True:
             approx, _, _ = _query(index, points, tune_rows, k, sk)
             tuning.append((sk, min(recall_by_k(approx, exact_tune, ks).values())))
-            if tuning[-1][1] >= recall_target or sk >= max_sk:
+            if tuning[-1][1] >= aim or sk >= max_sk:
                 break
             sk = min(2 * sk, max_sk)
     else:
@@ -283,6 +289,7 @@ def knn_annoy(x: Any, k: int, distance: str = "euclidean", n_trees: int = 50,
         "tuning_sample": int(tune_rows.size) if tuned else 0,
         "recall_target": float(recall_target), "n_trees": int(n_trees), "seed": int(seed),
         "tuning": [[int(s), float(r)] for s, r in tuning], "max_search_k": max_sk,
+        "tuning_aim": tuning_aim(recall_target, held.size, min(ks)) if tuned else None,
         "build_seconds": build_seconds, "tuning_seconds": tuning_seconds,
         "metric": ANNOY_METRIC[distance], "on_recall_miss": on_recall_miss,
         "index_path": str(index_path) if index_path is not None else None,
@@ -305,6 +312,13 @@ def knn_annoy(x: Any, k: int, distance: str = "euclidean", n_trees: int = 50,
     index.unload()
     idx, dist = finish(idx, sqd)
     return idx, dist, info
+
+
+def tuning_aim(target: float, m: int, k_min: int) -> float:
+    """The recall the tuning rows must reach under ``search_k="auto"``: the target plus three
+    standard errors of the held-out estimate (m rows × k_min slots), at most halfway to 1."""
+    sigma = (target * (1 - target) / max(1, m * k_min)) ** 0.5
+    return min(target + 3 * sigma, (1 + target) / 2)
 
 
 def _set_recall(info: dict, at_k: dict[int, float], k: int) -> None:
