@@ -150,9 +150,10 @@ def test_cli_train_merges_scales_into_spec(monkeypatch, tmp_path):
 # --- configuration ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def base() -> dict:
+def base(tmp_path_factory) -> dict:
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     del cfg["experiments"]
+    cfg["results_dir"] = str(tmp_path_factory.mktemp("config") / "results")  # no checkout's data
     cfg["runs"] = [{"model": "resnet8", "attention": ["none", "se", "stac-auto"],
                     "augmentation": ["standard"], "seeds": [0]},
                    {"model": "resnet8", "attention": ["stac-auto"], "augmentation": ["none"],
