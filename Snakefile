@@ -24,6 +24,7 @@ include: "rules/knn.smk"
 include: "rules/metrics.smk"
 include: "rules/report.smk"
 include: "rules/attention.smk"
+include: "rules/layers.smk"
 
 
 rule all:

@@ -173,6 +173,15 @@ def cmd_metrics(a: argparse.Namespace) -> None:
                tables=p.get("tables"), nntp_ks=p.get("nntp_k") or None)
 
 
+def cmd_layers(a: argparse.Namespace) -> None:
+    from rra.layers.stage import layer_run
+
+    _threads(a.threads)
+    include_input = {"auto": None, "true": True, "false": False}[a.input]
+    layer_run(a.analysis, a.run_dir, a.data_dir, a.probe, a.out, settings=a.settings,
+              run=a.run, train_path=a.train, device=a.device, include_input=include_input)
+
+
 def cmd_report(a: argparse.Namespace) -> None:
     from rra.report import build_report
 
@@ -250,6 +259,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--params", type=_json, required=True)
     p.add_argument("--run", type=_json, required=True, help="run identity columns")
+
+    from rra.layers.stage import ANALYSES
+
+    p = stage("layers", cmd_layers, "one layer analysis of a trained run (E7–E9)")
+    p.add_argument("--analysis", choices=ANALYSES, required=True)
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--data-dir", required=True, help="prepared dataset directory (its splits)")
+    p.add_argument("--probe", required=True, help="the probe set's .npy (its sidecar names the split)")
+    p.add_argument("--train", default=None,
+                   help="the training subset's probe .npy (patterns: trees; margins: PCA)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--settings", type=_json, required=True,
+                   help="the analysis's settings (rra.config.layer_params)")
+    p.add_argument("--run", type=_json, required=True, help="run identity columns")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--input", choices=["auto", "true", "false"], default="auto",
+                   help="the model's normalised input as hook 'input' (position 0)")
 
     p = stage("stac-scales", cmd_stac_scales,
               "choose the stac-auto scales per stage from a baseline's ClassRepSim table")

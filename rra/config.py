@@ -113,8 +113,17 @@ def schema_validate(config: dict[str, Any]) -> None:
     is one :class:`ConfigError` line (:func:`schema_error_message`): the key path, what was found
     and what is allowed, never the schema or the whole config. [ours]
     """
-    from jsonschema import Draft202012Validator, validators
     from jsonschema.exceptions import relevance
+
+    errors = list(_filling_validator().iter_errors(config))
+    if errors:
+        raise ConfigError(schema_error_message(max(errors, key=relevance)))
+
+
+@functools.cache
+def _filling_validator() -> Any:
+    """A JSON-schema validator of ``config/schema.yaml`` that fills in defaults as it goes."""
+    from jsonschema import Draft202012Validator, validators
 
     check_properties = Draft202012Validator.VALIDATORS["properties"]
 
@@ -125,10 +134,7 @@ def schema_validate(config: dict[str, Any]) -> None:
                     instance.setdefault(key, copy.deepcopy(sub["default"]))
         yield from check_properties(validator, properties, instance, schema)
 
-    filling = validators.extend(Draft202012Validator, {"properties": fill_defaults})
-    errors = list(filling(_schema()).iter_errors(config))
-    if errors:
-        raise ConfigError(schema_error_message(max(errors, key=relevance)))
+    return validators.extend(Draft202012Validator, {"properties": fill_defaults})(_schema())
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -178,7 +184,8 @@ def check_config(config: dict[str, Any]) -> None:
     a ``stac-auto`` run needs (:func:`check_stac_auto`), the dataset options, every run's
     training settings and network (:func:`check_runs`), k against the probe sizes
     (:func:`check_probe_sizes`), NNTP's k (:func:`check_nntp_k`) and the report's options
-    (:func:`check_report`): whatever the config alone decides fails here, before any job."""
+    (:func:`check_report`) and the layer analyses (:func:`check_layer_overrides`,
+    :func:`check_layers`): whatever the config alone decides fails here, before any job."""
     from rra.data import DATASETS, dataset_info
     from rra.models import MODELS
     from rra.models.attention import ATTENTION
@@ -196,6 +203,7 @@ def check_config(config: dict[str, Any]) -> None:
         if not Path(data_dir).is_dir():
             raise ConfigError(f"config key 'data_dir': directory not found: {data_dir}")
     check_val(config)
+    check_layer_overrides(config)
     splits = prepared_splits(config)
     for where, probe in probe_entries(config):
         if probe["split"] not in splits:
@@ -231,6 +239,7 @@ def check_config(config: dict[str, Any]) -> None:
     check_large_k(config)
     check_dataset_options(config)
     check_runs(config)
+    check_layers(config)
     check_probe_sizes(config)
     check_nntp_k(config)
     check_report(config)
@@ -350,8 +359,9 @@ def probe_size(config: dict[str, Any], probe: dict[str, Any]) -> int | None:
 def probe_requirements(config: dict[str, Any]) -> list[dict[str, Any]]:
     """One entry per probe set of the study: its name, config key (``probe_key``), split and
     n_per_class, and the largest k any analysis asks of it with that k's config key
-    (``k_key``): what :func:`check_probes` checks, at config load and again in the prepare
-    stage (the CLI's ``--probe-check``)."""
+    (``k_key``; k = 0 for the probes of the layer analyses, which take no k): what
+    :func:`check_probes` checks, at config load and again in the prepare stage (the CLI's
+    ``--probe-check``)."""
     keys: dict[str, str] = {}
     for where, p in probe_entries(config):
         keys.setdefault(probe_name(p), where)
@@ -368,6 +378,10 @@ def probe_requirements(config: dict[str, Any]) -> list[dict[str, Any]]:
         if a.probe not in out or k > out[a.probe]["k"]:
             out[a.probe] = {"probe": a.probe, "probe_key": keys.get(a.probe, "probe"),
                             **parse_probe(a.probe), "k": k, "k_key": k_key}
+    for name, key in keys.items():  # the layer analyses' probes: rows per class, no k
+        if name not in out:
+            out[name] = {"probe": name, "probe_key": key, **parse_probe(name), "k": 0,
+                         "k_key": ""}
     return list(out.values())
 
 
@@ -717,6 +731,9 @@ def probe_entries(config: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         out += [(f"experiments.{name}.probes[{i}]", p) for i, p in enumerate(exp.get("probes", []))]
     if any(r.attention in AUTO_ATTENTION for r in runs_of(config)):
         out.append(("stac_auto.probe", config["stac_auto"]["probe"]))
+    for block in layer_blocks(config):
+        out += [(block.key(name), block.settings[name]) for name in ("probe", "train")
+                if name in block.settings]
     return out
 
 
@@ -820,6 +837,227 @@ def knn_params(config: dict[str, Any], run: Run, probe: str, knn: str) -> dict[s
 
 def metrics_params(config: dict[str, Any], run: Run, probe: str, knn: str) -> dict[str, Any]:
     return analysis_settings(config, run, probe, knn)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer analyses (rra/layers, experiments E7–E9)
+
+#: keys of a layer analysis's block that choose what runs, not how: not passed to the stage
+LAYER_SELECTORS = ("probe", "models")
+
+
+@dataclass(frozen=True)
+class LayerBlock:
+    """One analysis of one experiment's ``layers`` block, with its resolved settings."""
+
+    experiment: str
+    analysis: str
+    settings: dict[str, Any]       # layers.probe/batch_size, layers.{analysis}, the overrides
+    sources: dict[str, str]        # setting → the config key it comes from
+
+    def key(self, name: str) -> str:
+        """The config key a setting comes from (for error messages)."""
+        return self.sources.get(name, f"layers.{self.analysis}.{name}")
+
+
+@dataclass(frozen=True)
+class LayerAnalysis:
+    """One layer analysis of one run: ``results/{dataset}/{run}/layers/{probe}/{analysis}``."""
+
+    run: Run
+    analysis: str
+    probe: str
+    params: str                    # canonical JSON of the stage's settings
+    experiment: str
+    train: str | None = None       # probe name of the training subset (patterns, margins)
+
+
+def layer_blocks(config: dict[str, Any]) -> list[LayerBlock]:
+    """Every (experiment, analysis) of the enabled experiments' ``layers`` blocks, in config
+    order: ``layers.probe`` and ``layers.batch_size``, then the top-level ``layers.{analysis}``
+    block, then the experiment's overrides (each later one wins)."""
+    top = config["layers"]
+    out = []
+    for name, exp in experiments(config).items():
+        for analysis, override in (exp.get("layers") or {}).items():
+            settings: dict[str, Any] = {}
+            sources: dict[str, str] = {}
+            for prefix, block in (("layers", {k: top[k] for k in ("probe", "batch_size")}),
+                                  (f"layers.{analysis}", top[analysis]),
+                                  (f"experiments.{name}.layers.{analysis}", override or {})):
+                settings.update(copy.deepcopy(block))
+                sources.update({k: f"{prefix}.{k}" for k in block})
+            out.append(LayerBlock(name, analysis, settings, sources))
+    return out
+
+
+def check_layer_overrides(config: dict[str, Any]) -> None:
+    """Each experiment's ``layers.{analysis}`` overrides, merged onto the top-level block, are
+    valid settings of that block (the schema's keys, types and ranges; one line naming the
+    experiment's key); a probe block they set gets its defaults filled in, as the top-level
+    ones do. Runs before anything reads them."""
+    from jsonschema.exceptions import relevance
+
+    for name, exp in experiments(config).items():
+        for analysis, override in (exp.get("layers") or {}).items():
+            merged = {**copy.deepcopy(config["layers"][analysis]), **copy.deepcopy(override)}
+            errors = list(_filling_validator().iter_errors({"layers": {analysis: merged}}))
+            if errors:
+                text = schema_error_message(max(errors, key=relevance))
+                raise ConfigError(text.replace(f"'layers.{analysis}",
+                                               f"'experiments.{name}.layers.{analysis}"))
+            override.update({k: merged[k] for k in override})  # the defaults filled in
+
+
+def layer_analyses(config: dict[str, Any], experiment: str | None = None) -> list[LayerAnalysis]:
+    """Every layer analysis of the study (or of one experiment): for each experiment's
+    ``layers`` analysis, each of its runs (restricted to ``models`` when set), on the
+    analysis's probe. One (run, probe, analysis) folder asked for by several experiments is
+    listed once for the study; asked with other settings, it is an error (one folder, one
+    setting)."""
+    seen: dict[tuple[Run, str, str], tuple[LayerAnalysis, str]] = {}
+    out = []
+    for block in layer_blocks(config):
+        exp, s = experiments(config)[block.experiment], block.settings
+        probe = probe_name(s["probe"])
+        train = probe_name(s["train"]) if "train" in s else None
+        params = {k: v for k, v in s.items() if k not in LAYER_SELECTORS}
+        if train is not None:
+            params["train"] = train
+        for run in runs_of({"runs": exp.get("runs") or config["runs"]}):
+            if s.get("models") and run.model not in s["models"]:
+                continue
+            la = LayerAnalysis(run, block.analysis, probe, as_json(params), block.experiment,
+                               train)
+            key = (run, probe, block.analysis)
+            prior = seen.setdefault(key, (la, block.key("probe")))
+            if prior[0].params != la.params:
+                raise ConfigError(
+                    f"config key 'experiments.{block.experiment}.layers.{block.analysis}': run "
+                    f"{run.name!r} on probe {probe} is also analysed ({block.analysis}) by "
+                    f"experiment {prior[0].experiment} with other settings; one folder holds "
+                    "one setting: make them equal or use another probe")
+            if experiment == block.experiment or (experiment is None and prior[0] is la):
+                out.append(la)
+    return out
+
+
+def layer_params(config: dict[str, Any], run: Run, probe: str, analysis: str) -> dict[str, Any]:
+    """The settings the layers stage gets for one (run, probe, analysis) folder (what its
+    params trigger watches): the analysis's keys, ``batch_size`` and, for patterns and
+    margins, ``train`` (the training subset's probe name)."""
+    for a in layer_analyses(config):
+        if (a.run, a.probe, a.analysis) == (run, probe, analysis):
+            return json.loads(a.params)
+    raise ConfigError(f"no layer analysis {analysis!r} of run {run.name!r} on probe {probe!r} "
+                      "is configured")
+
+
+def check_layers(config: dict[str, Any]) -> None:
+    """What the schema cannot say about the layer analyses, per experiment and analysis
+    (messages name the key): ``models`` among the experiment's runs; translation's
+    ``max_shift`` below the image side and no repeated scale; the trees' keyword arguments
+    (``sklearn``'s own check) and a ReLU behind the hooks of every analysed model;
+    ``pca_k`` within the rank of the training subset (n − 1) and the input dimension D;
+    fragmentation's same-class triplets (3 probe rows per class) and mixed ones (3 classes);
+    the saliency grid within the probe. Probe splits and rows per class are checked with every
+    probe (:func:`probe_entries`, :func:`check_probe_sizes`)."""
+    from rra.data import dataset_info
+
+    info = dataset_info(config["dataset"])
+    d = info.channels * info.image_size ** 2
+    for block in layer_blocks(config):
+        s, exp = block.settings, experiments(config)[block.experiment]
+        exp_runs = runs_of({"runs": exp.get("runs") or config["runs"]})
+        models = s.get("models")
+        if models:
+            missing = sorted(set(models) - {r.model for r in exp_runs})
+            if missing:
+                raise ConfigError(f"config key '{block.key('models')}': model(s) {missing} "
+                                  f"are not among the runs of experiment {block.experiment} "
+                                  f"({sorted({r.model for r in exp_runs})})")
+        probe_n = probe_size(config, s["probe"])
+        per_class = s["probe"]["n_per_class"]
+        if block.analysis == "translation":
+            if s["max_shift"] >= info.image_size:
+                raise ConfigError(f"config key '{block.key('max_shift')}': {s['max_shift']} "
+                                  f"must be smaller than the image side {info.image_size} of "
+                                  f"{info.name} (larger shifts leave only fill)")
+            if len({str(x) for x in s["scales"]}) != len(s["scales"]):
+                raise ConfigError(f"config key '{block.key('scales')}': repeated scale in "
+                                  f"{s['scales']}")
+        elif block.analysis == "patterns":
+            _check_tree_kwargs(s["tree"], block.key("tree"))
+            _check_relus(config, exp_runs, models, block.key("models"))
+        elif block.analysis == "margins":
+            n_train = probe_size(config, s["train"])
+            for k in s["pca_k"]:
+                if k == "full":
+                    continue
+                bound, why = d, f"the input dimension D = {d}"
+                if n_train is not None and n_train - 1 < bound:
+                    bound, why = n_train - 1, (f"the rank n − 1 = {n_train - 1} of the training "
+                                               f"subset ('{block.key('train')}')")
+                if k > bound:
+                    raise ConfigError(f"config key '{block.key('pca_k')}': k = {k} exceeds "
+                                      f"{why}; use k ≤ {bound} or 'full'")
+            if probe_n is not None and probe_n < 2:
+                raise ConfigError(f"config key '{block.key('probe')}': the hidden margins "
+                                  "need at least 2 probe rows")
+        elif block.analysis == "fragmentation":
+            if "same_class" in s["kinds"] and per_class != "all" and per_class < 3:
+                raise ConfigError(f"config key '{block.key('probe')}.n_per_class': "
+                                  f"same_class triplets need 3 probe rows of a class, the "
+                                  f"probe has {per_class} per class; enlarge it or set "
+                                  f"kinds: [mixed]")
+            if "mixed" in s["kinds"] and info.num_classes < 3:
+                raise ConfigError(f"config key '{block.key('kinds')}': mixed triplets need 3 "
+                                  f"classes, {info.name} has {info.num_classes}")
+        elif block.analysis == "saliency":
+            if probe_n is not None and s["images"] > probe_n:
+                raise ConfigError(f"config key '{block.key('images')}': {s['images']} images "
+                                  f"in the grid, the probe has {probe_n} rows")
+    layer_analyses(config)  # one setting per folder
+
+
+def _check_tree_kwargs(kwargs: dict[str, Any], key: str) -> None:
+    from sklearn.tree import DecisionTreeClassifier
+
+    if "random_state" in kwargs:
+        raise ConfigError(f"config key '{key}': random_state is the analysis's seed; set "
+                          "seed instead")
+    try:
+        DecisionTreeClassifier(**kwargs)._validate_params()
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config key '{key}': {' '.join(str(err).split())}") from None
+
+
+def _check_relus(config: dict[str, Any], runs: list[Run], models: list[str] | None,
+                 key: str) -> None:
+    """Every analysed model has a ReLU behind some hook (built once per model variant)."""
+    import torch
+
+    from rra.data import dataset_info
+    from rra.layers.patterns import relu_hooks
+    from rra.train.checkpoint import build_from_args
+    from rra.train.loop import model_args_of
+
+    info = dataset_info(config["dataset"])
+    seen = set()
+    for run in runs:
+        if models and run.model not in models or run.attention in AUTO_ATTENTION:
+            continue
+        spec = train_spec(config, run)
+        args = model_args_of(spec, info)
+        if as_json(args) in seen:
+            continue
+        seen.add(as_json(args))
+        with torch.random.fork_rng(devices=[]):
+            model = build_from_args(args)
+        if not relu_hooks(model):
+            raise ConfigError(f"config key '{key}': model {run.model!r} (run {run.name}) has "
+                              "no nn.ReLU behind its hooks: binary activation patterns need "
+                              "ReLU outputs")
 
 
 def as_json(obj: Any) -> str:

@@ -43,6 +43,7 @@ wildcard_constraints:
     probe=r"[a-z]+-(n\d+|all)-s\d+",
     distance=r"euclidean|cosine",
     backend=r"auto|exact|annoy(-t(\d+|d)-s(auto|-?\d+|d))?",
+    analysis=r"translation|patterns|margins|saliency|fragmentation",
 
 
 RUN_DIR = RESULTS + "/{dataset}/{model}-{attention}-{augmentation}-s{seed}"
@@ -96,6 +97,11 @@ def targets_of(analyses, runs, stac_choice=False):
     return list(dict.fromkeys(targets))
 
 
+def layer_targets(layer_analyses):
+    """The manifests of some layer analyses (rules/layers.smk)."""
+    return [f"{run_dir(a.run)}/layers/{a.probe}/{a.analysis}/manifest.json" for a in layer_analyses]
+
+
 def study_targets():
     """Every final artifact of the configured study (all experiments), for `rule all`."""
     targets = [f"{RESULTS}/{DATASET}/cost.parquet", f"{RESULTS}/{DATASET}/accuracy.parquet"]
@@ -109,4 +115,5 @@ def experiment_targets(name):
     """The artifacts of one experiment (its Snakemake target: `snakemake {name}`)."""
     exp = EXPERIMENTS[name]
     runs = rc.runs_of({"runs": exp.get("runs") or config["runs"]})
-    return targets_of(rc.analyses(config, name), runs, exp.get("stac_choice", False))
+    return (targets_of(rc.analyses(config, name), runs, exp.get("stac_choice", False))
+            + layer_targets(rc.layer_analyses(config, name)))

@@ -15,10 +15,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def base() -> dict:
-    """The default config without its experiments (the tests add what they need)."""
+def base(tmp_path_factory) -> dict:
+    """The default config without its experiments (the tests add what they need), with a
+    results_dir of its own: class counts must not come from a checkout's prepared data."""
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     del cfg["experiments"]
+    cfg["results_dir"] = str(tmp_path_factory.mktemp("config") / "results")
     return cfg
 
 
@@ -28,15 +30,17 @@ def validated(cfg: dict) -> dict:
 
 def test_default_and_test_configs_validate(base):
     full = rc.load_config(ROOT / "config" / "config.yaml")
-    assert list(rc.experiments(full)) == ["E1", "E2", "E3", "E4", "E5", "E6"]
-    assert len(rc.runs_of(full)) == 23
+    assert list(rc.experiments(full)) == ["E1", "E2", "E3", "E4", "E5", "E6", "E7", "E8", "E9"]
+    assert len(rc.runs_of(full)) == 24  # E8 adds ResNet-20 without BatchNorm
     assert {a.experiment for a in rc.analyses(full)} == {"study", "E1", "E2", "E3", "E4", "E5", "stac_auto"}
     cfg = validated(base)
     assert cfg["knn"]["annoy"]["recall_target"] == 0.95
     test = rc.load_config(ROOT / "config" / "config.yaml", ROOT / "config" / "test.yaml")
     assert test["training"]["epochs"] == 2 and test["training"]["lr"] == base["training"]["lr"]
     assert [r.name for r in rc.runs_of(test)] == [
-        "lenet5-none-none-s0", "lenet5-none-standard-s0", "resnet8-none-standard-s0"]
+        "lenet5-none-none-s0", "lenet5-none-standard-s0", "resnet8-none-standard-s0",
+        "resnet8nobn-none-standard-s0"]
+    assert len(rc.layer_analyses(test)) == 2 + 2 + 3 * 2 + 2
 
 
 @pytest.mark.parametrize("mutate, needle", [
@@ -282,7 +286,10 @@ def test_published_overlays_validate(tmp_path):
     assert (knn["k"], knn["nnts_k"]) == (100, [6000, 12000])  # graphs at 100, the sweep above
     assert rc.embed_input(mnist, "lenet5") is True
     cifar = load("published-cifar10.yaml")
-    assert set(rc.experiments(cifar)) == {"E2", "E3", "E4", "E5", "E6"}
+    assert set(rc.experiments(cifar)) == {"E2", "E3", "E4", "E5", "E6", "E7", "E8", "E9"}
+    frag = [a for a in rc.layer_analyses(cifar) if a.analysis == "fragmentation"]
+    assert {a.run.model for a in frag} == {"resnet20"} and all(
+        '"triplets":50' in a.params and '"resolution":50' in a.params for a in frag)
     assert rc.train_spec(cifar, rc.Run("resnet20", "none", "standard", 0))["milestones"] == [82, 123]
 
 
@@ -442,6 +449,112 @@ def test_report_k_must_be_computed_by_every_analysis(base):
 def test_dataset_model_and_training_options_checked_at_load(base, mutate, needle):
     """They used to fail in the prepare or training job (after other trainings had run)."""
     cfg = copy.deepcopy(base)
+    mutate(cfg)
+    with pytest.raises(rc.ConfigError) as err:
+        rc.validate(cfg)
+    assert needle in str(err.value)
+
+
+def layer_config(base: dict, **layers) -> dict:
+    """``base`` with experiment E7 running the given layer analyses on LeNet-5 and ResNet-20."""
+    cfg = copy.deepcopy(base)
+    cfg["experiments"] = {"E7": {"description": "x", "analyse": False, "layers": layers, "runs": [
+        {"model": "lenet5", "augmentation": ["none", "standard"]},
+        {"model": "resnet20", "augmentation": ["standard"]}]}}
+    return cfg
+
+
+def test_layer_analyses_of_the_default_study_and_their_settings(base):
+    full = rc.load_config(ROOT / "config" / "config.yaml")
+    la = rc.layer_analyses(full)
+    assert len(la) == 17 and {a.probe for a in la} == {"test-n10-s0"}
+    assert {(a.experiment, a.analysis) for a in la} == {
+        ("E7", "translation"), ("E8", "patterns"), ("E9", "margins"), ("E9", "saliency"),
+        ("E9", "fragmentation")}
+    assert {a.run.model for a in la if a.analysis == "fragmentation"} == {"lenet5"}
+    assert {a.run.name for a in rc.layer_analyses(full, "E8")} == {
+        "resnet20-none-none-s0", "resnet20-none-standard-s0", "resnet20nobn-none-none-s0"}
+    params = rc.layer_params(full, rc.Run("resnet20", "none", "none", 0), "test-n10-s0",
+                             "patterns")
+    assert params == {"batch_size": 250, "seed": 0, "tree": {}, "train": "train-n50-s0"}
+    frag = rc.layer_params(full, rc.Run("lenet5", "none", "none", 0), "test-n10-s0",
+                           "fragmentation")
+    assert frag["batch_size"] == 2500 and frag["triplets"] == 2 and "models" not in frag
+    with pytest.raises(rc.ConfigError, match="no layer analysis 'patterns' of run"):
+        rc.layer_params(full, rc.Run("lenet5", "none", "none", 0), "test-n10-s0", "patterns")
+    needs = {r["probe"]: r for r in rc.probe_requirements(full)}
+    assert needs["train-n50-s0"]["k"] == 0 and needs["train-n50-s0"]["probe_key"] == \
+        "layers.patterns.train"
+    # schema defaults are the spec's settings (seed-measures.md)
+    defaults = validated({k: v for k, v in base.items() if k != "layers"})["layers"]
+    assert defaults["fragmentation"]["triplets"] == 50 and defaults["fragmentation"][
+        "resolution"] == 50 and defaults["margins"]["pca_k"] == [1, 5, 25, "full"]
+    assert defaults["translation"] == {"max_shift": 4, "scales": [1, "full"]}
+
+
+def test_experiment_overrides_the_layers_block_per_analysis(base):
+    cfg = layer_config(base, translation={"max_shift": 2,
+                                          "probe": {"split": "test", "n_per_class": 5}},
+                       margins={})
+    cfg = validated(cfg)
+    la = {(a.run.name, a.analysis): a for a in rc.layer_analyses(cfg)}
+    assert la[("lenet5-none-none-s0", "translation")].probe == "test-n5-s0"
+    assert rc.layer_params(cfg, rc.Run("lenet5", "none", "none", 0), "test-n5-s0",
+                           "translation")["max_shift"] == 2
+    assert la[("lenet5-none-none-s0", "margins")].probe == "test-n10-s0"
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda c: c["experiments"]["E7"]["layers"].update(translation={"max_shfit": 2}),
+     "config key 'experiments.E7.layers.translation.max_shfit': unknown key; allowed in "
+     "'experiments.E7.layers.translation': batch_size, max_shift, models, probe, scales"),
+    (lambda c: c["experiments"]["E7"]["layers"].update(translation={"scales": [0]}),
+     "config key 'experiments.E7.layers.translation.scales[0]': 0 is not allowed"),
+    (lambda c: c["experiments"]["E7"]["layers"].update(bogus={}),
+     "config key 'experiments.E7.layers.bogus': unknown key"),
+    (lambda c: c["layers"].update(translation={"max_shift": 28}),
+     "config key 'layers.translation.max_shift': 28 must be smaller than the image side 28"),
+    (lambda c: c["experiments"]["E7"]["layers"].update(translation={"scales": [1, 1]}),
+     "config key 'experiments.E7.layers.translation.scales': repeated scale in [1, 1]"),
+    (lambda c: c["layers"].update(patterns={"tree": {"max_depth": -1}}),
+     "config key 'layers.patterns.tree': The 'max_depth' parameter"),
+    (lambda c: c["layers"].update(patterns={"tree": {"random_state": 1}}),
+     "config key 'layers.patterns.tree': random_state is the analysis's seed"),
+    (lambda c: c["layers"].update(patterns={"tree": {"depth": 2}}),
+     "config key 'layers.patterns.tree': "),
+    (lambda c: c["experiments"]["E7"]["layers"].update(margins={"pca_k": [1, 600]}),
+     "config key 'experiments.E7.layers.margins.pca_k': k = 600 exceeds the rank n − 1 = 499 of "
+     "the training subset ('layers.margins.train'); use k ≤ 499 or 'full'"),
+    (lambda c: c["layers"].update(margins={"train": {"split": "train", "n_per_class": 1000}}),
+     "config key 'layers.margins.train.n_per_class': 1000 rows per class, but class 0 of split "
+     "'train'"),
+    (lambda c: c["layers"].update(probe={"split": "test", "n_per_class": 101}),
+     "config key 'layers.probe.n_per_class': 101 rows per class, but class 0 of split 'test' "
+     "has 100"),
+    (lambda c: c["layers"].update(probe={"split": "tset", "n_per_class": 5}),
+     "config key 'layers.probe.split': dataset 'mnist5k' has splits"),
+    (lambda c: c["experiments"]["E7"]["layers"].update(fragmentation={"models": ["vgg11"]}),
+     "config key 'experiments.E7.layers.fragmentation.models': model(s) ['vgg11'] are not among "
+     "the runs of experiment E7 (['lenet5', 'resnet20'])"),
+    (lambda c: c["experiments"]["E7"]["layers"].update(fragmentation={
+        "probe": {"split": "test", "n_per_class": 2}}),
+     "config key 'experiments.E7.layers.fragmentation.probe.n_per_class': same_class triplets "
+     "need 3 probe rows of a class, the probe has 2 per class"),
+    (lambda c: c["experiments"]["E7"]["layers"].update(fragmentation={"kinds": []}),
+     "config key 'experiments.E7.layers.fragmentation.kinds': [] should be non-empty"),
+    (lambda c: c["experiments"]["E7"]["layers"].update(saliency={"images": 101}),
+     "config key 'experiments.E7.layers.saliency.images': 101 images in the grid, the probe "
+     "has 100 rows"),
+    (lambda c: c["experiments"]["E7"]["layers"].update(saliency={"top": 0}),
+     "config key 'experiments.E7.layers.saliency.top': 0 is less than or equal to the minimum"),
+    (lambda c: c["experiments"].update(E7b={"layers": {"translation": {"max_shift": 3}},
+                                            "runs": [{"model": "lenet5"}]}),
+     "config key 'experiments.E7b.layers.translation': run 'lenet5-none-none-s0' on probe "
+     "test-n10-s0 is also analysed (translation) by experiment E7 with other settings"),
+])
+def test_layer_settings_checked_at_load(base, mutate, needle):
+    cfg = layer_config(base, translation={}, patterns={}, margins={}, saliency={},
+                       fragmentation={})
     mutate(cfg)
     with pytest.raises(rc.ConfigError) as err:
         rc.validate(cfg)

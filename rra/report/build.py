@@ -28,7 +28,25 @@ per dataset ``{dataset}/``:
                                parameter's values; per backend setting recall@k, seconds per
                                graph and time relative to exact;
   ``stac-scales-{baseline}``   per ``stac_scales/{baseline}.json``: ClassRepSim evidence against
-                               the scale per stage, tau and the chosen scale (E4).
+                               the scale per stage, tau and the chosen scale (E4);
+per dataset and probe of the layer analyses ``{dataset}/layers-{probe}/`` (E7–E9, one line
+per variant = model · attention · augmentation, seeds averaged; models with the same hooks,
+e.g. ResNet-20 with and without BatchNorm, share a figure):
+  ``translation-{model}``      (2S+1)² cosine maps per hook (columns) and variant (rows), at
+                               the report's scale (else ``full``) (E7);
+  ``translation-radial-{model}`` radial profiles of cosine and relative change per hook, both
+                               scales, and ``translation-summary-{model}``: the maps' means
+                               without (0, 0) per hook (E7);
+  ``patterns-{models}``        ReLU sparsity, pattern groups, purity, tree fidelity/size per
+                               hook (E8);
+  ``margins-{models}``         hidden-margin quartiles per hook, and ``margins-pca``: the input
+                               margin against the PCA subspace's k, every model (E9);
+  ``saliency``, ``saliency-share``, ``filters``
+                               image | true-class | predicted-class saliency of the same probe
+                               images per variant, the top-5 % mass share, first-layer filter
+                               grids (E9);
+  ``fragmentation-{models}``   class regions per plane per hook, same-class and mixed
+                               triplets (E9).
 
 A figure whose inputs are absent is skipped. Under each analysis's heading the index says which
 kNN backend built its graphs and why (``kNN: exact, … (auto: exact predicted … vs Annoy …)``,
@@ -64,6 +82,7 @@ BLOCKS = {
     "knn": ("probe", "embed", "knn"),
     "hyperparams": ("probe", "embed", "knn", "metrics", "report", "experiments"),
     "stac": ("stac_auto", "probe", "embed", "knn"),
+    "layers": ("layers", "experiments", "embed", "device"),
 }
 CURVE_MEASURES = {"knn_purity": "kNN class purity", "knn_vote_accuracy": "kNN-vote accuracy",
                   "nnts_to_logits": "NNTS to logits"}
@@ -520,6 +539,258 @@ def _stac_figures(rep: _Report, dataset: str) -> None:
                             "budget": meta["budget"]})
 
 
+LAYER_MEASURES = {
+    "patterns": {"relu_channel_sparsity": "channel sparsity", "relu_element_sparsity":
+                 "element sparsity", "relu_pattern_unique_fraction": "unique patterns / n",
+                 "relu_pattern_purity": "pattern-group purity", "relu_tree_fidelity":
+                 "tree fidelity (probe)", "relu_tree_depth": "tree depth",
+                 "relu_tree_leaves": "tree leaves"},
+    "fragmentation": {"fragmentation_same_class": "same-class triplets",
+                      "fragmentation_mixed": "mixed triplets"},
+    "translation": {"translation_cosine_mean": "mean cosine (d ≠ 0)",
+                    "translation_rel_change_mean": "mean ‖Δh‖ / ‖h‖ (d ≠ 0)"},
+}
+
+
+def _layer_figures(rep: _Report, dataset: str) -> None:
+    """E7–E9: the figure families of the layer analyses, per probe (module docstring)."""
+    import polars as pl
+
+    from rra.report import charts
+    from rra.report.frames import layer_dirs
+
+    for probe in sorted({d.probe for d in layer_dirs(rep.results_dir) if d.dataset == dataset}):
+        dirs = [d for d in layer_dirs(rep.results_dir)
+                if d.dataset == dataset and d.probe == probe]
+        ctx = {"prefix": f"{dataset}/layers-{probe}",
+               "group": f"{dataset} · layer analyses (E7–E9) · probe {probe}",
+               "sel": {"dataset": dataset, "probe": probe}}
+        for analysis, fn in (("translation", _translation_figures),
+                             ("patterns", _patterns_figures), ("margins", _margins_figures),
+                             ("saliency", _saliency_figures),
+                             ("fragmentation", _fragmentation_figures)):
+            adirs = [d for d in dirs if d.analysis == analysis]
+            if adirs:
+                fn(rep, adirs, charts, pl, **ctx)
+
+
+def _layer_frame(dirs: list, where=None):
+    """The layer table of some directories with a ``variant`` label (model · attention ·
+    augmentation) and only the columns a layer figure may vary in."""
+    from rra.report import charts
+    from rra.report.frames import read_layer_tables
+
+    df = read_layer_tables(dirs, where)
+    df = charts.add_variant(df, ("model", "attention", "augmentation"))
+    return df.drop("distance", "backend", "hook_b", "pos_b", "scale_b", "k", "alpha",
+                   "class_b", "recall_target_met")
+
+
+def _inputs_of(dirs: list, models=None) -> list:
+    from rra.report.frames import parse_run
+
+    return [p for d in dirs if models is None or parse_run(d.run)["model"] in models
+            for p in (d.manifest, d.table)]
+
+
+def _translation_figures(rep, dirs, charts, pl, *, prefix, group, sel) -> None:
+    df = _layer_frame(dirs)
+    scales = df["scale_a"].drop_nulls().unique().to_list()
+    scale = rep.opts["scale"] if rep.opts["scale"] in scales else "full"
+    for model in sorted(df["model"].unique().to_list()):
+        m = df.filter(pl.col("model") == model)
+        m_sel = {**sel, "model": model, "scales": sorted(m["scale_a"].unique().to_list())}
+        inputs = _inputs_of(dirs, [model])
+        maps = m.filter((pl.col("measure") == "translation_cosine") & (pl.col("scale_a") == scale))
+        if maps.height:
+            side = int(maps["dx"].max())
+            rep.emit(charts.translation_maps(maps.drop("radius", "quantile", "pca_k", "class"),
+                                             title=f"Translation sensitivity (cosine), {model} "
+                                                   f"at scale {scale}"),
+                     f"{prefix}/translation-{model}", kind="layers", group=group,
+                     inputs=inputs, title=f"Translation sensitivity maps: {model}",
+                     caption=f"cos(h(x), h(x shifted by (dx, dy))) per hook (columns, forward "
+                             f"order) at scale {scale}, mean over the probe and the seeds, "
+                             f"shifts in [−{side}, {side}]² with black fill; rows: attention · "
+                             "augmentation variant (E7)",
+                     selection={**m_sel, "scale": scale, "measure": "translation_cosine"})
+        radial = m.filter(pl.col("measure").str.ends_with("_radial"))
+        if radial.height:
+            radial = radial.with_columns(pl.col("measure").replace(
+                {"translation_cosine_radial": "cosine",
+                 "translation_rel_change_radial": "relative change"}))
+            rep.emit(charts.radial_curves(radial.drop("dx", "dy", "quantile", "pca_k",
+                                                      "class"),
+                                          title=f"Radial translation profiles, {model}"),
+                     f"{prefix}/translation-radial-{model}", kind="layers", group=group,
+                     inputs=inputs, title=f"Radial translation profiles: {model}",
+                     caption="Mean of each translation map over the shifts with "
+                             "max(|dx|, |dy|) = r against r: cosine (top) and relative "
+                             "Euclidean change ‖h(x) − h(x')‖ / ‖h(x)‖ (bottom), per hook "
+                             "(columns); solid and dashed lines: the two pooled scales; mean "
+                             "over seeds (E7)", selection=m_sel)
+        summary = m.filter(pl.col("measure").is_in(list(LAYER_MEASURES["translation"])))
+        if summary.height:
+            summary = summary.with_columns(pl.col("measure").replace(LAYER_MEASURES["translation"]))
+            rep.emit(charts.hook_curves(summary.drop("dx", "dy", "radius", "quantile", "pca_k",
+                                                     "class"), color="variant",
+                                        band=rep.opts["band"], row="scale_a",
+                                        title=f"Translation sensitivity per hook, {model}"),
+                     f"{prefix}/translation-summary-{model}", kind="layers", group=group,
+                     inputs=inputs, title=f"Translation sensitivity per hook: {model}",
+                     caption="Mean of the cosine and relative-change maps over every shift "
+                             "but (0, 0), per hook, one row per pooled scale; line: mean over "
+                             "seeds (E7)", selection={**m_sel, "band": rep.opts["band"]})
+
+
+def _hook_measure_figures(rep, dirs, charts, pl, analysis, stem, title, caption, *, prefix,
+                          group, sel) -> None:
+    """One ``hook_curves`` figure per hook group of a layer table's per-hook measures."""
+    from rra.report.frames import hook_groups
+
+    names = LAYER_MEASURES[analysis]
+    df = _layer_frame(dirs, pl.col("measure").is_in(list(names)))
+    for models, part in hook_groups(df):
+        part = part.with_columns(pl.col("measure").replace(names))
+        label = "-".join(models)
+        rep.emit(charts.hook_curves(part.drop("dx", "dy", "radius", "quantile", "pca_k",
+                                              "class", "scale_a"), color="variant",
+                                    band=rep.opts["band"], title=f"{title}, {', '.join(models)}"),
+                 f"{prefix}/{stem}-{label}", kind="layers", group=group,
+                 inputs=_inputs_of(dirs, models), title=f"{title}: {', '.join(models)}",
+                 caption=caption + f"; line: mean over seeds, band: "
+                         f"{'min–max' if rep.opts['band'] == 'minmax' else 'mean ± sd'}",
+                 selection={**sel, "models": list(models), "band": rep.opts["band"]})
+
+
+def _patterns_figures(rep, dirs, charts, pl, **ctx) -> None:
+    _hook_measure_figures(
+        rep, dirs, charts, pl, "patterns", "patterns", "ReLU patterns and trees",
+        "Per ReLU hook (forward order): channel sparsity 1 − mean(on) with on = max over the "
+        "map > 0, element sparsity (share of exact zeros), unique binary codes / n, class "
+        "purity of the groups of equal codes, fidelity of a decision tree on the training "
+        "subset's codes to the model's predictions on the probe, its depth and leaves; "
+        "colour: model · attention · augmentation (with vs without BatchNorm and "
+        "augmentation, E8)", **ctx)
+
+
+def _fragmentation_figures(rep, dirs, charts, pl, **ctx) -> None:
+    _hook_measure_figures(
+        rep, dirs, charts, pl, "fragmentation", "fragmentation", "Fragmentation",
+        "Mean number of 8-connected class regions on an R × R grid over the plane through "
+        "three probe images (same class / three classes), in the input space (hook input) "
+        "and in each hook's output space classified by the model after the hook (E9)", **ctx)
+
+
+def _margins_figures(rep, dirs, charts, pl, *, prefix, group, sel) -> None:
+    from rra.report.frames import hook_groups
+
+    hidden = _layer_frame(dirs, pl.col("measure") == "hidden_margin")
+    for models, part in hook_groups(hidden):
+        rep.emit(charts.margin_boxes(part.drop("dx", "dy", "radius", "pca_k", "class",
+                                               "scale_a", "measure"),
+                                     title=f"Normalised hidden margins, {', '.join(models)}"),
+                 f"{prefix}/margins-{'-'.join(models)}", kind="layers", group=group,
+                 inputs=_inputs_of(dirs, models), title=f"Hidden margins: {', '.join(models)}",
+                 caption="d̃ = (z_y − z_j) / ‖∇_h (z_y − z_j)‖ / sqrt(tr Cov h) per hook "
+                         "(forward order) over the correctly classified probe images (j the "
+                         "runner-up class): bar from the first to the third quartile, tick at "
+                         "the median, each the mean over seeds (E9)",
+                 selection={**sel, "models": list(models)})
+    pca = _layer_frame(dirs, pl.col("measure") == "input_margin_mean")
+    if pca.height:
+        rep.emit(charts.margin_vs_k(pca.drop("dx", "dy", "radius", "quantile", "class",
+                                             "hook_a", "pos_a", "scale_a", "measure"),
+                                    title="DeepFool input margin vs PCA subspace"),
+                 f"{prefix}/margins-pca", kind="layers", group=group, inputs=_inputs_of(dirs),
+                 title="Input margin vs the number of PCA directions",
+                 caption="Mean DeepFool margin ‖r‖ (normalised input space, ≤ 50 steps, "
+                         "overshoot 0.02) over the correctly classified attacked probe images, "
+                         "with every step confined to the top-k principal directions of the "
+                         "training subset; the largest k is D (unconstrained); mean over seeds "
+                         "(E9)", selection={**sel, "pca_k": sorted(pca["pca_k"].unique().to_list())})
+
+
+def _saliency_figures(rep, dirs, charts, pl, *, prefix, group, sel) -> None:
+    import numpy as np
+
+    from rra.report.frames import parse_run, saliency_maps_frame
+
+    share = _layer_frame(dirs, pl.col("measure").str.starts_with("saliency_")
+                         & pl.col("class").is_null())
+    if share.height:
+        share = share.with_columns(pl.col("measure").str.replace(r"^saliency_", ""))
+        rep.emit(charts.variant_bars(share.drop("dx", "dy", "radius", "quantile", "pca_k",
+                                                "class", "hook_a", "pos_a", "scale_a"),
+                                     title="Saliency concentration"),
+                 f"{prefix}/saliency-share", kind="layers", group=group,
+                 inputs=_inputs_of(dirs), title="Saliency concentration per variant",
+                 caption="Share of the saliency mass max_c |∂S/∂x| in the top 5 % of pixels, "
+                         "mean over the probe images, for the true and the predicted class; "
+                         "bar: mean over seeds, rule: min–max (E9)", selection=sel)
+    arrays, files = saliency_maps_frame(dirs)
+    runs = sorted(arrays, key=lambda r: (parse_run(r)["model"], parse_run(r)["attention"],
+                                         parse_run(r)["augmentation"], parse_run(r)["seed"]))
+    shown = {}  # one seed per variant: the smallest
+    for r in runs:
+        run = parse_run(r)
+        shown.setdefault(f"{run['model']} · {run['attention']} · {run['augmentation']}", r)
+    first = arrays[next(iter(shown.values()))]
+    rows = first["rows"]
+    if any(not np.array_equal(arrays[r]["rows"], rows) for r in shown.values()):
+        raise ValueError(f"{prefix}: the saliency runs show different probe images; they must "
+                         "share one probe and saliency.images")
+    size = 2 * max(first["images"].shape[1], 28)
+    tiles = []
+    for i in range(rows.size):
+        image = first["images"][i].astype(np.float64) / 255
+        image = image[..., 0] if image.shape[-1] == 1 else image
+        label = f"probe row {int(rows[i])} (class {int(first['labels'][i])})"
+        tiles.append(dict(row=label, row_pos=i, column="image", column_pos=0,
+                          url=charts.png_url(image, 2), text="the probe image"))
+        for v, (variant, r) in enumerate(shown.items()):
+            a = arrays[r]
+            for w, (which, name) in enumerate((("true", "true class"),
+                                               ("pred", "predicted class"))):
+                m = a[which][i].astype(np.float64)
+                m = m / m.max() if m.max() > 0 else m
+                pred = int(a["predicted"][i])
+                tiles.append(dict(row=label, row_pos=i, column=f"{variant}: {name}",
+                                  column_pos=1 + 2 * v + w, url=charts.png_url(m, 2),
+                                  text=f"{variant}, |∂S/∂x| of the {name} "
+                                       f"({int(a['labels'][i]) if which == 'true' else pred})"
+                                       f"; predicted {pred}"))
+    tiles = pl.DataFrame(tiles)
+    rep.emit(charts.image_grid(tiles, size=size, title="Saliency maps",
+                               subtitle=["|∂S_c/∂x| (max over channels), each map scaled to its "
+                                         "maximum; white: most salient"]),
+             f"{prefix}/saliency", kind="layers", group=group,
+             inputs=[*files, *(d.manifest for d in dirs)],
+             title="Saliency maps of the same probe images per variant",
+             caption="Each row one probe image: the image, then per variant (model · attention "
+                     "· augmentation, seed " + ", ".join(
+                         f"{v}: {parse_run(r)['seed']}" for v, r in shown.items())
+                     + ") the saliency max_c |∂S_c/∂x| of the true and of the predicted class "
+                     "(Simonyan et al. 2013), scaled to each map's maximum (E9)",
+             selection={**sel, "variants": list(shown), "rows": [int(x) for x in rows]})
+    tiles = []
+    for v, (variant, r) in enumerate(shown.items()):
+        from rra.layers.saliency import filter_grid
+
+        grid = filter_grid(arrays[r]["filters"])
+        tiles.append(dict(row="first-layer filters", row_pos=0, column=variant, column_pos=v,
+                          url=charts.png_url(grid, 8), text=f"{arrays[r]['filters'].shape}"))
+    side = 8 * max(filter_grid(arrays[r]["filters"]).shape[:2])
+    rep.emit(charts.image_grid(pl.DataFrame(tiles), size=side, title="First-layer filters"),
+             f"{prefix}/filters", kind="layers", group=group,
+             inputs=[*files, *(d.manifest for d in dirs)],
+             title="First-layer filters per variant",
+             caption="The weights of each variant's first convolution, one tile per filter "
+                     "(RGB for three input channels, else grey), each filter scaled from its "
+                     "minimum (black) to its maximum (white) (E9)",
+             selection={**sel, "variants": list(shown)})
+
+
 def build_report(results_dir: PathLike, reports_dir: PathLike, *,
                  config: dict | None = None) -> list[FigureRecord]:
     """Build every standard figure that ``results_dir`` has inputs for, and the index page.
@@ -593,6 +864,7 @@ def _build_report(results_dir: Path, reports_dir: Path, config: dict | None) -> 
             _hyperparam_figures(rep, dataset, [d for d in dirs if d.dataset == dataset])
             _dataset_figures(rep, dataset)
             _stac_figures(rep, dataset)
+            _layer_figures(rep, dataset)
     finally:
         rep.progress.close()
     write_metrics_json(results_dir, reports_dir / "metrics.json")

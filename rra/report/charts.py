@@ -654,3 +654,167 @@ def guideline_table(df: pl.DataFrame, *, title: str = "RRA hyper-parameter guide
     if not parts:
         raise ValueError("guideline_table: no guideline rows to draw")
     return alt.vconcat(*parts).properties(title=title)
+
+
+# ---------------------------------------------------------------------------------------------
+# E7–E9: layer analyses
+
+def translation_maps(df: pl.DataFrame, *, row: str = "variant",
+                     title: str = "Translation sensitivity") -> alt.FacetChart:
+    """(2S+1)² heat maps of one translation measure (``translation_cosine`` or
+    ``translation_rel_change``) at one scale: x = dx, y = dy (content moved right / down for
+    positive values), one panel per hook (columns, forward order) and ``row`` value; mean over
+    seeds. [source: translation-sensitivity maps; ours: layout]"""
+    require_columns(df, [row, "hook_a", "pos_a", "dx", "dy", "measure", "value"],
+                    "translation_maps")
+    measure = df["measure"].unique().to_list()
+    if len(measure) != 1:
+        raise ValueError(f"translation_maps: one measure per figure, got {measure}")
+    agg = _check_rows(aggregate(df, [row, "hook_a", "pos_a", "dx", "dy"], "translation_maps"),
+                      "translation_maps")
+    cosine = measure[0] == "translation_cosine"
+    low = min(0.0, float(agg["mean"].min())) if cosine else 0.0
+    scale = (alt.Scale(scheme=HEAT, domain=[low, 1.0]) if cosine
+             else alt.Scale(scheme="magma", reverse=True, zero=True))
+    shifts = sorted(agg["dx"].unique().to_list())
+    hooks = agg.sort("pos_a")["hook_a"].unique(maintain_order=True).to_list()
+    chart = alt.Chart(agg).mark_rect().encode(
+        x=alt.X("dx:O", sort=shifts, title="dx"),
+        y=alt.Y("dy:O", sort=shifts, title="dy"),
+        color=alt.Color("mean:Q", title="cosine" if cosine else "‖Δh‖ / ‖h‖", scale=scale,
+                        legend=GRADIENT),
+        tooltip=[row, "hook_a", "dx", "dy", alt.Tooltip("mean:Q", format=".4f"),
+                 alt.Tooltip("sd:Q", format=".4f"), "n"],
+    ).properties(width=alt.Step(9), height=alt.Step(9))
+    return chart.facet(row=alt.Row(f"{row}:N", title=None,
+                                   header=alt.Header(labelAngle=0, labelAlign="left")),
+                       column=alt.Column("hook_a:N", sort=hooks, title="hook")).properties(
+        title=title)
+
+
+def radial_curves(df: pl.DataFrame, *, color: str = "variant",
+                  title: str = "Radial translation profiles") -> alt.FacetChart:
+    """Radial profiles p(r) (mean of a translation map over max(|dx|, |dy|) = r) against r,
+    one line per ``color`` value and scale (dashed: the other scale), one panel per measure
+    (rows) and hook (columns, forward order); mean over seeds. [source: radial profile]"""
+    require_columns(df, ["measure", "scale_a", color, "hook_a", "pos_a", "radius", "value"],
+                    "radial_curves")
+    keys = ["measure", "scale_a", color, "hook_a", "pos_a", "radius"]
+    agg = _check_rows(aggregate(df, keys, "radial_curves"), "radial_curves")
+    hooks = agg.sort("pos_a")["hook_a"].unique(maintain_order=True).to_list()
+    chart = alt.Chart(agg).mark_line(point=True).encode(
+        x=alt.X("radius:O", title="r = max(|dx|, |dy|)", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("mean:Q", title=None, scale=alt.Scale(zero=False)),
+        color=alt.Color(f"{color}:N", title=color),
+        strokeDash=alt.StrokeDash("scale_a:N", sort=scale_order(agg["scale_a"].to_list()),
+                                  title="scale"),
+        tooltip=["measure", "scale_a", color, "hook_a", "radius",
+                 alt.Tooltip("mean:Q", format=".4f"), alt.Tooltip("sd:Q", format=".4f"), "n"],
+    ).properties(width=110, height=90)
+    return (chart.facet(row=alt.Row("measure:N", title=None,
+                                    header=alt.Header(labelAngle=0, labelAlign="left")),
+                        column=alt.Column("hook_a:N", sort=hooks, title="hook"))
+            .resolve_scale(y="independent").properties(title=title))
+
+
+def margin_boxes(df: pl.DataFrame, *, color: str = "variant",
+                 title: str = "Hidden margins per hook") -> alt.LayerChart:
+    """Box-like marks per hook (forward order) and ``color`` value from the quantile rows of
+    ``hidden_margin``: a bar from the lowest to the highest reported quantile (the quartiles by
+    default) and a tick at the median (0.5, when reported); each quantile the mean over seeds.
+    [ours]"""
+    require_columns(df, [color, "hook_a", "pos_a", "quantile", "value"], "margin_boxes")
+    agg = aggregate(df, [color, "hook_a", "pos_a", "quantile"], "margin_boxes")
+    wide = (agg.group_by(color, "hook_a", "pos_a")
+            .agg(lo=pl.col("mean").sort_by("quantile").first(),
+                 hi=pl.col("mean").sort_by("quantile").last(),
+                 mid=pl.col("mean").filter(pl.col("quantile") == 0.5).first(),
+                 q_lo=pl.col("quantile").min(), q_hi=pl.col("quantile").max(),
+                 n=pl.col("n").max())
+            .sort(color, "pos_a"))
+    wide = _check_rows(wide, "margin_boxes")
+    base = alt.Chart(wide).encode(
+        x=alt.X("hook_a:N", sort=HOOK_A, title="hook (forward order)"),
+        xOffset=alt.XOffset(f"{color}:N"),
+        color=alt.Color(f"{color}:N", title=color),
+        tooltip=[color, "hook_a", alt.Tooltip("lo:Q", format=".4f"),
+                 alt.Tooltip("mid:Q", format=".4f"), alt.Tooltip("hi:Q", format=".4f"),
+                 "q_lo", "q_hi", "n"],
+    )
+    box = base.mark_bar(opacity=0.6, size=8).encode(
+        y=alt.Y("lo:Q", title="normalised hidden margin d̃", scale=alt.Scale(type="log")),
+        y2="hi:Q")
+    median = base.mark_tick(thickness=2, size=10).encode(y="mid:Q", color=alt.value("black"))
+    return alt.layer(box, median).properties(width=alt.Step(30), height=220, title=title)
+
+
+def margin_vs_k(df: pl.DataFrame, *, color: str = "variant",
+                title: str = "Input margin vs PCA subspace") -> alt.Chart:
+    """Mean DeepFool input margin against the number k of PCA directions it may move in
+    (``pca_k``; the largest k is D, the unconstrained margin), one line per ``color`` value,
+    mean over seeds; log-log axes. [ours: after constrained margins]"""
+    require_columns(df, [color, "pca_k", "value"], "margin_vs_k")
+    agg = _check_rows(aggregate(df, [color, "pca_k"], "margin_vs_k"), "margin_vs_k")
+    return alt.Chart(agg).mark_line(point=True).encode(
+        x=alt.X("pca_k:Q", title="k (PCA directions; largest = D, unconstrained)",
+                scale=alt.Scale(type="log")),
+        y=alt.Y("mean:Q", title="mean input margin ‖r‖", scale=alt.Scale(type="log")),
+        color=alt.Color(f"{color}:N", title=color),
+        tooltip=[color, "pca_k", alt.Tooltip("mean:Q", format=".4f"),
+                 alt.Tooltip("sd:Q", format=".4f"), "n"],
+    ).properties(width=300, height=220, title=title)
+
+
+def variant_bars(df: pl.DataFrame, *, color: str = "variant", column: str = "measure",
+                 title: str = "per variant") -> alt.FacetChart:
+    """One bar per ``color`` value (mean over seeds, a rule for min–max), one panel per
+    ``column`` value. [ours]"""
+    require_columns(df, [color, column, "value"], "variant_bars")
+    agg = _check_rows(aggregate(df, [column, color], "variant_bars"), "variant_bars")
+    base = alt.Chart().encode(x=alt.X(f"{color}:N", title=None, axis=alt.Axis(labelAngle=-30)))
+    bars = base.mark_bar().encode(
+        y=alt.Y("mean:Q", title="value"), color=alt.Color(f"{color}:N", legend=None),
+        tooltip=[column, color, alt.Tooltip("mean:Q", format=".4f"),
+                 alt.Tooltip("min:Q", format=".4f"), alt.Tooltip("max:Q", format=".4f"), "n"])
+    spread = base.mark_rule().encode(y="min:Q", y2="max:Q")
+    return (alt.layer(bars, spread, data=agg).properties(width=alt.Step(26), height=160)
+            .facet(column=alt.Column(f"{column}:N", title=None)).properties(title=title))
+
+
+def png_url(image: Any, zoom: int = 2) -> str:
+    """A ``data:image/png;base64,…`` URL of an H × W (grey) or H × W × 3 (RGB) image with
+    values in [0, 1] (clipped), each pixel drawn as ``zoom`` × ``zoom`` (nearest): images
+    embedded in a figure, offline. [ours]"""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    arr = np.asarray(image, dtype=np.float64)
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
+        raise ValueError(f"png_url: an H × W or H × W × 3 image expected, got {arr.shape}")
+    pixels = np.clip(np.nan_to_num(arr) * 255 + 0.5, 0, 255).astype(np.uint8)
+    img = Image.fromarray(pixels)
+    if zoom > 1:
+        img = img.resize((img.width * zoom, img.height * zoom), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def image_grid(tiles: pl.DataFrame, *, size: int, title: str = "images",
+               subtitle: Sequence[str] = ()) -> alt.Chart:
+    """Images as a grid: one tile per row of ``tiles`` (columns ``row``, ``column`` (labels),
+    ``row_pos``, ``column_pos`` (their order), ``url`` (:func:`png_url`) and ``text`` (the
+    tooltip)); ``size``: a tile's side in pixels. [ours]"""
+    require_columns(tiles, ["row", "column", "row_pos", "column_pos", "url", "text"],
+                    "image_grid")
+    tiles = _check_rows(tiles, "image_grid")
+    return alt.Chart(tiles).mark_image(width=size, height=size).encode(
+        x=alt.X("column:N", sort=alt.EncodingSortField("column_pos", op="min"), title=None,
+                axis=alt.Axis(orient="top", labelAngle=-40, labelLimit=220)),
+        y=alt.Y("row:N", sort=alt.EncodingSortField("row_pos", op="min"), title=None),
+        url="url:N", tooltip=["row", "column", "text"],
+    ).properties(width=alt.Step(size + 4), height=alt.Step(size + 4),
+                 title=alt.TitleParams(title, subtitle=list(subtitle)))

@@ -550,3 +550,84 @@ def stac_scales_frame(path: PathLike) -> tuple[pl.DataFrame, dict[str, Any]]:
             "baseline": data["baseline"], "scales": list(data["scales"]),
             "budget": data.get("budget")}
     return pl.DataFrame(rows, schema=schema).sort("stage", "measure", "scale"), meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer analyses (rra/layers, E7–E9)
+
+@dataclass(frozen=True)
+class LayerDir:
+    """One complete layer-analysis directory of one run (its manifest exists)."""
+
+    path: Path
+    dataset: str
+    run: str
+    probe: str
+    analysis: str
+
+    @property
+    def manifest(self) -> Path:
+        return self.path / "manifest.json"
+
+    @property
+    def table(self) -> Path:
+        return self.path / f"{self.analysis}.parquet"
+
+
+def layer_dirs(results_dir: PathLike) -> list[LayerDir]:
+    """Every complete ``{results}/{dataset}/{run}/layers/{probe}/{analysis}/`` directory,
+    sorted by path."""
+    out = []
+    for manifest in sorted(Path(results_dir).glob("*/*/layers/*/*/manifest.json")):
+        folder = manifest.parent
+        run_dir = folder.parents[2]
+        if parse_run(run_dir.name) is None:
+            continue
+        out.append(LayerDir(folder, run_dir.parent.name, run_dir.name, folder.parent.name,
+                            folder.name))
+    return out
+
+
+def read_layer_tables(dirs: Sequence[LayerDir], where: pl.Expr | None = None) -> pl.DataFrame:
+    """The tables of some layer-analysis directories, concatenated (columns of
+    :data:`rra.metrics.tables.SCHEMA`; ``where`` filters while reading)."""
+    from rra.metrics.tables import polars_schema, scan_tables
+
+    for d in dirs:
+        if not d.table.is_file():
+            raise FileNotFoundError(f"missing layer table {d.table} (its manifest exists: the "
+                                    "layers stage wrote an incomplete directory)")
+    if not dirs:
+        return pl.DataFrame(schema=polars_schema())
+    scan = scan_tables(d.table for d in dirs)
+    return (scan.filter(where) if where is not None else scan).collect()
+
+
+def hook_groups(df: pl.DataFrame) -> list[tuple[list[str], pl.DataFrame]]:
+    """Rows of a layer table grouped by the runs' hook lists: models whose runs have the same
+    hooks share a group (ResNet-20 with and without BatchNorm), so one figure compares them on
+    one hook axis. Returns ``(models, rows)`` in the order of the models' first appearance."""
+    hooks = (df.select("model", "hook_a", "pos_a").unique()
+             .sort("model", "pos_a").group_by("model", maintain_order=True)
+             .agg(pl.col("hook_a")))
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for model, names in hooks.iter_rows():
+        groups.setdefault(tuple(names), []).append(model)
+    return [(models, df.filter(pl.col("model").is_in(models))) for models in groups.values()]
+
+
+def saliency_maps_frame(dirs: Sequence[LayerDir]) -> tuple[dict[str, dict[str, Any]], list[Path]]:
+    """The arrays of each saliency directory's ``maps.npz`` (images, true and predicted class
+    maps, labels, predictions, probe rows, first-layer filters) by run name, and the files read.
+    """
+    import numpy as np
+
+    out, files = {}, []
+    for d in dirs:
+        path = d.path / "maps.npz"
+        if not path.is_file():
+            raise FileNotFoundError(f"missing {path} (its manifest exists)")
+        with np.load(path) as npz:
+            out[d.run] = {k: npz[k] for k in npz.files}
+        files.append(path)
+    return out, files
