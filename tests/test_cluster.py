@@ -209,11 +209,11 @@ def test_dvc_remote_moves_tables_models_figures_not_intermediates(local_project,
     assert not list((b / "results").rglob("embed")) and not list((b / "results").rglob("knn"))
     assert (local_project / run / "embed").is_dir()  # A keeps its own
     assert "up to date" in sh(b, dvc, "status")
-    # DVC writes the pulled files in no particular order, and Snakemake reads a newer input as
-    # a reason to rerun (here: to retrain); `--touch` restores the workflow's order, after
-    # which B's copy is up to date without its intermediates
+    # DVC writes the pulled files in no particular order, and Snakemake may read a newer input
+    # as a reason to rerun (to retrain, or only to redo later steps: which, depends on the
+    # order, so it is not asserted); `--touch` restores the workflow's order, after which B's
+    # copy is up to date without its intermediates
     snakemake = str(BIN / "snakemake")
-    assert "rule train" in sh(b, snakemake, "-n")
     sh(b, snakemake, "--touch", "--cores", "1")
     assert "Nothing to be done" in sh(b, snakemake, "-n")
 
