@@ -32,14 +32,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def stage_rows(results: Path) -> list[tuple[str, float, float]]:
-    """(job, seconds, max RSS MB) from every Snakemake benchmark file under ``results``."""
-    rows = []
+def benchmark_records(results: Path) -> list[tuple[Path, dict[str, float]]]:
+    """(file, {column: value}) of every Snakemake benchmark file under ``results``: ``s``
+    (wall seconds), ``max_rss`` (MB), ``cpu_time`` (seconds), …; NaN where not measured."""
+    out = []
     for tsv in sorted(results.rglob("benchmarks/*.tsv")):
         with tsv.open() as f:
             rec = next(csv.DictReader(f, delimiter="\t"))
-        rss = float(rec["max_rss"]) if rec["max_rss"] not in ("", "NA", "-") else float("nan")
-        rows.append((tsv.stem, float(rec["s"]), rss))
+        out.append((tsv, {k: float(v) if v not in ("", "NA", "-") else float("nan")
+                          for k, v in rec.items() if k != "h:m:s"}))
+    return out
+
+
+def stage_rows(results: Path) -> list[tuple[str, float, float]]:
+    """(job, seconds, max RSS MB) from every Snakemake benchmark file under ``results``."""
+    rows = [(tsv.stem, rec["s"], rec["max_rss"]) for tsv, rec in benchmark_records(results)]
     order = ["prepare", "probe", "train", "summary", "cost", "embed", "knn", "metrics", "report"]
     return sorted(rows, key=lambda r: next((i for i, o in enumerate(order)
                                             if r[0].startswith(o)), len(order)))

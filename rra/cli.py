@@ -266,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--analysis", choices=ANALYSES, required=True)
     p.add_argument("--run-dir", required=True)
     p.add_argument("--data-dir", required=True, help="prepared dataset directory (its splits)")
-    p.add_argument("--probe", required=True, help="the probe set's .npy (its sidecar names the split)")
+    p.add_argument("--probe", required=True,
+                   help="the probe set's .npy (its sidecar names the split)")
     p.add_argument("--train", default=None,
                    help="the training subset's probe .npy (patterns: trees; margins: PCA)")
     p.add_argument("--out", required=True)

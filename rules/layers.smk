@@ -1,6 +1,8 @@
 # Layer analyses beside RRA (rra/layers; experiments E7–E9): each runs the trained model itself
 # on a probe set, so it reads the checkpoint and the probe, not the embeddings.
 
+from rra.layers.stage import INPUT_ANALYSES
+
 
 def layer_train_probe(w):
     """The training subset's probe file of patterns and margins (trees, PCA); none otherwise."""
@@ -19,7 +21,8 @@ rule layers:
         settings=lambda w: rc.as_json(rc.layer_params(config, run_of(w), w.probe, w.analysis)),
         run=lambda w: rc.as_json({"dataset": w.dataset, "model": w.model, "attention": w.attention,
                                   "augmentation": w.augmentation, "seed": int(w.seed), "probe": w.probe}),
-        include_input=lambda w: rc.as_json(rc.embed_input(config, w.model)),
+        # embed.input decides the hook `input` of translation and margins only
+        include_input=lambda w: rc.as_json(rc.embed_input(config, w.model)) if w.analysis in INPUT_ANALYSES else "auto",
         device=config["device"],
         train=lambda w, input: f"--train {input.train[0]}" if input.train else "",
         run_dir=lambda w, input: os.path.dirname(input.model),

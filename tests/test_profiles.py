@@ -16,7 +16,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = {name: yaml.safe_load((ROOT / "profiles" / name / "config.yaml").read_text())
             for name in ("slurm", "local")}
-GPU_RULES = {"train", "embed"}  # kNN runs on the CPU in the workflow (README "On a cluster")
+GPU_RULES = {"train", "embed", "layers"}  # kNN runs on the CPU (README "On a cluster")
 
 
 def rule_threads() -> dict[str, int]:

@@ -61,7 +61,8 @@ def study(tmp_path_factory) -> Path:
     return work
 
 
-RUNS = ["lenet5-none-none-s0", "lenet5-none-standard-s0", "resnet8-none-standard-s0"]
+RUNS = ["lenet5-none-none-s0", "lenet5-none-standard-s0", "resnet8-none-standard-s0",
+        "resnet8nobn-none-standard-s0"]
 PROBE = "test-n12-s0"
 
 
@@ -155,10 +156,69 @@ def test_metric_tables(study):
     assert {"nnts", "nntp_runs", "knn_purity", "classrepsim", "mutual_knn", "linear_cka"} <= set(everything["measure"].unique())
 
 
+LAYERS = {"translation": ["lenet5-none-none-s0", "lenet5-none-standard-s0"],
+          "patterns": ["resnet8-none-standard-s0", "resnet8nobn-none-standard-s0"],
+          "margins": ["lenet5-none-none-s0", "lenet5-none-standard-s0",
+                      "resnet8-none-standard-s0"],
+          "saliency": ["lenet5-none-none-s0", "lenet5-none-standard-s0",
+                       "resnet8-none-standard-s0"],
+          "fragmentation": ["lenet5-none-none-s0", "lenet5-none-standard-s0"]}
+
+
+def test_layer_tables(study):
+    """E7–E9 on the tiny study: every layer table exists with its run's identity and sane
+    values, and the report shows every figure family."""
+    import polars as pl
+
+    results = study / "results" / "mnist5k"
+    found = sorted(p.relative_to(results).as_posix()
+                   for p in results.glob("*/layers/*/*/manifest.json"))
+    assert found == sorted(f"{run}/layers/test-n3-s0/{a}/manifest.json"
+                           for a, runs in LAYERS.items() for run in runs)
+    tables = {a: pl.concat([pl.read_parquet(results / run / "layers" / "test-n3-s0" / a /
+                                            f"{a}.parquet") for run in runs])
+              for a, runs in LAYERS.items()}
+    t = tables["translation"]
+    assert set(t["probe"]) == {"test-n3-s0"} and set(t["model"]) == {"lenet5"}
+    assert set(t["hook_a"]) == {"input", "conv1", "relu1", "pool1", "conv2", "relu2", "pool2",
+                                "conv3", "relu3", "fc1", "relu4", "fc2"}
+    centre = t.filter((pl.col("measure") == "translation_cosine") & (pl.col("dx") == 0)
+                      & (pl.col("dy") == 0))
+    assert centre.height == t.select("augmentation", "hook_a", "scale_a").unique().height
+    np.testing.assert_allclose(centre["value"].to_numpy(), 1.0, atol=1e-5)
+    far = t.filter((pl.col("measure") == "translation_cosine_radial") & (pl.col("radius") == 2)
+                   & (pl.col("hook_a") == "input") & (pl.col("scale_a") == "full"))
+    assert far.height == 2 and (far["value"] < 1).all()
+    p = tables["patterns"]
+    assert set(p["model"]) == {"resnet8", "resnet8nobn"}
+    assert set(p["hook_a"]) == {"stem", "layer1.0", "layer2.0", "layer3.0"}
+    sparsity = p.filter(pl.col("measure").str.ends_with("_sparsity"))["value"]
+    assert sparsity.min() >= 0 and sparsity.max() <= 1
+    fidelity = p.filter(pl.col("measure") == "relu_tree_fidelity")["value"]
+    assert fidelity.min() >= 0 and fidelity.max() <= 1
+    m = tables["margins"]
+    assert sorted(set(m["pca_k"].drop_nulls())) == [1, 5, 784]
+    hidden = m.filter(pl.col("measure") == "hidden_margin")["value"]
+    assert (hidden.drop_nans() > 0).all() and hidden.drop_nans().len() > 0
+    s = tables["saliency"].filter(pl.col("class").is_null())
+    assert s.height == 2 * 3 and s["value"].min() >= 0.05 and s["value"].max() <= 1
+    maps = np.load(results / "lenet5-none-none-s0" / "layers" / "test-n3-s0" / "saliency" /
+                   "maps.npz")
+    assert maps["true"].shape == (4, 28, 28) and maps["filters"].shape == (6, 1, 5, 5)
+    f = tables["fragmentation"].filter(pl.col("measure").is_in(["fragmentation_same_class",
+                                                                "fragmentation_mixed"]))
+    assert f.height == 2 * 2 * 12 and (f["value"].drop_nans() >= 1).all()
+    figures = {p.stem for p in (study / "reports" / "figures" / "mnist5k" /
+                                "layers-test-n3-s0").glob("*.png")}
+    assert {"translation-lenet5", "translation-radial-lenet5", "translation-summary-lenet5",
+            "patterns-resnet8-resnet8nobn", "margins-lenet5", "margins-resnet8", "margins-pca",
+            "saliency", "saliency-share", "filters", "fragmentation-lenet5"} <= figures
+
+
 def test_every_job_used_exactly_its_threads(study):
     """Each job's log ends with the threads of every pool it loaded: the rule's `threads`
     (train, embed, kNN: 2; the others 1), whatever the library defaults."""
-    expected = {"train": 2, "embed": 2, "knn": 2}
+    expected = {"train": 2, "embed": 2, "knn": 2, "layers": 2}
     logs = sorted((study / "results").rglob("logs/*.log"))
     assert len(logs) >= 10
     for log in logs:
@@ -174,12 +234,20 @@ def test_rerun_does_nothing_and_edits_rerun_dependents(study, tmp_path):
     overlay = tmp_path / "edit.yaml"
     overlay.write_text(yaml.safe_dump({"knn": {"k": [3, 6]}}))
     assert planned_jobs(study, (TEST_CONFIG, overlay)) == {"knn": 3, "metrics": 3, "report": 1, "all": 1}
-    overlay.write_text(yaml.safe_dump({"embed": {"input": False}}))  # only LeNet-5's change
-    assert planned_jobs(study, (TEST_CONFIG, overlay)) == {"embed": 2, "knn": 2, "metrics": 2, "report": 1, "all": 1}
+    # only LeNet-5's change; of the layer analyses, those whose hooks include the input
+    overlay.write_text(yaml.safe_dump({"embed": {"input": False}}))
+    assert planned_jobs(study, (TEST_CONFIG, overlay)) == {"embed": 2, "knn": 2, "metrics": 2,
+                                                            "layers": 4, "report": 1, "all": 1}
     cfg = yaml.safe_load(TEST_CONFIG.read_text())
-    cfg["runs"][1]["training"] = {"lr": 0.01}
-    overlay.write_text(yaml.safe_dump({"runs": cfg["runs"]}))
-    assert planned_jobs(study, (TEST_CONFIG, overlay)) == {"train": 1, "embed": 1, "knn": 1, "metrics": 1, "summary": 1, "report": 1, "all": 1}
+    cfg["runs"][1]["training"] = {"lr": 0.01}  # ResNet-8, also listed by E8 and E9: the same
+    cfg["experiments"]["E8"]["runs"][0]["training"] = {"lr": 0.01}
+    cfg["experiments"]["E9"]["runs"][1]["training"] = {"lr": 0.01}
+    overlay.write_text(yaml.safe_dump({"runs": cfg["runs"], "experiments": cfg["experiments"]}))
+    assert planned_jobs(study, (TEST_CONFIG, overlay)) == {
+        "train": 1, "embed": 1, "knn": 1, "metrics": 1, "summary": 1, "layers": 3, "report": 1,
+        "all": 1}
+    overlay.write_text(yaml.safe_dump({"layers": {"translation": {"max_shift": 1}}}))
+    assert planned_jobs(study, (TEST_CONFIG, overlay)) == {"layers": 2, "report": 1, "all": 1}
 
 
 def test_bad_config_fails_before_any_job(tmp_path):

@@ -4,13 +4,16 @@
 ``analysis`` is one family of :data:`ANALYSES`; each needs the model itself, so it runs apart
 from the kNN path (the embeddings are not read):
 
-| analysis | function | hooks |
-|---|---|---|
-| ``translation`` (E7) | :func:`rra.layers.translation.translation_sensitivity` | ``input`` (where embedded) + ``model.hook_names`` |
-| ``patterns`` (E8) | :func:`rra.layers.patterns.activation_patterns` with trees | the ReLU behind each hook (:func:`rra.layers.patterns.relu_hooks`), reported under the hook's name |
-| ``margins`` (E9) | :func:`rra.layers.margins.hidden_margin_rows`, :func:`rra.layers.margins.input_margin_rows` | ``input`` (where embedded) + ``model.hook_names``; DeepFool on the input |
-| ``saliency`` (E9) | :func:`rra.layers.saliency.saliency_maps`, :func:`rra.layers.saliency.first_layer_filters` | the input |
-| ``fragmentation`` (E9) | :func:`rra.layers.fragmentation.fragmentation_rows` | ``input`` (the core measure) + ``model.hook_names`` |
+- ``translation`` (E7): :func:`rra.layers.translation.translation_sensitivity` at ``input``
+  (where embedded) and ``model.hook_names``;
+- ``patterns`` (E8): :func:`rra.layers.patterns.activation_patterns` with trees, at the ReLU
+  behind each hook (:func:`rra.layers.patterns.relu_hooks`), reported under the hook's name;
+- ``margins`` (E9): :func:`rra.layers.margins.hidden_margin_rows` at ``input`` (where embedded)
+  and ``model.hook_names``, :func:`rra.layers.margins.input_margin_rows` (DeepFool, PCA);
+- ``saliency`` (E9): :func:`rra.layers.saliency.saliency_maps` and
+  :func:`rra.layers.saliency.first_layer_filters` (the input);
+- ``fragmentation`` (E9): :func:`rra.layers.fragmentation.fragmentation_rows` at ``input``
+  (the core measure, always) and ``model.hook_names``.
 
 Writes ``{analysis}.parquet`` (+ ``.csv`` when small; the columns of
 :data:`rra.metrics.tables.SCHEMA`, run identity in every row), for ``saliency`` also
@@ -34,6 +37,9 @@ from rra.io import PathLike, atomic_path, provenance, read_json, sha256_file, wr
 ANALYSES = ("translation", "patterns", "margins", "saliency", "fragmentation")
 #: analyses that read a training subset (a probe of the train split): trees, PCA directions
 TRAIN_ANALYSES = ("patterns", "margins")
+#: analyses whose hooks include ``input`` where embedded (``embed.input``); fragmentation
+#: always includes it (the core measure), patterns and saliency never read it
+INPUT_ANALYSES = ("translation", "margins")
 MANIFEST = "manifest.json"
 MAPS = "maps.npz"
 

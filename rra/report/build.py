@@ -708,12 +708,14 @@ def _margins_figures(rep, dirs, charts, pl, *, prefix, group, sel) -> None:
                          "overshoot 0.02) over the correctly classified attacked probe images, "
                          "with every step confined to the top-k principal directions of the "
                          "training subset; the largest k is D (unconstrained); mean over seeds "
-                         "(E9)", selection={**sel, "pca_k": sorted(pca["pca_k"].unique().to_list())})
+                         "(E9)",
+                 selection={**sel, "pca_k": sorted(pca["pca_k"].unique().to_list())})
 
 
 def _saliency_figures(rep, dirs, charts, pl, *, prefix, group, sel) -> None:
     import numpy as np
 
+    from rra.layers.saliency import filter_grid
     from rra.report.frames import parse_run, saliency_maps_frame
 
     share = _layer_frame(dirs, pl.col("measure").str.starts_with("saliency_")
@@ -773,15 +775,15 @@ def _saliency_figures(rep, dirs, charts, pl, *, prefix, group, sel) -> None:
                      + ") the saliency max_c |∂S_c/∂x| of the true and of the predicted class "
                      "(Simonyan et al. 2013), scaled to each map's maximum (E9)",
              selection={**sel, "variants": list(shown), "rows": [int(x) for x in rows]})
-    tiles = []
-    for v, (variant, r) in enumerate(shown.items()):
-        from rra.layers.saliency import filter_grid
-
-        grid = filter_grid(arrays[r]["filters"])
-        tiles.append(dict(row="first-layer filters", row_pos=0, column=variant, column_pos=v,
-                          url=charts.png_url(grid, 8), text=f"{arrays[r]['filters'].shape}"))
-    side = 8 * max(filter_grid(arrays[r]["filters"]).shape[:2])
-    rep.emit(charts.image_grid(pl.DataFrame(tiles), size=side, title="First-layer filters"),
+    grids = {variant: filter_grid(arrays[r]["filters"], fill=0.5) for variant, r in shown.items()}
+    tiles = [dict(row="first-layer filters", row_pos=0, column=variant, column_pos=v,
+                  url=charts.png_url(grid, 8),
+                  text=f"filters (out × in × kh × kw) {arrays[shown[variant]]['filters'].shape}")
+             for v, (variant, grid) in enumerate(grids.items())]
+    side = 8 * max(max(g.shape[:2]) for g in grids.values())
+    rep.emit(charts.image_grid(pl.DataFrame(tiles), size=side, gap=24,
+                               title="First-layer filters",
+                               subtitle=["one tile per filter, grey between tiles"]),
              f"{prefix}/filters", kind="layers", group=group,
              inputs=[*files, *(d.manifest for d in dirs)],
              title="First-layer filters per variant",

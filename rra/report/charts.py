@@ -804,10 +804,10 @@ def png_url(image: Any, zoom: int = 2) -> str:
 
 
 def image_grid(tiles: pl.DataFrame, *, size: int, title: str = "images",
-               subtitle: Sequence[str] = ()) -> alt.Chart:
+               subtitle: Sequence[str] = (), gap: int = 4) -> alt.Chart:
     """Images as a grid: one tile per row of ``tiles`` (columns ``row``, ``column`` (labels),
     ``row_pos``, ``column_pos`` (their order), ``url`` (:func:`png_url`) and ``text`` (the
-    tooltip)); ``size``: a tile's side in pixels. [ours]"""
+    tooltip)); ``size``: a tile's side in pixels, ``gap`` the space between tiles. [ours]"""
     require_columns(tiles, ["row", "column", "row_pos", "column_pos", "url", "text"],
                     "image_grid")
     tiles = _check_rows(tiles, "image_grid")
@@ -816,5 +816,5 @@ def image_grid(tiles: pl.DataFrame, *, size: int, title: str = "images",
                 axis=alt.Axis(orient="top", labelAngle=-40, labelLimit=220)),
         y=alt.Y("row:N", sort=alt.EncodingSortField("row_pos", op="min"), title=None),
         url="url:N", tooltip=["row", "column", "text"],
-    ).properties(width=alt.Step(size + 4), height=alt.Step(size + 4),
+    ).properties(width=alt.Step(size + gap), height=alt.Step(size + gap),
                  title=alt.TitleParams(title, subtitle=list(subtitle)))

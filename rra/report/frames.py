@@ -65,19 +65,25 @@ def datasets(results_dir: PathLike) -> list[str]:
 # Metric tables
 
 @dataclass(frozen=True)
-class MetricDir:
-    """One complete metric directory of one run (its manifest exists)."""
+class RunFolder:
+    """One complete output folder of one run on one probe (its manifest exists)."""
 
     path: Path
     dataset: str
     run: str
     probe: str
-    distance: str
-    backend: str
 
     @property
     def manifest(self) -> Path:
         return self.path / "manifest.json"
+
+
+@dataclass(frozen=True)
+class MetricDir(RunFolder):
+    """One complete metric directory of one run (its manifest exists)."""
+
+    distance: str
+    backend: str
 
     @property
     def analysis(self) -> tuple[str, str, str, str]:
@@ -556,18 +562,10 @@ def stac_scales_frame(path: PathLike) -> tuple[pl.DataFrame, dict[str, Any]]:
 # Layer analyses (rra/layers, E7–E9)
 
 @dataclass(frozen=True)
-class LayerDir:
+class LayerDir(RunFolder):
     """One complete layer-analysis directory of one run (its manifest exists)."""
 
-    path: Path
-    dataset: str
-    run: str
-    probe: str
     analysis: str
-
-    @property
-    def manifest(self) -> Path:
-        return self.path / "manifest.json"
 
     @property
     def table(self) -> Path:
