@@ -70,3 +70,17 @@ def test_identical_runs_record_identical_provenance_hashes(tmp_path):
         recorded.append((m["knn_manifest_sha256"], m["embed_manifest_sha256"],
                          {name: t["sha256"] for name, t in m["tables"].items()}))
     assert recorded[0] == recorded[1]
+
+
+def test_save_npz_is_loadable_and_byte_identical(tmp_path):
+    import time
+
+    from rra.io import save_npz
+
+    arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1, 2])}
+    save_npz(tmp_path / "x.npz", arrays)
+    time.sleep(2.1)  # zip timestamps have 2 s resolution: np.savez would differ now
+    save_npz(tmp_path / "y.npz", arrays)
+    assert (tmp_path / "x.npz").read_bytes() == (tmp_path / "y.npz").read_bytes()
+    with np.load(tmp_path / "x.npz") as z:
+        assert sorted(z.files) == ["a", "b"] and np.array_equal(z["a"], arrays["a"])

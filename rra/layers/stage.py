@@ -32,7 +32,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from rra.io import PathLike, atomic_path, provenance, read_json, sha256_file, write_json
+from rra.io import PathLike, provenance, read_json, save_npz, sha256_file, write_json
 
 ANALYSES = ("translation", "patterns", "margins", "saliency", "fragmentation")
 #: analyses that read a training subset (a probe of the train split): trees, PCA directions
@@ -108,9 +108,7 @@ def layer_run(analysis: str, run_dir: PathLike, data_dir: PathLike, probe_path: 
     table = write_table(frame(rows, dict(run)), out_dir / analysis)
     files = {analysis: table}
     if arrays:
-        with atomic_path(out_dir / MAPS, suffix=".npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
+        save_npz(out_dir / MAPS, arrays)
         files["maps"] = {"files": [MAPS], "sha256": sha256_file(out_dir / MAPS),
                          "arrays": {k: list(v.shape) for k, v in arrays.items()}}
     manifest = {
