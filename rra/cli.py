@@ -260,10 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", type=_json, required=True)
     p.add_argument("--run", type=_json, required=True, help="run identity columns")
 
-    from rra.layers.stage import ANALYSES
-
+    # no choices from rra.layers.stage here: importing it loads numpy before --threads sizes
+    # the thread pools (the stage itself refuses an unknown analysis, naming the known ones)
     p = stage("layers", cmd_layers, "one layer analysis of a trained run (E7–E9)")
-    p.add_argument("--analysis", choices=ANALYSES, required=True)
+    p.add_argument("--analysis", required=True,
+                   help="translation | patterns | margins | saliency | fragmentation")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--data-dir", required=True, help="prepared dataset directory (its splits)")
     p.add_argument("--probe", required=True,

@@ -182,3 +182,12 @@ def test_a_job_uses_exactly_its_threads(tmp_path, threads):
     pools = dict(part.rsplit(" ", 1) for part in line.split("threads: ", 1)[1].split(", "))
     assert {"torch", "numba", "openmp"} <= set(pools), line  # the pools a kNN job loads
     assert all(int(v) == threads for v in pools.values()), line
+
+
+def test_building_the_parser_loads_no_thread_pool():
+    """Every stage's pools are sized by --threads before numpy, torch or numba load; building
+    the parser (every subcommand, the layers stage's included) must not load them."""
+    code = ("import sys; from rra.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('numpy', 'torch', 'numba') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
