@@ -49,7 +49,14 @@ def use_threads(n: int) -> None:
     slowed each other 70-fold here (README, "Threads"). [ours]"""
     if n < 1:
         raise ValueError(f"--threads must be at least 1, got {n}")
+    numba = sys.modules.get("numba")
     for name in THREAD_VARIABLES:
+        if name == "NUMBA_NUM_THREADS" and numba is not None:
+            # numba is loaded (an in-process call: the API, tests): its pool size is fixed, and a
+            # changed variable would make its next compilation fail ("Cannot set
+            # NUMBA_NUM_THREADS ... once the threads have been launched"); use fewer instead
+            numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+            continue
         os.environ[name] = str(n)
 
 

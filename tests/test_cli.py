@@ -191,3 +191,31 @@ def test_building_the_parser_loads_no_thread_pool():
             "print(sorted(m for m in ('numpy', 'torch', 'numba') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_in_process_threads_leave_a_loaded_numba_working(tmp_path):
+    """An in-process call (the API, tests) after numba's pool started must not change
+    NUMBA_NUM_THREADS: numba's next compilation would fail with "Cannot set NUMBA_NUM_THREADS
+    to a different value once the threads have been launched" (CI's clean clone, no kernel
+    cache, failed 70 tests so). The pool is narrowed with numba.set_num_threads instead."""
+    code = ("import os, numba, numpy as np\n"
+            "@numba.njit(parallel=True)\n"
+            "def f(x):\n"
+            "    s = 0.0\n"
+            "    for i in numba.prange(x.size):\n"
+            "        s += x[i]\n"
+            "    return s\n"
+            "f(np.ones(8))\n"  # the pool starts at NUMBA_NUM_THREADS = 2
+            "from rra.cli import use_threads\n"
+            "use_threads(1)\n"
+            "@numba.njit\n"
+            "def g(x):\n"
+            "    return x + 1\n"
+            "print(g(1), numba.get_num_threads(), os.environ['NUMBA_NUM_THREADS'], "
+            "os.environ['OMP_NUM_THREADS'])\n")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    env.update(NUMBA_NUM_THREADS="2", NUMBA_CACHE_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["2", "1", "2", "1"]
