@@ -1,6 +1,9 @@
 # Two commands a fresh machine needs (Python 3.11 and nothing else):
 #   make study   install into .venv if needed, then run the default study (dvc repro -> snakemake)
 #   make test    install into .venv if needed, then run the test suite
+# and for contributors (CI runs it before the tests):
+#   make lint    snakemake --lint (findings fail, but the two allowed in .ci/lint) and
+#                snakefmt --check of the Snakefile and rules/ (settings: pyproject.toml)
 # The venv is rebuilt when pyproject.toml or requirements.lock change; otherwise both are no-ops
 # for the install step.
 
@@ -13,7 +16,7 @@ STAMP  := $(VENV)/.rra-installed
 export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: study test test-fast venv dag snakemake-study bench clean-results
+.PHONY: study test test-fast lint venv dag snakemake-study bench clean-results
 
 venv: $(STAMP)
 
@@ -39,6 +42,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(PY) .ci/lint
+	snakefmt --check Snakefile rules
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f --quick || exit 1; done

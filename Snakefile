@@ -28,10 +28,10 @@ include: "rules/layers.smk"
 
 
 rule all:
+    default_target: True
     input:
         study_targets(),
-        REPORTS + "/index.html",
-    default_target: True
+        f"{REPORTS}/index.html",
 
 
 # One target per experiment of the config (`snakemake --cores 2 E3`): its runs and analyses.

@@ -11,23 +11,35 @@ STAC_PROBE = rc.stac_probe(config)
 
 rule stac_scales:
     input:
-        metrics=RESULTS + "/{dataset}/{model}-none-{augmentation}-s{seed}/metrics/" + STAC_PROBE + "/" + KNN_SPECS[0] + "/manifest.json",
-        model=RESULTS + "/{dataset}/{model}-none-{augmentation}-s{seed}/model.pt",
+        metrics=os.path.join(
+            DATASET_DIR,
+            "{model}-none-{augmentation}-s{seed}/metrics",
+            STAC_PROBE,
+            KNN_SPECS[0],
+            "manifest.json",
+        ),
+        model=os.path.join(DATASET_DIR, "{model}-none-{augmentation}-s{seed}/model.pt"),
     output:
-        RESULTS + "/{dataset}/stac_scales/{model}-none-{augmentation}-s{seed}.json",
+        os.path.join(DATASET_DIR, "stac_scales/{model}-none-{augmentation}-s{seed}.json"),
     params:
         criterion=config["stac_auto"]["criterion"],
         tau=config["stac_auto"]["tau"],
         delta=config["stac_auto"]["delta"],
-        budget=lambda w: "" if config["stac_auto"]["max_flops_ratio"] is None else f"--max-flops-ratio {config['stac_auto']['max_flops_ratio']}",
+        budget=lambda w: (
+            ""
+            if config["stac_auto"]["max_flops_ratio"] is None
+            else f"--max-flops-ratio {config['stac_auto']['max_flops_ratio']}"
+        ),
         stac_kwargs=rc.as_json(rc.stac_auto_kwargs(config)),  # mode: for the FLOPs of each choice
         k=config["stac_auto"]["k"],
-        classrepsim=lambda w, input: os.path.join(os.path.dirname(input.metrics), "classrepsim.parquet"),
+        classrepsim=lambda w, input: os.path.join(
+            os.path.dirname(input.metrics), "classrepsim.parquet"
+        ),
         run_dir=lambda w, input: os.path.dirname(input.model),
     log:
-        RESULTS + "/{dataset}/stac_scales/logs/{model}-none-{augmentation}-s{seed}.log",
+        os.path.join(DATASET_DIR, "stac_scales/logs/{model}-none-{augmentation}-s{seed}.log"),
     benchmark:
-        RESULTS + "/{dataset}/stac_scales/benchmarks/{model}-none-{augmentation}-s{seed}.tsv",
+        os.path.join(DATASET_DIR, "stac_scales/benchmarks/{model}-none-{augmentation}-s{seed}.tsv")
     conda:
         ENV
     threads: 1
@@ -43,17 +55,21 @@ rule stac_scales:
 # with ratios to the model's `none` baseline; stac-auto is measured with its chosen scales.
 rule cost:
     input:
-        lambda w: [v["attention_kwargs_file"] for v in cost_variants(w.dataset) if "attention_kwargs_file" in v],
+        lambda w: [
+            v["attention_kwargs_file"]
+            for v in cost_variants(w.dataset)
+            if "attention_kwargs_file" in v
+        ],
     output:
-        RESULTS + "/{dataset}/cost.parquet",
-        RESULTS + "/{dataset}/cost.csv",
+        os.path.join(DATASET_DIR, "cost.parquet"),
+        os.path.join(DATASET_DIR, "cost.csv"),
     params:
         variants=lambda w: rc.as_json(cost_variants(w.dataset)),
         stem=lambda w, output: output[0].removesuffix(".parquet"),
     log:
-        RESULTS + "/{dataset}/logs/cost.log",
+        os.path.join(DATASET_DIR, "logs/cost.log"),
     benchmark:
-        RESULTS + "/{dataset}/benchmarks/cost.tsv",
+        os.path.join(DATASET_DIR, "benchmarks/cost.tsv")
     conda:
         ENV
     threads: 1

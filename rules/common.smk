@@ -16,11 +16,16 @@ except rc.ConfigError as err:
     sys.exit(f"rra: config error: {err}")
 # The probe sizes that only the files know are checked by the prepare job once it has read them
 # (`rra prepare --probe-check`). A global in its shell command, not a param, on purpose: the
-# check changes no output, so editing k must not rerun the data preparation.
+# check changes no output, so editing k must not rerun the data preparation (a param would: the
+# params trigger). The one `snakemake --lint` finding for it is allowed by .ci/lint.
 PROBE_CHECK = rc.as_json(rc.probe_requirements(config))
 
 # How rules call the package: the interpreter running Snakemake (the project's .venv), or the
-# rule's conda env under `--sdm conda`; the source tree on PYTHONPATH either way.
+# rule's conda env under `--sdm conda`; the source tree on PYTHONPATH either way. A global in
+# every shell command, not a param, on purpose: it names this machine's checkout and
+# interpreter, not a setting, so moving the checkout, recreating the venv or switching to
+# `--sdm conda` must not rerun the study (a param would: the params trigger). Its lint findings
+# ("Shell command directly uses variable RRA") are allowed by .ci/lint.
 _CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
 RRA = f"PYTHONPATH={workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}} {'python' if _CONDA else sys.executable} -m rra"
 ENV = os.path.join(workflow.basedir, "envs", "rra.yaml")
@@ -46,8 +51,11 @@ wildcard_constraints:
     analysis=r"translation|patterns|margins|saliency|fragmentation",
 
 
-RUN_DIR = RESULTS + "/{dataset}/{model}-{attention}-{augmentation}-s{seed}"
-DATA_DIR = RESULTS + "/data/{dataset}"
+# Path patterns of the rules (f-strings: wildcards doubled). Each ends in a wildcard, never in a
+# slash, so the rules' os.path.join(DIR, path) is exactly the string DIR, a slash and path.
+DATASET_DIR = f"{RESULTS}/{{dataset}}"
+RUN_DIR = f"{DATASET_DIR}/{{model}}-{{attention}}-{{augmentation}}-s{{seed}}"
+DATA_DIR = f"{RESULTS}/data/{{dataset}}"
 
 
 def run_of(wildcards):
@@ -66,19 +74,51 @@ def stac_scales_file(model, dataset=DATASET):
 def stac_scales_of(wildcards):
     """Extra input of a stac-auto run's training: its scale choice; nothing for other runs."""
     run = run_of(wildcards)
-    return [stac_scales_file(run.model, wildcards.dataset)] if run.attention in rc.AUTO_ATTENTION else []
+    return (
+        [stac_scales_file(run.model, wildcards.dataset)]
+        if run.attention in rc.AUTO_ATTENTION
+        else []
+    )
 
 
 def cost_variants(dataset=DATASET):
     """The grid's (model, attention) variants for `rra cost`, stac-auto with its scales file."""
-    return [dict(v, attention_kwargs_file=stac_scales_file(v["model"], dataset))
-            if v["attention"] in rc.AUTO_ATTENTION else v for v in rc.cost_variants(config)]
+    return [
+        (
+            dict(v, attention_kwargs_file=stac_scales_file(v["model"], dataset))
+            if v["attention"] in rc.AUTO_ATTENTION
+            else v
+        )
+        for v in rc.cost_variants(config)
+    ]
 
 
 def summary_runs(dataset=DATASET):
     """Every run of the grid with its metrics.json, for `rra summary`."""
-    return [{"model": r.model, "attention": r.attention, "augmentation": r.augmentation,
-             "seed": r.seed, "metrics": f"{run_dir(r, dataset)}/metrics.json"} for r in RUNS]
+    return [
+        {
+            "model": r.model,
+            "attention": r.attention,
+            "augmentation": r.augmentation,
+            "seed": r.seed,
+            "metrics": f"{run_dir(r, dataset)}/metrics.json",
+        }
+        for r in RUNS
+    ]
+
+
+def run_record(w):
+    """The run and probe of a metrics or layers job, as JSON (their `--run`)."""
+    return rc.as_json(
+        {
+            "dataset": w.dataset,
+            "model": w.model,
+            "attention": w.attention,
+            "augmentation": w.augmentation,
+            "seed": int(w.seed),
+            "probe": w.probe,
+        }
+    )
 
 
 def analysis_params(w, kind):
@@ -115,5 +155,13 @@ def experiment_targets(name):
     """The artifacts of one experiment (its Snakemake target: `snakemake {name}`)."""
     exp = EXPERIMENTS[name]
     runs = rc.runs_of({"runs": exp.get("runs") or config["runs"]})
-    return (targets_of(rc.analyses(config, name), runs, exp.get("stac_choice", False))
-            + layer_targets(rc.layer_analyses(config, name)))
+    return targets_of(
+        rc.analyses(config, name), runs, exp.get("stac_choice", False)
+    ) + layer_targets(rc.layer_analyses(config, name))
+
+
+def layer_train_probe(w):
+    """The training subset's probe file of patterns and margins (trees, PCA); none otherwise
+    (rules/layers.smk)."""
+    train = rc.layer_params(config, run_of(w), w.probe, w.analysis).get("train")
+    return [f"{RESULTS}/data/{w.dataset}/probe/{train}.npy"] if train else []

@@ -3,16 +3,17 @@
 
 rule prepare_data:
     output:
-        DATA_DIR + "/manifest.json",
+        os.path.join(DATA_DIR, "manifest.json"),
     params:
         options=lambda w: rc.as_json(config["dataset_options"]),
         data_dir=lambda w: config["data_dir"] or "",
         val_per_class=config["val"]["n_per_class"],  # rows per class carved from train to val
         val_seed=config["val"]["seed"],
+        out_dir=lambda w, output: os.path.dirname(output[0]),
     log:
-        DATA_DIR + "/logs/prepare.log",
+        os.path.join(DATA_DIR, "logs/prepare.log"),
     benchmark:
-        DATA_DIR + "/benchmarks/prepare.tsv",
+        os.path.join(DATA_DIR, "benchmarks/prepare.tsv")
     conda:
         ENV
     threads: 1
@@ -21,23 +22,23 @@ rule prepare_data:
     shell:
         "{RRA} prepare --dataset {wildcards.dataset} --data-dir={params.data_dir:q}"
         " --options {params.options:q} --val-per-class {params.val_per_class}"
-        " --val-seed {params.val_seed} --out {RESULTS}/data/{wildcards.dataset}"
+        " --val-seed {params.val_seed} --out {params.out_dir}"
         " --probe-check {PROBE_CHECK:q} --threads {threads} 2> {log}"
 
 
 rule select_probe:
     input:
-        DATA_DIR + "/manifest.json",
+        os.path.join(DATA_DIR, "manifest.json"),
     output:
-        DATA_DIR + "/probe/{probe}.npy",
+        os.path.join(DATA_DIR, "probe/{probe}.npy"),
     params:
         split_dir=lambda w: f"{RESULTS}/data/{w.dataset}/{rc.parse_probe(w.probe)['split']}",
         n=lambda w: rc.parse_probe(w.probe)["n_per_class"],
         seed=lambda w: rc.parse_probe(w.probe)["seed"],
     log:
-        DATA_DIR + "/logs/probe-{probe}.log",
+        os.path.join(DATA_DIR, "logs/probe-{probe}.log"),
     benchmark:
-        DATA_DIR + "/benchmarks/probe-{probe}.tsv",
+        os.path.join(DATA_DIR, "benchmarks/probe-{probe}.tsv")
     conda:
         ENV
     threads: 1

@@ -4,10 +4,10 @@
 
 rule embed:
     input:
-        model=RUN_DIR + "/model.pt",
-        probe=DATA_DIR + "/probe/{probe}.npy",
+        model=os.path.join(RUN_DIR, "model.pt"),
+        probe=os.path.join(DATA_DIR, "probe/{probe}.npy"),
     output:
-        RUN_DIR + "/embed/{probe}/manifest.json",
+        os.path.join(RUN_DIR, "embed/{probe}/manifest.json"),
     params:
         scales=lambda w: rc.as_json(SCALES),
         include_input=lambda w: rc.as_json(rc.embed_input(config, w.model)),
@@ -17,9 +17,9 @@ rule embed:
         run_dir=lambda w, input: os.path.dirname(input.model),
         out_dir=lambda w, output: os.path.dirname(output[0]),
     log:
-        RUN_DIR + "/logs/embed-{probe}.log",
+        os.path.join(RUN_DIR, "logs/embed-{probe}.log"),
     benchmark:
-        RUN_DIR + "/benchmarks/embed-{probe}.tsv",
+        os.path.join(RUN_DIR, "benchmarks/embed-{probe}.tsv")
     conda:
         ENV
     threads: 2

@@ -3,18 +3,18 @@
 
 rule knn:
     input:
-        RUN_DIR + "/embed/{probe}/manifest.json",
+        os.path.join(RUN_DIR, "embed/{probe}/manifest.json"),
     output:
-        RUN_DIR + "/knn/{probe}/{distance}-{backend}/manifest.json",
+        os.path.join(RUN_DIR, "knn/{probe}/{distance}-{backend}/manifest.json"),
     params:
         knn=lambda w: analysis_params(w, "knn"),
         backend=lambda w: rc.parse_knn_spec(config, f"{w.distance}-{w.backend}")[1],
         embed_dir=lambda w, input: os.path.dirname(input[0]),
         out_dir=lambda w, output: os.path.dirname(output[0]),
     log:
-        RUN_DIR + "/logs/knn-{probe}-{distance}-{backend}.log",
+        os.path.join(RUN_DIR, "logs/knn-{probe}-{distance}-{backend}.log"),
     benchmark:
-        RUN_DIR + "/benchmarks/knn-{probe}-{distance}-{backend}.tsv",
+        os.path.join(RUN_DIR, "benchmarks/knn-{probe}-{distance}-{backend}.tsv")
     conda:
         ENV
     threads: 2

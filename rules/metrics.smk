@@ -4,21 +4,20 @@
 
 rule metrics:
     input:
-        embed=RUN_DIR + "/embed/{probe}/manifest.json",
-        knn=RUN_DIR + "/knn/{probe}/{distance}-{backend}/manifest.json",
+        embed=os.path.join(RUN_DIR, "embed/{probe}/manifest.json"),
+        knn=os.path.join(RUN_DIR, "knn/{probe}/{distance}-{backend}/manifest.json"),
     output:
-        RUN_DIR + "/metrics/{probe}/{distance}-{backend}/manifest.json",
+        os.path.join(RUN_DIR, "metrics/{probe}/{distance}-{backend}/manifest.json"),
     params:
         metrics=lambda w: analysis_params(w, "metrics"),
-        run=lambda w: rc.as_json({"dataset": w.dataset, "model": w.model, "attention": w.attention,
-                                  "augmentation": w.augmentation, "seed": int(w.seed), "probe": w.probe}),
+        run=run_record,
         embed_dir=lambda w, input: os.path.dirname(input.embed),
         knn_dir=lambda w, input: os.path.dirname(input.knn),
         out_dir=lambda w, output: os.path.dirname(output[0]),
     log:
-        RUN_DIR + "/logs/metrics-{probe}-{distance}-{backend}.log",
+        os.path.join(RUN_DIR, "logs/metrics-{probe}-{distance}-{backend}.log"),
     benchmark:
-        RUN_DIR + "/benchmarks/metrics-{probe}-{distance}-{backend}.tsv",
+        os.path.join(RUN_DIR, "benchmarks/metrics-{probe}-{distance}-{backend}.tsv")
     conda:
         ENV
     threads: 1
