@@ -4,7 +4,7 @@ jobs their devices by id; DVC moves tables, models and figures between machines 
 remote, and the large intermediates only when asked to.
 
 The local run is `dvc repro` (the study's DVC stage, `snakemake --cores 2`) in a copy of this
-checkout whose default config is the tiny study (config/test.yaml); the Slurm run is the same
+checkout whose default config is the small study (tests/projects.py); the Slurm run is the same
 commit cloned elsewhere, as a second machine would have it. Skipped, with the reason, only
 where Slurm cannot be installed (no root, no apt-get, apt-get failing).
 """
@@ -12,25 +12,17 @@ where Slurm cannot be installed (no root, no apt-get, apt-get failing).
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
-
-from rra.config import merge
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import slurm_cluster  # noqa: E402  (tests/ helper)
+from projects import BIN, copy_checkout, small_study, sh  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
-COPY = ["Snakefile", "dvc.yaml", ".dvcignore", "rules", "rra", "config", "envs", "profiles",
-        ".dvc/config", ".gitignore", "reports/README.md"]
 #: what the test cluster needs beyond the profile: it has no accounting database, so job states
 #: come from `squeue` (the plugin's default is `sacct`); its jobs take seconds, so the first
 #: status check comes after 4 s (default 40 s); Slurm's job logs are kept for a failure report.
@@ -39,35 +31,12 @@ TEST_CLUSTER_FLAGS = ["--slurm-status-command", "squeue",
                       "--slurm-keep-successful-logs"]
 
 
-def sh(cwd: Path, *cmd: str, env: dict | None = None) -> str:
-    env = dict(env or os.environ, PATH=f"{BIN}{os.pathsep}{(env or os.environ)['PATH']}",
-               DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
-                             f"{proc.stderr[-6000:]}")
-    return proc.stdout + proc.stderr
-
-
 @pytest.fixture(scope="module")
 def local_project(tmp_path_factory) -> Path:
-    """A git copy of this checkout whose default config is the tiny study, run locally by
-    `dvc repro` and committed (dvc.lock, reports/metrics.json)."""
-    proj = tmp_path_factory.mktemp("machine-a") / "proj"
-    for item in COPY:
-        src, dst = ROOT / item, proj / item
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
-    cfg = merge(yaml.safe_load((ROOT / "config/config.yaml").read_text()),
-                yaml.safe_load((ROOT / "config/test.yaml").read_text()))
-    (proj / "config/config.yaml").write_text(yaml.safe_dump(cfg))
-    sh(proj, "git", "init", "-q")
-    sh(proj, "git", "add", "-A")
-    sh(proj, "git", "commit", "-qm", "tiny study")
+    """A git copy of this checkout whose default config is the small study (one LeNet-5, its kNN
+    analyses and one layers job), run locally by `dvc repro` and committed (dvc.lock,
+    reports/metrics.json)."""
+    proj = copy_checkout(tmp_path_factory.mktemp("machine-a") / "proj", small_study())
     sh(proj, str(BIN / "dvc"), "repro")
     sh(proj, "git", "add", "-A")
     sh(proj, "git", "commit", "-qm", "dvc repro")
@@ -143,18 +112,18 @@ def test_slurm_profile_runs_the_study_with_identical_outputs(local_project, slur
     seconds = time.monotonic() - start
     # every job went through sbatch (the `all` target is the only local one)
     submitted = out.count("has been submitted with SLURM jobid")
-    assert submitted == 17, out[-3000:]
-    assert "18 of 18 steps (100%) done" in out
+    assert submitted == 11, out[-3000:]
+    assert "12 of 12 steps (100%) done" in out
     n = compare_outputs(local_project, clone)
-    assert n > 300
-    # Slurm gave each GPU job (train, embed: `gpu: 1` in the profile) a device by id, which it
+    assert n > 100
+    # Slurm gave each GPU job (train, embed, layers: `gpu: 1` in the profile) a device by id, which it
     # found in CUDA_VISIBLE_DEVICES (and ran on the CPU: the test's GPUs are stand-ins); the
     # kNN jobs asked for none
     logs = sorted((clone / "results").rglob("logs/*.log"))
     for log in logs:
         rule = log.stem.split("-")[0]
         lines = [ln for ln in log.read_text().splitlines() if ": device: " in ln]
-        if rule in ("train", "embed"):
+        if rule in ("train", "embed", "layers"):
             assert lines and lines[-1].endswith(("CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1")), (log, lines)
         elif rule == "knn":
             assert lines and lines[-1].endswith("CUDA_VISIBLE_DEVICES=unset"), (log, lines)

@@ -3,52 +3,23 @@ same state before and after a config edit, and a local remote round-trips the ar
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from rra.config import merge
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from projects import BIN, copy_checkout, small_study, sh  # noqa: E402  (tests/ helper)
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
-COPY = ["Snakefile", "dvc.yaml", ".dvcignore", "rules", "rra", "config", "envs", ".dvc/config", ".gitignore",
-        "reports/README.md"]
-
-
-def sh(cwd: Path, *cmd: str) -> str:
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1",
-               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc.stdout + proc.stderr
 
 
 @pytest.fixture
 def project(tmp_path) -> Path:
-    """A copy of this checkout as its own git repo, whose default config is the tiny test study."""
-    proj = tmp_path / "proj"
-    for item in COPY:
-        src, dst = ROOT / item, proj / item
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
-    cfg = merge(yaml.safe_load((ROOT / "config/config.yaml").read_text()),
-                yaml.safe_load((ROOT / "config/test.yaml").read_text()))
-    cfg["runs"] = [{"model": "lenet5", "attention": ["none"], "augmentation": ["none"], "seeds": [0]}]
-    (proj / "config/config.yaml").write_text(yaml.safe_dump(cfg))
-    sh(proj, "git", "init", "-q")
-    sh(proj, "git", "add", "-A")
-    sh(proj, "git", "commit", "-qm", "copy")
-    return proj
+    """A copy of this checkout as its own git repo, whose default config is the small study."""
+    return copy_checkout(tmp_path / "proj", small_study())
 
 
 def test_dvc_and_snakemake_agree(project, tmp_path):
