@@ -96,7 +96,7 @@ def make_inputs(case: str, p: dict, folder: Path) -> None:
 
 
 def run_case(case: str, p: dict, folder: Path) -> dict:
-    from rra.metrics.common import overlap_counts
+    from rra.knn.sets import overlap_counts
     from rra.metrics.nnts import nnts_matrix, prepare_graphs
     from rra.metrics.nntp import nntp
 

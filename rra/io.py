@@ -183,6 +183,22 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+#: a table of at most this many rows is also written as CSV (:func:`write_table`)
+CSV_MAX_ROWS = 200_000
+
+
+def write_table(df, stem: Path) -> dict:
+    """Write ``stem.parquet`` (and ``stem.csv`` when small) atomically; return file facts."""
+    with atomic_path(stem.with_suffix(".parquet")) as tmp:
+        df.write_parquet(tmp)
+    files = [stem.with_suffix(".parquet")]
+    if df.height <= CSV_MAX_ROWS:
+        with atomic_path(stem.with_suffix(".csv")) as tmp:
+            df.write_csv(tmp)
+        files.append(stem.with_suffix(".csv"))
+    return {"rows": df.height, "files": [f.name for f in files],
+            "sha256": sha256_file(stem.with_suffix(".parquet"))}
+
 def is_timing_key(key: str) -> bool:
     """Whether a manifest key holds a measured wall time: ``seconds`` or ``*_seconds``, except
     the cost model's ``predicted_*`` (a function of n, d, k and the config, so content)."""

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from rra.io import PathLike, provenance, sha256_file, write_json
+from rra.models.attention import read_attention_kwargs  # noqa: F401  (choose_scales' reader)
 
 #: columns that identify the analysed run in a metric table (recorded as the baseline)
 _IDENTITY = ("dataset", "model", "attention", "augmentation", "seed", "probe", "distance", "backend")
@@ -282,20 +283,3 @@ def stac_flops_ratios(model_args: Mapping[str, Any],
         return [float(rows[f"stac{list(s)}"]) for s in scale_lists]
 
     return ratios
-
-
-def read_attention_kwargs(path: PathLike) -> dict[str, Any]:
-    """The ``stac`` keyword arguments stored in a :func:`choose_scales` file: ``{"scales": [...]}``.
-
-    What ``rra train --attention-kwargs-file`` and the cost stage merge into a run's
-    ``attention_kwargs``. Raises FileNotFoundError / ValueError naming the file.
-    """
-    from rra.io import read_json
-
-    data = read_json(path)
-    scales = data.get("scales") if isinstance(data, dict) else None
-    if (not isinstance(scales, list) or not scales
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in scales)):
-        raise ValueError(f"{path}: key 'scales' must be a non-empty list of positive integers "
-                         f"(one per stage), got {scales!r}")
-    return {"scales": list(scales)}

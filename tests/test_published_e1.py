@@ -53,7 +53,7 @@ def test_nnts_and_nntp_tables(e1):
     import polars as pl
 
     from rra.knn import knn_exact
-    from rra.metrics.common import overlap_counts
+    from rra.knn.sets import overlap_counts
     from rra.metrics.nnts import jaccard_from_overlap
 
     metrics = run_dir(e1) / "metrics" / "train-n600-s0" / "euclidean-exact"

@@ -9,7 +9,7 @@ import pytest
 from rra.knn import knn_exact
 from rra.knn.common import prepare_points
 from rra.knn.sweep import hook_pairs, sweep
-from rra.metrics.common import overlap_counts
+from rra.knn.sets import overlap_counts
 from test_knn import brute_force
 
 

@@ -53,6 +53,7 @@ import numpy as np
 
 from rra.knn.common import Points, check_k, finish, prepare_points, sort_neighbours
 from rra.knn.exact import exact_neighbours
+from rra.knn.sets import overlap_counts
 
 ANNOY_METRIC = {"euclidean": "euclidean", "cosine": "angular"}
 ON_RECALL_MISS = ("error", "warn")
@@ -82,7 +83,7 @@ def recall_by_k(approx_idx: np.ndarray, exact_idx: np.ndarray,
 
     A neighbour at position p of A_i and q of E_i counts at every k' > max(p, q); rows hold no
     repeated index, so after sorting the concatenation of both rows a shared index appears
-    exactly twice, next to itself (as in ``rra.metrics.common.overlap_counts``).
+    exactly twice, next to itself (as in ``rra.knn.sets.overlap_counts``).
     """
     a = np.asarray(approx_idx, dtype=np.int64)
     e = np.asarray(exact_idx, dtype=np.int64)
@@ -105,8 +106,6 @@ def recall_by_k(approx_idx: np.ndarray, exact_idx: np.ndarray,
 
 def recall_at_k(approx_idx: np.ndarray, exact_idx: np.ndarray) -> float:
     """recall@k = mean_i |A_i ∩ E_i| / k over rows of two n × k neighbour arrays. [ours]"""
-    from rra.metrics.common import overlap_counts
-
     a = np.asarray(approx_idx)
     e = np.asarray(exact_idx)
     if a.ndim != 2 or a.shape != e.shape:

@@ -23,7 +23,7 @@ block's bitmaps (hooks × large ks × block × n / 8 bytes); the graphs at ``k_g
 streamed to disk by the caller's writers (or returned, when there are none).
 
 The sets are exactly those of the stored-graph path: the overlaps equal
-``rra.metrics.common.overlap_counts`` of exact graphs at k (tests compare them, with ties and
+``rra.knn.sets.overlap_counts`` of exact graphs at k (tests compare them, with ties and
 duplicate rows).
 """
 

@@ -32,7 +32,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from rra.io import PathLike, provenance, read_json, save_npz, sha256_file, write_json
+from rra.io import PathLike, provenance, read_json, save_npz, sha256_file, write_json, write_table
 
 ANALYSES = ("translation", "patterns", "margins", "saliency", "fragmentation")
 #: analyses that read a training subset (a probe of the train split): trees, PCA directions
@@ -82,7 +82,7 @@ def layer_run(analysis: str, run_dir: PathLike, data_dir: PathLike, probe_path: 
     ``analyse_input``; the workflow passes the resolved ``embed.input``).
     """
     from rra.device import pick_device
-    from rra.metrics.tables import frame, write_table
+    from rra.metrics.tables import frame
     from rra.train import load_trained
 
     if analysis not in ANALYSES:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rra.metrics.common import check_labels, prefix
+from rra.knn.sets import prefix
+from rra.metrics.common import check_labels
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ only at equal k.
 
 Every function works on neighbour-index arrays (n × k_max, rows sorted by distance, self
 excluded); the graph at k is the first k columns; ``k=None`` uses all columns (for several
-graphs: the smallest k_max among them, as ``common.check_pair`` does). No n × n matrix is built:
-one pair costs O(n·k log k) time and O(n·k) memory.
+graphs: the smallest k_max among them, as ``rra.knn.sets.check_pair`` does). No n × n matrix is
+built: one pair costs O(n·k log k) time and O(n·k) memory.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from rra.metrics.common import check_labels, check_pair, graph_blocks, overlap_counts
+from rra.knn.sets import check_pair, graph_blocks, overlap_counts
+from rra.metrics.common import check_labels
 
 
 def jaccard_from_overlap(m: np.ndarray, k: int) -> np.ndarray:
@@ -75,10 +76,10 @@ def jaccard_rows_all_pairs(graphs: Sequence[np.ndarray], k: int | None = None,
                            ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield ``(a, b, J)`` for every pair a < b of graphs, J the per-row Jaccard (n,) [source].
 
-    Rows are processed in blocks (:func:`rra.metrics.common.graph_blocks`), so the graphs may be
+    Rows are processed in blocks (:func:`rra.knn.sets.graph_blocks`), so the graphs may be
     memory-mapped and memory stays bounded by ``max_elements`` indices plus the L(L−1)/2 × n
     float64 results, at any n and k (the published E1 uses n = 60,000, k = 12,000). Each pair
-    costs one row-wise sort of the block's n × 2k concatenation (``common.overlap_counts``);
+    costs one row-wise sort of the block's n × 2k concatenation (``rra.knn.sets.overlap_counts``);
     merging pre-sorted rows was measured and is not faster with numpy's vectorised sort.
     """
     graphs = list(graphs)

@@ -1,7 +1,7 @@
 """kNN-based peer similarity measures between two neighbour graphs of the same rows (methods.md §3).
 
 Notation: K_a[i], K_b[i] are the neighbour lists of row i in graphs a and b (n × k index arrays,
-sorted by (distance, index), self excluded; see ``rra.metrics.common``), both cut to the same k
+sorted by (distance, index), self excluded; see ``rra.knn.sets``), both cut to the same k
 (default: the smaller stored k); m_i = |K_a[i] ∩ K_b[i]|. Every measure is a mean over rows of
 a per-row score; the per-row scores are computed by the private ``_*_rows`` functions.
 
@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from rra.metrics.common import check_pair, overlap_counts
+from rra.knn.sets import check_pair, overlap_counts
 
 PROPERTIES: dict[str, dict] = {
     "mutual_knn": dict(symmetric=True, larger_is_more_similar=True, needs_embeddings=False,

@@ -21,7 +21,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from rra.io import PathLike, load_npy, provenance, read_json, sha256_artifact, sha256_file, write_json
+from rra.io import (PathLike, load_npy, provenance, read_json, sha256_artifact, write_json,
+                    write_table)
 
 SCHEMA: dict[str, str] = {
     "dataset": "str", "model": "str", "attention": "str", "augmentation": "str", "seed": "int",
@@ -32,7 +33,6 @@ SCHEMA: dict[str, str] = {
     "dx": "int", "dy": "int", "radius": "int", "quantile": "float", "pca_k": "int",
 }
 TABLES = ("nnts", "nntp", "class_response", "classrepsim", "peers", "cka", "knn")
-CSV_MAX_ROWS = 200_000
 
 
 def polars_schema() -> dict[str, Any]:
@@ -393,21 +393,6 @@ def run_tables(embed_dir: PathLike, knn_dir: PathLike, out_dir: PathLike, *, ks:
     )
     write_json(out / "manifest.json", manifest)
     return manifest
-
-
-def write_table(df, stem: Path) -> dict:
-    """Write ``stem.parquet`` (and ``stem.csv`` when small) atomically; return file facts."""
-    from rra.io import atomic_path
-
-    with atomic_path(stem.with_suffix(".parquet")) as tmp:
-        df.write_parquet(tmp)
-    files = [stem.with_suffix(".parquet")]
-    if df.height <= CSV_MAX_ROWS:
-        with atomic_path(stem.with_suffix(".csv")) as tmp:
-            df.write_csv(tmp)
-        files.append(stem.with_suffix(".csv"))
-    return {"rows": df.height, "files": [f.name for f in files],
-            "sha256": sha256_file(stem.with_suffix(".parquet"))}
 
 
 def load_tables(results_dir: PathLike = "results", name: str | None = None):

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rra.io import PathLike, read_json
+
 from .registry import check_kwargs, lookup, positive_int
 
 UPSAMPLE_MODES = ("nearest", "bilinear")
@@ -277,3 +279,19 @@ def build_attention(name: str, channels: int, *, stage: int = 0, **kwargs: Any) 
     builder = get_attn(name)
     check_kwargs(builder, kwargs, f"attention {name!r}", reserved=("channels", "stage"))
     return builder(channels, stage=stage, **kwargs)
+
+
+def read_attention_kwargs(path: PathLike) -> dict[str, Any]:
+    """The ``stac`` keyword arguments stored in a scales file of ``rra.stac.choose_scales``:
+    ``{"scales": [...]}``.
+
+    What ``rra train --attention-kwargs-file`` and the cost stage merge into a run's
+    ``attention_kwargs``. Raises FileNotFoundError / ValueError naming the file.
+    """
+    data = read_json(path)
+    scales = data.get("scales") if isinstance(data, dict) else None
+    if (not isinstance(scales, list) or not scales
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in scales)):
+        raise ValueError(f"{path}: key 'scales' must be a non-empty list of positive integers "
+                         f"(one per stage), got {scales!r}")
+    return {"scales": list(scales)}

@@ -403,8 +403,9 @@ def cost_stage(dataset: str, variants: Sequence[Mapping[str, Any]], out_stem: An
     import polars as pl
 
     from rra.data import dataset_info
-    from rra.metrics.tables import write_table
-    from rra.stac import read_attention_kwargs
+    from rra.io import write_table
+
+    from .attention import read_attention_kwargs
 
     info = dataset_info(dataset)
     groups: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from rra.io import PathLike, read_json
+from rra.io import PathLike, read_json, write_table
 
 IDENTITY = {"dataset": "str", "run": "str", "model": "str", "attention": "str",
             "augmentation": "str", "seed": "int"}
@@ -29,8 +29,6 @@ def accuracy_summary(runs: Sequence[Mapping[str, Any]], dataset: str, out_stem: 
     Returns the polars frame written.
     """
     import polars as pl
-
-    from rra.metrics.tables import write_table
 
     types = {"str": pl.Utf8, "int": pl.Int64, "float": pl.Float64}
     rows = []
