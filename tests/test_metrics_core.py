@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from rra.metrics.class_response import class_response
-from rra.metrics.classrepsim import (ClassRepSim, choose_stac_scale, classrepsim,
-                                     scale_to_full)
+from rra.metrics.classrepsim import ClassRepSim, choose_stac_scale, classrepsim
 from rra.metrics.nnts import jaccard_per_row, nnts, nnts_by_class, nnts_matrix
 from rra.metrics.nntp import nntp, undirected_edge_codes
 
@@ -370,7 +369,6 @@ def test_classrepsim_hand_fixture():
     assert abs(r.class_mean[0, 1] - 5 / 9) < TOL and abs(r.class_spread[0, 1] - 1 / 9) < TOL
     np.testing.assert_allclose(r.agreement[:, 0, 1], [3 / 4, 5 / 6], rtol=0, atol=TOL)
     assert np.all(r.agreement[:, 0, 0] == 1)
-    assert scale_to_full(r) == pytest.approx({1: 5 / 9}, abs=TOL)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -399,9 +397,6 @@ def test_classrepsim_random_vs_brute(seed):
                 vals = r.S[:, a, b]
                 ref_std = np.sqrt(np.mean((vals - vals.mean()) ** 2))
                 assert abs(r.class_spread[a, b] - ref_std) < TOL
-        evidence = scale_to_full(r)
-        assert list(evidence) == [1, 2, 4]
-        assert evidence[2] == r.class_mean[1, 3]
 
 
 def test_classrepsim_errors_and_single_class():
@@ -416,8 +411,6 @@ def test_classrepsim_errors_and_single_class():
         classrepsim({"2": g, "full": random_graph(rng, 11, 3)}, np.zeros(10, dtype=int))
     with pytest.raises(ValueError, match="labels"):
         classrepsim({"2": g}, np.zeros(9, dtype=int))
-    with pytest.raises(ValueError, match="no scale named"):
-        scale_to_full(r, full="max")
 
 
 # ---------------------------------------------------------------- STAC scale choice

@@ -41,21 +41,16 @@ def group_size(n: int, p: int) -> int:
 
 
 @nb.njit(cache=True)
-def _key(v):
-    """float32 → int64, strictly increasing (the IEEE bits, negatives mirrored)."""
-    bits = np.int64(np.array(v, dtype=np.float32).view(np.int32)[()])
-    return bits if bits >= 0 else -(bits & 0x7FFFFFFF) - 1
-
-
-@nb.njit(cache=True)
 def _unkey(key):
+    """The float32 of an integer key of :func:`_int_keys`."""
     bits = key if key >= 0 else (-(key + 1)) | -0x80000000
     return np.array(np.int32(bits)).view(np.float32)[()]
 
 
 @nb.njit(cache=True)
 def _int_keys(a, out):
-    """:func:`_key` of every element of the float32 array ``a``, into ``out`` (vectorised)."""
+    """The integer key of every element of the float32 array ``a``, into ``out`` (vectorised):
+    strictly increasing in the value (the IEEE bits, negatives mirrored; −0.0 just below 0.0)."""
     bits = a.view(np.int32)
     for i in range(a.size):
         b = bits[i]

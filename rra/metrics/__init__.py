@@ -70,13 +70,6 @@ MEASURES: dict[str, Measure] = {
 }
 
 
-def get_measure(name: str) -> Measure:
-    try:
-        return MEASURES[name]
-    except KeyError:
-        raise ValueError(f"unknown measure {name!r}; known: {sorted(MEASURES)}") from None
-
-
-__all__ = ["MEASURES", "Measure", "get_measure", "nnts", "nnts_matrix", "nnts_by_class", "nntp",
+__all__ = ["MEASURES", "Measure", "nnts", "nnts_matrix", "nnts_by_class", "nntp",
            "class_response", "classrepsim", "choose_stac_scale",
            "choose_stac_scale_within"]

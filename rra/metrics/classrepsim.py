@@ -90,29 +90,6 @@ def classrepsim(graphs_by_scale: Mapping[str, np.ndarray], labels: np.ndarray,
                        agreement=agreement, k=int(k_used))
 
 
-#: the two evidence measures of the scale choice, by criterion name
-MEASURES = ("jaccard", "agreement")
-
-
-def scale_to_full(result: ClassRepSim, full: str = "full",
-                  measure: str = "jaccard") -> dict[int, float]:
-    """The evidence of the scale choice for integer scales s: {s: class-mean S[s, full]}
-    (``measure="jaccard"``) or {s: class-mean agreement[s, full]} (``"agreement"``)."""
-    if measure not in MEASURES:
-        raise ValueError(f"scale_to_full: measure must be one of {MEASURES}, got {measure!r}")
-    values = result.class_mean if measure == "jaccard" else result.agreement.mean(axis=0)
-    if full not in result.scales:
-        raise ValueError(f"scale_to_full: no scale named {full!r} among {list(result.scales)}")
-    f = result.scales.index(full)
-    out = {}
-    for i, s in enumerate(result.scales):
-        if s != full:
-            if not s.isdigit():
-                raise ValueError(f"scale_to_full: scale {s!r} is neither an integer nor {full!r}")
-            out[int(s)] = float(values[i, f])
-    return out
-
-
 @dataclass(frozen=True)
 class ScaleChoice:
     """The STAC condensation scale chosen from ClassRepSim [ours].
