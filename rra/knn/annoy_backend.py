@@ -46,6 +46,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -256,61 +257,102 @@ def knn_annoy(x: Any, k: int, distance: str = "euclidean", n_trees: int = 50,
                    on_recall_miss)
     ks = _check_recall_k(recall_k, k)
     max_sk = int(max_search_k) if max_search_k is not None else n * int(n_trees)
-    default_sk = int(n_trees) * (k + 1)
 
     t0 = time.perf_counter()
     index = _build_index(points, n_trees, seed, index_path, progress)
     build_seconds = time.perf_counter() - t0
+    tune = _choose_search_k(index, points, k, ks, search_k, int(n_trees), recall_target,
+                            recall_sample, seed, max_sk)
+    info = {
+        "search_k": int(tune.search_k), "search_k_requested": search_k,
+        "recall_sample": int(tune.held.size), "tuning_sample": tune.tuning_sample,
+        "recall_target": float(recall_target), "n_trees": int(n_trees), "seed": int(seed),
+        "tuning": [[int(s), float(r)] for s, r in tune.trajectory], "max_search_k": max_sk,
+        "tuning_aim": tune.aim, "build_seconds": build_seconds, "tuning_seconds": tune.seconds,
+        "metric": ANNOY_METRIC[distance], "on_recall_miss": on_recall_miss,
+        "index_path": str(index_path) if index_path is not None else None,
+    }
+    # The held-out check comes before the query of all n rows (Annoy's search is deterministic
+    # for a given index and search_k, so the final graph's held-out rows are these).
+    _check_held_out(index, points, k, ks, tune, info, name)
+    idx, sqd = _query_all(index, points, k, ks, tune, info, progress)
+    if not info["recall_target_met"]:
+        warnings.warn(recall_miss_message(info, name), RecallMissWarning, stacklevel=2)
+    index.unload()
+    idx, dist = finish(idx, sqd)
+    return idx, dist, info
 
+
+def _check_held_out(index, points: Points, k: int, ks: list[int], tune: "_Tuning", info: dict,
+                    name: str | None) -> None:
+    """The held-out rows' recall into ``info``; below target under ``on_recall_miss="error"``
+    the index is unloaded and :class:`RecallMissError` raised."""
+    approx_held, _, _ = _query(index, points, tune.held, k, tune.search_k)
+    _set_recall(info, recall_by_k(approx_held, tune.exact_held, ks), k)
+    if not info["recall_target_met"] and info["on_recall_miss"] == "error":
+        index.unload()
+        raise RecallMissError(recall_miss_message(info, name))
+
+
+def _query_all(index, points: Points, k: int, ks: list[int], tune: "_Tuning", info: dict,
+               progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's neighbours (int64 indices, float64 squared distances) at the chosen
+    search_k; the query's seconds, exact fallbacks and the final graph's held-out recall go
+    into ``info``."""
     t0 = time.perf_counter()
-    tune_rows, held = recall_rows(n, recall_sample, seed)
+    idx, sqd, n_short = _query(index, points, np.arange(points.n, dtype=np.int64), k,
+                               tune.search_k, progress)
+    info["query_seconds"] = time.perf_counter() - t0
+    info["rows_exact_fallback"] = n_short
+    _set_recall(info, recall_by_k(idx[tune.held], tune.exact_held, ks), k)
+    return idx, sqd
+
+
+@dataclass
+class _Tuning:
+    """The search_k chosen and what chose it: the held-out rows and their exact neighbours, the
+    tuning trajectory [(search_k, smallest recall over the analysed k), ...], the tuning rows'
+    count (0 for a fixed search_k), the aim (``None`` for a fixed search_k) and the seconds."""
+
+    search_k: int
+    held: np.ndarray
+    exact_held: np.ndarray
+    trajectory: list[tuple[int, float]]
+    tuning_sample: int
+    aim: float | None
+    seconds: float
+
+
+def _choose_search_k(index, points: Points, k: int, ks: list[int], search_k: int | str,
+                     n_trees: int, recall_target: float, recall_sample: int, seed: int,
+                     max_sk: int) -> _Tuning:
+    """The exact neighbours of the recall samples and the search_k: fixed (``-1``: Annoy's
+    default n_trees · (k + 1)), or under ``"auto"`` doubled from that default until the tuning
+    rows reach the aim (:func:`tuning_aim`) or ``max_sk``."""
+    t0 = time.perf_counter()
+    tune_rows, held = recall_rows(points.n, recall_sample, seed)
     tuned = search_k == "auto"
     sample = np.concatenate([tune_rows, held]) if tuned else held
     exact_sample, _, _ = exact_neighbours(points, k, queries=sample, progress=False)
     exact_held = exact_sample[-held.size:]
-    tuning: list[tuple[int, float]] = []
+    default_sk = n_trees * (k + 1)
+    trajectory: list[tuple[int, float]] = []
+    aim = None
     if tuned:
         exact_tune = exact_sample[:tune_rows.size]
         aim = tuning_aim(recall_target, held.size, min(ks))
         sk = min(default_sk, max_sk)
         while True:
             approx, _, _ = _query(index, points, tune_rows, k, sk)
-            tuning.append((sk, min(recall_by_k(approx, exact_tune, ks).values())))
-            if tuning[-1][1] >= aim or sk >= max_sk:
+            trajectory.append((sk, min(recall_by_k(approx, exact_tune, ks).values())))
+            if trajectory[-1][1] >= aim or sk >= max_sk:
                 break
             sk = min(2 * sk, max_sk)
     else:
         sk = default_sk if search_k == -1 else int(search_k)
-    tuning_seconds = time.perf_counter() - t0
-
-    info = {
-        "search_k": int(sk), "search_k_requested": search_k, "recall_sample": int(held.size),
-        "tuning_sample": int(tune_rows.size) if tuned else 0,
-        "recall_target": float(recall_target), "n_trees": int(n_trees), "seed": int(seed),
-        "tuning": [[int(s), float(r)] for s, r in tuning], "max_search_k": max_sk,
-        "tuning_aim": tuning_aim(recall_target, held.size, min(ks)) if tuned else None,
-        "build_seconds": build_seconds, "tuning_seconds": tuning_seconds,
-        "metric": ANNOY_METRIC[distance], "on_recall_miss": on_recall_miss,
-        "index_path": str(index_path) if index_path is not None else None,
-    }
-    # The held-out check comes before the query of all n rows (Annoy's search is deterministic
-    # for a given index and search_k, so the final graph's held-out rows are these).
-    approx_held, _, _ = _query(index, points, held, k, sk)
-    _set_recall(info, recall_by_k(approx_held, exact_held, ks), k)
-    if not info["recall_target_met"] and on_recall_miss == "error":
-        index.unload()
-        raise RecallMissError(recall_miss_message(info, name))
-
-    t0 = time.perf_counter()
-    idx, sqd, n_short = _query(index, points, np.arange(n, dtype=np.int64), k, sk, progress)
-    info["query_seconds"] = time.perf_counter() - t0
-    info["rows_exact_fallback"] = n_short
-    _set_recall(info, recall_by_k(idx[held], exact_held, ks), k)
-    if not info["recall_target_met"]:
-        warnings.warn(recall_miss_message(info, name), RecallMissWarning, stacklevel=2)
-    index.unload()
-    idx, dist = finish(idx, sqd)
-    return idx, dist, info
+    return _Tuning(search_k=sk, held=held, exact_held=exact_held, trajectory=trajectory,
+                   tuning_sample=int(tune_rows.size) if tuned else 0, aim=aim,
+                   seconds=time.perf_counter() - t0)
 
 
 def tuning_aim(target: float, m: int, k_min: int) -> float:

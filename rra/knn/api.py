@@ -51,46 +51,68 @@ def choose_backend(n: int, d: int, k: int, backend: str = "auto", *,
         import torch
 
         threads = torch.get_num_threads()
-    unknown = set(annoy) - set(ANNOY_DEFAULTS)
-    if unknown:
-        raise ValueError(f"choose_backend: unknown Annoy option(s) {sorted(unknown)}; "
-                         f"known: {sorted(ANNOY_DEFAULTS)}")
-    opts = {**ANNOY_DEFAULTS, **annoy}
-    n_trees, search_k, target = opts["n_trees"], opts["search_k"], float(opts["recall_target"])
-    check_annoy_options(n, n_trees, search_k, target, opts["recall_sample"], opts["max_search_k"])
+    opts, target = _annoy_options(n, annoy)
+    n_trees, search_k = opts["n_trees"], opts["search_k"]
     max_sk = int(opts["max_search_k"]) if opts["max_search_k"] is not None else n * int(n_trees)
     needed = annoy_search_k_needed(n, d, k, n_trees, target, model)
-    if search_k == "auto":  # the doubling stops at the needed search_k, at most max_search_k
-        planned = int(min(max(needed, min(int(n_trees) * (k + 1), max_sk)), max_sk))
-        limit = max_sk
-    else:
-        planned = limit = int(n_trees) * (k + 1) if search_k == -1 else int(search_k)
+    planned, limit = _planned_search_k(needed, search_k, int(n_trees) * (k + 1), max_sk)
     reachable = needed <= limit and needed < n
     exact_s = exact_seconds(n, d, k, threads, model)
     annoy_s = annoy_seconds(n, d, planned, search_k == "auto", int(opts["recall_sample"]),
                             int(n_trees), threads, model)
     predicted = {"exact": exact_s, "annoy": annoy_s["total"], "annoy_build": annoy_s["build"],
                  "annoy_tuning": annoy_s["tuning"], "annoy_query": annoy_s["query"]}
-    e, a = fmt_seconds(exact_s), fmt_seconds(annoy_s["total"])
+    used, reason = _auto_decision(exact_s, annoy_s["total"], reachable, needed, n, d, target,
+                                  search_k == "auto", planned, limit)
+    return {"backend": used, "requested": "auto", "reason": reason, "predicted_s": predicted,
+            "annoy_search_k": planned, "annoy_recall_reachable": bool(reachable),
+            "threads": int(threads)}
+
+
+def _annoy_options(n: int, annoy: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    """Annoy's options with knn_annoy's defaults filled in, checked, and the recall target."""
+    unknown = set(annoy) - set(ANNOY_DEFAULTS)
+    if unknown:
+        raise ValueError(f"choose_backend: unknown Annoy option(s) {sorted(unknown)}; "
+                         f"known: {sorted(ANNOY_DEFAULTS)}")
+    opts = {**ANNOY_DEFAULTS, **annoy}
+    target = float(opts["recall_target"])
+    check_annoy_options(n, opts["n_trees"], opts["search_k"], target, opts["recall_sample"],
+                        opts["max_search_k"])
+    return opts, target
+
+
+def _planned_search_k(needed: float, search_k: Any, default_sk: int,
+                      max_sk: int) -> tuple[int, int]:
+    """``(planned, limit)``: the search_k Annoy would run at and the largest it may reach.
+    ``auto``'s doubling from Annoy's default ``default_sk`` stops at the needed search_k, at
+    most ``max_sk``; a fixed search_k (``-1``: the default) is both."""
+    if search_k == "auto":
+        return int(min(max(needed, min(default_sk, max_sk)), max_sk)), max_sk
+    planned = default_sk if search_k == -1 else int(search_k)
+    return planned, planned
+
+
+def _auto_decision(exact_s: float, annoy_s: float, reachable: bool, needed: float, n: int,
+                   d: int, target: float, auto_sk: bool, planned: int,
+                   limit: int) -> tuple[str, str]:
+    """``(backend, reason)`` of ``auto``: Annoy where its recall is reachable and it is
+    predicted faster, else exact."""
+    e, a = fmt_seconds(exact_s), fmt_seconds(annoy_s)
     if not reachable:
-        used = "exact"
         if needed >= n:
             why = "search_k ≥ n (a brute force)"
         else:
             why = (f"search_k ≈ {needed:.0f} > "
-                   + ("max_search_k" if search_k == "auto" else "the fixed search_k")
+                   + ("max_search_k" if auto_sk else "the fixed search_k")
                    + f" = {limit}")
-        reason = (f"auto: exact predicted {e}; Annoy's recall {target:g} at d = {d} predicted to "
-                  f"need {why} (Annoy predicted {a})")
-    elif annoy_s["total"] < exact_s:
-        used = "annoy"
-        reason = f"auto: Annoy predicted {a} vs exact {e} (search_k ≈ {planned}, recall {target:g})"
-    else:
-        used = "exact"
-        reason = f"auto: exact predicted {e} vs Annoy {a} (search_k ≈ {planned}, recall {target:g})"
-    return {"backend": used, "requested": "auto", "reason": reason, "predicted_s": predicted,
-            "annoy_search_k": planned, "annoy_recall_reachable": bool(reachable),
-            "threads": int(threads)}
+        return "exact", (f"auto: exact predicted {e}; Annoy's recall {target:g} at d = {d} "
+                         f"predicted to need {why} (Annoy predicted {a})")
+    if annoy_s < exact_s:
+        return "annoy", (f"auto: Annoy predicted {a} vs exact {e} (search_k ≈ {planned}, "
+                         f"recall {target:g})")
+    return "exact", (f"auto: exact predicted {e} vs Annoy {a} (search_k ≈ {planned}, "
+                     f"recall {target:g})")
 
 
 def knn(x: Any, k: int, distance: str = "euclidean", backend: str = "auto",

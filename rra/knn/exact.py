@@ -3,70 +3,28 @@ kNN graph, Euclidean distance; ours: blocking, centring, both searches and the c
 
 For each row ``i``: ``K[i]`` = the ``k`` rows ``j ≠ i`` with the smallest distance
 ``‖z_i − z_j‖``, sorted by (distance, index), so ties — at the k-th place too — go to the smaller
-row index, by the exact distance (not its rounding). The result equals a brute-force
-computation in exact arithmetic, and a float64 one (full distance matrix, lexsort by (distance,
-index)) wherever float64 separates the distances; float32 is used only to find candidates
-quickly:
+row index, by the exact distance. The result equals a float64 brute force wherever float64
+separates the distances.
 
-1. Centre the rows, ``c_i = fl32(z_i − μ)`` (distances do not change; cancellation shrinks);
-   ``h_i = fl32(‖c_i‖² / 2)``.
-2. Products, in one of two searches:
+In short: float32 products of the centred rows give each row a few candidates and a threshold
+``τ_i`` that no other row's value exceeds (steps 1–3); the candidates get exact float64
+distances, and a worst-case rounding bound ``γ (‖c_i‖ + ‖c_j‖)²`` (any summation order, so the
+answer does not depend on BLAS, threads, block size, search or device) proves that no other row
+is nearer (steps 4–5). A row that cannot be proved gets a lower threshold, then a re-check
+against every row. Three searches: *symmetric* (every product of the Gram matrix once, CPU
+float32) with group maxima (d < ``HEAP_MIN_D``) or with heaps, and *per block* (query rows, a
+GPU or float64 products). The search runs at k + 1; near ties are put in exact order before the
+graph is cut to k (``rra.knn.ties``). Reported distances are ``sqrt(e_ij)`` rounded to float32.
 
-   - *symmetric* (all rows, on the CPU in float32): ``S_ij = [c_i, −h_i, 1]·[c_j, 1, −h_j]
-     = c_i·c_j − h_i − h_j``, so ``ẽ_ij = −2 S_ij`` estimates ``‖c_i − c_j‖²``. S is symmetric:
-     a block I of rows against the columns from I on serves the rows I and, through its
-     columns, the rows after I — every product is computed once. (With heaps, step 3, the
-     block is ``G = C_I C_Jᵀ`` and a row takes ``o_ij = fl(G_ij − h_j)`` as below, one more
-     rounding within the same bound);
-   - *per block* (query rows given, a GPU, or float64 products): ``o_ij = [c_i, 1]·[c_j, −h_j]
-     = c_i·c_j − h_j`` against every row, so ``ẽ_ij = ‖c_i‖² − 2 o_ij``.
-
-   Self is excluded (−∞). Larger values are nearer.
-3. Candidates, and a threshold ``τ_i`` that no other row's value exceeds:
-
-   - symmetric, d < ``HEAP_MIN_D``: pass 1 keeps only maxima of groups of about G columns per
-     row (within a row's own block range, strided groups of its products; before it, runs of
-     G rows of the earlier blocks, read from their columns). Pass 2: ``τ_i`` bounds the p-th
-     largest group maximum of the row (p = k + ``symmetric_margin(k)``); the groups that reach
-     it are recomputed (a float32 dot product, any summation order) and their values ``≥ τ_i``
-     are the candidates. Every other row is below ``τ_i`` by its group maximum or by its
-     recomputed value, both estimates within the bound of step 4
-     (``rra.knn.kernels.gram_select_refine``);
-   - symmetric, d ≥ ``HEAP_MIN_D``: each row streams the values of its block and of the
-     transposes of earlier blocks through a min-heap of its p = k + ``candidate_margin(k)``
-     largest; the root is ``τ_i`` (``rra.knn.kernels.absorb_rows``);
-   - per block (p = k + ``candidate_margin(k)``), CPU: the same threshold from strided group
-     maxima of the row's products, the values ``≥ τ_i`` of the groups that reach it
-     (``rra.knn.kernels.select_refine``); GPU: ``torch.topk`` of p, ``τ_i`` the smallest.
-4. Error bound: ``|ẽ_ij − e_ij| ≤ w_ij = γ (‖c_i‖ + ‖c_j‖)²`` for the exact squared distance
-   ``e_ij = ‖z_i − z_j‖²``: the worst-case rounding of a product of at most d + 2 terms in any
-   order, of ``h`` and of the centring; γ = 1.01 (γ_{d+2} + 6u), u the unit round-off of the
-   product under torch's matmul precision setting, γ_m = m u / (1 − m u). With ``U`` the
-   largest ``ẽ_ij + w_ij`` over the candidates whose value is at least the k-th largest
-   candidate value (k or more of them), only candidates with ``ẽ_ij − w_ij ≤ U`` can be among
-   the k nearest: they get ``e_ij``, computed directly in float64 (``rra.knn.kernels``), and
-   the first k by (e, index) are kept; ``E_i`` is the k-th.
-5. Certificate: every non-candidate has ``e_ij ≥ b_i − 2 τ_i − γ (‖c_i‖ + R)²`` (R = max‖c‖;
-   ``b_i`` = 0 for the values S, ``‖c_i‖²`` for the values o). If that exceeds ``E_i`` the
-   answer is proved. Otherwise (close calls and ties at the boundary) the search with group
-   maxima first lowers ``τ_i`` (4p, 16p, … groups, up to all); a row still unproved is
-   re-checked: all its products (per block, float32), every ``j`` with ``ẽ_ij − w_ij ≤ E_i``
-   gets its exact distance, and the first k by (e, index) are kept. The bound is the worst
-   case of any summation order, so the answer does not depend on BLAS, threads, block size,
-   search or device. If the bound is void ((d + 2) u ≥ ½, e.g. with bf16 matmuls allowed) the
-   products run in float64.
-
-Reported distances are ``sqrt(e_ij)`` rounded to float32. The search runs at k + 1, and
-distances whose float64 values lie within their rounding bounds of each other (near ties: equal
-distances that round differently, e.g. collinear rows under cosine) are put in exact order, by
-integer arithmetic on the stored values, before the graph is cut to k (``rra.knn.ties``): the
-order is by the exact distance, then the index.
+The method step by step, with the error bound and its proof: docs/methods.md, "The exact search
+and its error bound"; the step numbers in the code are those there.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -191,7 +149,7 @@ def knn_exact(x: Any, k: int, distance: str = "euclidean", block_rows: int | Non
     ``block_rows``: query rows per block (default: :func:`default_block_rows`).
     ``device``: ``cpu``, ``cuda[:N]`` or ``auto`` (``rra.device.pick_device``). ``dtype``: of the
     candidate products (float32, or float64; the result is exact either way).
-    See the module docstring for the method and its guarantee.
+    The method and its guarantee: the module docstring and docs/methods.md.
     """
     idx, sqd, _ = exact_neighbours(prepare_points(x, distance), k, block_rows=block_rows,
                                    device=device, dtype=dtype, progress=progress)
@@ -212,175 +170,292 @@ def exact_neighbours(points: Points, k: int, queries: np.ndarray | None = None,
     """
     import numba
     import torch
-    from tqdm.auto import tqdm
 
     from rra.device import pick_device
-    from rra.knn import kernels
 
     n, d = points.n, points.d
     k_out = check_k(k, n)
     k = min(k_out + 1, n - 1)  # one more: near ties at the k-th place are seen (rra.knn.ties)
     dev = pick_device(device)
-    tdtype = _torch_dtype(dtype)
+    tdtype, u = _product_precision(_torch_dtype(dtype), dev, d)
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    queries_arr = _query_rows(queries, n)
+    if block_rows is not None and int(block_rows) < 1:
+        raise ValueError(f"block_rows must be at least 1, got {block_rows}")
+    t0 = time.perf_counter()
+    search = _Search.prepare(points, k, queries_arr.size, dev, tdtype, error_gamma(d, u))
+    symmetric = queries is None and dev.type == "cpu" and tdtype == torch.float32
+    if symmetric and block_rows is None:  # ≥ 8 blocks: the triangle is not much over half
+        block_rows = min(default_block_rows(n, d), max(256, -(-n // 8)))
+    if symmetric and d >= HEAP_MIN_D:  # 2–3 with every product once, selection by heaps
+        name, group, b = "symmetric, heaps", None, _heaps_search(search, queries_arr,
+                                                                block_rows, progress)
+    elif symmetric:  # 2–5 with every product once, selection by group maxima
+        name = "symmetric, group maxima"
+        group, b = _group_maxima_search(search, queries_arr, block_rows, progress)
+    else:  # 2–3 per block of query rows
+        name = "per block"
+        group, b = _per_block_search(search, queries_arr, block_rows, progress)
+    out_idx, out_sqd, tied = resolve_ties(points, queries_arr, search.out_idx, search.out_sqd,
+                                          k_out)
+    stats = {"search": name, "symmetric": symmetric, "block_rows": b,
+             "candidates": search.n_cand, "group": group, **search.counts,
+             "rows_tie_resolved": tied, "device": str(dev), "dtype": str(tdtype),
+             "seconds": time.perf_counter() - t0}
+    return out_idx, out_sqd, stats
+
+
+def _product_precision(tdtype, dev, d: int) -> tuple[Any, float]:
+    """``(torch dtype, unit round-off)`` of the products: float64 when float32's error bound
+    is void for d features under torch's matmul precision setting (with a warning)."""
+    import torch
+
     u = _unit_roundoff(tdtype, dev)
     if (d + 2) * u >= 0.5:  # the error bound is void: fall back to float64 products
         warnings.warn(f"float32 matmul precision {torch.get_float32_matmul_precision()!r} is too "
                       f"coarse for d = {d}; computing the kNN products in float64")
         tdtype, u = torch.float64, 2.0 ** -53
-    gamma = error_gamma(d, u)
-    np_dtype = np.float32 if tdtype == torch.float32 else np.float64
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    return tdtype, u
 
+
+def _query_rows(queries: np.ndarray | None, n: int) -> np.ndarray:
+    """The query rows as int64 (default: all n rows), checked to lie in [0, n)."""
     if queries is None:
-        queries_arr = np.arange(n, dtype=np.int64)
-    else:
-        queries_arr = np.asarray(queries, dtype=np.int64).ravel()
-        if queries_arr.size and (queries_arr.min() < 0 or queries_arr.max() >= n):
-            raise ValueError(f"query rows must lie in [0, {n})")
-    m = queries_arr.size
-    if block_rows is not None and int(block_rows) < 1:
-        raise ValueError(f"block_rows must be at least 1, got {block_rows}")
-    t0 = time.perf_counter()
+        return np.arange(n, dtype=np.int64)
+    rows = np.asarray(queries, dtype=np.int64).ravel()
+    if rows.size and (rows.min() < 0 or rows.max() >= n):
+        raise ValueError(f"query rows must lie in [0, {n})")
+    return rows
 
-    # 1. keys [c_j, −‖c_j‖²/2] in the product dtype (c: the centred rows), and the exact
-    #    squared norms of c; a query row is [c_i, 1], so one product gives c_i·c_j − ‖c_j‖²/2.
-    #    ka = [c, −h, 1] holds them (the symmetric search's left factor; keys: a view)
-    ka = np.empty((n, d + 2), dtype=np_dtype)
-    ka[:, d + 1] = 1
-    keys_np = ka[:, :d + 1]
-    sq = np.empty(n, dtype=np.float64)
-    kernels.centred_keys(np.asarray(points.x), points.kernel_norms, points.mean, keys_np, sq)
-    if 4 * sq.max() >= np.finfo(np_dtype).max:
-        raise ValueError(f"values too large for {np_dtype.__name__} products (max squared norm "
-                         f"{sq.max():.3g} after centring); use dtype='float64'")
-    keys = torch.from_numpy(keys_np).to(dev)
-    nc = np.sqrt(sq)
-    radius = float(nc.max())
 
-    n_cand = min(n - 1, k + candidate_margin(k))
-    x, norms = np.asarray(points.x), points.kernel_norms
-    out_idx = np.empty((m, k), dtype=np.int64)
-    out_sqd = np.empty((m, k), dtype=np.float64)
-    counts = {"rows_widened": 0, "rows_rechecked": 0, "exact_pairs": 0}
+@dataclass
+class _Search:
+    """One exact search: step 1's keys, the terms of the error bound, the output rows and the
+    counts of ``stats``.
 
-    def products(q: np.ndarray, out=None, exclude_self: bool = True):
+    ``ka`` = [c, −h, 1] (n × (d + 2), the product dtype; the symmetric search's left factor);
+    ``keys`` = its first d + 1 columns [c_j, −‖c_j‖²/2] as a torch tensor on the device (a query
+    row is [c_i, 1], so one product gives c_i·c_j − ‖c_j‖²/2); ``sq``, ``nc``: the exact squared
+    norms of c and their roots, ``radius`` = R = max ‖c‖; ``n_cand``: candidates per row (p).
+    """
+
+    points: Points
+    k: int
+    dev: Any
+    gamma: float
+    ka: np.ndarray
+    keys: Any
+    sq: np.ndarray
+    nc: np.ndarray
+    radius: float
+    n_cand: int
+    x: np.ndarray
+    norms: Any
+    out_idx: np.ndarray
+    out_sqd: np.ndarray
+    counts: dict = field(default_factory=lambda: {"rows_widened": 0, "rows_rechecked": 0,
+                                                  "exact_pairs": 0})
+
+    @property
+    def n(self) -> int:
+        return self.points.n
+
+    @property
+    def d(self) -> int:
+        return self.points.d
+
+    @classmethod
+    def prepare(cls, points: Points, k: int, m: int, dev, tdtype, gamma: float) -> "_Search":
+        """Step 1 for ``m`` query rows: centre the rows into the keys (product dtype ``tdtype``)
+        and allocate the output."""
+        import torch
+
+        from rra.knn import kernels
+
+        n, d = points.n, points.d
+        np_dtype = np.float32 if tdtype == torch.float32 else np.float64
+        ka = np.empty((n, d + 2), dtype=np_dtype)
+        ka[:, d + 1] = 1
+        keys_np = ka[:, :d + 1]
+        sq = np.empty(n, dtype=np.float64)
+        kernels.centred_keys(np.asarray(points.x), points.kernel_norms, points.mean, keys_np, sq)
+        if 4 * sq.max() >= np.finfo(np_dtype).max:
+            raise ValueError(f"values too large for {np_dtype.__name__} products (max squared "
+                             f"norm {sq.max():.3g} after centring); use dtype='float64'")
+        keys = torch.from_numpy(keys_np).to(dev)
+        nc = np.sqrt(sq)
+        return cls(points=points, k=k, dev=dev, gamma=gamma, ka=ka, keys=keys, sq=sq, nc=nc,
+                   radius=float(nc.max()), n_cand=min(n - 1, k + candidate_margin(k)),
+                   x=np.asarray(points.x), norms=points.kernel_norms,
+                   out_idx=np.empty((m, k), dtype=np.int64),
+                   out_sqd=np.empty((m, k), dtype=np.float64))
+
+    def products(self, q: np.ndarray, out=None, exclude_self: bool = True):
         """Step 2 for the query rows ``q``: ``o_ij = c_i·c_j − ‖c_j‖²/2`` (= (‖c_i‖² −
         ‖c_i − c_j‖²) / 2) against every row; self excluded (−∞) unless the caller does it."""
-        q_dev = torch.from_numpy(q).to(dev)
-        rows_q = keys.index_select(0, q_dev)
-        rows_q[:, d] = 1
-        o = torch.mm(rows_q, keys.T, out=out)
+        import torch
+
+        q_dev = torch.from_numpy(q).to(self.dev)
+        rows_q = self.keys.index_select(0, q_dev)
+        rows_q[:, self.d] = 1
+        o = torch.mm(rows_q, self.keys.T, out=out)
         if exclude_self:
-            o[torch.arange(q.size, device=dev), q_dev] = -float("inf")
+            o[torch.arange(q.size, device=self.dev), q_dev] = -float("inf")
         return o
 
-    def recheck(rows: slice, q: np.ndarray, ok: np.ndarray) -> None:
+    def recheck(self, rows: slice, q: np.ndarray, ok: np.ndarray) -> None:
         """Step 5's re-check of the rows whose certificate failed."""
         bad = np.flatnonzero(~ok)
         if not bad.size:
             return
-        counts["rows_rechecked"] += bad.size
-        r_idx, r_sqd, pairs = recheck_rows(products(q[bad]).cpu().numpy(), q[bad], k,
-                                           out_sqd[rows][bad, k - 1], sq, nc, gamma, x, norms)
-        out_idx[rows][bad] = r_idx
-        out_sqd[rows][bad] = r_sqd
-        counts["exact_pairs"] += pairs
+        self.counts["rows_rechecked"] += bad.size
+        r_idx, r_sqd, pairs = recheck_rows(self.products(q[bad]).cpu().numpy(), q[bad], self.k,
+                                           self.out_sqd[rows][bad, self.k - 1], self.sq, self.nc,
+                                           self.gamma, self.x, self.norms)
+        self.out_idx[rows][bad] = r_idx
+        self.out_sqd[rows][bad] = r_sqd
+        self.counts["exact_pairs"] += pairs
 
-    def refine(rows: slice, q: np.ndarray, cand_val, cand_idx, thr) -> None:
+    def refine(self, rows: slice, q: np.ndarray, cand_val, cand_idx, thr) -> None:
         """Steps 4–5 for the query rows ``q`` (output rows ``rows``) and their candidates."""
+        from rra.knn import kernels
+
         ok = np.empty(q.size, dtype=np.bool_)
         n_exact = np.empty(q.size, dtype=np.int64)
-        kernels.refine(cand_val, cand_idx, thr, q, k, n_cand == n - 1, sq, nc, gamma, radius,
-                       x, norms, out_idx[rows], out_sqd[rows], ok, n_exact)
-        counts["exact_pairs"] += int(n_exact.sum())
-        recheck(rows, q, ok)
+        kernels.refine(cand_val, cand_idx, thr, q, self.k, self.n_cand == self.n - 1, self.sq,
+                       self.nc, self.gamma, self.radius, self.x, self.norms, self.out_idx[rows],
+                       self.out_sqd[rows], ok, n_exact)
+        self.counts["exact_pairs"] += int(n_exact.sum())
+        self.recheck(rows, q, ok)
 
-    symmetric = queries is None and dev.type == "cpu" and tdtype == torch.float32
-    if symmetric and block_rows is None:  # ≥ 8 blocks: the triangle is not much over half
-        block_rows = min(default_block_rows(n, d), max(256, -(-n // 8)))
-    if symmetric and d >= HEAP_MIN_D:  # 2–3 with every product once, selection by heaps
-        search = "symmetric, heaps"
-        b = min(int(block_rows), n)
-        cand_val, cand_idx = _heap_candidates(keys, n, d, n_cand, b, progress)
-        group = None  # chosen per block
-        for s in range(0, n, REFINE_ROWS):
-            rows = slice(s, min(n, s + REFINE_ROWS))
-            refine(rows, queries_arr[rows], cand_val[rows], cand_idx[rows],
-                   cand_val[rows, 0].copy())
-    elif symmetric:  # 2–5 with every product once, selection by group maxima
-        search = "symmetric, group maxima"
-        n_cand = min(n - 1, k + symmetric_margin(k))
-        group = gram_group(n, d, n_cand)
-        b = min(n, max(group, int(block_rows) // group * group))
-        kb = np.empty((n, d + 2), np.float32)  # [c, 1, −h]
-        kb[:, :d] = ka[:, :d]
-        kb[:, d] = 1
-        kb[:, d + 1] = ka[:, d]
-        gm = np.empty((n, _gram_width(n, n_cand, group, b)), np.float32)
-        ta, tb, t_gm = torch.from_numpy(ka), torch.from_numpy(kb), torch.from_numpy(gm)
-        buf = torch.empty((b, n), dtype=torch.float32)
-        for a in tqdm(range(0, n, b), desc=f"exact kNN n={n} d={d}", unit="block",
-                      disable=None if progress else True):
-            bb = min(b, n - a)
-            # (an output with the buffer's row stride: much faster than a contiguous one here)
-            s_blk = torch.mm(ta[a:a + bb], tb[a:].T, out=buf[:bb, :n - a])
-            _gram_maxima(s_blk, a, group, n_cand, t_gm)
-        del buf
-        ok = np.empty(min(n, REFINE_ROWS), dtype=np.bool_)
-        widened = np.empty(min(n, REFINE_ROWS), dtype=np.bool_)
-        n_exact = np.empty(min(n, REFINE_ROWS), dtype=np.int64)
-        for s in range(0, n, REFINE_ROWS):
-            rows = slice(s, min(n, s + REFINE_ROWS))
-            mr = rows.stop - s
-            kernels.gram_select_refine(gm, ka, kb, s, mr, b, group, n_cand, k, n_cand == n - 1,
-                                       nc, gamma, radius, x, norms, out_idx[rows],
-                                       out_sqd[rows], ok[:mr], n_exact[:mr], widened[:mr],
-                                       numba.get_num_threads())
-            counts["exact_pairs"] += int(n_exact[:mr].sum())
-            counts["rows_widened"] += int(widened[:mr].sum())
-            recheck(rows, queries_arr[rows], ok[:mr])
-    else:  # 2–3 per block of query rows
-        search = "per block"
-        group = kernels.group_size(n, n_cand)
-        itemsize = np.dtype(np_dtype).itemsize
-        if block_rows is None:
-            block_rows = default_block_rows(n, d if dev.type == "cpu" else None, itemsize)
-        b = min(int(block_rows), max(1, m))
-        buf = torch.empty((b, n), dtype=tdtype, device=dev)
-        fused = dev.type == "cpu" and tdtype == torch.float32
-        if not fused:
-            cand_val = np.empty((b, n_cand), dtype=np_dtype)
-            cand_idx = np.empty((b, n_cand), dtype=np.int64)
-            thr = np.empty(b, dtype=np_dtype)
-        ok = np.empty(b, dtype=np.bool_)
-        n_exact = np.empty(b, dtype=np.int64)
-        for s in tqdm(range(0, m, b), desc=f"exact kNN n={n} d={d}", unit="block",
-                      disable=None if progress else True):
-            q = queries_arr[s:s + b]
-            bb = q.size
-            rows = slice(s, s + bb)
-            o = products(q, out=buf[:bb], exclude_self=not fused)
-            if fused:  # 3–5 per row while it is in cache
-                kernels.select_refine(o.numpy(), q, n_cand, k, group, n_cand == n - 1, sq, nc,
-                                      gamma, radius, x, norms, out_idx[rows], out_sqd[rows],
-                                      ok[:bb], n_exact[:bb], numba.get_num_threads())
-                if (n_exact[:bb] < 0).any():  # impossible: a row has n − 1 finite values
-                    raise RuntimeError("kNN candidate selection failed; please report this as "
-                                       "a bug")
-                counts["exact_pairs"] += int(n_exact[:bb].sum())
-                recheck(rows, q, ok[:bb])
-                continue
-            # 3. candidates: the n_cand largest o_ij per row, and a value no other column exceeds
-            vals, cand = torch.topk(o, n_cand, dim=1, largest=True, sorted=False)
-            cand_val[:bb] = vals.cpu().numpy()
-            cand_idx[:bb] = cand.cpu().numpy()
-            thr[:bb] = vals.min(dim=1).values.cpu().numpy()
-            refine(rows, q, cand_val[:bb], cand_idx[:bb], thr[:bb])
-    out_idx, out_sqd, tied = resolve_ties(points, queries_arr, out_idx, out_sqd, k_out)
-    stats = {"search": search, "symmetric": symmetric, "block_rows": b, "candidates": n_cand,
-             "group": group, **counts, "rows_tie_resolved": tied, "device": str(dev),
-             "dtype": str(tdtype), "seconds": time.perf_counter() - t0}
-    return out_idx, out_sqd, stats
+
+def _heaps_search(search: _Search, queries: np.ndarray, block_rows: int,
+                  progress: bool) -> int:
+    """Steps 2–5 of the symmetric search with heaps (d ≥ ``HEAP_MIN_D``); returns the block
+    rows."""
+    n = search.n
+    b = min(int(block_rows), n)
+    cand_val, cand_idx = _heap_candidates(search.keys, n, search.d, search.n_cand, b, progress)
+    for s in range(0, n, REFINE_ROWS):
+        rows = slice(s, min(n, s + REFINE_ROWS))
+        search.refine(rows, queries[rows], cand_val[rows], cand_idx[rows],
+                      cand_val[rows, 0].copy())
+    return b
+
+
+def _group_maxima_search(search: _Search, queries: np.ndarray, block_rows: int,
+                         progress: bool) -> tuple[int, int]:
+    """Steps 2–5 of the symmetric search with group maxima (d < ``HEAP_MIN_D``): pass 1 keeps
+    the maxima of column groups, pass 2 recomputes the groups above each row's threshold.
+    Returns ``(group, block rows)``."""
+    import numba
+
+    from rra.knn import kernels
+
+    n, d, k = search.n, search.d, search.k
+    search.n_cand = n_cand = min(n - 1, k + symmetric_margin(k))
+    group = gram_group(n, d, n_cand)
+    b = min(n, max(group, int(block_rows) // group * group))
+    ka = search.ka
+    kb = np.empty((n, d + 2), np.float32)  # [c, 1, −h]
+    kb[:, :d] = ka[:, :d]
+    kb[:, d] = 1
+    kb[:, d + 1] = ka[:, d]
+    gm = _gram_pass1(ka, kb, group, n_cand, b, progress)
+    ok = np.empty(min(n, REFINE_ROWS), dtype=np.bool_)
+    widened = np.empty(min(n, REFINE_ROWS), dtype=np.bool_)
+    n_exact = np.empty(min(n, REFINE_ROWS), dtype=np.int64)
+    for s in range(0, n, REFINE_ROWS):  # pass 2
+        rows = slice(s, min(n, s + REFINE_ROWS))
+        mr = rows.stop - s
+        kernels.gram_select_refine(gm, ka, kb, s, mr, b, group, n_cand, k, n_cand == n - 1,
+                                   search.nc, search.gamma, search.radius, search.x,
+                                   search.norms, search.out_idx[rows], search.out_sqd[rows],
+                                   ok[:mr], n_exact[:mr], widened[:mr], numba.get_num_threads())
+        search.counts["exact_pairs"] += int(n_exact[:mr].sum())
+        search.counts["rows_widened"] += int(widened[:mr].sum())
+        search.recheck(rows, queries[rows], ok[:mr])
+    return group, b
+
+
+def _gram_pass1(ka: np.ndarray, kb: np.ndarray, group: int, p: int, b: int,
+                progress: bool) -> np.ndarray:
+    """Pass 1 of the symmetric search: ``S = ka kbᵀ`` block by block (each product once), its
+    group maxima into an n × :func:`_gram_width` float32 matrix (:func:`_gram_maxima`)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    n, d = ka.shape[0], ka.shape[1] - 2
+    gm = np.empty((n, _gram_width(n, p, group, b)), np.float32)
+    ta, tb, t_gm = torch.from_numpy(ka), torch.from_numpy(kb), torch.from_numpy(gm)
+    buf = torch.empty((b, n), dtype=torch.float32)
+    for a in tqdm(range(0, n, b), desc=f"exact kNN n={n} d={d}", unit="block",
+                  disable=None if progress else True):
+        bb = min(b, n - a)
+        # (an output with the buffer's row stride: much faster than a contiguous one here)
+        s_blk = torch.mm(ta[a:a + bb], tb[a:].T, out=buf[:bb, :n - a])
+        _gram_maxima(s_blk, a, group, p, t_gm)
+    return gm
+
+
+def _per_block_search(search: _Search, queries: np.ndarray, block_rows: int | None,
+                      progress: bool) -> tuple[int, int]:
+    """Steps 2–5 per block of query rows: on the CPU in float32 fused per row
+    (``rra.knn.kernels.select_refine``), else ``torch.topk`` candidates refined on the CPU.
+    Returns ``(group, block rows)``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from rra.knn import kernels
+
+    n, d, m, dev = search.n, search.d, queries.size, search.dev
+    group = kernels.group_size(n, search.n_cand)
+    tdtype, np_dtype = search.keys.dtype, search.ka.dtype
+    if block_rows is None:
+        block_rows = default_block_rows(n, d if dev.type == "cpu" else None, np_dtype.itemsize)
+    b = min(int(block_rows), max(1, m))
+    buf = torch.empty((b, n), dtype=tdtype, device=dev)
+    fused = dev.type == "cpu" and tdtype == torch.float32
+    if not fused:
+        cand_val = np.empty((b, search.n_cand), dtype=np_dtype)
+        cand_idx = np.empty((b, search.n_cand), dtype=np.int64)
+        thr = np.empty(b, dtype=np_dtype)
+    ok = np.empty(b, dtype=np.bool_)
+    n_exact = np.empty(b, dtype=np.int64)
+    for s in tqdm(range(0, m, b), desc=f"exact kNN n={n} d={d}", unit="block",
+                  disable=None if progress else True):
+        q = queries[s:s + b]
+        bb = q.size
+        rows = slice(s, s + bb)
+        o = search.products(q, out=buf[:bb], exclude_self=not fused)
+        if fused:  # 3–5 per row while it is in cache
+            _select_refine_block(search, o, q, rows, group, ok[:bb], n_exact[:bb])
+            continue
+        # 3. candidates: the n_cand largest o_ij per row, and a value no other column exceeds
+        vals, cand = torch.topk(o, search.n_cand, dim=1, largest=True, sorted=False)
+        cand_val[:bb] = vals.cpu().numpy()
+        cand_idx[:bb] = cand.cpu().numpy()
+        thr[:bb] = vals.min(dim=1).values.cpu().numpy()
+        search.refine(rows, q, cand_val[:bb], cand_idx[:bb], thr[:bb])
+    return group, b
+
+
+def _select_refine_block(search: _Search, o, q: np.ndarray, rows: slice, group: int,
+                         ok: np.ndarray, n_exact: np.ndarray) -> None:
+    """Steps 3–5 of the per-block search for one block of float32 CPU products ``o``."""
+    import numba
+
+    from rra.knn import kernels
+
+    n = search.n
+    kernels.select_refine(o.numpy(), q, search.n_cand, search.k, group, search.n_cand == n - 1,
+                          search.sq, search.nc, search.gamma, search.radius, search.x,
+                          search.norms, search.out_idx[rows], search.out_sqd[rows], ok, n_exact,
+                          numba.get_num_threads())
+    if (n_exact < 0).any():  # impossible: a row has n − 1 finite values
+        raise RuntimeError("kNN candidate selection failed; please report this as a bug")
+    search.counts["exact_pairs"] += int(n_exact.sum())
+    search.recheck(rows, q, ok)
 
 
 def _gram_width(n: int, p: int, group: int, block: int) -> int:

@@ -59,25 +59,8 @@ def build_graphs(embed_dir: str | Path, out_dir: str | Path, *, k: int, distance
     Returns the manifest written to ``out_dir/manifest.json``.
     """
     embed_dir, out_dir = Path(embed_dir), Path(out_dir)
-    check_distance(distance)
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown kNN backend {backend!r}: use one of {BACKENDS}")
-    options = dict(options or {})
-    for own in ("index_path", "name", "recall_k"):
-        if own in options:
-            raise ValueError(f"options must not set {own}: build_graphs sets it"
-                             + (" from its recall_k argument" if own == "recall_k" else ""))
-    if options.get("on_recall_miss", "error") not in ON_RECALL_MISS:
-        raise ValueError(f"config key 'knn.on_recall_miss' must be one of {ON_RECALL_MISS}, got "
-                         f"{options['on_recall_miss']!r}")
-    recall_k = check_recall_k(list(recall_k) or None, k)
-    nnts_k = sorted({int(v) for v in nnts_k})
-    if nnts_k and backend == "annoy":
-        raise ValueError(f"NNTS at k = {nnts_k} (above the stored k = {k}) is computed by the "
-                         "exact sweep; use backend exact or auto")
-    if nnts_k and nnts_k[0] <= k:
-        raise ValueError(f"nnts_k {nnts_k} must all exceed the stored k = {k} (smaller k come "
-                         "from the stored graphs)")
+    options, recall_k, nnts_k = _check_build_options(k, distance, backend, options, nnts_k,
+                                                     recall_k)
     embed_manifest, entries = _embed_entries(embed_dir)
     config = {"k": k, "distance": distance, "backend": backend, "options": options,
               "recall_k": recall_k}
@@ -103,6 +86,33 @@ def build_graphs(embed_dir: str | Path, out_dir: str | Path, *, k: int, distance
     }
     write_json(out_dir / MANIFEST, manifest)
     return manifest
+
+
+def _check_build_options(k: int, distance: str, backend: str, options: dict | None,
+                         nnts_k: Sequence[int], recall_k: Sequence[int]
+                         ) -> tuple[dict, list[int], list[int]]:
+    """:func:`build_graphs`' arguments checked: ``(options, recall_k, nnts_k)``, the last two
+    sorted and distinct (recall_k with k)."""
+    check_distance(distance)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kNN backend {backend!r}: use one of {BACKENDS}")
+    options = dict(options or {})
+    for own in ("index_path", "name", "recall_k"):
+        if own in options:
+            raise ValueError(f"options must not set {own}: build_graphs sets it"
+                             + (" from its recall_k argument" if own == "recall_k" else ""))
+    if options.get("on_recall_miss", "error") not in ON_RECALL_MISS:
+        raise ValueError(f"config key 'knn.on_recall_miss' must be one of {ON_RECALL_MISS}, got "
+                         f"{options['on_recall_miss']!r}")
+    recall_k = check_recall_k(list(recall_k) or None, k)
+    nnts_k = sorted({int(v) for v in nnts_k})
+    if nnts_k and backend == "annoy":
+        raise ValueError(f"NNTS at k = {nnts_k} (above the stored k = {k}) is computed by the "
+                         "exact sweep; use backend exact or auto")
+    if nnts_k and nnts_k[0] <= k:
+        raise ValueError(f"nnts_k {nnts_k} must all exceed the stored k = {k} (smaller k come "
+                         "from the stored graphs)")
+    return options, recall_k, nnts_k
 
 
 def _load_embedding(embed_dir: Path, entry: dict) -> np.ndarray:

@@ -155,17 +155,8 @@ def sweep(points: Sequence[Points], k_graph: int | None, ks: Sequence[int], *,
     import torch
     from tqdm.auto import tqdm
 
-    from rra.knn import kernels
-
     points = list(points)
-    if not points:
-        raise ValueError("sweep: need at least one embedding")
-    names = [f"embedding {i}" for i in range(len(points))] if names is None else list(names)
-    n = points[0].n
-    for p, name in zip(points, names):
-        if p.n != n:
-            raise ValueError(f"{name} has {p.n} rows but {names[0]} has {n}: the sweep compares "
-                             "neighbour sets of the same probe rows")
+    names, n = _check_point_sets(points, names)
     ks_arr = np.array(sorted({check_k(k, n) for k in ks}), dtype=np.int64)
     if k_graph is not None:
         k_graph = check_k(k_graph, n)
@@ -175,47 +166,11 @@ def sweep(points: Sequence[Points], k_graph: int | None, ks: Sequence[int], *,
     numba.set_num_threads(threads)
 
     t0 = time.perf_counter()
-    keys = []
-    for p, name in zip(points, names):
-        try:
-            keys.append(_Keys(p))
-        except ValueError as err:
-            raise ValueError(f"{name}: {err}") from err
-    words = -(-n // 64)
-    if block_rows is None:  # products within BLOCK_BYTES, bitmaps within BITMAP_BYTES
-        b = default_block_rows(n, max(k.d for k in keys))
-        if large:
-            b = min(b, max(1, BITMAP_BYTES // (8 * words * len(points) * ks_arr.size)))
-    elif int(block_rows) < 1:
-        raise ValueError(f"block_rows must be at least 1, got {block_rows}")
-    else:
-        b = min(int(block_rows), n)
-
-    graphs: list = [None] * len(points)
-    if k_graph is not None:
-        if writers is None:
-            graphs = [(np.empty((n, k_graph), np.int32), np.empty((n, k_graph), np.float32))
-                      for _ in points]
-        elif len(writers) != len(points):
-            raise ValueError(f"writers: need one (indices, distances) pair per embedding, got "
-                             f"{len(writers)} for {len(points)}")
-        k_search = min(k_graph + 1, n - 1)  # one more: near ties at the k-th place (ties.py)
-        n_cand = min(n - 1, k_search + candidate_margin(k_search))
-        group = kernels.group_size(n, n_cand)
-        b_idx = np.empty((b, k_search), np.int64)
-        b_sqd = np.empty((b, k_search), np.float64)
-        ok = np.empty(b, np.bool_)
-        n_exact = np.empty(b, np.int64)
-    overlaps = {int(k): np.zeros((n, len(pairs)), np.int32) for k in ks_arr} if large else {}
-    if large:
-        bits = np.zeros((len(points), ks_arr.size, b, words), np.uint64)
-        cap = BAND_CAP
-        band_j = np.empty((b, ks_arr.size, cap), np.int64)
-        band_e = np.empty((b, ks_arr.size, cap), np.float64)
-        band_n = np.empty((b, ks_arr.size), np.int64)
-        need = np.empty((b, ks_arr.size), np.int64)
-        tied = np.zeros((b, ks_arr.size), np.bool_)
-        block_overlaps = np.empty((ks_arr.size, b, len(pairs)), np.int64)
+    keys = _prepare_keys(points, names)
+    b = _block_rows(block_rows, n, keys, ks_arr.size if large else 0)
+    graph = (_GraphRows.allocate(n, k_graph, b, len(points), writers) if k_graph is not None
+             else None)
+    sets = _LargeKSets.allocate(n, ks_arr, b, len(points)) if large else None
     stats = [{"search": "sweep (per block)", "block_rows": b, "exact_pairs": 0,
               "rows_rechecked": 0, "band_pairs": 0, "rows_tie_resolved": 0,
               "sets_tie_resolved": 0} for _ in points]
@@ -228,39 +183,168 @@ def sweep(points: Sequence[Points], k_graph: int | None, ks: Sequence[int], *,
         q = np.arange(a, a + bb, dtype=np.int64)
         for h, key in enumerate(keys):
             o = key.products(slice(a, a + bb), out=buf[:bb]).numpy()
-            if k_graph is not None:
-                kernels.select_refine(o, q, n_cand, k_search, group, n_cand == n - 1, key.sq,
-                                      key.nc, key.gamma, key.radius, key.x, key.norms,
-                                      b_idx[:bb], b_sqd[:bb], ok[:bb], n_exact[:bb], threads)
-                if (n_exact[:bb] < 0).any():  # impossible: a row has n − 1 finite values
-                    raise RuntimeError("kNN candidate selection failed; please report this as "
-                                       "a bug")
-                stats[h]["exact_pairs"] += int(n_exact[:bb].sum())
-                _recheck(key, q, k_search, b_idx[:bb], b_sqd[:bb], ok[:bb], stats[h])
-                g_idx, g_sqd, n_tied = resolve_ties(key.points, q, b_idx[:bb], b_sqd[:bb],
-                                                    k_graph)
-                stats[h]["rows_tie_resolved"] += n_tied
-                rows_idx = g_idx.astype(np.int32)
-                rows_dist = np.sqrt(g_sqd).astype(np.float32)
-                if writers is None:
-                    graphs[h][0][a:a + bb] = rows_idx
-                    graphs[h][1][a:a + bb] = rows_dist
-                else:
-                    writers[h][0].write(rows_idx)
-                    writers[h][1].write(rows_dist)
-            if large:
-                stats[h]["sets_tie_resolved"] += _large_k_sets(
-                    key, o, q, ks_arr, bits[h, :, :bb], band_j[:bb], band_e[:bb], band_n[:bb],
-                    need[:bb], tied[:bb], threads, names[h])
-                stats[h]["band_pairs"] += int(band_n[:bb].sum())
-        if large:
-            kernels.pair_overlaps(bits[:, :, :bb], block_overlaps[:, :bb])
-            for qk, k in enumerate(ks_arr):
-                overlaps[int(k)][a:a + bb] = block_overlaps[qk, :bb]
+            if graph is not None:
+                graph.add(h, key, o, q, stats[h], threads)
+            if sets is not None:
+                sets.add(h, key, o, q, stats[h], threads, names[h])
+        if sets is not None:
+            sets.count_overlaps(a, bb)
     seconds = time.perf_counter() - t0
     for s in stats:
         s["seconds"] = seconds
-    return SweepResult(graphs=graphs, overlaps=overlaps, pairs=pairs, stats=stats)
+    return SweepResult(graphs=graph.graphs if graph is not None else [None] * len(points),
+                       overlaps=sets.overlaps if sets is not None else {}, pairs=pairs,
+                       stats=stats)
+
+
+def _check_point_sets(points: list[Points], names: Sequence[str] | None
+                      ) -> tuple[list[str], int]:
+    """``(names, n)``: the point sets' names (default ``embedding i``) and their common row
+    count; a ValueError for none or for sets of different rows."""
+    if not points:
+        raise ValueError("sweep: need at least one embedding")
+    names = [f"embedding {i}" for i in range(len(points))] if names is None else list(names)
+    n = points[0].n
+    for p, name in zip(points, names):
+        if p.n != n:
+            raise ValueError(f"{name} has {p.n} rows but {names[0]} has {n}: the sweep compares "
+                             "neighbour sets of the same probe rows")
+    return names, n
+
+
+def _prepare_keys(points: list[Points], names: list[str]) -> list[_Keys]:
+    """The point sets prepared for the products; a ValueError names the set."""
+    keys = []
+    for p, name in zip(points, names):
+        try:
+            keys.append(_Keys(p))
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from err
+    return keys
+
+
+def _block_rows(block_rows: int | None, n: int, keys: list[_Keys], n_large: int) -> int:
+    """Rows per block: the given number (at most n), or by default products within
+    ``rra.knn.exact.BLOCK_BYTES`` and, with ``n_large`` large ks, bitmaps within
+    :data:`BITMAP_BYTES`."""
+    words = -(-n // 64)
+    if block_rows is None:
+        b = default_block_rows(n, max(k.d for k in keys))
+        if n_large:
+            b = min(b, max(1, BITMAP_BYTES // (8 * words * len(keys) * n_large)))
+    elif int(block_rows) < 1:
+        raise ValueError(f"block_rows must be at least 1, got {block_rows}")
+    else:
+        b = min(int(block_rows), n)
+    return b
+
+
+@dataclass
+class _GraphRows:
+    """The stored graphs at ``k_graph``: the per-block exact search of each block's rows (at
+    ``k_search`` = k_graph + 1, for near ties), into ``graphs`` or the ``writers``."""
+
+    n: int
+    k_graph: int
+    k_search: int
+    n_cand: int
+    group: int
+    graphs: list
+    writers: Sequence[tuple] | None
+    b_idx: np.ndarray
+    b_sqd: np.ndarray
+    ok: np.ndarray
+    n_exact: np.ndarray
+
+    @classmethod
+    def allocate(cls, n: int, k_graph: int, b: int, count: int,
+                 writers: Sequence[tuple] | None) -> "_GraphRows":
+        from rra.knn import kernels
+
+        graphs: list = [None] * count
+        if writers is None:
+            graphs = [(np.empty((n, k_graph), np.int32), np.empty((n, k_graph), np.float32))
+                      for _ in range(count)]
+        elif len(writers) != count:
+            raise ValueError(f"writers: need one (indices, distances) pair per embedding, got "
+                             f"{len(writers)} for {count}")
+        k_search = min(k_graph + 1, n - 1)  # one more: near ties at the k-th place (ties.py)
+        n_cand = min(n - 1, k_search + candidate_margin(k_search))
+        return cls(n=n, k_graph=k_graph, k_search=k_search, n_cand=n_cand,
+                   group=kernels.group_size(n, n_cand), graphs=graphs, writers=writers,
+                   b_idx=np.empty((b, k_search), np.int64),
+                   b_sqd=np.empty((b, k_search), np.float64), ok=np.empty(b, np.bool_),
+                   n_exact=np.empty(b, np.int64))
+
+    def add(self, h: int, key: _Keys, o: np.ndarray, q: np.ndarray, stats: dict,
+            threads: int) -> None:
+        """The graph rows ``q`` (a block's consecutive rows) of point set ``h`` from the block's
+        products ``o``."""
+        from rra.knn import kernels
+
+        a, bb = int(q[0]), q.size
+        idx, sqd, ok, n_exact = self.b_idx[:bb], self.b_sqd[:bb], self.ok[:bb], self.n_exact[:bb]
+        kernels.select_refine(o, q, self.n_cand, self.k_search, self.group,
+                              self.n_cand == self.n - 1, key.sq, key.nc, key.gamma, key.radius,
+                              key.x, key.norms, idx, sqd, ok, n_exact, threads)
+        if (n_exact < 0).any():  # impossible: a row has n − 1 finite values
+            raise RuntimeError("kNN candidate selection failed; please report this as a bug")
+        stats["exact_pairs"] += int(n_exact.sum())
+        _recheck(key, q, self.k_search, idx, sqd, ok, stats)
+        g_idx, g_sqd, n_tied = resolve_ties(key.points, q, idx, sqd, self.k_graph)
+        stats["rows_tie_resolved"] += n_tied
+        rows_idx = g_idx.astype(np.int32)
+        rows_dist = np.sqrt(g_sqd).astype(np.float32)
+        if self.writers is None:
+            self.graphs[h][0][a:a + bb] = rows_idx
+            self.graphs[h][1][a:a + bb] = rows_dist
+        else:
+            self.writers[h][0].write(rows_idx)
+            self.writers[h][1].write(rows_dist)
+
+
+@dataclass
+class _LargeKSets:
+    """The exact sets at every large k as bitmaps (point sets × ks × block rows × words), their
+    bands, and the overlap counts of every pair of point sets (``overlaps``: per k, n × pairs)."""
+
+    ks: np.ndarray
+    overlaps: dict[int, np.ndarray]
+    bits: np.ndarray
+    band_j: np.ndarray
+    band_e: np.ndarray
+    band_n: np.ndarray
+    need: np.ndarray
+    tied: np.ndarray
+    block_overlaps: np.ndarray
+
+    @classmethod
+    def allocate(cls, n: int, ks: np.ndarray, b: int, count: int) -> "_LargeKSets":
+        n_pairs, n_ks, words = len(hook_pairs(count)), ks.size, -(-n // 64)
+        return cls(ks=ks, overlaps={int(k): np.zeros((n, n_pairs), np.int32) for k in ks},
+                   bits=np.zeros((count, n_ks, b, words), np.uint64),
+                   band_j=np.empty((b, n_ks, BAND_CAP), np.int64),
+                   band_e=np.empty((b, n_ks, BAND_CAP), np.float64),
+                   band_n=np.empty((b, n_ks), np.int64), need=np.empty((b, n_ks), np.int64),
+                   tied=np.zeros((b, n_ks), np.bool_),
+                   block_overlaps=np.empty((n_ks, b, n_pairs), np.int64))
+
+    def add(self, h: int, key: _Keys, o: np.ndarray, q: np.ndarray, stats: dict, threads: int,
+            name: str) -> None:
+        """The sets of the rows ``q`` of point set ``h`` from the block's products ``o``."""
+        bb = q.size
+        stats["sets_tie_resolved"] += _large_k_sets(
+            key, o, q, self.ks, self.bits[h, :, :bb], self.band_j[:bb], self.band_e[:bb],
+            self.band_n[:bb], self.need[:bb], self.tied[:bb], threads, name)
+        stats["band_pairs"] += int(self.band_n[:bb].sum())
+
+    def count_overlaps(self, a: int, bb: int) -> None:
+        """The overlaps of the block's rows ``[a, a + bb)``: popcounts of the bitmaps' AND."""
+        from rra.knn import kernels
+
+        kernels.pair_overlaps(self.bits[:, :, :bb], self.block_overlaps[:, :bb])
+        for qk, k in enumerate(self.ks):
+            self.overlaps[int(k)][a:a + bb] = self.block_overlaps[qk, :bb]
 
 
 def _large_k_sets(key: _Keys, o: np.ndarray, q: np.ndarray, ks: np.ndarray, bits, band_j,
