@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rra.runs import KnnSetting, Probe, Run
+
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 
 #: the metric tables an analysis may ask for (rra.metrics.tables; the knn table is always written)
@@ -36,20 +38,6 @@ AUTO_ATTENTION = {"stac-auto": "stac"}
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the key."""
-
-
-@dataclass(frozen=True, order=True)
-class Run:
-    """One trained model of the grid; its name is the results folder."""
-
-    model: str
-    attention: str
-    augmentation: str
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.model}-{self.attention}-{self.augmentation}-s{self.seed}"
 
 
 def load_config(path: str | Path, *overlays: str | Path) -> dict[str, Any]:
@@ -664,45 +652,42 @@ def embed_input(config: dict[str, Any], model: str) -> bool:
 
 
 def probe_name(probe: dict[str, Any]) -> str:
-    """``{split}-n{n_per_class}-s{seed}``, or ``{split}-all-s{seed}`` for every row of the split."""
-    n = probe["n_per_class"]
-    return f"{probe['split']}-{'all' if n == 'all' else f'n{n}'}-s{probe['seed']}"
+    """``{split}-n{n_per_class}-s{seed}``, or ``{split}-all-s{seed}`` for every row of the split
+    (:class:`rra.runs.Probe`)."""
+    return Probe(probe["split"], probe["n_per_class"], probe["seed"]).name
 
 
 def parse_probe(name: str) -> dict[str, Any]:
     """Inverse of :func:`probe_name`."""
-    m = re.fullmatch(r"([a-z]+)-(?:n(\d+)|(all))-s(\d+)", name)
-    if not m:
-        raise ConfigError(f"probe name {name!r} is not of the form split-nN-sS or split-all-sS")
-    return {"split": m[1], "n_per_class": "all" if m[3] else int(m[2]), "seed": int(m[4])}
+    try:
+        probe = Probe.parse(name)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return {"split": probe.split, "n_per_class": probe.n_per_class, "seed": probe.seed}
 
 
 def knn_spec(distance: str, backend: dict[str, Any] | str) -> str:
     """Path name of a kNN setting: ``{distance}-{backend}``; an Annoy entry with its own
-    ``n_trees``/``search_k`` is ``annoy-t{n_trees}-s{search_k}`` (else the knn.annoy block)."""
-    if isinstance(backend, str):
-        return f"{distance}-{backend}"
-    name = backend["backend"]
-    if name == "annoy" and ("n_trees" in backend or "search_k" in backend):
-        name = f"annoy-t{backend.get('n_trees', 'd')}-s{backend.get('search_k', 'd')}"
-    return f"{distance}-{name}"
+    ``n_trees``/``search_k`` is ``annoy-t{n_trees}-s{search_k}`` (else the knn.annoy block)
+    (:class:`rra.runs.KnnSetting`)."""
+    return KnnSetting.of(distance, backend).name
 
 
 def parse_knn_spec(config: dict[str, Any], spec: str) -> tuple[str, str, dict[str, Any]]:
     """``(distance, backend, options)`` of a kNN path name (options for :func:`rra.knn.knn`)."""
-    m = re.fullmatch(r"(euclidean|cosine)-(auto|exact|annoy)(?:-t(\d+|d)-s(auto|-?\d+|d))?", spec)
-    if not m:
-        raise ConfigError(f"kNN setting {spec!r} is not of the form distance-backend "
-                          "(backend: auto, exact, annoy or annoy-tN-sK)")
+    try:
+        knn = KnnSetting.parse(spec)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     options = dict(config["knn"]["annoy"])
     options["on_recall_miss"] = config["knn"]["on_recall_miss"]  # Annoy graphs below recall_target
     if config["knn"].get("cost"):  # overrides of auto's cost model, only when given
         options["cost"] = dict(config["knn"]["cost"])
-    if m[3] and m[3] != "d":
-        options["n_trees"] = int(m[3])
-    if m[4] and m[4] != "d":
-        options["search_k"] = m[4] if m[4] == "auto" else int(m[4])
-    return m[1], m[2], options
+    if knn.n_trees not in (None, "d"):
+        options["n_trees"] = int(knn.n_trees)
+    if knn.search_k not in (None, "d"):
+        options["search_k"] = knn.search_k if knn.search_k == "auto" else int(knn.search_k)
+    return knn.distance, knn.backend, options
 
 
 @dataclass(frozen=True)

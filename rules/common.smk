@@ -7,6 +7,7 @@ from snakemake.settings.types import DeploymentMethod
 
 sys.path.insert(0, workflow.basedir)  # the rra package of this checkout, installed or not
 from rra import config as rc
+from rra import runs as rn
 
 # Schema (defaults filled in), names, sizes, report: a bad value stops the workflow before any
 # job runs, with one line naming the key (no traceback, no schema dump).
@@ -39,27 +40,22 @@ KNN_SPECS = [rc.knn_spec(d, config["knn"]["backend"]) for d in config["knn"]["di
 EXPERIMENTS = rc.experiments(config)
 
 
+# The folder names' grammar (rra/runs.py: run, probe and kNN setting names) and the layer
+# analyses' names.
 wildcard_constraints:
-    dataset=r"[a-z0-9]+",
-    model=r"[a-z][a-z0-9]*",
-    attention=r"[a-z]+(-auto)?",
-    augmentation=r"[a-z]+",
-    seed=r"\d+",
-    probe=r"[a-z]+-(n\d+|all)-s\d+",
-    distance=r"euclidean|cosine",
-    backend=r"auto|exact|annoy(-t(\d+|d)-s(auto|-?\d+|d))?",
+    **rn.WILDCARDS,
     analysis=r"translation|patterns|margins|saliency|fragmentation",
 
 
 # Path patterns of the rules (f-strings: wildcards doubled). Each ends in a wildcard, never in a
 # slash, so the rules' os.path.join(DIR, path) is exactly the string DIR, a slash and path.
 DATASET_DIR = f"{RESULTS}/{{dataset}}"
-RUN_DIR = f"{DATASET_DIR}/{{model}}-{{attention}}-{{augmentation}}-s{{seed}}"
+RUN_DIR = f"{DATASET_DIR}/{rn.RUN_FORMAT}"
 DATA_DIR = f"{RESULTS}/data/{{dataset}}"
 
 
 def run_of(wildcards):
-    return rc.Run(wildcards.model, wildcards.attention, wildcards.augmentation, int(wildcards.seed))
+    return rn.Run(wildcards.model, wildcards.attention, wildcards.augmentation, int(wildcards.seed))
 
 
 def run_dir(run, dataset=DATASET):
