@@ -189,10 +189,19 @@ def cmd_layers(a: argparse.Namespace) -> None:
               run=a.run, train_path=a.train, device=a.device, include_input=include_input)
 
 
+def cmd_e2_guideline(a: argparse.Namespace) -> None:
+    from rra.io import read_json
+    from rra.metrics.hyperparams import e2_guideline
+
+    s = a.settings
+    e2_guideline(read_json(a.inputs)["metrics"], a.out, reference=s["reference"], k=s["k"],
+                 scale=s["scale"])
+
+
 def cmd_report(a: argparse.Namespace) -> None:
     from rra.report import build_report
 
-    build_report(a.results, a.out, config=a.config)
+    build_report(a.inputs, a.out, config=a.config)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,8 +321,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=_json, required=True,
                    help="JSON list of {model, attention, augmentation, seed, metrics}")
     p.add_argument("--out", required=True, help="table stem (writes .parquet and .csv)")
+    p = stage("e2-guideline", cmd_e2_guideline,
+              "E2: the summary measures across analysis settings, and the guideline table")
+    p.add_argument("--inputs", required=True,
+                   help='JSON file {"metrics": [metric manifests of the runs analysed twice or '
+                        'more]}')
+    p.add_argument("--settings", type=_json, required=True,
+                   help="JSON {reference: {probe, distance, backend}, k, scale}")
+    p.add_argument("--out", required=True, help="output folder (tables and manifest)")
+
     p = stage("report", cmd_report, "build the Altair figures and reports/index.html")
-    p.add_argument("--results", required=True, help="results directory")
+    p.add_argument("--inputs", required=True,
+                   help='JSON file {"results_dir": ..., kind: [files]}: what the report reads '
+                        "(rra.report.inputs)")
     p.add_argument("--out", required=True, help="reports directory")
     p.add_argument("--config", type=_json, default=None, help="the study config (recorded per figure)")
     return parser

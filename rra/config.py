@@ -13,6 +13,7 @@ reruns exactly the jobs whose settings changed (Snakemake's ``params`` rerun tri
 
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 import inspect
@@ -760,6 +761,48 @@ def analyses(config: dict[str, Any], experiment: str | None = None) -> list[Anal
             out.append(Analysis(base, stac_probe(config), top_knn[0], (k,), top_alpha, "stac_auto",
                                 ("classrepsim",), ()))
     return [a for a in out if experiment is None or a.experiment == experiment]
+
+
+def analysis_folders(config: dict[str, Any]) -> list[tuple[Run, str, str]]:
+    """Every (run, probe, kNN setting) of the study's analyses once, in config order: one metric
+    folder each (analyses of several experiments that agree share it)."""
+    return list(dict.fromkeys((a.run, a.probe, a.knn) for a in analyses(config)))
+
+
+def e2_folders(config: dict[str, Any]) -> list[tuple[Run, str, str]]:
+    """The metric folders the E2 guideline compares (:mod:`rra.metrics.hyperparams`): those of
+    every run analysed under two or more settings."""
+    folders = analysis_folders(config)
+    per_run = collections.Counter(run for run, _, _ in folders)
+    return [f for f in folders if per_run[f[0]] >= 2]
+
+
+def reference_analysis(named: list[tuple[str, str, str]],
+                       prefer: dict[str, str] | None = None) -> tuple[str, str, str]:
+    """The (probe, distance, backend) that occurs most often in ``named`` (one entry per
+    metric folder); ties: the one equal to ``prefer``, then the first in name order."""
+    if not named:
+        raise ValueError("reference_analysis: no analyses given")
+    counts = collections.Counter(named)
+    preferred = tuple((prefer or {}).get(p) for p in ("probe", "distance", "backend"))
+    return min(counts, key=lambda a: (-counts[a], a != preferred, a))
+
+
+def e2_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings of the E2 guideline stage: the reference analysis ``{probe, distance,
+    backend}`` (:func:`reference_analysis` of every metric folder, ties to the config's
+    top-level probe and first kNN setting), ``report.k`` and ``report.scale``."""
+    top = KnnSetting.parse(knn_spec(config["knn"]["distance"][0], config["knn"]["backend"]))
+    prefer = {"probe": probe_name(config["probe"]), "distance": top.distance,
+              "backend": top.setting}
+    named = []
+    for _, probe, spec in analysis_folders(config):
+        knn = KnnSetting.parse(spec)
+        named.append((probe, knn.distance, knn.setting))
+    probe, distance, backend = reference_analysis(named, prefer)
+    report = config.get("report") or {}
+    return {"reference": {"probe": probe, "distance": distance, "backend": backend},
+            "k": report.get("k"), "scale": str(report.get("scale", "full"))}
 
 
 def analysis_settings(config: dict[str, Any], run: Run, probe: str, knn: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 # Helpers shared by every rule: config validation, the run grid, paths and stage settings.
 # All logic lives in the rra package (rra/config.py); these are thin adapters for wildcards.
 
+import json
 import sys
 
 from snakemake.settings.types import DeploymentMethod
@@ -60,6 +61,16 @@ def run_of(wildcards):
 
 def run_dir(run, dataset=DATASET):
     return f"{RESULTS}/{dataset}/{run.name}"
+
+
+def metric_manifest(run, probe, knn):
+    """The manifest of one metric folder (rules/metrics.smk)."""
+    return f"{run_dir(run)}/metrics/{probe}/{knn}/manifest.json"
+
+
+def knn_manifest(run, probe, knn):
+    """The manifest of one run's kNN graphs on a probe (rules/knn.smk)."""
+    return f"{run_dir(run)}/knn/{probe}/{knn}/manifest.json"
 
 
 def stac_scales_file(model, dataset=DATASET):
@@ -127,7 +138,7 @@ def targets_of(analyses, runs, stac_choice=False):
     """Artifacts of some analyses and runs: metric manifests, training results and (stac_choice)
     the STAC scale choice of each model's baseline."""
     targets = [f"{run_dir(r)}/metrics.json" for r in runs]
-    targets += [f"{run_dir(a.run)}/metrics/{a.probe}/{a.knn}/manifest.json" for a in analyses]
+    targets += [metric_manifest(a.run, a.probe, a.knn) for a in analyses]
     if stac_choice:
         targets += sorted({stac_scales_file(r.model) for r in runs})
     return list(dict.fromkeys(targets))
@@ -144,7 +155,74 @@ def study_targets():
     targets += targets_of(rc.analyses(config), RUNS)
     for name in EXPERIMENTS:
         targets += experiment_targets(name)
-    return list(dict.fromkeys(targets))
+    return list(dict.fromkeys(targets + e2_targets()))
+
+
+def stac_choices():
+    """The STAC scale choices of the study: of each model with a stac-auto run or in an
+    experiment with `stac_choice: true`."""
+    models = {r.model for r in RUNS if r.attention in rc.AUTO_ATTENTION}
+    for exp in EXPERIMENTS.values():
+        if exp.get("stac_choice", False):
+            models |= {r.model for r in rc.runs_of({"runs": exp.get("runs") or config["runs"]})}
+    return sorted(stac_scales_file(m) for m in models)
+
+
+E2_GUIDELINE = f"{RESULTS}/{DATASET}/e2_guideline/manifest.json"
+
+
+def e2_targets():
+    """The E2 guideline (rules/report.smk) when some run is analysed under two or more
+    settings; nothing otherwise."""
+    return [E2_GUIDELINE] if rc.e2_folders(config) else []
+
+
+def e2_inputs():
+    """The E2 guideline stage's input list: the metric folders of the runs it compares."""
+    return {"metrics": [metric_manifest(*f) for f in rc.e2_folders(config)]}
+
+
+def report_inputs():
+    """What the report draws, by kind (rra.report.inputs.KINDS): exactly the artifacts of the
+    configured study, so a run that is no longer in the config is in no figure."""
+    folders = rc.analysis_folders(config)
+    return {
+        "results_dir": RESULTS,
+        "metrics": [metric_manifest(*f) for f in folders],
+        "knn": [knn_manifest(*f) for f in folders],
+        "layers": layer_targets(rc.layer_analyses(config)),
+        "training": [f"{run_dir(r)}/train_log.json" for r in RUNS],
+        "accuracy": [f"{RESULTS}/{DATASET}/accuracy.parquet"],
+        "cost": [f"{RESULTS}/{DATASET}/cost.parquet"],
+        "stac_scales": stac_choices(),
+        "e2_guideline": e2_targets(),
+    }
+
+
+# Input lists of the stages that read many artifacts: a JSON file each stage reads (a large
+# study's list would not fit a command line), written by rule input_list (rules/report.smk).
+INPUT_LISTS = {"report": report_inputs, "e2_guideline": e2_inputs}
+
+
+def input_list(name):
+    return f"{RESULTS}/inputs/{name}.json"
+
+
+def input_files(name):
+    """The files of an input list, for the `input:` of the stage that reads it."""
+    lists = INPUT_LISTS[name]()
+    return [p for kind, paths in lists.items() if kind != "results_dir" for p in paths]
+
+
+def write_input_list(path, files, log):
+    """Rule input_list's job: the params' JSON into the list file, a count into the log."""
+    from rra.io import write_json
+
+    lists = json.loads(files)
+    write_json(path, lists)
+    counts = {k: len(v) for k, v in lists.items() if isinstance(v, list)}
+    with open(log, "w") as f:
+        print(f"{path}: {sum(counts.values())} files {counts}", file=f)
 
 
 def experiment_targets(name):

@@ -1,13 +1,66 @@
-# Altair figures of the whole study (rra/report) and reports/index.html.
+# What the study's figures are drawn from: the input lists, the E2 guideline (rra/metrics/
+# hyperparams.py), and the Altair figures of the whole study (rra/report) with
+# reports/index.html.
 
 
+# The input list of a stage that reads many artifacts (INPUT_LISTS in rules/common.smk: the
+# report, the E2 guideline) as a JSON file the stage reads. Written in the Snakemake process (a
+# file from the params, no package stage to call); the params trigger rewrites a list when the
+# config changes what it names, and that reruns the stage that reads it.
+localrules:
+    input_list,
+
+
+rule input_list:
+    output:
+        f"{RESULTS}/inputs/{{name}}.json",
+    params:
+        files=lambda w: rc.as_json(INPUT_LISTS[w.name]()),
+    log:
+        f"{RESULTS}/logs/inputs-{{name}}.log",
+    wildcard_constraints:
+        name="|".join(INPUT_LISTS),
+    run:
+        write_input_list(output[0], params.files, log[0])
+
+
+# E2: the summary measures of every run analysed under two or more settings (probe, distance,
+# kNN backend), against one setting at a time, and the guideline table; the report draws them.
+rule e2_guideline:
+    input:
+        inputs=input_list("e2_guideline"),
+        files=lambda w: input_files("e2_guideline"),
+        knn=lambda w: [knn_manifest(*f) for f in rc.e2_folders(config)],
+    output:
+        E2_GUIDELINE,
+    params:
+        settings=lambda w: rc.as_json(rc.e2_settings(config)),
+        out_dir=lambda w, output: os.path.dirname(output[0]),
+    log:
+        f"{RESULTS}/{DATASET}/logs/e2_guideline.log",
+    benchmark:
+        f"{RESULTS}/{DATASET}/benchmarks/e2_guideline.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "{RRA} e2-guideline --inputs {input.inputs} --settings {params.settings:q}"
+        " --out {params.out_dir} --threads {threads} 2> {log}"
+
+
+# The figures draw exactly the files of the report's input list (report_inputs in
+# rules/common.smk: the configured study's artifacts), never a search of the results folder.
 rule report:
     input:
-        study_targets(),
+        inputs=input_list("report"),
+        files=lambda w: input_files("report"),
     output:
         # update(): Snakemake keeps the previous report while the job runs and restores it if
         # the job fails (rra.report.build swaps the new one in only when it is complete).
-        # `snakemake --report report.html` collects every PNG of the figures folder
+        # `snakemake --report report.html` collects every PNG of the figures folder, each with
+        # its family's caption (docs/report/figures.rst picks it by the figure's name)
         figures=report(
             update(directory(f"{REPORTS}/figures")),
             patterns=["{figure}.png"],
@@ -19,9 +72,6 @@ rule report:
         metrics=update(f"{REPORTS}/metrics.json"),
     params:
         config=lambda w: rc.as_json(config),
-        # the folder every input lies under (a function, so that lint does not take the plain
-        # string for a path prefix that could be derived from one input)
-        results=lambda w: RESULTS,
         out_dir=lambda w, output: os.path.dirname(output.index),
     log:
         f"{RESULTS}/logs/report.log",
@@ -33,5 +83,5 @@ rule report:
     resources:
         mem_mb=4000,
     shell:
-        "{RRA} report --results {params.results} --out {params.out_dir}"
+        "{RRA} report --inputs {input.inputs} --out {params.out_dir}"
         " --config {params.config:q} --threads {threads} 2> {log}"

@@ -42,7 +42,9 @@ def test_unwritable_out_is_one_line(capsys, tmp_path, out, line):
     folders; a read-only folder for a non-root user): one line, status 2."""
     (tmp_path / "results").mkdir()
     (tmp_path / "file").write_text("x")
-    status, err = run_main(capsys, "report", "--results", str(tmp_path / "results"),
+    inputs = write_json(tmp_path / "results" / "inputs.json",
+                        {"results_dir": str(tmp_path / "results")})  # nothing to draw
+    status, err = run_main(capsys, "report", "--inputs", str(inputs),
                            "--out", out.format(tmp=tmp_path))
     assert status == 2 and len(err) == 1
     assert err[0].startswith(line.format(tmp=tmp_path))
@@ -54,7 +56,7 @@ def test_internal_error_is_one_line_status_1_and_debug_shows_the_traceback(capsy
         raise KeyError("boom")
 
     monkeypatch.setattr(cli, "cmd_report", broken)
-    argv = ["report", "--results", str(tmp_path), "--out", str(tmp_path / "r")]
+    argv = ["report", "--inputs", str(tmp_path / "inputs.json"), "--out", str(tmp_path / "r")]
     monkeypatch.delenv("RRA_DEBUG", raising=False)
     status, err = run_main(capsys, *argv)
     assert status == 1
@@ -77,7 +79,8 @@ def test_config_error_and_multiline_messages_become_one_line(capsys, monkeypatch
         raise ConfigError("config key 'knn.k': first line\nsecond line")
 
     monkeypatch.setattr(cli, "cmd_report", bad)
-    status, err = run_main(capsys, "report", "--results", str(tmp_path), "--out", str(tmp_path))
+    status, err = run_main(capsys, "report", "--inputs", str(tmp_path / "inputs.json"), "--out",
+                           str(tmp_path))
     assert (status, err) == (2, ["rra report: error: config key 'knn.k': first line second line"])
 
 

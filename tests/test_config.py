@@ -176,6 +176,26 @@ def test_embed_input_setting(base):
     assert "rc.embed_input(config, w.model)" in smk.split("params:")[1].split("log:")[0]
 
 
+def test_e2_folders_and_settings():
+    """The E2 guideline compares the runs analysed under two or more settings; its reference
+    is the analysis of the most runs (the main grid's), report.k and report.scale."""
+    full = rc.load_config(ROOT / "config" / "config.yaml")
+    folders = rc.e2_folders(full)
+    assert {run.name for run, _, _ in folders} == {"lenet5-none-none-s0",
+                                                   "resnet20-none-standard-s0"}
+    assert len(folders) == 2 * 3 + 2  # E2's probes × kNN settings; the STAC baseline's two
+    assert len(rc.analysis_folders(full)) < len(rc.analyses(full))  # experiments share folders
+    assert rc.e2_settings(full) == {
+        "reference": {"probe": "test-n50-s0", "distance": "euclidean", "backend": "auto"},
+        "k": None, "scale": "full"}
+    test = rc.load_config(ROOT / "config" / "config.yaml", ROOT / "config" / "test.yaml")
+    assert rc.e2_folders(test) == []  # one analysis per run: no E2 job
+    a, b = ("p", "euclidean", "auto"), ("p", "euclidean", "annoy-t10-sauto")
+    assert rc.reference_analysis([a, b]) == b  # a tie: name order, or the config's
+    assert rc.reference_analysis([a, b], {"probe": "p", "distance": "euclidean",
+                                          "backend": "auto"}) == a
+
+
 def test_knn_specs():
     cfg = rc.load_config(ROOT / "config" / "config.yaml")
     assert rc.knn_spec("cosine", "exact") == "cosine-exact"

@@ -1,5 +1,6 @@
 """rra.report: charts from small fixed tables, saving (HTML inline / PNG / SVG), the index page,
-build_report on a hand-made results directory, and (slow) a headless Chromium check.
+build_report on a hand-made results directory (its input list: :func:`listing`), the E2
+guideline stage it draws, the Snakemake report's captions, and (slow) a headless Chromium check.
 
 Hook names are chosen so that alphabetical order differs from forward order; the axis-order
 tests read the rendered scenegraph (vl-convert), not just the spec.
@@ -24,12 +25,37 @@ import polars as pl
 import pytest
 import vl_convert as vlc
 
-from rra.io import sha256_artifact, sha256_file, write_json
+from rra.config import reference_analysis
+from rra.io import read_json, sha256_artifact, sha256_file, write_json
+from rra.metrics import hyperparams
+from rra.metrics.folders import MetricFolder, read_tables
 from rra.metrics.tables import frame
-from rra.report import (FigureRecord, build_index, build_report, charts, frames,
-                        hyperparams)
+from rra.report import FigureRecord, ReportInputs, build_index, build_report, charts, frames
 from rra.report.build import report_options
 from rra.report.save import external_references, save_chart
+
+ROOT = Path(__file__).resolve().parent.parent
+
+def listing(results: Path, *, without: str | None = None) -> ReportInputs:
+    """The report's input list of a hand-made results folder: every file of each kind (the
+    workflow lists the configured study's files instead, rules/common.smk), but those of the
+    run ``without``."""
+    def found(pattern: str) -> list[Path]:
+        return [p for p in sorted(results.glob(pattern))
+                if without is None or f"/{without}/" not in p.as_posix()]
+
+    return ReportInputs.of(
+        results, metrics=found("*/*/metrics/*/*/manifest.json"),
+        knn=found("*/*/knn/*/*/manifest.json"), layers=found("*/*/layers/*/*/manifest.json"),
+        training=found("*/*/train_log.json"),
+        accuracy=found("*/accuracy.parquet") or found("*/*/metrics.json"),
+        cost=found("*/cost.parquet"), stac_scales=found("*/stac_scales/*.json"),
+        e2_guideline=found("*/e2_guideline/manifest.json"))
+
+
+def metric_folders(results: Path) -> list[MetricFolder]:
+    return [MetricFolder.of(p) for p in listing(results)["metrics"]]
+
 
 HOOKS = ["stem", "layer1.0", "layer1.1", "layer2.0", "fc"]  # forward order ≠ alphabetical
 SCALES = {"stem": ["1", "2", "full"], "layer1.0": ["1", "2", "full"],
@@ -140,8 +166,8 @@ def results(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tables(results) -> dict[str, pl.DataFrame]:
-    dirs = frames.metric_dirs(results)
-    return {name: frames.read_tables(dirs, name)
+    folders = metric_folders(results)
+    return {name: read_tables(folders, name)
             for name in ("nnts", "nntp", "class_response", "classrepsim")}
 
 
@@ -222,12 +248,6 @@ def test_scale_order_is_numeric_then_full():
 def test_stage_last_hooks():
     assert frames.stage_last_hooks(HOOKS) == ["stem", "layer1.1", "layer2.0", "fc"]
     assert frames.stage_last_hooks(["conv1", "relu1"]) == ["conv1", "relu1"]
-
-
-def test_parse_run():
-    assert frames.parse_run("resnet20-stac-auto-standard-s3") == {
-        "model": "resnet20", "attention": "stac-auto", "augmentation": "standard", "seed": 3}
-    assert frames.parse_run("stac_scales") is None
 
 
 # --------------------------------------------------------------------------------------- charts
@@ -319,7 +339,7 @@ def test_hook_curves_bands(tables):
 
 
 def test_nnts_to_logits_takes_the_last_hook(tables):
-    out = frames.nnts_to_logits(tables["nnts"])
+    out = hyperparams.nnts_to_logits(tables["nnts"])
     assert set(out["measure"]) == {"nnts_to_logits"}
     last = out.group_by("scale_a").agg(pl.col("hook_b").unique())
     assert {r["scale_a"]: r["hook_b"] for r in last.iter_rows(named=True)} == {
@@ -400,7 +420,7 @@ def test_accuracy_cost_shows_elementwise_and_live_params():
 
 
 def test_weight_change_frame_order_and_chart(results, tmp_path):
-    wc = frames.weight_change_frame(results)
+    wc = frames.weight_change_frame(listing(results)["training"])
     assert wc.height == 4 * 3 * 3 * 2  # runs × epochs × layers × variants
     order = wc.select("layer", "pos").unique().sort("pos")["layer"].to_list()
     assert order == ["stem.conv", "layer1.0.conv1", "fc"]  # the log's own layer list
@@ -422,14 +442,14 @@ def test_weight_change_frame_order_and_chart(results, tmp_path):
     write_json(run / "metrics.json", {"model_args": {
         "name": "resnet8", "in_channels": 1, "num_classes": 10, "image_size": 28,
         "attention": "none", "attention_kwargs": {}, "kwargs": {}}})
-    got = frames.weight_change_frame(tmp_path / "results").sort("pos")
+    got = frames.weight_change_frame([run / "train_log.json"]).sort("pos")
     assert got["layer"].unique(maintain_order=True).to_list()[:2] == ["stem.conv",
                                                                       "layer1.0.conv1"]
     assert got["layer"].unique(maintain_order=True).to_list()[-1] == "fc"
 
 
 def test_knn_graph_frame_and_recall_chart(results):
-    df = frames.knn_graph_frame(frames.knn_manifests(results))
+    df = frames.knn_graph_frame(listing(results)["knn"])
     n_graphs = sum(len(s) for s in SCALES.values())
     assert df.height == 2 * n_graphs
     assert set(df["backend_label"]) == {"exact", "annoy (n_trees=10)"}
@@ -545,7 +565,7 @@ def report(results, tmp_path_factory) -> tuple[Path, list[FigureRecord]]:
     reports = tmp_path_factory.mktemp("reports")
     config = {"dataset": "toy", "knn": {"k": KS}, "training": {"epochs": 3},
               "report": {"band": "sd"}}
-    return reports, build_report(results, reports, config=config)
+    return reports, build_report(listing(results), reports, config=config)
 
 
 def test_build_report_figures_files_and_hashes(results, report):
@@ -593,7 +613,7 @@ def test_build_report_skips_absent_inputs_and_checks_options(tmp_path):
     run_dir = write_run(results, "none", 0, eval_acc=0.5)
     (run_dir / "train_log.json").unlink()
     shutil.rmtree(run_dir / "metrics")
-    recs = build_report(results, tmp_path / "reports")
+    recs = build_report(listing(results), tmp_path / "reports")
     assert [r.id for r in recs] == ["toy-accuracy"]  # no metrics, logs, kNN or cost
     assert recs[0].inputs == {"results/toy/resnet8-none-none-s0/metrics.json":
                               sha256_artifact(results / "toy/resnet8-none-none-s0/metrics.json")}
@@ -601,7 +621,12 @@ def test_build_report_skips_absent_inputs_and_checks_options(tmp_path):
     with pytest.raises(ValueError, match="unknown key"):
         report_options({"report": {"scales": "full"}})
     with pytest.raises(FileNotFoundError):
-        build_report(tmp_path / "nowhere", tmp_path / "reports")
+        build_report(tmp_path / "nowhere.json", tmp_path / "reports")  # no input list
+    listed = ReportInputs.of(results, training=[run_dir / "train_log.json"])
+    with pytest.raises(FileNotFoundError, match="train_log.json"):  # a listed file is missing
+        build_report(listed, tmp_path / "reports")
+    with pytest.raises(ValueError, match="not under the results directory"):
+        ReportInputs.of(results, cost=[tmp_path / "toy" / "cost.parquet"])
 
 
 def test_classrepsim_only_folder_gets_its_heatmaps_not_a_warning(tmp_path):
@@ -619,7 +644,7 @@ def test_classrepsim_only_folder_gets_its_heatmaps_not_a_warning(tmp_path):
     write_json(mdir / "manifest.json", {"run": run, "ks": [5], "alphas": [0]})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        recs = build_report(results, tmp_path / "reports")
+        recs = build_report(listing(results), tmp_path / "reports")
     ids = {r.id for r in recs}
     assert {"toy-val-all-s0-euclidean-auto-classrepsim-resnet8-none-none",
             "toy-val-all-s0-euclidean-auto-classrepsim-class-resnet8-none-none"} <= ids
@@ -643,13 +668,13 @@ def test_failed_report_leaves_the_previous_one_intact(tmp_path):
         (reports / name).write_bytes(data)
     with pytest.raises(ValueError, match=r"config report.alpha = 7 was not computed; "
                                          r"available: \[0, 1\]"):
-        build_report(results, reports, config={"report": {"alpha": 7}})
+        build_report(listing(results), reports, config={"report": {"alpha": 7}})
     assert {n: (reports / n).read_bytes() for n in old} == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reports", "results"]
     assert sorted(p.name for p in reports.iterdir()) == sorted(
         ["figures", "index.html", "index.json", "metrics.json", "README.md"])
 
-    recs = build_report(results, reports, config={"report": {"alpha": 1}})
+    recs = build_report(listing(results), reports, config={"report": {"alpha": 1}})
     assert not (reports / "figures" / "toy" / "stale.png").exists()
     assert (reports / "README.md").read_bytes() == b"kept"
     assert (reports / "index.html").read_bytes() != old["index.html"]
@@ -658,6 +683,63 @@ def test_failed_report_leaves_the_previous_one_intact(tmp_path):
             assert sha256_file(reports / f) == digest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reports", "results"]
     assert not [p for p in reports.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_run_missing_from_the_list_is_in_no_figure(results, tmp_path):
+    """The report draws what its input list names, not what the results folder holds: a run
+    whose folder is still there but that the list leaves out (a run removed from the config)
+    appears in no figure, table or record."""
+    gone = "resnet8-none-standard-s1"
+    reports = tmp_path / "reports"
+    recs = build_report(listing(results, without=gone), reports,
+                        config={"report": {"band": "sd"}})
+    assert recs and not any(gone in path for r in recs for path in r.inputs)
+    by_id = {r.id: r for r in recs}
+    prefix = f"toy-{PROBE}-euclidean-auto"
+    assert by_id[f"{prefix}-nntp-resnet8-none-standard"].config["seeds"] == [0]
+    assert by_id[f"{prefix}-nnts-diff-resnet8"].config["seeds"] == {"standard": [0],
+                                                                    "none": [0, 1]}
+    accuracy = json.loads((reports / "figures/toy/accuracy.html").read_text()
+                          .split("const spec = ", 1)[1].split(";\n", 1)[0])
+    seeds = {r["variant"]: r["text"] for rows in accuracy["datasets"].values() for r in rows
+             if r.get("column") == "seeds"}
+    assert seeds == {"resnet8 · none · none": "2", "resnet8 · none · standard": "1"}
+    curves = by_id["toy-weight-change-l1-curves"]
+    assert not any(gone in p for p in curves.inputs) and len(curves.inputs) == 3
+
+
+def figure_caption(figure: str) -> str:
+    """The caption ``snakemake --report`` gives a figure (its path under reports/figures,
+    without .png): docs/report/figures.rst rendered as Snakemake renders it (Jinja with
+    ``snakemake.wildcards``, then reStructuredText; a docutils warning is an error)."""
+    from types import SimpleNamespace
+
+    from docutils.core import publish_parts
+    from jinja2 import Environment
+
+    template = Environment(trim_blocks=True, lstrip_blocks=True).from_string(
+        (ROOT / "docs/report/figures.rst").read_text())
+    text = template.render(snakemake=SimpleNamespace(wildcards=SimpleNamespace(figure=figure)))
+    publish_parts(text, writer="html", settings_overrides={"halt_level": 2})
+    return text.strip().splitlines()[0]
+
+
+def check_family_captions(records: list[FigureRecord]) -> set[str]:
+    """Every figure's caption for ``snakemake --report`` names its family (never the fallback
+    line); the captions, one per family."""
+    captions = {}
+    for rec in records:
+        figure = rec.file("png").removeprefix("figures/").removesuffix(".png")
+        caption = figure_caption(figure)
+        assert caption.startswith("**") and "A figure of the rra study" not in caption, figure
+        captions.setdefault(caption, figure)
+    return set(captions)
+
+
+def test_every_figure_family_has_its_snakemake_report_caption(report, e2_report):
+    captions = check_family_captions(report[1] + e2_report[1])
+    assert len(captions) == 12  # the families of the metric, training, kNN, E2 and STAC figures
+    assert "A figure of the rra study" in figure_caption("toy/unknown-figure")
 
 
 # ----------------------------------------------------------------- E3: NNTS difference heat map
@@ -843,25 +925,32 @@ def e2_results(tmp_path_factory) -> Path:
 
 E2_CONFIG = {"probe": {"split": "test", "n_per_class": 4, "seed": 0},
              "knn": {"k": [3, 5], "distance": ["euclidean"], "backend": "auto"}}
+#: the reference analysis: the config's (rra.config.e2_settings; three settings tie at 2 runs)
+E2_REFERENCE = {"probe": "test-n4-s0", "distance": "euclidean", "backend": "auto"}
 
 
-def test_metric_dirs_parse_annoy_settings(e2_results):
-    specs = {(d.probe, d.distance, d.backend) for d in frames.metric_dirs(e2_results)}
+def test_metric_folders_parse_annoy_settings(e2_results):
+    specs = {(d.probe, d.distance, d.backend) for d in metric_folders(e2_results)}
     assert ("test-n4-s0", "euclidean", "annoy-t10-sauto") in specs
-    assert frames._split_spec("cosine-annoy-t50-s-1", Path("x")) == ("cosine", "annoy-t50-s-1")
-    with pytest.raises(ValueError, match="distance"):
-        frames._split_spec("euclidean", Path("x"))
+    folder = MetricFolder.of(e2_results / "toy/resnet8-none-none-s1/metrics/test-n4-s0/"
+                                          "cosine-annoy-t50-s-1/manifest.json")
+    assert (folder.distance, folder.backend, folder.run.seed) == ("cosine", "annoy-t50-s-1", 1)
+    assert folder.knn_manifest == (e2_results / "toy/resnet8-none-none-s1/knn/test-n4-s0/"
+                                                "cosine-annoy-t50-s-1/manifest.json")
+    for bad, match in (("toy/resnet8-none-none-s1/metrics/test-n4-s0/euclidean", "kNN setting"),
+                       ("toy/stac_scales/metrics/test-n4-s0/euclidean-auto", "run name"),
+                       ("toy/resnet8-none-none-s1/layers/test-n4-s0/euclidean-auto",
+                        "not the manifest of a metrics folder")):
+        with pytest.raises(ValueError, match=match):
+            MetricFolder.of(e2_results / bad / "manifest.json")
 
 
 def test_reference_analysis_and_value_order():
     a, b = ("p", "euclidean", "auto"), ("p", "euclidean", "annoy-t10-sauto")
-    assert hyperparams.reference_analysis([a, a, b]) == a  # the most common
-    assert hyperparams.reference_analysis([a, b]) == b  # a tie: name order...
-    assert hyperparams.reference_analysis([a, b], {"probe": "p", "distance": "euclidean",
-                                                   "backend": "auto"}) == a  # ...or the config
-    assert hyperparams.config_preference(E2_CONFIG) == {
-        "probe": "test-n4-s0", "distance": "euclidean", "backend": "auto"}
-    assert hyperparams.config_preference({}) == {}
+    assert reference_analysis([a, a, b]) == a  # the most common
+    assert reference_analysis([a, b]) == b  # a tie: name order...
+    assert reference_analysis([a, b], {"probe": "p", "distance": "euclidean",
+                                       "backend": "auto"}) == a  # ...or the config
     order = hyperparams.value_order
     assert order("probe", ["test-all-s0", "test-n100-s0", "test-n20-s0"]) == [
         "test-n20-s0", "test-n100-s0", "test-all-s0"]
@@ -877,7 +966,7 @@ REF = hyperparams.Reference("test-n4-s0", "euclidean", "auto", 3, "full")
 
 
 def test_panel_frame_holds_the_others_at_the_reference(e2_results):
-    summary = frames.summary_frame(frames.metric_dirs(e2_results))
+    summary = hyperparams.summary_frame(metric_folders(e2_results))
     assert set(summary["backend"]) == {"auto", "annoy-t10-sauto"}  # the folder's setting
     panel = hyperparams.panel_frame(summary, REF)
     seeds = {p: hyperparams.panel_seeds(panel, p) for p in hyperparams.PARAMETERS}
@@ -900,17 +989,15 @@ def test_panel_frame_holds_the_others_at_the_reference(e2_results):
     single = summary.filter((pl.col("probe") == "test-n4-s0") & (pl.col("distance") == "euclidean")
                             & (pl.col("backend") == "auto"))
     assert hyperparams.panel_frame(single, REF).height == 0
-    analyses = [(d.probe, d.distance, d.backend) for d in frames.metric_dirs(e2_results)]
-    prefer = hyperparams.config_preference(E2_CONFIG)
-    assert hyperparams.reference_setting(summary, analyses, prefer=prefer) == REF  # k: smallest
-    assert hyperparams.reference_setting(summary, analyses, k=5, scale="1", prefer=prefer) == \
+    assert hyperparams.reference_setting(summary, E2_REFERENCE) == REF  # k: the smallest
+    assert hyperparams.reference_setting(summary, E2_REFERENCE, k=5, scale="1") == \
         hyperparams.Reference("test-n4-s0", "euclidean", "auto", 5, "1")
     with pytest.raises(ValueError, match=r"report.k = 7 was not computed.*\[3, 5\]"):
-        hyperparams.reference_setting(summary, analyses, k=7)
+        hyperparams.reference_setting(summary, E2_REFERENCE, k=7)
 
 
 def test_hyperparam_panels_spec_and_values(e2_results):
-    panel = hyperparams.panel_frame(frames.summary_frame(frames.metric_dirs(e2_results)), REF)
+    panel = hyperparams.panel_frame(hyperparams.summary_frame(metric_folders(e2_results)), REF)
     chart = charts.hyperparam_panels(panel, parameters=hyperparams.PARAMETERS)
     spec = chart.to_dict()
     assert len(spec["vconcat"]) == 3  # purity, vote accuracy, NNTS to logits
@@ -950,8 +1037,11 @@ E2_GUIDELINE = {
 
 @pytest.fixture(scope="module")
 def e2_report(e2_results, tmp_path_factory) -> tuple[Path, list[FigureRecord]]:
+    """The E2 guideline stage on every metric folder, then the report (the workflow's order)."""
+    hyperparams.e2_guideline(listing(e2_results)["metrics"], e2_results / "toy" / "e2_guideline",
+                             reference=E2_REFERENCE)
     reports = tmp_path_factory.mktemp("e2-reports")
-    return reports, build_report(e2_results, reports, config=E2_CONFIG)
+    return reports, build_report(listing(e2_results), reports, config=E2_CONFIG)
 
 
 def test_build_report_e2_figures_and_guideline_csv(e2_results, e2_report):
@@ -966,15 +1056,23 @@ def test_build_report_e2_figures_and_guideline_csv(e2_results, e2_report):
     assert hp.config["reference"] == {"probe": "test-n4-s0", "distance": "euclidean",
                                       "backend": "auto", "k": 3, "scale": "full"}
     assert hp.config["seeds"]["distance"] == [0]
-    used = {f"results/toy/resnet8-none-none-s{s}/metrics/{p}/{spec}/manifest.json"
-            for p, spec, seeds in E2_ANALYSES[:4] for s in seeds}
-    assert set(hp.inputs) == used  # not the (test-n8-s0, cosine) analysis
+    # drawn from the E2 stage's tables, which record what they were computed from
+    stage = "results/toy/e2_guideline"
+    assert set(hp.inputs) == {f"{stage}/manifest.json", f"{stage}/panels.parquet"}
+    manifest = read_json(e2_results / "toy/e2_guideline/manifest.json")
+    assert manifest["reference"] == hp.config["reference"]
+    read = {f"resnet8-none-none-s{s}/{kind}/{p}/{spec}/manifest.json"
+            for p, spec, seeds in E2_ANALYSES for s in seeds for kind in ("metrics", "knn")}
+    assert {p.split("/toy/", 1)[1] for p in manifest["inputs"]} == read
+    panels = pl.read_parquet(e2_results / "toy/e2_guideline/panels.parquet")
+    assert panels.columns == hyperparams.TABLES["panels"] and panels.height == sum(
+        {"probe": 2 * 2 * 9, "distance": 2 * 9, "backend": 2 * 2 * 9, "k": 2 * 2 * 9,
+         "scale": 2 * 5 * 2}.values())
     guide = by_id["toy-e2-guideline"]
+    assert set(guide.inputs) == {f"{stage}/manifest.json", f"{stage}/guideline.parquet"}
     csv = "figures/toy/e2-guideline.csv"
     assert sorted(Path(f).suffix for f in guide.files) == [".csv", ".html", ".png", ".svg"]
     assert sha256_file(reports / csv) == guide.files[csv]
-    assert "results/toy/resnet8-none-none-s1/knn/test-n4-s0/euclidean-annoy-t10-sauto/" \
-           "manifest.json" in guide.inputs
     for shown, digest in guide.inputs.items():
         assert sha256_artifact(e2_results.parent / shown) == digest
     table = pl.read_csv(reports / csv)
@@ -1009,7 +1107,7 @@ def test_build_report_e2_figures_and_guideline_csv(e2_results, e2_report):
     stac = by_id["toy-stac-scales-resnet8-none-none-s0"]
     assert stac.config["tau"] == 0.6 and list(stac.inputs) == [
         "results/toy/stac_scales/resnet8-none-none-s0.json"]
-    knn = frames.knn_graph_frame(frames.knn_manifests(e2_results))
+    knn = frames.knn_graph_frame(listing(e2_results)["knn"])
     assert set(knn["backend"]) == {"auto", "annoy-t10-sauto"}
     assert set(knn["backend_label"]) == {"exact", "annoy (n_trees=10, search_k=auto)"}
 

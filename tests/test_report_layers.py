@@ -7,7 +7,6 @@ from the saved specs and compared with the tables' means.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,8 @@ from rra.io import write_json
 from rra.metrics.tables import frame
 from rra.report import build_report, charts
 from rra.report.build import slug
-from rra.report.frames import hook_groups, layer_dirs, read_layer_tables
+from rra.report.frames import LayerDir, hook_groups, read_layer_tables
+from test_report import check_family_captions, listing
 
 PROBE = "test-n2-s0"
 HOOKS = {"toynet": ["input", "c1", "fc"], "res": ["stem", "b1", "fc"],
@@ -111,13 +111,11 @@ def layer_results(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def layer_report(layer_results, tmp_path_factory):
     out = tmp_path_factory.mktemp("layer-report") / "reports"
-    return out, build_report(layer_results, out, config=None)
+    return out, build_report(listing(layer_results), out, config=None)
 
 
-def _spec_data(path: Path) -> list[dict]:
-    spec = json.loads(path.read_text().split("var spec = ", 1)[1].split(";\n", 1)[0]) \
-        if path.suffix == ".html" else json.loads(path.read_text())
-    return [row for rows in spec["datasets"].values() for row in rows]
+def layer_dirs(results: Path) -> list[LayerDir]:
+    return [LayerDir.of(m) for m in listing(results)["layers"]]
 
 
 def test_layer_dirs_tables_and_hook_groups(layer_results):
@@ -147,6 +145,7 @@ def test_every_layer_figure_family_is_emitted_with_its_inputs(layer_results, lay
     assert set(by_id[slug(prefix + "patterns-res-resnobn")].config["models"]) == {"res",
                                                                                   "resnobn"}
     assert not any("patterns-toynet" in r.id for r in records)  # toynet has no patterns
+    assert len(check_family_captions(records)) == 10  # each family its snakemake --report caption
 
 
 def test_translation_map_values_are_means_over_seeds(layer_results):

@@ -75,3 +75,14 @@ def test_orders():
     assert sorted(["annoy-t50-s-1", "auto", "annoy-t10-sauto", "exact", "annoy"],
                   key=rn.backend_order_key) == ["exact", "auto", "annoy", "annoy-t10-sauto",
                                                 "annoy-t50-s-1"]
+
+
+def test_no_second_grammar():
+    """The name grammar lives in rra/runs.py only: no other module or workflow file writes a
+    pattern of run, probe or kNN setting names."""
+    needles = (r"-s(\d+)", r"-s\d+", "(?:-auto)?", "(-auto)?", "auto|-?", "n(\\d+)|")
+    files = [p for p in [*(ROOT / "rra").rglob("*.py"), *(ROOT / "rules").glob("*.smk"),
+                         ROOT / "Snakefile"] if p.name != "runs.py"]
+    found = [(p.relative_to(ROOT).as_posix(), n) for p in files for n in needles
+             if n in p.read_text()]
+    assert found == []

@@ -217,11 +217,14 @@ def test_layer_tables(study):
 
 def test_every_job_used_exactly_its_threads(study):
     """Each job's log ends with the threads of every pool it loaded: the rule's `threads`
-    (train, embed, kNN: 2; the others 1), whatever the library defaults."""
+    (train, embed, kNN: 2; the others 1), whatever the library defaults. The input lists
+    (rule input_list, `inputs-*.log`) are written in the Snakemake process and load no pool."""
     expected = {"train": 2, "embed": 2, "knn": 2, "layers": 2}
     logs = sorted((study / "results").rglob("logs/*.log"))
+    lists = [log for log in logs if log.stem.startswith("inputs-")]
+    assert [log.stem for log in lists] == ["inputs-report"]  # no E2 job: one analysis per run
     assert len(logs) >= 10
-    for log in logs:
+    for log in (log for log in logs if log not in lists):
         lines = [ln for ln in log.read_text().splitlines() if ": threads: " in ln]
         assert lines, f"{log}: no thread report"
         want = expected.get(log.stem.split("-")[0], 1)
@@ -293,6 +296,30 @@ def test_snakemake_report_collects_the_figures(study, tmp_path):
     pngs = sorted(p.name for p in (study / "reports" / "figures").rglob("*.png"))
     assert sorted(added) == pngs and len(pngs) >= 10
     assert out.stat().st_size > 100_000  # self-contained: the PNGs are embedded
+    # each figure with its family's caption (docs/report/figures.rst), none without one
+    page = out.read_text(errors="replace")
+    assert page.count("NNTS heat maps (E1)") == 2 and page.count("Saliency maps (E9)") == 1
+    assert "A figure of the rra study" not in page
+
+
+def test_a_run_not_in_the_config_is_in_no_figure(study, tmp_path):
+    """The report draws the files its rule lists from the config, not what results/ holds: a
+    run folder the config does not name (as a run removed from the config leaves it; here a
+    copy of a run as seed 9) is in no figure, table or record of a rebuilt report."""
+    import shutil
+
+    work = tmp_path / "copy"
+    shutil.copytree(study, work, symlinks=True)
+    runs = work / "results" / "mnist5k"
+    shutil.copytree(runs / "lenet5-none-none-s0", runs / "lenet5-none-none-s9")
+    snakemake(work, "--forcerun", "report")
+    index = (work / "reports" / "index.json").read_text()
+    assert "lenet5-none-none-s9" not in index
+    seeds = [r["config"]["seeds"] for r in json.loads(index)["figures"]
+             if isinstance(r["config"].get("seeds"), list)]
+    assert seeds and all(s == [0] for s in seeds)
+    tables = [p.read_text() for p in (work / "reports" / "figures").rglob("*.csv")]
+    assert not any("s9" in t for t in tables)
 
 
 def test_failed_report_job_keeps_the_previous_report(study, tmp_path):

@@ -22,7 +22,7 @@ from typing import Any
 import altair as alt
 import polars as pl
 
-from rra.report.frames import scale_order
+from rra.runs import scale_order
 
 HOOK_A = alt.EncodingSortField(field="pos_a", op="min", order="ascending")
 HOOK_B = alt.EncodingSortField(field="pos_b", op="min", order="ascending")
@@ -558,19 +558,20 @@ def knn_recall(df: pl.DataFrame, *, title: str = "Annoy vs exact kNN") -> alt.HC
 # ---------------------------------------------------------------------------------------------
 # E2: RRA hyper-parameters
 
-HYPERPARAM_MEASURES = {"knn_purity": "kNN class purity", "knn_vote_accuracy": "kNN-vote accuracy",
-                       "nnts_to_logits": "NNTS to logits"}
+#: labels of the per-hook summary measures (the curves of E3/E5 and the E2 panels)
+SUMMARY_LABELS = {"knn_purity": "kNN class purity", "knn_vote_accuracy": "kNN-vote accuracy",
+                  "nnts_to_logits": "NNTS to logits"}
 
 
 def hyperparam_panels(df: pl.DataFrame, *, parameters: Sequence[str],
-                      measures: dict[str, str] = HYPERPARAM_MEASURES,
+                      measures: dict[str, str] = SUMMARY_LABELS,
                       title: str = "RRA hyper-parameters") -> alt.VConcatChart:
     """Small multiples: each summary measure (rows) against each parameter's values (columns),
     one line per hook (colour in forward order), mean over seeds; the reference value of each
     parameter is marked with "*". y is shared along a row, so the panels of one measure show
     which parameter moves it most. [ours]
 
-    ``df``: :func:`rra.report.hyperparams.panel_frame` rows (parameter, setting, setting_pos,
+    ``df``: :func:`rra.metrics.hyperparams.panel_frame` rows (parameter, setting, setting_pos,
     reference, seed, measure, hook_a, pos_a, value). ``parameters``: column order.
     """
     keys = ["measure", "parameter", "setting", "setting_pos", "reference", "hook_a", "pos_a"]
@@ -610,7 +611,7 @@ def guideline_table(df: pl.DataFrame, *, title: str = "RRA hyper-parameter guide
     each measure's largest change across the parameter's values; and per backend setting,
     recall@k, seconds per graph and time relative to exact. [ours]
 
-    ``df``: rows with :data:`rra.report.hyperparams.GUIDELINE_COLUMNS`.
+    ``df``: rows with :data:`rra.metrics.hyperparams.GUIDELINE_COLUMNS`.
     """
     require_columns(df, ["model", "attention", "augmentation", "parameter", "values", "measure",
                          "statistic", "setting", "value"], "guideline_table")
@@ -626,7 +627,7 @@ def guideline_table(df: pl.DataFrame, *, title: str = "RRA hyper-parameter guide
         labels = (change.select("variant", "parameter", "values").unique(maintain_order=True)
                   .with_columns(row=pl.format("{} | {} ({})", "variant", "parameter", "values")))
         cells = []
-        for measure, name in HYPERPARAM_MEASURES.items():
+        for measure, name in SUMMARY_LABELS.items():
             m = labels.join(change.filter(pl.col("measure") == measure)
                             .select("variant", "parameter", "value"),
                             on=["variant", "parameter"], how="left", maintain_order="left")

@@ -1,216 +1,37 @@
-"""Tidy polars frames for the report, read from a study's results directory. [ours]
+"""Tidy polars frames for the report, read from the files the workflow lists. [ours]
 
-Discovery follows the artifact layout of docs/design.md:
+The report reads exactly the files of its input list (:class:`rra.report.inputs.ReportInputs`),
+named as in docs/design.md ("Artifacts"):
 
-- metric tables:   ``{results}/{dataset}/{run}/metrics/{probe}/{distance}-{backend}/`` (complete
-  when its ``manifest.json`` exists);
-- kNN manifests:   ``{results}/{dataset}/{run}/knn/{probe}/{distance}-{backend}/manifest.json``;
-- training logs:   ``{results}/{dataset}/{run}/train_log.json`` and ``metrics.json``;
-- study tables:    ``{results}/{dataset}/accuracy.parquet`` and ``cost.parquet``.
+- metric folders:  ``{results}/{dataset}/{run}/metrics/{probe}/{distance}-{backend}/manifest.json``
+  (:class:`rra.metrics.folders.MetricFolder`, :func:`rra.metrics.folders.read_tables`);
+- kNN manifests:   ``{results}/{dataset}/{run}/knn/{probe}/{distance}-{backend}/manifest.json``
+  (:func:`knn_graph_frame`);
+- layer folders:   ``{results}/{dataset}/{run}/layers/{probe}/{analysis}/manifest.json``
+  (:class:`LayerDir`);
+- training logs:   ``{results}/{dataset}/{run}/train_log.json`` (:func:`weight_change_frame`);
+- study tables:    ``{results}/{dataset}/accuracy.parquet`` and ``cost.parquet``
+  (:func:`accuracy_frame`, :func:`accuracy_cost_frame`), ``stac_scales/{baseline}.json``
+  (:func:`stac_scales_frame`) and the E2 guideline's ``e2_guideline/manifest.json``
+  (:func:`e2_guideline_frames`).
 
-``{run}`` is ``{model}-{attention}-{augmentation}-s{seed}`` and is parsed into those columns,
-exactly as the metric tables carry them.
+Run, probe and kNN setting names are parsed by :mod:`rra.runs` into the columns the tables carry.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from rra.io import PathLike, read_json
-
-RUN_RE = re.compile(r"^(?P<model>[a-z][a-z0-9]*)-(?P<attention>[a-z]+(?:-auto)?)-"
-                    r"(?P<augmentation>[a-z]+)-s(?P<seed>\d+)$")
-RUN_COLUMNS = ("dataset", "model", "attention", "augmentation", "seed")
-
-
-def scale_order(scales: Sequence[Any]) -> list[str]:
-    """Pooled scales as strings, numeric ones ascending, then ``full`` (and any other name)."""
-    names = sorted({str(s) for s in scales if s is not None})
-    numeric = sorted((s for s in names if s.isdigit()), key=int)
-    return numeric + [s for s in names if not s.isdigit()]
-
-
-def parse_run(name: str) -> dict[str, Any] | None:
-    """``{model, attention, augmentation, seed}`` of a run directory name, or None."""
-    m = RUN_RE.match(name)
-    if m is None:
-        return None
-    return {**m.groupdict(), "seed": int(m["seed"])}
-
-
-def run_dirs(results_dir: PathLike) -> list[tuple[Path, dict[str, Any]]]:
-    """Every run directory ``{results}/{dataset}/{run}`` with its identity columns, sorted."""
-    out = []
-    for path in sorted(Path(results_dir).glob("*/*")):
-        run = parse_run(path.name) if path.is_dir() else None
-        if run is not None and path.parent.name != "data":
-            out.append((path, {"dataset": path.parent.name, **run}))
-    return out
-
-
-def datasets(results_dir: PathLike) -> list[str]:
-    """Datasets of a results directory: those with at least one run directory."""
-    return sorted({run["dataset"] for _, run in run_dirs(results_dir)})
-
-
-# ---------------------------------------------------------------------------------------------
-# Metric tables
-
-@dataclass(frozen=True)
-class RunFolder:
-    """One complete output folder of one run on one probe (its manifest exists)."""
-
-    path: Path
-    dataset: str
-    run: str
-    probe: str
-
-    @property
-    def manifest(self) -> Path:
-        return self.path / "manifest.json"
-
-
-@dataclass(frozen=True)
-class MetricDir(RunFolder):
-    """One complete metric directory of one run (its manifest exists)."""
-
-    distance: str
-    backend: str
-
-    @property
-    def analysis(self) -> tuple[str, str, str, str]:
-        return self.dataset, self.probe, self.distance, self.backend
-
-    @property
-    def knn_manifest(self) -> Path:
-        """The manifest of the kNN graphs these tables were computed from."""
-        return self.path.parents[2] / "knn" / self.probe / self.path.name / "manifest.json"
-
-
-def _split_spec(spec: str, path: Path) -> tuple[str, str]:
-    """``(distance, backend)`` of a ``{distance}-{backend}`` folder name. Distances have no
-    hyphen; the backend is everything after the first one (``auto``, ``exact``, ``annoy``, or an
-    Annoy setting such as ``annoy-t10-sauto`` or ``annoy-t50-s-1``)."""
-    distance, sep, backend = spec.partition("-")
-    if not sep or not distance or not backend:
-        raise ValueError(f"{path}: directory name {spec!r} is not '{{distance}}-{{backend}}'")
-    return distance, backend
-
-
-def metric_dirs(results_dir: PathLike) -> list[MetricDir]:
-    """Every complete metric directory under ``results_dir``, sorted by path."""
-    out = []
-    for manifest in sorted(Path(results_dir).glob("*/*/metrics/*/*/manifest.json")):
-        spec_dir = manifest.parent
-        run_dir = spec_dir.parent.parent.parent
-        if parse_run(run_dir.name) is None:
-            continue
-        distance, backend = _split_spec(spec_dir.name, spec_dir)
-        out.append(MetricDir(spec_dir, run_dir.parent.name, run_dir.name, spec_dir.parent.name,
-                             distance, backend))
-    return out
-
-
-def read_tables(dirs: Sequence[MetricDir], name: str, where: pl.Expr | None = None) -> pl.DataFrame:
-    """Table ``name`` (``nnts``, ``nntp``, ...) of every directory, concatenated; only the rows
-    matching ``where`` are read (a lazy scan, so large per-class tables stay on disk)."""
-    from rra.metrics.tables import TABLES, polars_schema, scan_tables
-
-    if name not in TABLES:
-        raise ValueError(f"unknown metric table {name!r}; known: {list(TABLES)}")
-    paths = [d.path / f"{name}.parquet" for d in dirs]
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"missing metric table {path} (its manifest exists: the "
-                                    "metrics stage wrote an incomplete directory)")
-    if not paths:
-        return pl.DataFrame(schema=polars_schema())
-    scan = scan_tables(paths)
-    return (scan.filter(where) if where is not None else scan).collect()
-
-
-RUN_IDENTITY = ["dataset", "model", "attention", "augmentation", "seed", "probe", "distance",
-                "backend"]
-
-
-def nnts_to_logits(nnts: pl.DataFrame) -> pl.DataFrame:
-    """Rows NNTS(hook, last hook) per run, scale and k, as measure ``nnts_to_logits``.
-
-    The last hook is the one of largest forward position at that scale (the logits at
-    ``full``). Output columns: those of the nnts table (``hook_b``/``pos_b`` = the last hook).
-    [ours: summary of the NNTS matrix's last column]
-    """
-    group = [c for c in [*RUN_IDENTITY, "scale_a", "k"] if c in nnts.columns]
-    df = nnts.filter(pl.col("measure") == "nnts")
-    return (df.filter(pl.col("pos_b") == pl.col("pos_b").max().over(group))
-              .with_columns(measure=pl.lit("nnts_to_logits")))
-
-
-SUMMARY_COLUMNS = [*RUN_IDENTITY, "measure", "hook_a", "pos_a", "scale_a", "k", "value"]
-
-
-def _with_setting(df: pl.DataFrame, d: MetricDir) -> pl.DataFrame:
-    """The directory's own probe, distance and backend setting (e.g. ``annoy-t10-sauto``) in
-    the columns of those names, whatever the table wrote there."""
-    return df.with_columns(probe=pl.lit(d.probe), distance=pl.lit(d.distance),
-                           backend=pl.lit(d.backend))
-
-
-def summary_frame(dirs: Sequence[MetricDir]) -> pl.DataFrame:
-    """The per-hook summary measures of every directory, at every scale and k (E2).
-
-    Measures: ``knn_purity`` and ``knn_vote_accuracy`` (class_response table) and
-    ``nnts_to_logits`` (:func:`nnts_to_logits` of the nnts table). probe/distance/backend are
-    the directory's setting (:func:`_with_setting`). Columns: :data:`SUMMARY_COLUMNS`. [ours]
-    """
-    frames = []
-    for d in dirs:
-        response = read_tables([d], "class_response",
-                               pl.col("measure").is_in(["knn_purity", "knn_vote_accuracy"]))
-        nnts = _with_setting(read_tables([d], "nnts", pl.col("measure") == "nnts"), d)
-        frames += [_with_setting(response, d).select(SUMMARY_COLUMNS),
-                   nnts_to_logits(nnts).select(SUMMARY_COLUMNS)]
-    if not frames:
-        from rra.metrics.tables import polars_schema
-
-        return pl.DataFrame(schema=polars_schema()).select(SUMMARY_COLUMNS)
-    return pl.concat(frames, how="vertical")
-
-
-def knn_cost_frame(dirs: Sequence[MetricDir]) -> pl.DataFrame:
-    """recall@k and seconds of every kNN graph behind the given metric directories (E2).
-
-    recall: the ``knn_recall`` rows of each directory's knn table (against exact on the kNN
-    manifest's sample; 1 for graphs built exact); seconds: ``entries[].seconds`` of the kNN
-    manifest (:func:`knn_graph_frame`; null when the manifest is gone). Columns: run identity,
-    probe, distance, backend (the directory's setting), backend_used, hook_a, pos_a, scale_a,
-    recall, seconds. Directories without a knn table are skipped. [ours]
-    """
-    keys = [*RUN_IDENTITY, "hook_a", "scale_a"]
-    frames = []
-    for d in dirs:
-        if not (d.path / "knn.parquet").is_file():
-            continue
-        rec = _with_setting(read_tables([d], "knn", pl.col("measure") == "knn_recall")
-                            .rename({"backend": "backend_used"}), d)
-        rec = rec.select(*keys, "backend_used", "pos_a", recall="value")
-        if d.knn_manifest.is_file():
-            secs = knn_graph_frame([d.knn_manifest]).select(*keys, "seconds")
-            rec = rec.join(secs, on=keys, how="left")
-        else:
-            rec = rec.with_columns(seconds=pl.lit(None, dtype=pl.Float64))
-        frames.append(rec)
-    schema = {**{c: pl.Utf8 for c in keys}, "seed": pl.Int64, "backend_used": pl.Utf8,
-              "pos_a": pl.Int64, "recall": pl.Float64, "seconds": pl.Float64}
-    return pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=schema)
+from rra.metrics.folders import RunFolder
+from rra.runs import KnnSetting, Run
 
 
 def stage_last_hooks(hooks: Sequence[str]) -> list[str]:
@@ -225,11 +46,6 @@ def stage_last_hooks(hooks: Sequence[str]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # Training logs: relative weight change and accuracy
-
-def train_logs(results_dir: PathLike) -> list[Path]:
-    return [p / "train_log.json" for p, _ in run_dirs(results_dir)
-            if (p / "train_log.json").is_file()]
-
 
 def _layer_order(log: dict, run_dir: Path, cache: dict[str, list[str]]) -> list[str] | None:
     """Forward (module) order of the logged layers: the log's own ``weight_change_layers``
@@ -256,21 +72,18 @@ def _layer_order(log: dict, run_dir: Path, cache: dict[str, list[str]]) -> list[
     return cache[key]
 
 
-def weight_change_frame(results_dir: PathLike,
-                        files: Iterable[PathLike] | None = None) -> pl.DataFrame:
-    """Relative weight change of every run as a tidy frame.
+def weight_change_frame(files: Iterable[PathLike]) -> pl.DataFrame:
+    """Relative weight change of the runs of some train logs (``train_log.json``) as a tidy
+    frame.
 
     Columns: dataset, model, attention, augmentation, seed, measure (``weight_change_l1`` or
     ``weight_change_elementwise``), layer, pos (the layer's forward/module position), epoch,
-    value. ``files``: the train logs to read (default: every ``train_log.json`` found).
+    value.
     """
     rows: list[dict[str, Any]] = []
     cache: dict[str, list[str]] = {}
-    for path in map(Path, files if files is not None else train_logs(results_dir)):
-        run = parse_run(path.parent.name)
-        if run is None:
-            raise ValueError(f"{path}: run directory name {path.parent.name!r} is not "
-                             "'{model}-{attention}-{augmentation}-s{seed}'")
+    for path in map(Path, files):
+        run = Run.parse(path.parent.name)
         log = read_json(path)
         epochs = log.get("epochs")
         if not isinstance(epochs, list):
@@ -280,7 +93,7 @@ def weight_change_frame(results_dir: PathLike,
         if order is None or set(logged) - set(order):
             order = sorted(logged)
         pos = {layer: i for i, layer in enumerate(order)}
-        ident = {"dataset": path.parent.parent.name, **run}
+        ident = {"dataset": path.parent.parent.name, **asdict(run)}
         for e in epochs:
             for layer, change in e.get("weight_change", {}).items():
                 for variant in ("l1", "elementwise"):
@@ -300,15 +113,6 @@ def weight_change_frame(results_dir: PathLike,
 ACCURACY_REQUIRED = ("model", "attention", "augmentation", "seed", "eval_acc")
 
 
-def accuracy_sources(results_dir: PathLike, dataset: str) -> list[Path]:
-    """``{dataset}/accuracy.parquet`` when present, else every run's ``metrics.json``."""
-    table = Path(results_dir) / dataset / "accuracy.parquet"
-    if table.is_file():
-        return [table]
-    return [p / "metrics.json" for p, run in run_dirs(results_dir)
-            if run["dataset"] == dataset and (p / "metrics.json").is_file()]
-
-
 def accuracy_frame(files: Sequence[PathLike]) -> pl.DataFrame:
     """Final accuracy per run: columns model, attention, augmentation, seed, eval_acc.
 
@@ -320,11 +124,11 @@ def accuracy_frame(files: Sequence[PathLike]) -> pl.DataFrame:
         if path.suffix == ".parquet":
             df = pl.read_parquet(path)
         else:
-            run = parse_run(path.parent.name)
+            run = Run.parse(path.parent.name)
             metrics = read_json(path)
-            if run is None or "eval_acc" not in metrics:
-                raise ValueError(f"{path}: expected a run directory and an 'eval_acc' key")
-            df = pl.DataFrame([{**run, "eval_acc": float(metrics["eval_acc"])}])
+            if "eval_acc" not in metrics:
+                raise ValueError(f"{path}: expected an 'eval_acc' key")
+            df = pl.DataFrame([{**asdict(run), "eval_acc": float(metrics["eval_acc"])}])
         missing = [c for c in ACCURACY_REQUIRED if c not in df.columns]
         if missing:
             raise ValueError(f"{path}: accuracy table lacks column(s) {missing}")
@@ -385,11 +189,6 @@ def accuracy_cost_frame(accuracy: pl.DataFrame, cost: pl.DataFrame | None = None
 # ---------------------------------------------------------------------------------------------
 # kNN backends: recall and time
 
-def knn_manifests(results_dir: PathLike) -> list[Path]:
-    return [p for p in sorted(Path(results_dir).glob("*/*/knn/*/*/manifest.json"))
-            if parse_run(p.parent.parent.parent.parent.name) is not None]
-
-
 def _recall_min(entry: dict) -> float | None:
     """The smallest recall of a kNN manifest entry over its analysed k (else its recall)."""
     if entry.get("recall_at_k"):
@@ -417,12 +216,8 @@ def knn_graph_frame(files: Sequence[PathLike]) -> pl.DataFrame:
     rows = []
     for path in map(Path, files):
         m = read_json(path)
-        spec_dir = path.parent
-        run_dir = spec_dir.parent.parent.parent
-        run = parse_run(run_dir.name)
-        if run is None:
-            raise ValueError(f"{path}: not under a run directory")
-        _, backend = _split_spec(spec_dir.name, spec_dir)
+        spec_dir, dataset, run, probe = RunFolder.identity(path, "knn")
+        backend = KnnSetting.parse(spec_dir.name).setting
         hooks = list(m.get("hooks", []))
         pos = {h: i for i, h in enumerate(hooks)}
         options = m.get("options") or {}
@@ -433,7 +228,7 @@ def knn_graph_frame(files: Sequence[PathLike]) -> pl.DataFrame:
             used = e["backend"]
             if e["hook"] not in pos:
                 raise ValueError(f"{path}: graph hook {e['hook']!r} is not in the manifest's hooks")
-            rows.append({"dataset": run_dir.parent.name, **run, "probe": spec_dir.parent.name,
+            rows.append({"dataset": dataset, **asdict(run), "probe": probe,
                          "distance": m["distance"], "backend": backend, "backend_used": used,
                          "n_trees": (int(n_trees) if used == "annoy" and n_trees is not None
                                      else None),
@@ -495,11 +290,6 @@ STAC_KEYS = ("scales", "tau", "k", "stages", "baseline")
 STAGE_KEYS = ("stage", "hook", "scale", "qualified", "evidence")
 
 
-def stac_scales_files(results_dir: PathLike, dataset: str) -> list[Path]:
-    """The scale choices of a dataset: ``{results}/{dataset}/stac_scales/*.json``, sorted."""
-    return sorted((Path(results_dir) / dataset / "stac_scales").glob("*.json"))
-
-
 def stac_scales_frame(path: PathLike) -> tuple[pl.DataFrame, dict[str, Any]]:
     """One row per (stage, evidence measure, candidate scale) of a :func:`rra.stac.choose_scales`
     file, and the file's ``criterion``, ``tau``, ``delta``, ``k``, ``baseline``, ``scales`` and
@@ -559,6 +349,23 @@ def stac_scales_frame(path: PathLike) -> tuple[pl.DataFrame, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------
+# E2: the guideline stage's tables (rra.metrics.hyperparams)
+
+def e2_guideline_frames(manifest: PathLike) -> tuple[pl.DataFrame, pl.DataFrame,
+                                                     dict[str, Any] | None, list[Path]]:
+    """The ``panels`` and ``guideline`` tables of an E2 guideline folder (beside its
+    ``manifest``), its reference setting (None: no run had two analyses, the tables are empty)
+    and the files read: the manifest, ``panels.parquet``, ``guideline.parquet``."""
+    folder = Path(manifest).parent
+    files = [Path(manifest), folder / "panels.parquet", folder / "guideline.parquet"]
+    for path in files[1:]:
+        if not path.is_file():
+            raise FileNotFoundError(f"missing {path} (its manifest exists)")
+    reference = read_json(manifest).get("reference")
+    return pl.read_parquet(files[1]), pl.read_parquet(files[2]), reference, files
+
+
+# ---------------------------------------------------------------------------------------------
 # Layer analyses (rra/layers, E7–E9)
 
 @dataclass(frozen=True)
@@ -567,23 +374,14 @@ class LayerDir(RunFolder):
 
     analysis: str
 
+    @classmethod
+    def of(cls, manifest: PathLike) -> LayerDir:
+        folder, dataset, run, probe = cls.identity(manifest, "layers")
+        return cls(folder, dataset, run, probe, folder.name)
+
     @property
     def table(self) -> Path:
         return self.path / f"{self.analysis}.parquet"
-
-
-def layer_dirs(results_dir: PathLike) -> list[LayerDir]:
-    """Every complete ``{results}/{dataset}/{run}/layers/{probe}/{analysis}/`` directory,
-    sorted by path."""
-    out = []
-    for manifest in sorted(Path(results_dir).glob("*/*/layers/*/*/manifest.json")):
-        folder = manifest.parent
-        run_dir = folder.parents[2]
-        if parse_run(run_dir.name) is None:
-            continue
-        out.append(LayerDir(folder, run_dir.parent.name, run_dir.name, folder.parent.name,
-                            folder.name))
-    return out
 
 
 def read_layer_tables(dirs: Sequence[LayerDir], where: pl.Expr | None = None) -> pl.DataFrame:
@@ -614,9 +412,9 @@ def hook_groups(df: pl.DataFrame) -> list[tuple[list[str], pl.DataFrame]]:
     return [(models, df.filter(pl.col("model").is_in(models))) for models in groups.values()]
 
 
-def saliency_maps_frame(dirs: Sequence[LayerDir]) -> tuple[dict[str, dict[str, Any]], list[Path]]:
+def saliency_maps_frame(dirs: Sequence[LayerDir]) -> tuple[dict[Run, dict[str, Any]], list[Path]]:
     """The arrays of each saliency directory's ``maps.npz`` (images, true and predicted class
-    maps, labels, predictions, probe rows, first-layer filters) by run name, and the files read.
+    maps, labels, predictions, probe rows, first-layer filters) by run, and the files read.
     """
     import numpy as np
 
