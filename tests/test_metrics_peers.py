@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rra.metrics import MEASURES, measures_in
 from rra.metrics import cka as cka_mod
 from rra.metrics import peers
 from rra.metrics.cka import linear_cka
@@ -386,11 +387,11 @@ def test_measures_are_deterministic_and_symmetric_where_declared():
         ab = fn(a, b, xa, xb) if args is None else fn(a, b)
         ba = fn(b, a, xb, xa) if args is None else fn(b, a)
         assert ab == (fn(a, b, xa, xb) if args is None else fn(a, b))
-        if peers.PROPERTIES[name]["symmetric"]:
+        if MEASURES[name].symmetric:
             assert ab == pytest.approx(ba, abs=1e-12)
     assert cycle_knn(HAND_A, HAND_B) != cycle_knn(HAND_B, HAND_A)
-    assert set(peers.PROPERTIES) == {"mutual_knn", "cycle_knn", "rank_similarity",
-                                     "second_order_cosine"}
+    assert {m.name for m in measures_in("peers")} == {"mutual_knn", "cycle_knn", "rank_similarity",
+                                                      "second_order_cosine"}
 
 
 def test_peer_errors():

@@ -38,29 +38,13 @@ All arithmetic is float64; inputs may be memory-mapped float32 ``.npy`` arrays.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 from tqdm import tqdm
 
-PROPERTIES: dict[str, dict] = {
-    "linear_cka": dict(symmetric=True, larger_is_more_similar=True, needs_embeddings=True,
-                       kind="embedding",
-                       invariances="orthogonal transforms, isotropic scaling, translation",
-                       tag="[source: Kornblith et al. 2019]"),
-    "linear_cka_debiased": dict(symmetric=True, larger_is_more_similar=True, needs_embeddings=True,
-                                kind="embedding",
-                                invariances="orthogonal transforms, isotropic scaling, translation",
-                                tag="[source: Kornblith et al. 2019; Song et al. 2012 unbiased "
-                                    "HSIC; Nguyen et al. 2021]"),
-}
+from rra.metrics.common import row_blocks
 
 METHODS = ("auto", "feature", "gram")
-
-
-def _row_blocks(n: int, block_rows: int) -> Iterator[slice]:
-    for start in range(0, n, block_rows):
-        yield slice(start, min(start + block_rows, n))
 
 
 def _check_input(x: np.ndarray, name: str) -> np.ndarray:
@@ -85,7 +69,7 @@ def _column_means(x: np.ndarray, name: str, block_rows: int) -> np.ndarray:
     total = np.zeros(d)
     lo = np.full(d, np.inf)
     hi = np.full(d, -np.inf)
-    for rows in _row_blocks(n, block_rows):
+    for rows in row_blocks(n, block_rows):
         xb = np.asarray(x[rows], dtype=np.float64)
         if not np.isfinite(xb).all():
             raise ValueError(f"{name}: representation contains NaN or inf "
@@ -108,7 +92,7 @@ def _centred(x: np.ndarray, rows: slice, mean: np.ndarray, cols: slice = slice(N
 
 def _row_sq_norms(x: np.ndarray, mean: np.ndarray, block_rows: int) -> np.ndarray:
     out = np.empty(x.shape[0])
-    for rows in _row_blocks(x.shape[0], block_rows):
+    for rows in row_blocks(x.shape[0], block_rows):
         xb = _centred(x, rows, mean)
         out[rows] = np.einsum("ij,ij->i", xb, xb)
     return out
@@ -124,7 +108,7 @@ def _cross_trace_feature(x: np.ndarray, mx: np.ndarray, y: np.ndarray, my: np.nd
     for c0 in tqdm(range(0, p, width), desc="CKA feature blocks", disable=None, leave=False):
         cols = slice(c0, min(c0 + width, p))
         acc = np.zeros((cols.stop - cols.start, q))
-        for rows in _row_blocks(n, block_rows):
+        for rows in row_blocks(n, block_rows):
             acc += _centred(x, rows, mx, cols).T @ _centred(y, rows, my)
         total += float(np.einsum("ij,ij->", acc, acc))
     return total
@@ -140,7 +124,7 @@ def _traces_feature(x, mx, y, my, block_rows, max_elements) -> tuple[float, floa
 def _traces_gram(x, mx, y, my, block_rows) -> tuple[float, float, float]:
     """tr(KL), tr(KK), tr(LL) from Gram tiles over pairs of row blocks (J ≥ I)."""
     n = x.shape[0]
-    blocks = list(_row_blocks(n, block_rows))
+    blocks = list(row_blocks(n, block_rows))
     kl = kk = ll = 0.0
     pairs = [(i, j) for i in range(len(blocks)) for j in range(i, len(blocks))]
     current = -1
@@ -287,7 +271,7 @@ def cka_gram(x: np.ndarray, name: str = "x", *, max_rows: int = GRAM_MAX_ROWS,
                          f"{max_rows}; use linear_cka for this size")
     block_rows = max(1, min(block_rows, max_elements // p))
     mean = _column_means(x, name, block_rows)
-    blocks = list(_row_blocks(n, block_rows))
+    blocks = list(row_blocks(n, block_rows))
     gram = np.empty((n, n))
     for i, bi in enumerate(blocks):
         xi = _centred(x, bi, mean)

@@ -1,8 +1,10 @@
-"""Shared checks of the metrics' other inputs. The checks and set operations on neighbour-index
-arrays (graphs) live in :mod:`rra.knn.sets`.
+"""Shared helpers of the metrics: the check of their labels and the row blocks they compute in.
+The checks and set operations on neighbour-index arrays (graphs) live in :mod:`rra.knn.sets`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -18,3 +20,9 @@ def check_labels(labels: np.ndarray, n: int) -> np.ndarray:
     if n and labels.min() < 0:
         raise ValueError(f"labels: must be non-negative, got minimum {labels.min()}")
     return labels.astype(np.int64, copy=False)
+
+
+def row_blocks(n: int, block_rows: int) -> Iterator[slice]:
+    """Consecutive row slices [start, start + block_rows) covering 0 … n − 1."""
+    for start in range(0, n, block_rows):
+        yield slice(start, min(start + block_rows, n))

@@ -12,35 +12,15 @@ O(block · (n + d)).
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
 
 from rra.knn.sets import check_pair, overlap_counts
-
-PROPERTIES: dict[str, dict] = {
-    "mutual_knn": dict(symmetric=True, larger_is_more_similar=True, needs_embeddings=False,
-                       kind="knn", range=(0.0, 1.0),
-                       tag="[source: Huh et al. 2024, platonic representation hypothesis]"),
-    "cycle_knn": dict(symmetric=False, larger_is_more_similar=True, needs_embeddings=False,
-                      kind="knn", range=(0.0, 1.0),
-                      tag="[source: Huh et al. 2024, platonic-rep cycle_knn]"),
-    "rank_similarity": dict(symmetric=True, larger_is_more_similar=True, needs_embeddings=False,
-                            kind="knn", range=(0.0, 1.0),
-                            tag="[source: Klabunde et al., ReSi rank similarity]"),
-    "second_order_cosine": dict(symmetric=True, larger_is_more_similar=True, needs_embeddings=True,
-                                kind="knn", range=(0.0, 1.0),
-                                tag="[source: Hamilton et al. 2016, as in ReSi; distances and "
-                                    "zero-vector convention ours]"),
-}
+from rra.metrics.common import row_blocks
 
 DISTANCES = ("euclidean", "cosine")
-
-
-def _row_blocks(n: int, block_rows: int) -> Iterator[slice]:
-    for start in range(0, n, block_rows):
-        yield slice(start, min(start + block_rows, n))
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,7 +50,7 @@ def _cycle_knn_rows(a: np.ndarray, b: np.ndarray, max_elements: int = 2**22) -> 
     n, k = a.shape
     block = max(1, max_elements // (k * k))
     hit = np.empty(n, dtype=bool)
-    for rows in _row_blocks(n, block):
+    for rows in row_blocks(n, block):
         two_hops = a[b[rows]]                       # (B, k, k): K_a[j] for j in K_b[i]
         own = np.arange(rows.start, rows.stop)[:, None, None]
         hit[rows] = (two_hops == own).any(axis=(1, 2))
@@ -102,7 +82,7 @@ def _rank_similarity_rows(a: np.ndarray, b: np.ndarray, block_rows: int = 8192) 
     # harmonic[m] = v(m) = Σ_{l=1}^{m} 1/l, harmonic[0] = 0 (only used where m_i > 0)
     harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, k + 1))])
     out = np.empty(n)
-    for rows in _row_blocks(n, block_rows):
+    for rows in row_blocks(n, block_rows):
         both = np.concatenate([a[rows], b[rows]], axis=1)          # positions < k come from a
         order = np.argsort(both, axis=1, kind="stable")
         ordered = np.take_along_axis(both, order, axis=1)
@@ -216,7 +196,7 @@ class _GramDistances:
         self.x, self.distance, self.name = x, distance, name
         n, d = x.shape
         self.max_elements = max_elements
-        self.tiles = list(_row_blocks(n, max(1, max_elements // d)))
+        self.tiles = list(row_blocks(n, max(1, max_elements // d)))
         self.sq = np.empty(n)
         self.full: np.ndarray | None = None
         for t in self.tiles:
@@ -263,7 +243,7 @@ def _second_order_rows_from(a: np.ndarray, b: np.ndarray, dist_a: DistanceFn, di
     """Per-row s_i; ``dist_*(rows, cols)`` give the B × m distances d(i, cols[i]) in a and b."""
     n = a.shape[0]
     out = np.empty(n)
-    for rows in tqdm(list(_row_blocks(n, block)), desc="second-order cosine", disable=None,
+    for rows in tqdm(list(row_blocks(n, block)), desc="second-order cosine", disable=None,
                      leave=False):
         union = np.sort(np.concatenate([a[rows], b[rows]], axis=1), axis=1)   # B × 2k
         first = np.ones(union.shape, dtype=bool)
@@ -368,7 +348,7 @@ def pairwise_distances(x: np.ndarray, distance: str = "euclidean", *,
     block = max(1, max_elements // max(n, x.shape[1]))
     out = np.empty((n, n))
     cols = np.arange(n)
-    for rows in _row_blocks(n, block):
+    for rows in row_blocks(n, block):
         out[rows] = fn(rows, np.broadcast_to(cols, (rows.stop - rows.start, n)))
     return out
 

@@ -9,6 +9,11 @@ analyses' tables (:mod:`rra.layers.stage`, same schema) use the last five column
 (a translation), ``radius`` (max(|dx|, |dy|) of a radial profile), ``quantile`` (of the hidden
 margins) and ``pca_k`` (the PCA subspace of a constrained margin; D for the unconstrained one).
 
+Which measures: each table of measures (:data:`COMPUTED_TABLES`) holds the measures registered
+for it (:data:`rra.metrics.registry.MEASURES`, ``Measure.table``), computed by the table's row
+builder (:data:`ROW_BUILDERS`) through the registered functions; the ``knn`` table holds the
+graphs' own facts.
+
 Which hooks are compared: all hooks that have an embedding at a scale, in forward order, at that
 scale (the `full` scale covers every hook). ClassRepSim compares the scales of one hook.
 """
@@ -16,13 +21,15 @@ scale (the `full` scale covers every hook). ClassRepSim compares the scales of o
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
 from rra.io import (PathLike, load_npy, provenance, read_json, sha256_artifact, write_json,
                     write_table)
+from rra.metrics.registry import MEASURES, Measure, measures_in
 
 SCHEMA: dict[str, str] = {
     "dataset": "str", "model": "str", "attention": "str", "augmentation": "str", "seed": "int",
@@ -32,7 +39,10 @@ SCHEMA: dict[str, str] = {
     "class": "int", "class_b": "int", "value": "float", "recall_target_met": "bool",
     "dx": "int", "dy": "int", "radius": "int", "quantile": "float", "pca_k": "int",
 }
-TABLES = ("nnts", "nntp", "class_response", "classrepsim", "peers", "cka", "knn")
+#: the tables of measures, in registry order (one per ``Measure.table``), computed on request
+COMPUTED_TABLES: tuple[str, ...] = tuple(dict.fromkeys(m.table for m in MEASURES.values()))
+#: every table of a metrics folder: the tables of measures, then ``knn`` (always written)
+TABLES: tuple[str, ...] = (*COMPUTED_TABLES, "knn")
 
 
 def polars_schema() -> dict[str, Any]:
@@ -132,14 +142,29 @@ def _pairs(hooks: list[str], ordered: bool) -> Iterable[tuple[str, str]]:
                 yield a, b
 
 
-def nnts_rows(g: RunGraphs, ks: list[int]) -> list[dict]:
+@dataclass(frozen=True)
+class TableArgs:
+    """The k and α values a run's tables are computed at (checked by :func:`run_tables`).
+
+    ks: every k asked (NNTS: also the swept k above the graphs' k_max); graph_ks: the k with
+    stored graphs (every other table); nntp_ks: NNTP's k (among graph_ks); alphas: NNTP's α."""
+
+    ks: list[int]
+    graph_ks: list[int]
+    nntp_ks: list[int]
+    alphas: list[int]
+
+
+def nnts_rows(g: RunGraphs, measures: list[Measure], args: TableArgs) -> list[dict]:
     """NNTS for every hook pair at each scale and k, and its class-conditioned means, from one
-    row-blocked pass over the (memory-mapped) graphs per (scale, k); above the graphs' k_max,
-    from the kNN sweep's overlap counts (the same sets, without n × k graphs)."""
+    row-blocked pass over the (memory-mapped) graphs per (scale, k) — the registered ``nnts``
+    for all pairs at once (``nnts.jaccard_rows_all_pairs``); above the graphs' k_max, from the
+    kNN sweep's overlap counts (the same sets, without n × k graphs)."""
     from rra.metrics.nnts import jaccard_rows_all_pairs
 
     classes, inverse = np.unique(g.labels, return_inverse=True)
     sizes = np.bincount(inverse)
+    ks = args.ks
     rows: list[dict] = []
     for scale in g.scales:
         hooks = g.hooks_at(scale)
@@ -161,18 +186,18 @@ def nnts_rows(g: RunGraphs, ks: list[int]) -> list[dict]:
     return rows
 
 
-def nntp_rows(g: RunGraphs, ks: list[int], alphas: list[int]) -> list[dict]:
-    from rra.metrics.nntp import nntp
-
+def nntp_rows(g: RunGraphs, measures: list[Measure], args: TableArgs) -> list[dict]:
+    """The registered ``nntp`` of the chain of hooks at each scale, k of NNTP and α."""
+    [measure] = measures
     rows: list[dict] = []
     for scale in g.scales:
         hooks = g.hooks_at(scale)
         if len(hooks) < 2:
             continue
         graphs = [g.graph(h, scale) for h in hooks]
-        for k in ks:
-            for alpha in alphas:
-                res = nntp(graphs, k=k, alpha=alpha)
+        for k in args.nntp_ks:
+            for alpha in args.alphas:
+                res = measure.fn(graphs, k=k, alpha=alpha)
                 common = dict(scale_a=scale, scale_b=scale, k=k, alpha=alpha)
                 for f, a in enumerate(hooks):
                     rows.append(dict(common, measure="nntp_edges", hook_a=a, pos_a=g.pos[a],
@@ -186,14 +211,14 @@ def nntp_rows(g: RunGraphs, ks: list[int], alphas: list[int]) -> list[dict]:
     return rows
 
 
-def class_response_rows(g: RunGraphs, ks: list[int]) -> list[dict]:
-    from rra.metrics.class_response import class_response
-
+def class_response_rows(g: RunGraphs, measures: list[Measure], args: TableArgs) -> list[dict]:
+    """The registered ``class_response`` of every (hook, scale) graph at each stored k."""
+    [measure] = measures
     rows: list[dict] = []
     for hook in g.hooks:
         for scale in g.scales_of(hook):
-            for k in ks:
-                cr = class_response(g.graph(hook, scale), g.labels, k)
+            for k in args.graph_ks:
+                cr = measure.fn(g.graph(hook, scale), g.labels, k)
                 common = dict(hook_a=hook, pos_a=g.pos[hook], scale_a=scale, k=k)
                 for i, c in enumerate(cr.classes):
                     for j, c2 in enumerate(cr.classes):
@@ -207,16 +232,16 @@ def class_response_rows(g: RunGraphs, ks: list[int]) -> list[dict]:
     return rows
 
 
-def classrepsim_rows(g: RunGraphs, ks: list[int]) -> list[dict]:
-    from rra.metrics.classrepsim import classrepsim
-
+def classrepsim_rows(g: RunGraphs, measures: list[Measure], args: TableArgs) -> list[dict]:
+    """The registered ``classrepsim`` of every hook with two or more scales, at each stored k."""
+    [measure] = measures
     rows: list[dict] = []
     for hook in g.hooks:
         scales = g.scales_of(hook)
         if len(scales) < 2:
             continue
-        for k in ks:
-            res = classrepsim({s: g.graph(hook, s) for s in scales}, g.labels, k)
+        for k in args.graph_ks:
+            res = measure.fn({s: g.graph(hook, s) for s in scales}, g.labels, k)
             for a, s in enumerate(res.scales):
                 for b, t in enumerate(res.scales):
                     common = dict(hook_a=hook, hook_b=hook, pos_a=g.pos[hook], pos_b=g.pos[hook],
@@ -231,25 +256,20 @@ def classrepsim_rows(g: RunGraphs, ks: list[int]) -> list[dict]:
     return rows
 
 
-PEERS = ("mutual_knn", "cycle_knn", "rank_similarity", "second_order_cosine")
-CKA = ("linear_cka", "linear_cka_debiased")
+def peer_rows(g: RunGraphs, measures: list[Measure], args: TableArgs) -> list[dict]:
+    """kNN-based peer measures for every ordered hook pair at each scale and stored k.
 
-
-def peer_rows(g: RunGraphs, ks: list[int]) -> list[dict]:
-    """kNN-based peer measures for every ordered hook pair at each scale.
-
-    Symmetric measures (declared in MEASURES) are computed once per pair and stored both ways.
+    Symmetric measures (declared in the registry) are computed once per pair and stored both
+    ways.
     """
-    from rra.metrics import MEASURES
-
-    return _pair_rows(g, [MEASURES[m] for m in PEERS], ks)
+    return _pair_rows(g, measures, args.graph_ks)
 
 
-def cka_rows(g: RunGraphs) -> list[dict]:
-    """Linear CKA (biased and debiased) for every hook pair at each scale, stored both ways."""
-    from rra.metrics import MEASURES
-
-    return _pair_rows(g, [MEASURES[m] for m in CKA], [None])
+def cka_rows(g: RunGraphs, measures: list[Measure] | None = None,
+             args: TableArgs | None = None) -> list[dict]:
+    """Linear CKA (biased and debiased; default: the measures registered for ``cka``) for every
+    hook pair at each scale, stored both ways."""
+    return _pair_rows(g, measures_in("cka") if measures is None else measures, [None])
 
 
 # Up to this many probe rows, measures that compare one embedding with all others (second-order
@@ -282,16 +302,17 @@ class _DenseMatrices:
         return self._gram[hook]
 
 
-def _pair_value(g: RunGraphs, measure, scale: str, a: str, b: str, k: int | None,
+def _pair_value(g: RunGraphs, measure: Measure, scale: str, a: str, b: str, k: int | None,
                 dense: _DenseMatrices | None) -> float:
     """One measure for hooks a, b at a scale; through per-hook dense matrices where available
-    (same values up to rounding), else through the measure's function."""
+    (same values up to rounding), else through the measure's registered function, called with
+    the inputs of its ``kind``."""
     if dense is not None and measure.name == "second_order_cosine":
         from rra.metrics.peers import second_order_cosine_from_distances
 
         return second_order_cosine_from_distances(g.graph(a, scale), g.graph(b, scale),
                                                   dense.distances(a), dense.distances(b), k)
-    if dense is not None and measure.name in CKA:
+    if dense is not None and measure.table == "cka":
         from rra.metrics.cka import cka_from_stats
 
         return cka_from_stats(dense.gram(a), dense.gram(b), measure.name == "linear_cka_debiased")
@@ -303,7 +324,7 @@ def _pair_value(g: RunGraphs, measure, scale: str, a: str, b: str, k: int | None
     return measure.fn(g.graph(a, scale), g.graph(b, scale), k)
 
 
-def _pair_rows(g: RunGraphs, measures: list, ks: list[int | None]) -> list[dict]:
+def _pair_rows(g: RunGraphs, measures: list[Measure], ks: list[int | None]) -> list[dict]:
     rows: list[dict] = []
     for scale in g.scales:
         hooks = g.hooks_at(scale)
@@ -318,6 +339,22 @@ def _pair_rows(g: RunGraphs, measures: list, ks: list[int | None]) -> list[dict]
                         rows.append(dict(measure=measure.name, hook_a=x, hook_b=y, pos_a=g.pos[x],
                                          pos_b=g.pos[y], scale_a=scale, scale_b=scale, k=k, value=float(v)))
     return rows
+
+
+#: the row builder of each table of measures: ``builder(g, measures registered for the table,
+#: args)``; the ``knn`` table holds the graphs' own facts (:func:`knn_rows`)
+ROW_BUILDERS: dict[str, Callable[[RunGraphs, list[Measure], TableArgs], list[dict]]] = {
+    "nnts": nnts_rows, "nntp": nntp_rows, "class_response": class_response_rows,
+    "classrepsim": classrepsim_rows, "peers": peer_rows, "cka": cka_rows,
+}
+
+
+def table_rows(g: RunGraphs, table: str, args: TableArgs) -> list[dict]:
+    """The rows of one table of a run: the registered measures of ``table`` through its row
+    builder, or the graphs' facts for ``knn``."""
+    if table == "knn":
+        return knn_rows(g)
+    return ROW_BUILDERS[table](g, measures_in(table), args)
 
 
 def knn_rows(g: RunGraphs) -> list[dict]:
@@ -359,30 +396,22 @@ def run_tables(embed_dir: PathLike, knn_dir: PathLike, out_dir: PathLike, *, ks:
                          "graphs with a larger knn.k (or knn.store_k_max)")
     graph_ks = [k for k in ks if k <= g.k_max]
     alphas = sorted({int(a) for a in alphas})
-    wanted = list(TABLES[:-1]) if tables is None else list(tables)
-    unknown = sorted(set(wanted) - set(TABLES[:-1]))
+    wanted = list(COMPUTED_TABLES) if tables is None else list(tables)
+    unknown = sorted(set(wanted) - set(COMPUTED_TABLES))
     if unknown:
-        raise ValueError(f"metrics: unknown table(s) {unknown}; known: {list(TABLES[:-1])}")
+        raise ValueError(f"metrics: unknown table(s) {unknown}; known: {list(COMPUTED_TABLES)}")
     nntp_ks = graph_ks if not nntp_ks else sorted({int(k) for k in nntp_ks})
     if not set(nntp_ks) <= set(graph_ks):
         raise ValueError(f"metrics: NNTP k values {nntp_ks} must be among the k values with "
                          f"stored graphs {graph_ks}")
+    args = TableArgs(ks=ks, graph_ks=graph_ks, nntp_ks=nntp_ks, alphas=alphas)
     constants = dict(run, distance=g.distance, backend=g.knn.get("backend", ""))
-    builders = {
-        "nnts": lambda: nnts_rows(g, ks),
-        "nntp": lambda: nntp_rows(g, nntp_ks, alphas),
-        "class_response": lambda: class_response_rows(g, graph_ks),
-        "classrepsim": lambda: classrepsim_rows(g, graph_ks),
-        "peers": lambda: peer_rows(g, graph_ks),
-        "cka": lambda: cka_rows(g),
-        "knn": lambda: knn_rows(g),
-    }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
-    for name, build in builders.items():
+    for name in TABLES:
         t0 = time.perf_counter()
-        df = frame(build() if name == "knn" or name in wanted else [], constants)
+        df = frame(table_rows(g, name, args) if name == "knn" or name in wanted else [], constants)
         written[name] = write_table(df, out / name) | {"seconds": round(time.perf_counter() - t0, 3)}
     manifest = dict(
         tables=written, ks=ks, alphas=alphas, nntp_ks=nntp_ks, graph_ks=graph_ks, computed=wanted + ["knn"],
