@@ -110,10 +110,11 @@ def test_slurm_profile_runs_the_study_with_identical_outputs(local_project, slur
                          for p in sorted((clone / ".snakemake/slurm_logs").rglob("*.log"))[-4:])
         raise AssertionError(f"{err}\n{logs}\n{slurm.logs()}") from None
     seconds = time.monotonic() - start
-    # every job went through sbatch (the `all` target is the only local one)
+    # every job went through sbatch but the local ones: the `all` target and the report's input
+    # list (rule input_list, written in the Snakemake process)
     submitted = out.count("has been submitted with SLURM jobid")
     assert submitted == 11, out[-3000:]
-    assert "12 of 12 steps (100%) done" in out
+    assert "13 of 13 steps (100%) done" in out
     n = compare_outputs(local_project, clone)
     assert n > 100
     # Slurm gave each GPU job (train, embed, layers: `gpu: 1` in the profile) a device by id, which it
