@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -139,10 +140,37 @@ def choose_scales(classrepsim_path: PathLike, model_stages: Sequence[Sequence[st
     table lacking the hook, k or scales needed, an unknown criterion, or a budget that no
     choice meets.
     """
-    import polars as pl
+    path, stages = _check_choice_args(classrepsim_path, model_stages, criterion,
+                                      max_flops_ratio, flops_ratios)
+    k = int(k)
+    baseline = _read_baseline(path, k)
+    per_stage = [_stage_entry(baseline, i, blocks[-1], criterion, tau, delta)
+                 for i, blocks in enumerate(stages)]
+    budget = _apply_budget(per_stage, flops_ratios, max_flops_ratio)
+    result = {
+        "scales": [s["scale"] for s in per_stage],
+        "criterion": criterion,
+        "tau": float(tau),
+        "delta": float(delta),
+        "k": k,
+        "stages": per_stage,
+        "budget": budget,
+        "baseline": _baseline_of(baseline.table, path),
+        "classrepsim": str(path),
+        "classrepsim_sha256": sha256_file(path),
+    }
+    result["provenance"] = provenance(config={"criterion": criterion, "tau": float(tau),
+                                              "delta": float(delta), "k": k, "stages": stages,
+                                              "max_flops_ratio": max_flops_ratio})
+    write_json(out_path, result)
+    return result
 
-    from rra.metrics.classrepsim import choose_stac_scale, choose_stac_scale_within
 
+def _check_choice_args(classrepsim_path: PathLike, model_stages: Sequence[Sequence[str]],
+                       criterion: str, max_flops_ratio: float | None,
+                       flops_ratios: Callable | None) -> tuple[Path, list[list[str]]]:
+    """The checks of :func:`choose_scales`' arguments before the table is read; returns the
+    table's path and the stages as lists."""
     if criterion not in CRITERIA:
         raise ValueError(f"choose_scales: criterion must be one of {list(CRITERIA)} "
                          f"(config key stac_auto.criterion), got {criterion!r}")
@@ -159,7 +187,25 @@ def choose_scales(classrepsim_path: PathLike, model_stages: Sequence[Sequence[st
     for i, blocks in enumerate(stages):
         if not blocks:
             raise ValueError(f"choose_scales: stage {i} lists no blocks")
-    k = int(k)
+    return path, stages
+
+
+@dataclass(frozen=True)
+class _Baseline:
+    """The baseline's ClassRepSim table, read once: where from, the k read, the measures it holds."""
+
+    path: Path
+    table: Any
+    k: int
+    present: frozenset[str]
+
+    def evidence(self, hook: str, measure: str) -> dict[int, float]:
+        return stage_evidence(self.table, hook, self.k, path=self.path, measure=measure)
+
+
+def _read_baseline(path: Path, k: int) -> _Baseline:
+    import polars as pl
+
     try:
         table = pl.read_parquet(path)
     except Exception as err:  # noqa: BLE001 - any read failure: name the file
@@ -167,45 +213,41 @@ def choose_scales(classrepsim_path: PathLike, model_stages: Sequence[Sequence[st
     missing = sorted({"measure", "hook_a", "scale_a", "scale_b", "k", "value"} - set(table.columns))
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}")
-    present = set(table["measure"].unique().to_list())
-    per_stage = []
-    for i, blocks in enumerate(stages):
-        hook = blocks[-1]
-        evidence = stage_evidence(table, hook, k, path=path, measure=criterion)
-        choice = (choose_stac_scale_within(evidence, delta) if criterion == "agreement"
-                  else choose_stac_scale(evidence, tau))
-        entry = {"stage": i, "hook": hook, "scale": choice.scale, "rule_scale": choice.scale,
-                 "qualified": choice.qualified, "threshold": choice.tau,
-                 "evidence": {str(s): v for s, v in choice.evidence.items()}}
-        for measure in CRITERIA:
-            if TABLE_MEASURE[measure] in present:
-                values = stage_evidence(table, hook, k, path=path, measure=measure)
-                entry[measure] = {str(s): v for s, v in values.items()}
-        per_stage.append(entry)
-    budget = None
-    if flops_ratios is not None:
-        budget = fit_budget(per_stage, flops_ratios, max_flops_ratio)
-        for entry, scale in zip(per_stage, budget["scales"]):
-            if scale != entry["scale"]:
-                entry["scale"], entry["qualified"] = scale, False
-        del budget["scales"]
-    result = {
-        "scales": [s["scale"] for s in per_stage],
-        "criterion": criterion,
-        "tau": float(tau),
-        "delta": float(delta),
-        "k": k,
-        "stages": per_stage,
-        "budget": budget,
-        "baseline": _baseline_of(table, path),
-        "classrepsim": str(path),
-        "classrepsim_sha256": sha256_file(path),
-    }
-    result["provenance"] = provenance(config={"criterion": criterion, "tau": float(tau),
-                                              "delta": float(delta), "k": k, "stages": stages,
-                                              "max_flops_ratio": max_flops_ratio})
-    write_json(out_path, result)
-    return result
+    return _Baseline(path, table, k, frozenset(table["measure"].unique().to_list()))
+
+
+def _stage_entry(baseline: _Baseline, stage: int, hook: str, criterion: str, tau: float,
+                 delta: float) -> dict[str, Any]:
+    """One stage's record: the criterion's pick at its last block ``hook`` (before the budget),
+    its evidence and threshold, and both measures where the table holds them."""
+    from rra.metrics.classrepsim import choose_stac_scale, choose_stac_scale_within
+
+    evidence = baseline.evidence(hook, criterion)
+    choice = (choose_stac_scale_within(evidence, delta) if criterion == "agreement"
+              else choose_stac_scale(evidence, tau))
+    entry = {"stage": stage, "hook": hook, "scale": choice.scale, "rule_scale": choice.scale,
+             "qualified": choice.qualified, "threshold": choice.tau,
+             "evidence": {str(s): v for s, v in choice.evidence.items()}}
+    for measure in CRITERIA:
+        if TABLE_MEASURE[measure] in baseline.present:
+            values = baseline.evidence(hook, measure)
+            entry[measure] = {str(s): v for s, v in values.items()}
+    return entry
+
+
+def _apply_budget(per_stage: list[dict[str, Any]],
+                  flops_ratios: Callable[[list[list[int]]], list[float]] | None,
+                  max_flops_ratio: float | None) -> dict[str, Any] | None:
+    """The ``budget`` record (None without ``flops_ratios``); a stage the budget moves gets the
+    budget's scale and ``qualified: False`` in ``per_stage``."""
+    if flops_ratios is None:
+        return None
+    budget = fit_budget(per_stage, flops_ratios, max_flops_ratio)
+    for entry, scale in zip(per_stage, budget["scales"]):
+        if scale != entry["scale"]:
+            entry["scale"], entry["qualified"] = scale, False
+    del budget["scales"]
+    return budget
 
 
 def fit_budget(stages: Sequence[Mapping[str, Any]],

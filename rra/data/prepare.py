@@ -126,6 +126,18 @@ def _write_split(dataset: Dataset, split: str, split_dir: Path,
     n, batches = dataset.read(split)
     if n == 0:
         raise ValueError(f"{info.name} {split}: the source files hold 0 images")
+    labels = _stream_rows(info, split, n, batches, rows, split_dir / IMAGES)
+    save_npy(split_dir / LABELS, labels)
+    extra = _save_source_rows(split_dir, rows, extra)
+    manifest = _split_manifest(dataset, split_dir, name, labels, sources, extra)
+    write_json(split_dir / MANIFEST, manifest)
+    return manifest
+
+
+def _stream_rows(info: DatasetInfo, split: str, n: int, batches: Any, rows: np.ndarray | None,
+                 images_path: Path) -> np.ndarray:
+    """Stream the loader's batches (every row, or only ``rows``) to ``images_path``, checking
+    each batch's dtype, shape and row count; return the labels written."""
     take = None
     if rows is not None:
         take = np.zeros(n, dtype=bool)
@@ -133,7 +145,7 @@ def _write_split(dataset: Dataset, split: str, split_dir: Path,
     n_out = n if rows is None else int(rows.size)
     labels = np.empty(n_out, dtype=np.int64)
     pos = out = 0
-    with NpyRowWriter(split_dir / IMAGES, (n_out, *info.image_shape), np.uint8) as writer:
+    with NpyRowWriter(images_path, (n_out, *info.image_shape), np.uint8) as writer:
         for images, batch_labels in batches:
             if images.dtype != np.uint8 or images.shape[1:] != info.image_shape:
                 raise ValueError(f"{info.name} {split}: loader gave {images.dtype} images of "
@@ -149,17 +161,30 @@ def _write_split(dataset: Dataset, split: str, split_dir: Path,
             writer.write(images)
             labels[out:out + images.shape[0]] = batch_labels
             out += images.shape[0]
-    save_npy(split_dir / LABELS, labels)
+    return labels
+
+
+def _save_source_rows(split_dir: Path, rows: np.ndarray | None,
+                      extra: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Save a carved split's source rows (and drop a previous carving's); return ``extra``
+    with their file and hash added."""
     (split_dir / SOURCE_ROWS).unlink(missing_ok=True)  # a previous carving's, if any
-    if rows is not None:
-        rows = np.asarray(rows, dtype=np.int64)
-        save_npy(split_dir / SOURCE_ROWS, rows)
-        extra = {**(extra or {}), "source_rows_file": SOURCE_ROWS,
-                 "source_rows_sha256": sha256_array(rows)}
-    manifest = {
+    if rows is None:
+        return extra
+    rows = np.asarray(rows, dtype=np.int64)
+    save_npy(split_dir / SOURCE_ROWS, rows)
+    return {**(extra or {}), "source_rows_file": SOURCE_ROWS,
+            "source_rows_sha256": sha256_array(rows)}
+
+
+def _split_manifest(dataset: Dataset, split_dir: Path, name: str, labels: np.ndarray,
+                    sources: list[dict[str, str]], extra: dict[str, Any] | None) -> dict[str, Any]:
+    """The manifest of a written split (its arrays' hashes read from the files)."""
+    info = dataset.info
+    return {
         "dataset": info.name,
         "split": name,
-        "n": n_out,
+        "n": int(labels.shape[0]),
         "image_shape": list(info.image_shape),
         "channels": info.channels,
         "num_classes": info.num_classes,
@@ -177,8 +202,6 @@ def _write_split(dataset: Dataset, split: str, split_dir: Path,
                                   "options": dataset.options, **(extra or {})},
                                  seed=dataset.options.get("seed")),
     }
-    write_json(split_dir / MANIFEST, manifest)
-    return manifest
 
 
 @dataclass(frozen=True)

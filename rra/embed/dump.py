@@ -73,9 +73,6 @@ def dump_embeddings(model: "nn.Module", images: Any, hooks: Sequence[str], scale
     in an output, wrong row count, …) every writer is aborted: no partial file appears under a
     final name.
     """
-    import torch
-    from tqdm import tqdm
-
     scale_list = parse_scales(scales)
     hook_list = _check_hooks(model, hooks)
     meta = _check_meta(meta)
@@ -89,7 +86,26 @@ def dump_embeddings(model: "nn.Module", images: Any, hooks: Sequence[str], scale
     was_training = model.training
     model.eval()
     model.to(dev)
-    modules = {h: model.get_submodule(h) for h in hook_list if h != INPUT_HOOK}
+    try:
+        writers = _stream(model, hook_list, scale_list, batches, n, n_batches, out_dir, dev,
+                          progress)
+    finally:
+        model.train(was_training)
+    if _is_loader(images):
+        batch_size = getattr(images, "batch_size", None)
+    return _write_records(out_dir, writers, hook_list, scale_list, n, meta, batch_size, dev)
+
+
+def _stream(model: "nn.Module", hooks: list[str], scales: list[Scale], batches: Iterator,
+            n: int, n_batches: int | None, out_dir: Path, dev: "torch.device", progress: bool
+            ) -> dict[tuple[str, Scale], NpyRowWriter]:
+    """Steps of :func:`dump_embeddings` under ``torch.inference_mode()``: a dry forward of the
+    first sample fixes the hooks' shapes and the (hook, scale) plan, one writer per embedding
+    is opened, every batch is run through the model with the sink's hooks, and the writers are
+    closed once every embedding has ``n`` rows. On any error every writer is aborted."""
+    import torch
+
+    modules = {h: model.get_submodule(h) for h in hooks if h != INPUT_HOOK}
     sink = _Sink()
     try:
         with torch.inference_mode():
@@ -97,52 +113,77 @@ def dump_embeddings(model: "nn.Module", images: Any, hooks: Sequence[str], scale
             first = next(batch_iter, None)
             if first is None:
                 raise ValueError("no input batches: the image source is empty")
-            shapes = _dry_forward(model, modules, hook_list, first[:1].to(dev))
-            plan = _plan(shapes, scale_list)
-            for hook, hook_scales in plan.items():
-                for scale in hook_scales:
-                    width = int(np.prod(_row_shape(shapes[hook], scale)))
-                    path = out_dir / f"{embedding_stem(hook, scale)}.npy"
-                    sink.writers[(hook, scale)] = NpyRowWriter(path, (n, width), np.float32)
-            handles = [modules[h].register_forward_hook(sink.hook(h, plan[h])) for h in modules]
-            try:
-                bar = tqdm(itertools.chain([first], batch_iter), total=n_batches, unit="batch",
-                           desc=f"embed {len(sink.writers)} arrays",
-                           disable=None if progress else True)
-                for x in bar:
-                    x = x.to(dev)
-                    sink.begin(x.shape[0])
-                    if INPUT_HOOK in plan:  # the model's input, stored before the forward pass
-                        sink.store(INPUT_HOOK, plan[INPUT_HOOK], x)
-                    model(x)
-                    sink.end()
-            finally:
-                for handle in handles:
-                    handle.remove()
-        short = {embedding_stem(h, s): w.rows for (h, s), w in sink.writers.items() if w.rows != n}
-        if short:
-            raise ValueError(f"expected {n} rows per embedding, got {short}: the input yielded "
-                             "a different number of rows than its length")
-        for writer in sink.writers.values():
-            writer.close()
+            shapes = _dry_forward(model, modules, hooks, first[:1].to(dev))
+            plan = _plan(shapes, scales)
+            _open_writers(sink.writers, plan, shapes, out_dir, n)
+            _forward_batches(model, modules, sink, plan, itertools.chain([first], batch_iter),
+                             n_batches, dev, progress)
+        _close_writers(sink.writers, n)
     except BaseException:
         for writer in sink.writers.values():
             writer.abort()
         raise
-    finally:
-        model.train(was_training)
+    return sink.writers
 
+
+def _open_writers(writers: dict[tuple[str, Scale], NpyRowWriter],
+                  plan: dict[str, list[Scale]], shapes: dict[str, tuple[int, ...]],
+                  out_dir: Path, n: int) -> None:
+    """Add one n × d float32 row writer per (hook, scale) of the plan to ``writers`` (each as
+    it opens, so an error aborts the ones opened before), d from the hook's shape."""
+    for hook, hook_scales in plan.items():
+        for scale in hook_scales:
+            width = int(np.prod(_row_shape(shapes[hook], scale)))
+            path = out_dir / f"{embedding_stem(hook, scale)}.npy"
+            writers[(hook, scale)] = NpyRowWriter(path, (n, width), np.float32)
+
+
+def _forward_batches(model: "nn.Module", modules: dict, sink: "_Sink",
+                     plan: dict[str, list[Scale]], batches: Iterable["torch.Tensor"],
+                     n_batches: int | None, dev: "torch.device", progress: bool) -> None:
+    """Run every batch through the model with the sink's forward hooks on the modules; the
+    input hook's batch is stored before the forward pass."""
+    from tqdm import tqdm
+
+    handles = [modules[h].register_forward_hook(sink.hook(h, plan[h])) for h in modules]
+    try:
+        bar = tqdm(batches, total=n_batches, unit="batch", desc=f"embed {len(sink.writers)} arrays",
+                   disable=None if progress else True)
+        for x in bar:
+            x = x.to(dev)
+            sink.begin(x.shape[0])
+            if INPUT_HOOK in plan:  # the model's input, stored before the forward pass
+                sink.store(INPUT_HOOK, plan[INPUT_HOOK], x)
+            model(x)
+            sink.end()
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _close_writers(writers: dict[tuple[str, Scale], NpyRowWriter], n: int) -> None:
+    """Close every writer (its file appears under its final name) once all hold ``n`` rows."""
+    short = {embedding_stem(h, s): w.rows for (h, s), w in writers.items() if w.rows != n}
+    if short:
+        raise ValueError(f"expected {n} rows per embedding, got {short}: the input yielded "
+                         "a different number of rows than its length")
+    for writer in writers.values():
+        writer.close()
+
+
+def _write_records(out_dir: Path, writers: dict[tuple[str, Scale], NpyRowWriter],
+                   hooks: list[str], scales: list[Scale], n: int, meta: dict,
+                   batch_size: int | None, dev: "torch.device") -> dict:
+    """Write each embedding's sidecar JSON and then, last, the manifest; return the manifest."""
     record = {**meta, **provenance()}
     entries = []
-    for (hook, scale), writer in sink.writers.items():
+    for (hook, scale), writer in writers.items():
         stem = embedding_stem(hook, scale)
         entry = {"hook": hook, "scale": scale_name(scale), "file": f"{stem}.npy",
                  "shape": list(writer.shape)}
         write_json(out_dir / f"{stem}.json", {**entry, "dtype": "float32", **record})
         entries.append(entry)
-    if _is_loader(images):
-        batch_size = getattr(images, "batch_size", None)
-    manifest = {"hooks": hook_list, "scales": [scale_name(s) for s in scale_list],
+    manifest = {"hooks": hooks, "scales": [scale_name(s) for s in scales],
                 "entries": entries, "n": n, "dtype": "float32", "batch_size": batch_size,
                 "device": str(dev), **record}
     write_json(out_dir / MANIFEST, manifest)

@@ -186,44 +186,69 @@ def fragmentation(model: "nn.Module", images: Any, labels: Any, hooks: Sequence[
     if isinstance(keep_maps, bool) or not isinstance(keep_maps, (int, np.integer)) \
             or keep_maps < 0:
         raise ValueError(f"keep_maps must be a nonnegative integer, got {keep_maps!r}")
-    if triplet_rows is None:
-        triplets = positive_int(triplets, "triplets")
-        if isinstance(kinds, str):
-            kinds = [kinds]
-        kinds = list(dict.fromkeys(kinds))
-        if not kinds or any(k not in KINDS for k in kinds):
-            raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {kinds}")
-        rng = np.random.default_rng(seed)
-        chosen = {kind: draw_triplets(y_all, kind, triplets, rng) for kind in kinds}
-    else:
-        chosen = _check_triplet_rows(triplet_rows, n)
+    chosen = (_drawn_triplets(y_all, kinds, triplets, seed) if triplet_rows is None
+              else _check_triplet_rows(triplet_rows, n))
     rows_used = np.unique(np.concatenate([t.ravel() for t in chosen.values()]))
-    where = {int(r): i for i, r in enumerate(rows_used)}
 
     counts: dict[tuple[str, str], np.ndarray] = {}
     maps: dict[tuple[str, str], np.ndarray] = {}
     with on_device(model, device) as dev:
-        x_used = x_all[rows_used]
+        planes = _Planes(resolution, extend, keep_maps, batch_size, dev, x_all[rows_used],
+                         {int(r): i for i, r in enumerate(rows_used)})
         for hook in hooks:
-            h_used = _hook_outputs(model, x_used, hook, dev, batch_size)
+            h_used = _hook_outputs(model, planes.x_used, hook, dev, batch_size)
             for kind, trip in chosen.items():
-                vals = np.full(len(trip), np.nan)
-                kept = []
-                for t, (i, j, k) in enumerate(trip):
-                    a, b, c = (h_used[where[int(r)]] for r in (i, j, k))
-                    coords = plane_coordinates(a.numpy(), b.numpy(), c.numpy(), resolution,
-                                               extend)
-                    if coords is None:
-                        continue
-                    xs = tuple(x_used[where[int(r)]] for r in (i, j, k))
-                    L = _class_map(model, hook, (a, b, c), xs, coords, dev, batch_size)
-                    vals[t] = count_regions(L)
-                    if len(kept) < keep_maps:
-                        kept.append(L)
-                counts[(hook, kind)] = vals
-                maps[(hook, kind)] = (np.stack(kept) if kept else
-                                      np.zeros((0, resolution, resolution), dtype=np.int64))
+                counts[(hook, kind)], maps[(hook, kind)] = _triplet_counts(model, hook, h_used,
+                                                                          trip, planes)
     return Fragmentation(hooks=hooks, counts=counts, triplets=chosen, maps=maps, positions=pos)
+
+
+def _drawn_triplets(labels: np.ndarray, kinds: Sequence[str] | str, triplets: int,
+                    seed: int) -> dict[str, np.ndarray]:
+    """``triplets`` triplets per kind, drawn in order of ``kinds`` from one seeded generator."""
+    triplets = positive_int(triplets, "triplets")
+    if isinstance(kinds, str):
+        kinds = [kinds]
+    kinds = list(dict.fromkeys(kinds))
+    if not kinds or any(k not in KINDS for k in kinds):
+        raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {kinds}")
+    rng = np.random.default_rng(seed)
+    return {kind: draw_triplets(labels, kind, triplets, rng) for kind in kinds}
+
+
+@dataclass(frozen=True)
+class _Planes:
+    """The grid settings of one :func:`fragmentation` call, its device, and the input rows
+    its triplets use (``x_used``; ``where``: probe row → index in ``x_used``)."""
+
+    resolution: int
+    extend: float
+    keep_maps: int
+    batch_size: int
+    dev: Any
+    x_used: "torch.Tensor"
+    where: dict[int, int]
+
+
+def _triplet_counts(model: "nn.Module", hook: str, h_used: "torch.Tensor", trip: np.ndarray,
+                    planes: _Planes) -> tuple[np.ndarray, np.ndarray]:
+    """Fragmentation of each triplet's plane at ``hook`` (NaN when collinear) and the first
+    ``keep_maps`` class maps."""
+    vals = np.full(len(trip), np.nan)
+    kept = []
+    for t, (i, j, k) in enumerate(trip):
+        a, b, c = (h_used[planes.where[int(r)]] for r in (i, j, k))
+        coords = plane_coordinates(a.numpy(), b.numpy(), c.numpy(), planes.resolution,
+                                   planes.extend)
+        if coords is None:
+            continue
+        xs = tuple(planes.x_used[planes.where[int(r)]] for r in (i, j, k))
+        L = _class_map(model, hook, (a, b, c), xs, coords, planes.dev, planes.batch_size)
+        vals[t] = count_regions(L)
+        if len(kept) < planes.keep_maps:
+            kept.append(L)
+    return vals, (np.stack(kept) if kept else
+                  np.zeros((0, planes.resolution, planes.resolution), dtype=np.int64))
 
 
 def fragmentation_rows(model: "nn.Module", images: Any, labels: Any, hooks: Sequence[str],

@@ -127,55 +127,95 @@ def hidden_margins(model: "nn.Module", images: Any, labels: Any, hooks: Sequence
     pos = hook_positions(hooks, positions)
     batch_size = positive_int(batch_size, "batch_size")
 
-    raw = {h: np.full(n, np.nan) for h in hooks}
-    gnorm = {h: np.zeros(n) for h in hooks}
-    correct = np.zeros(n, dtype=bool)
-    sums: dict[str, torch.Tensor] = {}
-    sumsq: dict[str, float] = {}
-    shift: dict[str, torch.Tensor] = {}
+    sums = _MarginSums.empty(hooks, n)
     runner = HookRunner(model, hooks)
     with on_device(model, device) as dev, torch.enable_grad():
-        for s in range(0, n, batch_size):
-            x = x_all[s:s + batch_size].to(dev).requires_grad_(True)
-            y = torch.from_numpy(y_all[s:s + batch_size]).to(dev)
-            store: dict[str, torch.Tensor] = {}
-            z = runner.run(x, store.__setitem__)
-            _check_logits(z, x.shape[0], y_all)
-            rows = torch.arange(x.shape[0], device=dev)
-            others = z.detach().clone()
-            others[rows, y] = -torch.inf
-            j = others.argmax(1)
-            diff = z[rows, y] - z[rows, j]
-            outs = [store[h] for h in hooks]
-            grads = torch.autograd.grad(diff.sum(), outs, allow_unused=True)
-            ok = (z.detach().argmax(1) == y).cpu().numpy()
-            correct[s:s + x.shape[0]] = ok
-            dv = diff.detach().double().cpu().numpy()
-            for h, out, g in zip(hooks, outs, grads):
-                flat = out.detach().flatten(1).double()
-                if h not in shift:  # shifted sums: tr Cov without cancellation
-                    shift[h] = flat[0].clone()
-                    sums[h] = torch.zeros_like(flat[0])
-                    sumsq[h] = 0.0
-                c = flat - shift[h]
-                sums[h] += c.sum(0)
-                sumsq[h] += float((c * c).sum())
-                norms = (np.zeros(x.shape[0]) if g is None
-                         else g.flatten(1).double().norm(dim=1).cpu().numpy())
-                gnorm[h][s:s + x.shape[0]] = norms
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    raw[h][s:s + x.shape[0]] = np.where(ok & (norms > 0), dv / norms, np.nan)
-            del z, grads, outs, diff, store
+        for start in range(0, n, batch_size):
+            _margin_batch(runner, sums, x_all, y_all, start, batch_size, dev)
+    return sums.result(pos)
 
-    margin, spread, flat_counts = {}, {}, {}
-    for h in hooks:
-        tr_cov = (sumsq[h] - float((sums[h] * sums[h]).sum()) / n) / (n - 1)
-        spread[h] = float(np.sqrt(max(tr_cov, 0.0)))
+
+@dataclass
+class _MarginSums:
+    """What :func:`hidden_margins` gathers batch by batch, per hook: d (``raw``), ‖∇_h‖
+    (``gnorm``), which rows are correct, and the shifted sums Σ(h − h₀), Σ‖h − h₀‖² of
+    tr Cov(h) (h₀ = the first row, so the sums do not cancel)."""
+
+    hooks: list[str]
+    n: int
+    raw: dict[str, np.ndarray]
+    gnorm: dict[str, np.ndarray]
+    correct: np.ndarray
+    sums: dict[str, "torch.Tensor"] = field(default_factory=dict)
+    sumsq: dict[str, float] = field(default_factory=dict)
+    shift: dict[str, "torch.Tensor"] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, hooks: list[str], n: int) -> "_MarginSums":
+        return cls(hooks, n, raw={h: np.full(n, np.nan) for h in hooks},
+                   gnorm={h: np.zeros(n) for h in hooks}, correct=np.zeros(n, dtype=bool))
+
+    def add_spread(self, hook: str, out: "torch.Tensor") -> None:
+        """Add one batch of the hook's outputs to the shifted sums of tr Cov(h)."""
+        import torch
+
+        flat = out.detach().flatten(1).double()
+        if hook not in self.shift:  # shifted sums: tr Cov without cancellation
+            self.shift[hook] = flat[0].clone()
+            self.sums[hook] = torch.zeros_like(flat[0])
+            self.sumsq[hook] = 0.0
+        c = flat - self.shift[hook]
+        self.sums[hook] += c.sum(0)
+        self.sumsq[hook] += float((c * c).sum())
+
+    def add_margins(self, hook: str, rows: slice, grad: "torch.Tensor | None", diff: np.ndarray,
+                    ok: np.ndarray) -> None:
+        """d = (z_y − z_j) / ‖∇_h(z_y − z_j)‖ of one batch's correct rows with ∇_h ≠ 0."""
+        norms = (np.zeros(diff.shape[0]) if grad is None
+                 else grad.flatten(1).double().norm(dim=1).cpu().numpy())
+        self.gnorm[hook][rows] = norms
         with np.errstate(divide="ignore", invalid="ignore"):
-            margin[h] = raw[h] / spread[h] if spread[h] > 0 else np.full(n, np.nan)
-        flat_counts[h] = int(np.sum(correct & (gnorm[h] == 0)))
-    return HiddenMargins(hooks=hooks, correct=correct, margin=margin, raw=raw, spread=spread,
-                         flat=flat_counts, positions=pos)
+            self.raw[hook][rows] = np.where(ok & (norms > 0), diff / norms, np.nan)
+
+    def result(self, positions: dict[str, int]) -> HiddenMargins:
+        """Normalise d by sqrt(tr Cov(h)) per hook and count the flat rows."""
+        n = self.n
+        margin, spread, flat_counts = {}, {}, {}
+        for h in self.hooks:
+            tr_cov = (self.sumsq[h] - float((self.sums[h] * self.sums[h]).sum()) / n) / (n - 1)
+            spread[h] = float(np.sqrt(max(tr_cov, 0.0)))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                margin[h] = self.raw[h] / spread[h] if spread[h] > 0 else np.full(n, np.nan)
+            flat_counts[h] = int(np.sum(self.correct & (self.gnorm[h] == 0)))
+        return HiddenMargins(hooks=self.hooks, correct=self.correct, margin=margin, raw=self.raw,
+                             spread=spread, flat=flat_counts, positions=positions)
+
+
+def _margin_batch(runner: HookRunner, sums: _MarginSums, x_all: "torch.Tensor",
+                  y_all: np.ndarray, start: int, batch_size: int, dev: Any) -> None:
+    """One forward and one backward pass over rows [start, start + batch_size): the runner-up
+    j, the gradient of Σ_i (z_y − z_j)_i at every hook, and their sums."""
+    import torch
+
+    x = x_all[start:start + batch_size].to(dev).requires_grad_(True)
+    y = torch.from_numpy(y_all[start:start + batch_size]).to(dev)
+    rows = slice(start, start + x.shape[0])
+    store: dict[str, torch.Tensor] = {}
+    z = runner.run(x, store.__setitem__)
+    _check_logits(z, x.shape[0], y_all)
+    index = torch.arange(x.shape[0], device=dev)
+    others = z.detach().clone()
+    others[index, y] = -torch.inf
+    j = others.argmax(1)
+    diff = z[index, y] - z[index, j]
+    outs = [store[h] for h in sums.hooks]
+    grads = torch.autograd.grad(diff.sum(), outs, allow_unused=True)
+    ok = (z.detach().argmax(1) == y).cpu().numpy()
+    sums.correct[rows] = ok
+    dv = diff.detach().double().cpu().numpy()
+    for h, out, g in zip(sums.hooks, outs, grads):
+        sums.add_spread(h, out)
+        sums.add_margins(h, rows, g, dv, ok)
 
 
 def hidden_margin_rows(model: "nn.Module", images: Any, labels: Any, hooks: Sequence[str], *,

@@ -42,6 +42,8 @@ is a function of the model and the probe (up to the device's float summation ord
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -128,8 +130,6 @@ def translation_sensitivity(model: "nn.Module", probe: Any, hooks: Sequence[str]
     ``translation_cosine_radial`` and ``translation_rel_change_radial`` with ``radius``;
     ``translation_zero_norm_fraction`` (share of probe images with h(x) = 0).
     """
-    import torch
-
     x_all = as_batch(probe, "probe", ndim=4)
     n, c, h, w = x_all.shape
     hook_list = check_hooks(model, hooks)
@@ -139,62 +139,100 @@ def translation_sensitivity(model: "nn.Module", probe: Any, hooks: Sequence[str]
     scale_list = parse_scales(scales)
     fill_t = _fill_tensor(fill, c)
     shifts = shift_grid(s)
-    n_s = len(shifts)
+    with on_device(model, device, inference=True) as dev:
+        sums = _shift_sums(model, x_all, hook_list, scale_list, shifts, fill_t.to(dev),
+                           batch_size, dev)
+    return _translation_rows(sums, shifts, s, n, pos)
+
+
+@dataclass
+class _ShiftSums:
+    """Sums over the probe images, per (hook, scale) in ``keys`` order: Σ_x cos and
+    Σ_{x ∈ X+} rel per shift (float64), and |X+|; ``ref`` holds the current image batch's
+    pooled reference outputs h(x) and their norms."""
+
+    plan: dict[str, list[Any]]
+    keys: list[tuple[str, Any]]
+    cos: dict[tuple[str, Any], "torch.Tensor"]
+    rel: dict[tuple[str, Any], "torch.Tensor"]
+    nonzero: dict[tuple[str, Any], "torch.Tensor"]
+    ref: dict[tuple[str, Any], tuple["torch.Tensor", "torch.Tensor"]] = field(default_factory=dict)
+
+    @classmethod
+    def zeros(cls, plan: dict[str, list[Any]], hooks: list[str], n_shifts: int,
+              dev: Any) -> "_ShiftSums":
+        import torch
+
+        keys = [(hk, sc) for hk in hooks for sc in plan[hk]]
+        return cls(plan, keys,
+                   cos={k: torch.zeros(n_shifts, dtype=torch.float64, device=dev) for k in keys},
+                   rel={k: torch.zeros(n_shifts, dtype=torch.float64, device=dev) for k in keys},
+                   nonzero={k: torch.zeros((), dtype=torch.int64, device=dev) for k in keys})
+
+    def keep(self, hook: str, out: "torch.Tensor") -> None:
+        """HookRunner callback on the unshifted batch: store h(x) per scale, count ‖h(x)‖ > 0."""
+        import torch
+
+        for sc in self.plan[hook]:
+            r = pool_embedding(out, sc).clone()  # a later in-place op cannot alter it
+            rn = torch.linalg.vector_norm(r, dim=1)
+            self.ref[(hook, sc)] = (r, rn)
+            self.nonzero[(hook, sc)] += (rn > 0).sum()
+
+    def compare(self, hook: str, out: "torch.Tensor", *, k0: int, m: int) -> None:
+        """HookRunner callback on ``m`` stacked shifts from shift ``k0``: add cos and rel."""
+        import torch
+
+        for sc in self.plan[hook]:
+            r, rn = self.ref[(hook, sc)]
+            p = pool_embedding(out, sc).view(m, r.shape[0], -1)
+            cos, rel = _cos_rel(p, r, rn)
+            self.cos[(hook, sc)][k0:k0 + m] += cos.sum(1, dtype=torch.float64)
+            self.rel[(hook, sc)][k0:k0 + m] += rel.sum(1, dtype=torch.float64)
+
+
+def _shift_sums(model: "nn.Module", x_all: "torch.Tensor", hooks: list[str], scales: list[Any],
+                shifts: list[tuple[int, int]], fill: "torch.Tensor", batch_size: int,
+                dev: Any) -> _ShiftSums:
+    """The forward passes: per batch of min(n, batch_size) images, one pass of the images
+    (:meth:`_ShiftSums.keep`), then their shifted copies, ⌊batch_size / images⌋ shifts per
+    pass (:meth:`_ShiftSums.compare`)."""
+    n = x_all.shape[0]
     b_img = min(n, batch_size)
     per_pass = max(1, batch_size // b_img)
+    runner = HookRunner(model, hooks)
+    plan = _plan(runner.shapes(x_all[:1].to(dev)), scales)
+    sums = _ShiftSums.zeros(plan, hooks, len(shifts), dev)
+    for start in range(0, n, b_img):
+        xb = x_all[start:start + b_img].to(dev)
+        sums.ref = {}
+        runner.run(xb, sums.keep)
+        for k0 in range(0, len(shifts), per_pass):
+            chunk = shifts[k0:k0 + per_pass]
+            runner.run(shift_stack(xb, chunk, fill), partial(sums.compare, k0=k0, m=len(chunk)))
+    return sums
 
-    with on_device(model, device, inference=True) as dev:
-        runner = HookRunner(model, hook_list)
-        shapes = runner.shapes(x_all[:1].to(dev))
-        plan = _plan(shapes, scale_list)
-        keys = [(hk, sc) for hk in hook_list for sc in plan[hk]]
-        cos_sum = {k: torch.zeros(n_s, dtype=torch.float64, device=dev) for k in keys}
-        rel_sum = {k: torch.zeros(n_s, dtype=torch.float64, device=dev) for k in keys}
-        nonzero = {k: torch.zeros((), dtype=torch.int64, device=dev) for k in keys}
-        fill_d = fill_t.to(dev)
-        for start in range(0, n, b_img):
-            xb = x_all[start:start + b_img].to(dev)
-            ref: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
-            def keep(hook: str, out: torch.Tensor) -> None:
-                for sc in plan[hook]:
-                    r = pool_embedding(out, sc).clone()  # a later in-place op cannot alter it
-                    rn = torch.linalg.vector_norm(r, dim=1)
-                    ref[(hook, sc)] = (r, rn)
-                    nonzero[(hook, sc)] += (rn > 0).sum()
-
-            runner.run(xb, keep)
-            for k0 in range(0, n_s, per_pass):
-                chunk = shifts[k0:k0 + per_pass]
-
-                def compare(hook: str, out: torch.Tensor, k0: int = k0, m: int = len(chunk)
-                            ) -> None:
-                    for sc in plan[hook]:
-                        r, rn = ref[(hook, sc)]
-                        p = pool_embedding(out, sc).view(m, r.shape[0], -1)
-                        cos, rel = _cos_rel(p, r, rn)
-                        cos_sum[(hook, sc)][k0:k0 + m] += cos.sum(1, dtype=torch.float64)
-                        rel_sum[(hook, sc)][k0:k0 + m] += rel.sum(1, dtype=torch.float64)
-
-                runner.run(shift_stack(xb, chunk, fill_d), compare)
-
+def _translation_rows(sums: _ShiftSums, shifts: list[tuple[int, int]], max_shift: int, n: int,
+                      pos: Mapping[str, int]) -> list[dict]:
+    """Tidy rows per (hook, scale): both maps, their means over d ≠ (0, 0), their radial
+    profiles and the zero-norm share (see :func:`translation_sensitivity`)."""
     rows: list[dict] = []
-    dxy = np.array(shifts)
-    radius = np.abs(dxy).max(axis=1)
+    radius = np.abs(np.array(shifts)).max(axis=1)
     off = radius > 0
-    for hk, sc in keys:
+    for hk, sc in sums.keys:
         common = dict(hook_a=hk, pos_a=pos[hk], scale_a=scale_name(sc))
-        nz = int(nonzero[(hk, sc)])
-        maps = {"translation_cosine": cos_sum[(hk, sc)].cpu().numpy() / n,
-                "translation_rel_change": (rel_sum[(hk, sc)].cpu().numpy() / nz if nz
-                                           else np.full(n_s, np.nan))}
+        nz = int(sums.nonzero[(hk, sc)])
+        maps = {"translation_cosine": sums.cos[(hk, sc)].cpu().numpy() / n,
+                "translation_rel_change": (sums.rel[(hk, sc)].cpu().numpy() / nz if nz
+                                           else np.full(len(shifts), np.nan))}
         for name, m in maps.items():
             for (dx, dy), v in zip(shifts, m):
                 rows.append(dict(common, measure=name, dx=int(dx), dy=int(dy), value=float(v)))
         for name, m in maps.items():
             rows.append(dict(common, measure=f"{name}_mean", value=float(m[off].mean())))
         for name, m in maps.items():
-            for r in range(s + 1):
+            for r in range(max_shift + 1):
                 rows.append(dict(common, measure=f"{name}_radial", radius=r,
                                  value=float(m[radius == r].mean())))
         rows.append(dict(common, measure="translation_zero_norm_fraction",

@@ -280,10 +280,20 @@ def train(spec: dict[str, Any], data_dir: PathLike, out_dir: PathLike, device: A
     if keep_checkpoints is not None and keep_checkpoints < 1:
         raise ValueError(f"keep_checkpoints must be at least 1 or None, got {keep_checkpoints}")
     dev = pick_device(str(device)) if not isinstance(device, torch.device) else device
+    resume = _resume_state(spec, out_dir, on_spec_change)
+    train_set, eval_set = _load_splits(data_dir, spec, info)
 
+    keep_freed_memory()
+    with deterministic(dev):
+        return _run(spec, info, train_set, eval_set, out_dir, dev, progress, resume,
+                    keep_checkpoints, stop_after_epoch)
+
+
+def _resume_state(spec: dict, out_dir: Path, on_spec_change: str) -> dict | None:
+    """The checkpoint to resume from (None: start from scratch), after checking that
+    ``out_dir`` holds no run of another spec — or discarding it (``on_spec_change="restart"``)."""
     if on_spec_change not in ("error", "restart"):
         raise ValueError(f"on_spec_change must be 'error' or 'restart', got {on_spec_change!r}")
-
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt.remove_stale_temporaries(out_dir)
     try:
@@ -302,24 +312,49 @@ def train(spec: dict[str, Any], data_dir: PathLike, out_dir: PathLike, device: A
     if resume is not None:
         print(f"rra train: resuming {out_dir} after epoch {resume['epoch']} of {spec['epochs']}",
               file=sys.stderr)
+    return resume
 
+
+def _load_splits(data_dir: Path, spec: dict, info: Any) -> tuple[SplitArrays, SplitArrays]:
+    """The train split (its stratified subset under ``max_train_per_class``) and the eval split."""
     train_set = load_arrays(data_dir, spec["train_split"], info)
     if spec["max_train_per_class"] is not None:
         rows = stratified_subset(train_set.labels, spec["max_train_per_class"], spec["seed"])
         train_set = SplitArrays(train_set.name, train_set.images[rows], train_set.labels[rows])
-    eval_set = load_arrays(data_dir, spec["eval_split"], info)
+    return train_set, load_arrays(data_dir, spec["eval_split"], info)
 
-    keep_freed_memory()
-    with deterministic(dev):
-        return _run(spec, info, train_set, eval_set, out_dir, dev, progress, resume,
-                    keep_checkpoints, stop_after_epoch)
+
+@dataclass
+class _Run:
+    """One training run's inputs and the state its epochs update (model, optimizer, learning
+    rate schedule, the epoch log)."""
+
+    spec: dict
+    info: Any
+    train_set: SplitArrays
+    eval_set: SplitArrays
+    out_dir: Path
+    dev: torch.device
+    model_args: dict[str, Any]
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    log: list[dict[str, Any]]
+    layers: list[str]
 
 
 def _run(spec: dict, info: Any, train_set: SplitArrays, eval_set: SplitArrays, out_dir: Path,
          dev: torch.device, progress: bool, resume: dict | None, keep: int | None,
          stop_after_epoch: int | None) -> dict[str, Any]:
-    from tqdm.auto import tqdm
+    run = _start(spec, info, train_set, eval_set, out_dir, dev, resume)
+    stopped = _train_epochs(run, progress, keep, stop_after_epoch)
+    return stopped if stopped is not None else _finish(run)
 
+
+def _start(spec: dict, info: Any, train_set: SplitArrays, eval_set: SplitArrays, out_dir: Path,
+           dev: torch.device, resume: dict | None) -> _Run:
+    """Build the model from the seed (or load it, the optimizer and the schedule from the
+    checkpoint ``resume``)."""
     model_args = model_args_of(spec, info)
     torch.manual_seed(spec["seed"])
     model = ckpt.build_from_args(model_args).to(dev)
@@ -338,62 +373,91 @@ def _run(spec: dict, info: Any, train_set: SplitArrays, eval_set: SplitArrays, o
                              f"the model built from its spec ({err}); delete the run directory "
                              f"{out_dir} to train it from scratch") from err
         log = list(resume["log"])
-    augment = build_augmentation(spec["augmentation"], allow_flip=info.allow_flip, pad=spec["pad"])
-    epochs, done = spec["epochs"], len(log)
-    run = out_dir.name
-    n_batches = len(batch_bounds(len(train_set), spec["batch_size"]))
-    disable = None if progress else True
+    return _Run(spec, info, train_set, eval_set, out_dir, dev, model_args, model, optimizer,
+                scheduler, log, layers)
 
-    with tqdm(total=epochs, initial=done, desc=f"train {run}", unit="epoch",
+
+def _train_epochs(run: _Run, progress: bool, keep: int | None,
+                  stop_after_epoch: int | None) -> dict[str, Any] | None:
+    """Train the epochs not yet in the log, each followed by its checkpoint and log; the
+    incomplete-run record when ``stop_after_epoch`` comes first, else None."""
+    from tqdm.auto import tqdm
+
+    spec = run.spec
+    augment = build_augmentation(spec["augmentation"], allow_flip=run.info.allow_flip,
+                                 pad=spec["pad"])
+    epochs, done = spec["epochs"], len(run.log)
+    n_batches = len(batch_bounds(len(run.train_set), spec["batch_size"]))
+    disable = None if progress else True
+    with tqdm(total=epochs, initial=done, desc=f"train {run.out_dir.name}", unit="epoch",
               disable=disable) as ebar:
         for epoch in range(done + 1, epochs + 1):
             if stop_after_epoch is not None and epoch > stop_after_epoch:
                 return {"complete": False, "epochs_done": epoch - 1, "epochs": epochs}
-            t0 = time.perf_counter()
-            prev = snapshot(model)
-            lr = optimizer.param_groups[0]["lr"]
-            with tqdm(total=n_batches, desc=f"epoch {epoch}", unit="batch", leave=False,
-                      disable=disable) as bbar:
-                train_loss, train_acc = train_epoch(model, optimizer, train_set, augment, info,
-                                                    spec, epoch, dev, bbar)
-            if not math.isfinite(train_loss):
-                raise TrainingDiverged(
-                    f"run {run}: training diverged, the loss became {train_loss} in epoch {epoch} "
-                    f"of {epochs} at lr = {lr:g} (spec lr = {spec['lr']:g}); lower the learning "
-                    "rate (config key training.lr, or the run's training.lr)")
-            changes = weight_changes(prev, model)
-            eval_loss, eval_acc = evaluate(model, eval_set, info, spec["eval_batch_size"], dev)
-            scheduler.step()
-            log.append({"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-                        "eval_loss": eval_loss, "eval_acc": eval_acc,
-                        "seconds": time.perf_counter() - t0, "weight_change": changes})
-            ckpt.save_checkpoint(out_dir, epoch, spec, model, optimizer, scheduler, log, keep)
-            write_log(out_dir, spec, log, layers)
+            entry = _epoch(run, epoch, augment, n_batches, disable)
+            ckpt.save_checkpoint(run.out_dir, epoch, spec, run.model, run.optimizer,
+                                 run.scheduler, run.log, keep)
+            write_log(run.out_dir, spec, run.log, run.layers)
             ebar.update(1)
-            ebar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.3f}",
-                             eval_acc=f"{eval_acc:.3f}")
+            ebar.set_postfix(loss=f"{entry['train_loss']:.3f}", acc=f"{entry['train_acc']:.3f}",
+                             eval_acc=f"{entry['eval_acc']:.3f}")
+    return None
 
-    write_log(out_dir, spec, log, layers)  # also when resuming a finished run
-    model_path = ckpt.save_model(out_dir, model, spec, model_args)
+
+def _epoch(run: _Run, epoch: int, augment: Callable, n_batches: int,
+           disable: bool | None) -> dict[str, Any]:
+    """Train one epoch, evaluate, step the schedule; append the epoch's log entry and return it.
+    A non-finite training loss raises :class:`TrainingDiverged`."""
+    from tqdm.auto import tqdm
+
+    spec = run.spec
+    t0 = time.perf_counter()
+    prev = snapshot(run.model)
+    lr = run.optimizer.param_groups[0]["lr"]
+    with tqdm(total=n_batches, desc=f"epoch {epoch}", unit="batch", leave=False,
+              disable=disable) as bbar:
+        train_loss, train_acc = train_epoch(run.model, run.optimizer, run.train_set, augment,
+                                            run.info, spec, epoch, run.dev, bbar)
+    if not math.isfinite(train_loss):
+        raise TrainingDiverged(
+            f"run {run.out_dir.name}: training diverged, the loss became {train_loss} in epoch "
+            f"{epoch} of {spec['epochs']} at lr = {lr:g} (spec lr = {spec['lr']:g}); lower the "
+            "learning rate (config key training.lr, or the run's training.lr)")
+    changes = weight_changes(prev, run.model)
+    eval_loss, eval_acc = evaluate(run.model, run.eval_set, run.info, spec["eval_batch_size"],
+                                   run.dev)
+    run.scheduler.step()
+    entry = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+             "eval_loss": eval_loss, "eval_acc": eval_acc,
+             "seconds": time.perf_counter() - t0, "weight_change": changes}
+    run.log.append(entry)
+    return entry
+
+
+def _finish(run: _Run) -> dict[str, Any]:
+    """Write the log, ``model.pt`` and ``metrics.json`` (the final metrics, returned)."""
+    spec, dev, log = run.spec, run.dev, run.log
+    write_log(run.out_dir, spec, log, run.layers)  # also when resuming a finished run
+    model_path = ckpt.save_model(run.out_dir, run.model, spec, run.model_args)
     last = log[-1]
     metrics = {
         "complete": True,
         "dataset": spec["dataset"],
         "train_split": spec["train_split"], "eval_split": spec["eval_split"],
-        "n_train": len(train_set), "n_eval": len(eval_set),
+        "n_train": len(run.train_set), "n_eval": len(run.eval_set),
         "train_loss": last["train_loss"], "train_acc": last["train_acc"],
         "eval_loss": last["eval_loss"], "eval_acc": last["eval_acc"],
-        "params": sum(p.numel() for p in model.parameters()),
-        "epochs": epochs,
+        "params": sum(p.numel() for p in run.model.parameters()),
+        "epochs": spec["epochs"],
         "seconds": sum(r["seconds"] for r in log),
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "torch_threads": torch.get_num_threads(),
-        "model_args": model_args,
+        "model_args": run.model_args,
         "model_sha256": sha256_file(model_path),
         "provenance": provenance(spec, spec["seed"]),
     }
-    write_json(out_dir / "metrics.json", metrics)
+    write_json(run.out_dir / "metrics.json", metrics)
     return metrics
 
 

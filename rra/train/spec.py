@@ -107,8 +107,22 @@ def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
     type or an out-of-range value. Registry names (model, attention, augmentation) are checked
     where they are used (``build_model``, :func:`rra.train.augment.build_augmentation`).
     """
-    from rra.train.augment import AUGMENTATIONS
+    full = _with_defaults(spec)
+    out = _typed_values(full)
+    _check_choices(full, out)
+    out["milestones"] = _milestones(full["milestones"])
+    cap = full["max_train_per_class"]
+    out["max_train_per_class"] = None if cap is None else _int(full, "max_train_per_class", 1)
+    try:
+        return json.loads(json.dumps(out, sort_keys=True))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"training spec must hold JSON values only (kwargs included): "
+                         f"{err}") from err
 
+
+def _with_defaults(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec with every optional key's default, after checking it is a dict with every
+    required key and no unknown one."""
     if not isinstance(spec, dict):
         raise ValueError(f"training spec must be a dict, got {type(spec).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in spec]
@@ -119,8 +133,12 @@ def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"training spec has unknown key(s) {unknown}; known: "
                          f"{sorted(REQUIRED_KEYS + tuple(SPEC_DEFAULTS))}")
-    full = {**SPEC_DEFAULTS, **spec}
-    out: dict[str, Any] = {
+    return {**SPEC_DEFAULTS, **spec}
+
+
+def _typed_values(full: dict[str, Any]) -> dict[str, Any]:
+    """The keys of one type and range each, checked and converted (the others: the caller)."""
+    return {
         "dataset": _str(full, "dataset"),
         "model": _str(full, "model"),
         "model_kwargs": _dict(full, "model_kwargs"),
@@ -140,6 +158,13 @@ def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
         "train_split": _str(full, "train_split"),
         "eval_split": None if full["eval_split"] is None else _str(full, "eval_split"),
     }
+
+
+def _check_choices(full: dict[str, Any], out: dict[str, Any]) -> None:
+    """``nesterov`` (a bool, only with momentum; added to ``out``), and the augmentation and
+    schedule among the known names."""
+    from rra.train.augment import AUGMENTATIONS
+
     if not isinstance(full["nesterov"], bool):
         raise _err("nesterov", f"expected true or false, got {full['nesterov']!r}")
     out["nesterov"] = full["nesterov"]
@@ -150,7 +175,10 @@ def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
                                    f"known: {sorted(AUGMENTATIONS)}")
     if out["schedule"] not in SCHEDULES:
         raise _err("schedule", f"unknown schedule {out['schedule']!r}; known: {list(SCHEDULES)}")
-    milestones = full["milestones"]
+
+
+def _milestones(milestones: Any) -> list[int]:
+    """``milestones`` as strictly increasing positive epochs (``None``: none)."""
     if milestones is None:
         milestones = []
     if (not isinstance(milestones, (list, tuple))
@@ -160,14 +188,7 @@ def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
     milestones = [int(m) for m in milestones]
     if any(m < 1 for m in milestones) or any(b <= a for a, b in zip(milestones, milestones[1:])):
         raise _err("milestones", f"must be strictly increasing positive epochs, got {milestones}")
-    out["milestones"] = milestones
-    cap = full["max_train_per_class"]
-    out["max_train_per_class"] = None if cap is None else _int(full, "max_train_per_class", 1)
-    try:
-        return json.loads(json.dumps(out, sort_keys=True))
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"training spec must hold JSON values only (kwargs included): "
-                         f"{err}") from err
+    return milestones
 
 
 def lr_factor(spec: dict[str, Any], completed_epochs: int) -> float:
