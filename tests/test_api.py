@@ -11,6 +11,7 @@ import pytest
 import torch
 import torchvision
 
+from hooks import forward_outputs
 from rra.api import analyse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,14 +31,7 @@ def setup():
     model = torchvision.models.resnet18(weights=None, num_classes=4).eval()
     x = torch.randn(36, 3, 32, 32)
     y = torch.arange(36) % 4
-    outputs = {}
-    handles = [model.get_submodule(h).register_forward_hook(
-        lambda m, i, o, name=h: outputs.__setitem__(name, o.detach().clone())) for h in HOOKS]
-    with torch.no_grad():
-        model(x)
-    for h in handles:
-        h.remove()
-    return model, x, y, outputs
+    return model, x, y, forward_outputs(model, x, HOOKS)
 
 
 def test_tables_match_direct_computation(setup, tmp_path):

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from hooks import forward_outputs
 from rra.embed import (dump_embeddings, embed_run, parse_scales, pool_embedding, scale_name,
                        scales_for)
 from rra.io import read_json, sha256_file
@@ -69,13 +70,7 @@ def hand_pool(a: np.ndarray, s: int) -> np.ndarray:
 
 def reference(model: nn.Module, x: torch.Tensor, hooks: list[str], scales=SCALES) -> dict:
     """Direct forward pass of all rows at once, each hook's output pooled by hand."""
-    outs = {}
-    handles = [model.get_submodule(h).register_forward_hook(
-        lambda m, i, o, h=h: outs.__setitem__(h, o.detach().numpy().copy())) for h in hooks]
-    with torch.no_grad():
-        model.eval()(x)
-    for handle in handles:
-        handle.remove()
+    outs = {h: o.numpy() for h, o in forward_outputs(model.eval(), x, hooks).items()}
     ref = {}
     for h, a in outs.items():
         for s in scales:
@@ -452,6 +447,8 @@ import json, resource, sys, time
 import numpy as np, torch, tqdm
 from torch import nn
 from rra.embed import dump_embeddings
+sys.path.insert(0, "tests")
+from hooks import forward_outputs
 
 torch.set_num_threads(1)
 torch.manual_seed(0)
@@ -483,10 +480,7 @@ with torch.no_grad():
         arr = np.load(out + "/" + e["file"], mmap_mode="r")
         assert arr.shape == tuple(e["shape"]), e
         rows[e["file"]] = [arr[0].copy(), arr[-1].copy()]
-    outs = {}
-    hs = [getattr(model, h).register_forward_hook(lambda m, i, o, h=h: outs.__setitem__(h, o))
-          for h in ["expand", "act", "mix"]]
-    model(x[[0, n - 1]])
+    outs = forward_outputs(model, x[[0, n - 1]], ["expand", "act", "mix"], keep=lambda o: o)
     ok = all(np.allclose(rows[f"{h}@full.npy"][k], outs[h][k].reshape(-1).numpy(), atol=1e-6)
              and np.allclose(rows[f"{h}@1.npy"][k], outs[h][k].mean(dim=(1, 2)).numpy(), atol=1e-6)
              for h in outs for k in (0, 1))

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from hooks import forward_outputs
 from rra.layers.fragmentation import (count_regions, draw_triplets, fragmentation,
                                       fragmentation_rows, head_logits, plane_coordinates)
 from rra.models import build_model
@@ -181,15 +182,10 @@ def test_head_substitution_on_a_resnet_reproduces_the_logits():
     with torch.no_grad():
         z = model(x)
     for hook in ("stem", "layer1.0", "layer2.0", "pool", "fc", "layer2.0.conv1"):
-        store = {}
-        handle = model.get_submodule(hook).register_forward_hook(
-            lambda m, i, o: store.__setitem__("h", o.detach().clone()))
-        with torch.no_grad():
-            model(x)
-        handle.remove()
-        torch.testing.assert_close(head_logits(model, hook, store["h"], x), z)
+        h = forward_outputs(model, x, [hook])[hook]
+        torch.testing.assert_close(head_logits(model, hook, h, x), z)
         # a block output is a cut: the head ignores what the bypassed layers are fed
-        other = head_logits(model, hook, store["h"], torch.zeros_like(x))
+        other = head_logits(model, hook, h, torch.zeros_like(x))
         if hook == "layer2.0.conv1":  # inside a block: the shortcut still reads x
             assert not torch.allclose(other, z)
         else:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from hooks import forward_outputs
 from rra.layers.patterns import (activation_patterns, check_relu_hooks, pattern_groups,
                                  pattern_purity, relu_codes, relu_hooks)
 
@@ -191,14 +192,8 @@ def test_relu_hooks_of_registry_models():
     assert hooks == ["stem.relu", "layer1.0.relu", "layer2.0.relu", "layer3.0.relu"]
     assert check_relu_hooks(resnet, hooks) == hooks
     # the ReLU's output is the block's output
-    seen = {}
-    handles = [resnet.get_submodule(h).register_forward_hook(
-        lambda m, i, o, h=h: seen.__setitem__(h, o)) for h in ["layer1.0", "layer1.0.relu"]]
-    resnet.eval()
-    with torch.no_grad():
-        resnet(torch.randn(2, 3, 8, 8))
-    for hd in handles:
-        hd.remove()
+    seen = forward_outputs(resnet.eval(), torch.randn(2, 3, 8, 8), ["layer1.0", "layer1.0.relu"],
+                           keep=lambda o: o)
     assert seen["layer1.0"] is seen["layer1.0.relu"]
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hooks import capture
 from rra.models import ATTENTION, MODELS, analyses_input, build_model, list_models
 from rra.models.attention import STAC, SqueezeExcite
 from rra.models.cost import (cost_stage, cost_table, count_elementwise_flops, count_flops,
@@ -51,22 +52,10 @@ def test_registry_names():
 def test_forward_and_hooks(name, attention):
     model = _model(name, attention)
     x = _input(name)
-    order, captured = [], {}
-
-    def make_hook(hook):
-        def fn(module, inputs, output):
-            order.append(hook)
-            captured[hook] = (output, output.clone())
-        return fn
-
-    handles = [model.get_submodule(h).register_forward_hook(make_hook(h))
-               for h in model.hook_names]
-    try:
-        with torch.no_grad():
-            y = model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with capture(model, model.hook_names, keep=lambda o: (o, o.clone())) as captured, \
+            torch.no_grad():
+        y = model(x)
+    order = captured.calls
     assert y.shape == (2, 7)
     assert torch.isfinite(y).all()
     assert len(set(model.hook_names)) == len(model.hook_names)
@@ -97,16 +86,9 @@ def test_deterministic_for_seed(name, attention):
 def test_resnet_hooks_are_block_outputs(name):
     """stem → layer1.0 → … → pool → fc is a chain: each hook's output is the next's input."""
     model = _model(name, "se")
-    ins, outs = {}, {}
-    handles = []
-    for h in model.hook_names:
-        mod = model.get_submodule(h)
-        handles.append(mod.register_forward_pre_hook(lambda m, i, h=h: ins.__setitem__(h, i[0])))
-        handles.append(mod.register_forward_hook(lambda m, i, o, h=h: outs.__setitem__(h, o)))
-    with torch.no_grad():
+    with capture(model, model.hook_names, what="input") as ins, \
+            capture(model, model.hook_names) as outs, torch.no_grad():
         model(_input(name))
-    for handle in handles:
-        handle.remove()
     hooks = model.hook_names
     for prev, nxt in zip(hooks[:-2], hooks[1:-1]):
         if nxt == "pool":

@@ -86,6 +86,7 @@ def test_training_artifacts(study):
 def test_embeddings_equal_forward_pass(study):
     import torch
 
+    from hooks import forward_outputs
     from rra.data import load_split, normalise
     from rra.train import load_trained
 
@@ -98,13 +99,7 @@ def test_embeddings_equal_forward_pass(study):
     assert len(probe) == 120
     split = load_split(study / "results" / "data" / "mnist5k" / "test")
     x = torch.from_numpy(normalise(np.asarray(split.images[probe]), split.info))
-    outputs = {}
-    hooks = [model.get_submodule(h).register_forward_hook(
-        lambda m, i, o, name=h: outputs.__setitem__(name, o.detach().clone())) for h in model.hook_names]
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
+    outputs = forward_outputs(model, x, model.hook_names)
     assert np.array_equal(np.load(embed / "labels.npy"), split.labels[probe])
     conv = np.load(embed / "conv1@full.npy")
     np.testing.assert_allclose(conv, outputs["conv1"].flatten(1).numpy(), rtol=1e-5, atol=1e-5)
