@@ -4,6 +4,7 @@ its declared symmetry and invariances hold, and the metric tables are built from
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -77,6 +78,28 @@ def test_every_table_of_measures_has_a_builder():
                                                       "rank_similarity", "second_order_cosine"]
     with pytest.raises(ValueError, match="no registered measure writes table 'knn'"):
         measures_in("knn")
+
+
+def _table_lists(node):
+    """Every ``enum`` and list ``default`` naming ``nnts`` in a parsed JSON schema."""
+    if isinstance(node, dict):
+        for key in ("enum", "default"):
+            if isinstance(node.get(key), list) and "nnts" in node[key]:
+                yield tuple(node[key])
+        node = list(node.values())
+    if isinstance(node, list):
+        for v in node:
+            yield from _table_lists(v)
+
+
+def test_config_schema_names_the_registered_tables():
+    """The config's analysis ``tables:`` (enum and default) are the tables of the registry."""
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "schema.yaml")
+                            .read_text())
+    found = set(_table_lists(schema))
+    assert found == {COMPUTED_TABLES}
 
 
 def test_tables_write_exactly_the_registered_outputs(tmp_path):
