@@ -204,21 +204,23 @@ def cmd_report(a: argparse.Namespace) -> None:
     build_report(a.inputs, a.out, config=a.config)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rra", description=__doc__.splitlines()[0])
-    debug_help = "print the traceback of an error (also: environment RRA_DEBUG=1)"
-    parser.add_argument("--debug", action="store_true", help=debug_help)
-    sub = parser.add_subparsers(dest="stage", required=True)
+#: help of ``--debug``, on the main parser and on every subcommand
+DEBUG_HELP = "print the traceback of an error (also: environment RRA_DEBUG=1)"
 
-    def stage(name: str, fn: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
-        p.set_defaults(fn=fn)
-        p.add_argument("--threads", type=int, default=None,
-                       help="threads of every pool (torch, OpenMP, BLAS, numba): the job's share")
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
-        return p
+def _stage(sub: argparse._SubParsersAction, name: str, fn: Callable[[argparse.Namespace], None],
+           help: str) -> argparse.ArgumentParser:
+    """One subcommand running ``fn``, with the options every stage has (--threads, --debug)."""
+    p = sub.add_parser(name, help=help)
+    p.set_defaults(fn=fn)
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads of every pool (torch, OpenMP, BLAS, numba): the job's share")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+    return p
 
-    p = stage("prepare", cmd_prepare, "prepare a dataset's splits as versionable arrays")
+
+def _add_data_stages(sub: argparse._SubParsersAction) -> None:
+    """prepare, probe: the dataset's splits and the probe sets."""
+    p = _stage(sub, "prepare", cmd_prepare, "prepare a dataset's splits as versionable arrays")
     p.add_argument("--dataset", required=True)
     p.add_argument("--data-dir", default="")
     p.add_argument("--options", type=_json, default={})
@@ -231,13 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "check every probe's n_per_class and k against the splits' class counts "
                         "before the stage completes (the workflow passes the config's)")
 
-    p = stage("probe", cmd_probe, "select the probe set (n per class, seeded)")
+    p = _stage(sub, "probe", cmd_probe, "select the probe set (n per class, seeded)")
     p.add_argument("--split-dir", required=True)
     p.add_argument("--n-per-class", type=_n_per_class, required=True, help="an integer or 'all'")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True)
 
-    p = stage("train", cmd_train, "train one model of the grid")
+
+def _add_model_stages(sub: argparse._SubParsersAction) -> None:
+    """train, embed: one model of the grid and its embeddings of a probe set."""
+    p = _stage(sub, "train", cmd_train, "train one model of the grid")
     p.add_argument("--spec", type=_json, required=True)
     p.add_argument("--data", required=True, help="prepared dataset directory")
     p.add_argument("--out", required=True, help="run directory")
@@ -249,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run directory holding another spec's checkpoints: stop (default) or "
                         "discard them and train from scratch (the workflow's choice)")
 
-    p = stage("embed", cmd_embed, "dump every hook's embeddings of the probe set")
+    p = _stage(sub, "embed", cmd_embed, "dump every hook's embeddings of the probe set")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--split-dir", required=True)
     p.add_argument("--probe", required=True)
@@ -262,14 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "auto = the model's analyse_input attribute (the rule passes the "
                         "resolved embed.input)")
 
-    p = stage("knn", cmd_knn, "build one kNN graph per embedding")
+
+def _add_analysis_stages(sub: argparse._SubParsersAction) -> None:
+    """knn, metrics, layers: the analyses of one trained run."""
+    p = _stage(sub, "knn", cmd_knn, "build one kNN graph per embedding")
     p.add_argument("--embed-dir", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--distance", required=True)
     p.add_argument("--backend", required=True)
     p.add_argument("--params", type=_json, required=True)
 
-    p = stage("metrics", cmd_metrics, "compute the metric tables of one run")
+    p = _stage(sub, "metrics", cmd_metrics, "compute the metric tables of one run")
     p.add_argument("--embed-dir", required=True)
     p.add_argument("--knn-dir", required=True)
     p.add_argument("--out", required=True)
@@ -278,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # no choices from rra.layers.stage here: importing it loads numpy before --threads sizes
     # the thread pools (the stage itself refuses an unknown analysis, naming the known ones)
-    p = stage("layers", cmd_layers, "one layer analysis of a trained run (E7–E9)")
+    p = _stage(sub, "layers", cmd_layers, "one layer analysis of a trained run (E7–E9)")
     p.add_argument("--analysis", required=True,
                    help="translation | patterns | margins | saliency | fragmentation")
     p.add_argument("--run-dir", required=True)
@@ -295,8 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", choices=["auto", "true", "false"], default="auto",
                    help="the model's normalised input as hook 'input' (position 0)")
 
-    p = stage("stac-scales", cmd_stac_scales,
-              "choose the stac-auto scales per stage from a baseline's ClassRepSim table")
+
+def _add_model_choice_stages(sub: argparse._SubParsersAction) -> None:
+    """stac-scales, cost: the stac-auto scales and every model's parameters and FLOPs."""
+    p = _stage(sub, "stac-scales", cmd_stac_scales,
+               "choose the stac-auto scales per stage from a baseline's ClassRepSim table")
     p.add_argument("--classrepsim", required=True, help="the baseline's classrepsim.parquet")
     p.add_argument("--run-dir", required=True, help="the baseline's run directory (model.pt)")
     p.add_argument("--criterion", choices=["agreement", "jaccard"], required=True)
@@ -309,20 +320,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the other stac arguments (mode), for the FLOPs of each choice")
     p.add_argument("--out", required=True, help="JSON file to write")
 
-    p = stage("cost", cmd_cost, "parameters and FLOPs of every (model, attention) of the grid")
+    p = _stage(sub, "cost", cmd_cost, "parameters and FLOPs of every (model, attention) of the grid")
     p.add_argument("--dataset", required=True, help="input size from this dataset")
     p.add_argument("--variants", type=_json, required=True,
                    help="JSON list of {model, model_kwargs, attention, module, attention_kwargs"
                         "[, attention_kwargs_file]}")
     p.add_argument("--out", required=True, help="table stem (writes .parquet and .csv)")
 
-    p = stage("summary", cmd_summary, "collect every run's metrics.json into one table")
+
+def _add_study_stages(sub: argparse._SubParsersAction) -> None:
+    """summary, e2-guideline, report: the study's tables and the report."""
+    p = _stage(sub, "summary", cmd_summary, "collect every run's metrics.json into one table")
     p.add_argument("--dataset", required=True)
     p.add_argument("--runs", type=_json, required=True,
                    help="JSON list of {model, attention, augmentation, seed, metrics}")
     p.add_argument("--out", required=True, help="table stem (writes .parquet and .csv)")
-    p = stage("e2-guideline", cmd_e2_guideline,
-              "E2: the summary measures across analysis settings, and the guideline table")
+
+    p = _stage(sub, "e2-guideline", cmd_e2_guideline,
+               "E2: the summary measures across analysis settings, and the guideline table")
     p.add_argument("--inputs", required=True,
                    help='JSON file {"metrics": [metric manifests of the runs analysed twice or '
                         'more]}')
@@ -330,12 +345,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON {reference: {probe, distance, backend}, k, scale}")
     p.add_argument("--out", required=True, help="output folder (tables and manifest)")
 
-    p = stage("report", cmd_report, "build the Altair figures and reports/index.html")
+    p = _stage(sub, "report", cmd_report, "build the Altair figures and reports/index.html")
     p.add_argument("--inputs", required=True,
                    help='JSON file {"results_dir": ..., kind: [files]}: what the report reads '
                         "(rra.report.inputs)")
     p.add_argument("--out", required=True, help="reports directory")
     p.add_argument("--config", type=_json, default=None, help="the study config (recorded per figure)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m rra``: one subcommand per stage, in pipeline order. Building it
+    imports no stage (no numpy, torch or numba before ``--threads`` sizes the pools)."""
+    parser = argparse.ArgumentParser(prog="rra", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    sub = parser.add_subparsers(dest="stage", required=True)
+    for add_stages in (_add_data_stages, _add_model_stages, _add_analysis_stages,
+                       _add_model_choice_stages, _add_study_stages):
+        add_stages(sub)
     return parser
 
 
