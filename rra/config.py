@@ -23,14 +23,14 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from rra.runs import KnnSetting, Probe, Run
 
-SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
+if TYPE_CHECKING:
+    from rra.data.base import DatasetInfo
 
-#: the metric tables an analysis may ask for (rra.metrics.tables; the knn table is always written)
-TABLES = ("nnts", "nntp", "class_response", "classrepsim", "peers", "cka")
+SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 
 #: attention names that are workflow variants rather than modules: ``stac-auto`` is the ``stac``
 #: module with per-stage scales chosen by the ClassRepSim analysis of a trained baseline.
@@ -175,31 +175,60 @@ def check_config(config: dict[str, Any]) -> None:
     (:func:`check_probe_sizes`), NNTP's k (:func:`check_nntp_k`) and the report's options
     (:func:`check_report`) and the layer analyses (:func:`check_layer_overrides`,
     :func:`check_layers`): whatever the config alone decides fails here, before any job."""
+    check_dataset(config)
+    check_val(config)
+    check_layer_overrides(config)
+    check_probe_splits(config)
+    check_run_names(config)
+    check_run_lists(config)
+    scales = embed_scales(config)
+    check_stac_auto(config, runs_of(config), scales)
+    analyses(config)  # parses every probe and kNN spec
+    check_large_k(config)
+    check_dataset_options(config)
+    check_runs(config)
+    check_layers(config)
+    check_probe_sizes(config)
+    check_nntp_k(config)
+    check_report(config)
+
+
+def check_dataset(config: dict[str, Any]) -> None:
+    """The dataset is registered; one that loads from a local directory has ``data_dir`` set
+    to an existing folder."""
     from rra.data import DATASETS, dataset_info
-    from rra.models import MODELS
-    from rra.models.attention import ATTENTION
-    from rra.train import AUGMENTATIONS
 
     name = config["dataset"]
     if name not in DATASETS:
         raise ConfigError(f"config key 'dataset': unknown dataset {name!r}; known: {sorted(DATASETS)}")
-    info = dataset_info(name)
-    if info.needs_data_dir:
+    if dataset_info(name).needs_data_dir:
         data_dir = config.get("data_dir")
         if not data_dir:
             raise ConfigError(f"config key 'data_dir': dataset {name!r} loads from a local "
                               "directory; set data_dir to the folder that holds it")
         if not Path(data_dir).is_dir():
             raise ConfigError(f"config key 'data_dir': directory not found: {data_dir}")
-    check_val(config)
-    check_layer_overrides(config)
+
+
+def check_probe_splits(config: dict[str, Any]) -> None:
+    """Every probe (:func:`probe_entries`) reads a split the prepared dataset has."""
     splits = prepared_splits(config)
     for where, probe in probe_entries(config):
         if probe["split"] not in splits:
             hint = (f" (split {VAL_SPLIT!r} exists when val.n_per_class > 0)"
                     if probe["split"] == VAL_SPLIT else "")
-            raise ConfigError(f"config key '{where}.split': dataset {name!r} has splits "
-                              f"{list(splits)}, not {probe['split']!r}{hint}")
+            raise ConfigError(f"config key '{where}.split': dataset {config['dataset']!r} has "
+                              f"splits {list(splits)}, not {probe['split']!r}{hint}")
+
+
+def check_run_names(config: dict[str, Any]) -> None:
+    """Every run entry's model, attention and augmentation, and every ``attention`` block,
+    names a registry entry; attention other than ``none`` only for models with residual
+    blocks."""
+    from rra.models import MODELS
+    from rra.models.attention import ATTENTION
+    from rra.train import AUGMENTATIONS
+
     for where, run in run_entries(config):
         if run["model"] not in MODELS:
             raise ConfigError(f"config key '{where}.model': unknown model {run['model']!r}; "
@@ -221,17 +250,6 @@ def check_config(config: dict[str, Any]) -> None:
         if attn not in ATTENTION:
             raise ConfigError(f"config key 'attention.{attn}': unknown attention module; "
                               f"known: {sorted(ATTENTION)}")
-    check_run_lists(config)
-    scales = embed_scales(config)
-    check_stac_auto(config, runs_of(config), scales)
-    analyses(config)  # parses every probe and kNN spec
-    check_large_k(config)
-    check_dataset_options(config)
-    check_runs(config)
-    check_layers(config)
-    check_probe_sizes(config)
-    check_nntp_k(config)
-    check_report(config)
 
 
 def check_dataset_options(config: dict[str, Any]) -> None:
@@ -723,43 +741,72 @@ def probe_entries(config: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def analyses(config: dict[str, Any], experiment: str | None = None) -> list[Analysis]:
-    """Every analysis of the study (or of one experiment).
+@dataclass(frozen=True)
+class AnalysisBlock:
+    """The analysis settings of the top-level grid (``study``) or of one experiment: its run
+    entries, probe names and kNN specs, and the k, alphas, tables and NNTP k every analysis of
+    its runs gets (:func:`analysis_blocks`)."""
 
-    The top-level grid is analysed with the top-level probe, knn and metrics blocks; each
-    experiment with its own ``probes``/``knn``/``k``/``nntp_alpha`` where given, the top-level
-    ones otherwise (``analyse: false`` = training only). A ``stac-auto`` run adds the analysis
-    its scale choice reads (baseline, top-level probe, first kNN setting, ``stac_auto.k``).
-    """
-    top_probe = probe_name(config["probe"])
-    top_knn = [knn_spec(d, config["knn"]["backend"]) for d in config["knn"]["distance"]]
-    top_k, top_alpha = tuple(sorted(set(config["knn"]["k"]))), tuple(sorted(set(config["metrics"]["nntp_alpha"])))
-    top_tables, top_nntp_k = tuple(config["metrics"]["tables"]), tuple(config["metrics"]["nntp_k"])
-    blocks = [("study", config["runs"], [top_probe], top_knn, top_k, top_alpha, top_tables, top_nntp_k)]
+    experiment: str
+    runs: tuple[dict[str, Any], ...]  # the config's run entries (expanded by :func:`_expand`)
+    probes: tuple[str, ...]
+    knns: tuple[str, ...]          # kNN specs (:func:`knn_spec`)
+    ks: tuple[int, ...]
+    alphas: tuple[int, ...]
+    tables: tuple[str, ...]
+    nntp_ks: tuple[int, ...]       # empty: NNTP at every k
+
+    def analyses(self, config: dict[str, Any]) -> list[Analysis]:
+        """One :class:`Analysis` per run, probe and kNN setting of the block, in that order."""
+        nntp_ks = tuple(sorted(set(self.nntp_ks) & set(self.ks))) if self.nntp_ks else self.ks
+        out = []
+        for run in (run for entry in self.runs for run in _expand(entry)):
+            for probe in self.probes:
+                for spec in self.knns:
+                    parse_knn_spec(config, spec)
+                    out.append(Analysis(run, probe, spec, self.ks, self.alphas, self.experiment,
+                                        self.tables, nntp_ks))
+        return out
+
+
+def analysis_blocks(config: dict[str, Any]) -> list[AnalysisBlock]:
+    """The top-level grid's block (the top-level probe, knn and metrics blocks), then one per
+    enabled experiment that analyses (``analyse: false`` = training only) with its own
+    ``probes``/``knn``/``k``/``nntp_alpha``/``tables``/``nntp_k`` where given, the top-level
+    ones otherwise."""
+    metrics = config["metrics"]
+    top = AnalysisBlock(
+        "study", tuple(config["runs"]), (probe_name(config["probe"]),),
+        tuple(knn_spec(d, config["knn"]["backend"]) for d in config["knn"]["distance"]),
+        tuple(sorted(set(config["knn"]["k"]))), tuple(sorted(set(metrics["nntp_alpha"]))),
+        tuple(metrics["tables"]), tuple(metrics["nntp_k"]))
+    blocks = [top]
     for name, exp in experiments(config).items():
         if not exp.get("analyse", True):
             continue
-        probes = [probe_name(p) for p in exp.get("probes", [])] or [top_probe]
-        knn = [knn_spec(e["distance"], e) for e in exp.get("knn", [])] or top_knn
-        ks = tuple(sorted(set(exp.get("k", []) or top_k)))
-        alphas = tuple(sorted(set(exp.get("nntp_alpha", []) or top_alpha)))
-        blocks.append((name, exp.get("runs") or config["runs"], probes, knn, ks, alphas,
-                       tuple(exp.get("tables", top_tables)), tuple(exp.get("nntp_k", top_nntp_k))))
-    out = []
-    for name, entries, probes, knns, ks, alphas, tables, nntp_ks in blocks:
-        for entry in entries:
-            for run in _expand(entry):
-                for probe in probes:
-                    for spec in knns:
-                        parse_knn_spec(config, spec)
-                        out.append(Analysis(run, probe, spec, ks, alphas, name, tables,
-                                            tuple(sorted(set(nntp_ks) & set(ks))) if nntp_ks else ks))
+        blocks.append(AnalysisBlock(
+            name, tuple(exp.get("runs") or config["runs"]),
+            tuple(probe_name(p) for p in exp.get("probes", [])) or top.probes,
+            tuple(knn_spec(e["distance"], e) for e in exp.get("knn", [])) or top.knns,
+            tuple(sorted(set(exp.get("k", []) or top.ks))),
+            tuple(sorted(set(exp.get("nntp_alpha", []) or top.alphas))),
+            tuple(exp.get("tables", top.tables)), tuple(exp.get("nntp_k", top.nntp_ks))))
+    return blocks
+
+
+def analyses(config: dict[str, Any], experiment: str | None = None) -> list[Analysis]:
+    """Every analysis of the study (or of one experiment): those of each
+    :func:`analysis_blocks` entry, then, for each ``stac-auto`` run, the analysis its scale
+    choice reads (baseline, top-level probe, first kNN setting, ``stac_auto.k``)."""
+    blocks = analysis_blocks(config)
+    out = [a for block in blocks for a in block.analyses(config)]
+    top = blocks[0]
     for run in runs_of(config):
         if run.attention in AUTO_ATTENTION:
             base = stac_baseline(config, run.model)
             k = int(config["stac_auto"]["k"])
-            out.append(Analysis(base, stac_probe(config), top_knn[0], (k,), top_alpha, "stac_auto",
-                                ("classrepsim",), ()))
+            out.append(Analysis(base, stac_probe(config), top.knns[0], (k,), top.alphas,
+                                "stac_auto", ("classrepsim",), ()))
     return [a for a in out if experiment is None or a.experiment == experiment]
 
 
@@ -812,9 +859,11 @@ def analysis_settings(config: dict[str, Any], run: Run, probe: str, knn: str) ->
     if not matching:
         raise ConfigError(f"no analysis of run {run.name!r} with probe {probe!r} and kNN {knn!r} "
                           "is configured")
+    from rra.metrics.tables import COMPUTED_TABLES  # the registry's tables, in its order
+
     ks = sorted({k for a in matching for k in a.ks})
     return {"k": ks, "nntp_alpha": sorted({x for a in matching for x in a.alphas}),
-            "tables": [t for t in TABLES if any(t in a.tables for a in matching)],
+            "tables": [t for t in COMPUTED_TABLES if any(t in a.tables for a in matching)],
             "nntp_k": sorted({k for a in matching for k in a.nntp_ks})}
 
 
@@ -993,59 +1042,95 @@ def check_layers(config: dict[str, Any]) -> None:
     from rra.data import dataset_info
 
     info = dataset_info(config["dataset"])
-    d = info.channels * info.image_size ** 2
     for block in layer_blocks(config):
-        s, exp = block.settings, experiments(config)[block.experiment]
+        exp = experiments(config)[block.experiment]
         exp_runs = runs_of({"runs": exp.get("runs") or config["runs"]})
-        models = s.get("models")
-        if models:
-            missing = sorted(set(models) - {r.model for r in exp_runs})
-            if missing:
-                raise ConfigError(f"config key '{block.key('models')}': model(s) {missing} "
-                                  f"are not among the runs of experiment {block.experiment} "
-                                  f"({sorted({r.model for r in exp_runs})})")
-        probe_n = probe_size(config, s["probe"])
-        per_class = s["probe"]["n_per_class"]
-        if block.analysis == "translation":
-            if s["max_shift"] >= info.image_size:
-                raise ConfigError(f"config key '{block.key('max_shift')}': {s['max_shift']} "
-                                  f"must be smaller than the image side {info.image_size} of "
-                                  f"{info.name} (larger shifts leave only fill)")
-            if len({str(x) for x in s["scales"]}) != len(s["scales"]):
-                raise ConfigError(f"config key '{block.key('scales')}': repeated scale in "
-                                  f"{s['scales']}")
-        elif block.analysis == "patterns":
-            _check_tree_kwargs(s["tree"], block.key("tree"))
-            _check_relus(config, exp_runs, models, block.key("models"))
-        elif block.analysis == "margins":
-            n_train = probe_size(config, s["train"])
-            for k in s["pca_k"]:
-                if k == "full":
-                    continue
-                bound, why = d, f"the input dimension D = {d}"
-                if n_train is not None and n_train - 1 < bound:
-                    bound, why = n_train - 1, (f"the rank n − 1 = {n_train - 1} of the training "
-                                               f"subset ('{block.key('train')}')")
-                if k > bound:
-                    raise ConfigError(f"config key '{block.key('pca_k')}': k = {k} exceeds "
-                                      f"{why}; use k ≤ {bound} or 'full'")
-            if probe_n is not None and probe_n < 2:
-                raise ConfigError(f"config key '{block.key('probe')}': the hidden margins "
-                                  "need at least 2 probe rows")
-        elif block.analysis == "fragmentation":
-            if "same_class" in s["kinds"] and per_class != "all" and per_class < 3:
-                raise ConfigError(f"config key '{block.key('probe')}.n_per_class': "
-                                  f"same_class triplets need 3 probe rows of a class, the "
-                                  f"probe has {per_class} per class; enlarge it or set "
-                                  f"kinds: [mixed]")
-            if "mixed" in s["kinds"] and info.num_classes < 3:
-                raise ConfigError(f"config key '{block.key('kinds')}': mixed triplets need 3 "
-                                  f"classes, {info.name} has {info.num_classes}")
-        elif block.analysis == "saliency":
-            if probe_n is not None and s["images"] > probe_n:
-                raise ConfigError(f"config key '{block.key('images')}': {s['images']} images "
-                                  f"in the grid, the probe has {probe_n} rows")
+        _check_layer_models(block, exp_runs)
+        check = _LAYER_CHECKS.get(block.analysis)
+        if check is not None:
+            check(config, block, info, exp_runs)
     layer_analyses(config)  # one setting per folder
+
+
+def _check_layer_models(block: LayerBlock, exp_runs: list[Run]) -> None:
+    """The block's ``models`` are among its experiment's runs."""
+    models = block.settings.get("models")
+    if models:
+        missing = sorted(set(models) - {r.model for r in exp_runs})
+        if missing:
+            raise ConfigError(f"config key '{block.key('models')}': model(s) {missing} "
+                              f"are not among the runs of experiment {block.experiment} "
+                              f"({sorted({r.model for r in exp_runs})})")
+
+
+def _check_translation(config: dict[str, Any], block: LayerBlock, info: DatasetInfo,
+                       exp_runs: list[Run]) -> None:
+    s = block.settings
+    if s["max_shift"] >= info.image_size:
+        raise ConfigError(f"config key '{block.key('max_shift')}': {s['max_shift']} "
+                          f"must be smaller than the image side {info.image_size} of "
+                          f"{info.name} (larger shifts leave only fill)")
+    if len({str(x) for x in s["scales"]}) != len(s["scales"]):
+        raise ConfigError(f"config key '{block.key('scales')}': repeated scale in "
+                          f"{s['scales']}")
+
+
+def _check_patterns(config: dict[str, Any], block: LayerBlock, info: DatasetInfo,
+                    exp_runs: list[Run]) -> None:
+    _check_tree_kwargs(block.settings["tree"], block.key("tree"))
+    _check_relus(config, exp_runs, block.settings.get("models"), block.key("models"))
+
+
+def _check_margins(config: dict[str, Any], block: LayerBlock, info: DatasetInfo,
+                   exp_runs: list[Run]) -> None:
+    s = block.settings
+    d = info.channels * info.image_size ** 2
+    n_train = probe_size(config, s["train"])
+    for k in s["pca_k"]:
+        if k == "full":
+            continue
+        bound, why = d, f"the input dimension D = {d}"
+        if n_train is not None and n_train - 1 < bound:
+            bound, why = n_train - 1, (f"the rank n − 1 = {n_train - 1} of the training "
+                                       f"subset ('{block.key('train')}')")
+        if k > bound:
+            raise ConfigError(f"config key '{block.key('pca_k')}': k = {k} exceeds "
+                              f"{why}; use k ≤ {bound} or 'full'")
+    probe_n = probe_size(config, s["probe"])
+    if probe_n is not None and probe_n < 2:
+        raise ConfigError(f"config key '{block.key('probe')}': the hidden margins "
+                          "need at least 2 probe rows")
+
+
+def _check_fragmentation(config: dict[str, Any], block: LayerBlock, info: DatasetInfo,
+                         exp_runs: list[Run]) -> None:
+    s = block.settings
+    per_class = s["probe"]["n_per_class"]
+    if "same_class" in s["kinds"] and per_class != "all" and per_class < 3:
+        raise ConfigError(f"config key '{block.key('probe')}.n_per_class': "
+                          f"same_class triplets need 3 probe rows of a class, the "
+                          f"probe has {per_class} per class; enlarge it or set "
+                          f"kinds: [mixed]")
+    if "mixed" in s["kinds"] and info.num_classes < 3:
+        raise ConfigError(f"config key '{block.key('kinds')}': mixed triplets need 3 "
+                          f"classes, {info.name} has {info.num_classes}")
+
+
+def _check_saliency(config: dict[str, Any], block: LayerBlock, info: DatasetInfo,
+                    exp_runs: list[Run]) -> None:
+    s = block.settings
+    probe_n = probe_size(config, s["probe"])
+    if probe_n is not None and s["images"] > probe_n:
+        raise ConfigError(f"config key '{block.key('images')}': {s['images']} images "
+                          f"in the grid, the probe has {probe_n} rows")
+
+
+#: the checks of :func:`check_layers` per analysis: ``(config, block, dataset info, the
+#: experiment's runs)``
+_LAYER_CHECKS: dict[str, Callable[[dict[str, Any], LayerBlock, DatasetInfo, list[Run]], None]] = {
+    "translation": _check_translation, "patterns": _check_patterns, "margins": _check_margins,
+    "fragmentation": _check_fragmentation, "saliency": _check_saliency,
+}
 
 
 def _check_tree_kwargs(kwargs: dict[str, Any], key: str) -> None:

@@ -237,6 +237,11 @@ def test_analyses_share_folders_with_the_union_of_k(base):
     annoy = rc.knn_params(cfg, lenet, "test-n20-s0", "euclidean-annoy-t5-sauto")
     assert (annoy["k"], annoy["n_trees"], annoy["search_k"]) == (50, 5, "auto")
     assert [a.experiment for a in rc.analyses(cfg, "E6")] == []
+    # one block of settings per analysing experiment, unset fields from the top level
+    study, e1, e2 = rc.analysis_blocks(cfg)
+    assert (study.experiment, e1.experiment, e2.experiment) == ("study", "E1", "E2")
+    assert (e1.ks, e1.alphas, e1.probes, e1.knns) == ((15, 100), (0,), study.probes, study.knns)
+    assert (e2.ks, e2.probes, e2.tables) == (study.ks, ("test-n20-s0",), study.tables)
     # an experiment asking for NNTS and NNTP at one k only (published E1) in a folder of its own
     cfg["experiments"]["E2"].update(tables=["nnts", "nntp"], nntp_k=[5, 10])
     cfg["experiments"]["E2"]["k"] = [10, 20]
