@@ -83,6 +83,14 @@ def test_training_artifacts(study):
         assert sorted(p.name for p in (d / "checkpoints").iterdir())[-1] == "epoch-002.pt"
 
 
+def test_tables_hold_the_stored_expected_values(study):
+    """Every table of the tiny study holds the values stored in tests/expected (a refactor that
+    changes a number fails here; tests/expected_tables.py says how to regenerate them)."""
+    from expected_tables import compare
+
+    compare(study / "results")
+
+
 def test_embeddings_equal_forward_pass(study):
     import torch
 
