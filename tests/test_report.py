@@ -629,6 +629,53 @@ def test_build_report_skips_absent_inputs_and_checks_options(tmp_path):
         ReportInputs.of(results, cost=[tmp_path / "toy" / "cost.parquet"])
 
 
+def measure_row(m) -> str:
+    """The index's row of one registered measure (rra.metrics.registry.Measure), built from its
+    declared properties."""
+    import html
+
+    cell = {True: "yes", False: "no", None: "–"}
+    cells = (m.name, cell[m.symmetric], cell[m.larger_is_more_similar],
+             cell[m.needs_embeddings], html.escape("; ".join(m.invariances)),
+             html.escape(m.tag_text[1:-1]))
+    return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+
+
+def test_index_lists_every_registered_measure_with_its_properties(report):
+    from rra.metrics.registry import MEASURES
+
+    reports, _ = report
+    page = (reports / "index.html").read_text()
+    assert '<li><a href="#measures">Measures</a></li>' in page
+    section = page[page.index('<section id="measures">'):page.index("</body>")]
+    assert ("<tr><th>measure</th><th>symmetric</th><th>larger is more similar</th>"
+            "<th>needs embeddings</th><th>invariances</th><th>tag</th></tr>") in section
+    for m in MEASURES.values():
+        assert measure_row(m) in section, m.name
+    assert section.count("<tr>") == 1 + len(MEASURES)
+    assert "<td>class_response</td><td>–</td><td>–</td><td>no</td>" in section
+    measures = json.loads((reports / "index.json").read_text())["measures"]
+    assert [r["name"] for r in measures] == list(MEASURES)
+    assert measures[0]["invariances"] == "; ".join(MEASURES["nnts"].invariances)
+
+
+def test_index_reads_the_measures_from_the_registry(tmp_path, monkeypatch):
+    """A measure changed in the registry is changed in the next report (none hard-coded)."""
+    import dataclasses
+
+    from rra.metrics import registry
+
+    changed = {"toy_measure": dataclasses.replace(
+        registry.MEASURES["cycle_knn"], name="toy_measure", invariances=("relabelling",),
+        tag="ours", source="a test")}
+    monkeypatch.setattr(registry, "MEASURES", changed)
+    build_report(ReportInputs.of(tmp_path / "results"), tmp_path / "reports")
+    page = (tmp_path / "reports" / "index.html").read_text()
+    section = page[page.index('<section id="measures">'):]
+    assert measure_row(changed["toy_measure"]) in section
+    assert section.count("<tr>") == 2 and "nnts" not in section
+
+
 def test_classrepsim_only_folder_gets_its_heatmaps_not_a_warning(tmp_path):
     """The baseline's analysis on the val probe (what the stac-auto choice reads) computes
     ClassRepSim only; its empty NNTS table must give the E4 heat maps, not a no-NNTS warning."""

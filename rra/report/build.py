@@ -55,7 +55,8 @@ e.g. ResNet-20 with and without BatchNorm, share a figure):
   ``fragmentation-{models}``   class regions per plane per hook, same-class and mixed
                                triplets (E9).
 
-A figure whose inputs are not listed is skipped. Under each analysis's heading the index says which
+The index ends with the "Measures" table: each registered measure's properties
+(:func:`rra.metrics.measure_properties`). A figure whose inputs are not listed is skipped. Under each analysis's heading the index says which
 kNN backend built its graphs and why (``kNN: exact, … (auto: exact predicted … vs Annoy …)``,
 :func:`rra.report.frames.knn_backend_note`). Options come from ``config["report"]``
 (:data:`DEFAULTS`): the pooled ``scale`` of the hook-pair figures, ``k`` (default: the smallest
@@ -272,10 +273,13 @@ def _build_report(inputs: ReportInputs, reports_dir: Path,
             _dataset_figures(rep, dataset)
     finally:
         rep.progress.close()
+    from rra.metrics import measure_properties
+
     write_metrics_json(inputs["accuracy"], reports_dir / "metrics.json")
     build_index(rep.records, reports_dir / "index.html", title="rra report",
                 intro=f"Figures built from {inputs.results_dir.name}/ "
-                      f"({len(inputs.datasets())} dataset(s)).", notes=rep.notes)
+                      f"({len(inputs.datasets())} dataset(s)).", notes=rep.notes,
+                measures=measure_properties().to_dicts())
     return rep.records
 
 

@@ -1,4 +1,5 @@
-"""The report's index page: every figure with its files, config values and input hashes. [ours]
+"""The report's index page: every figure with its files, config values and input hashes, and
+the measures' properties from their registry (:func:`rra.metrics.measure_properties`). [ours]
 
 ``index.html`` is plain HTML with inline CSS and no scripts; images and links are relative to the
 page, so the reports folder can be moved or opened offline. ``index.json`` next to it holds the
@@ -63,6 +64,47 @@ def _value(value: Any) -> str:
     return f"<{tag}>{html.escape(text)}</{tag}>"
 
 
+#: the columns of the index's "Measures" table: (column of
+#: :func:`rra.metrics.measure_properties`, heading)
+MEASURE_COLUMNS = (("name", "measure"), ("symmetric", "symmetric"),
+                   ("larger_is_more_similar", "larger is more similar"),
+                   ("needs_embeddings", "needs embeddings"), ("invariances", "invariances"),
+                   ("tag", "tag"))
+
+
+def _property(measure: dict[str, Any], column: str) -> str:
+    """One cell of the "Measures" table: yes/no for a property, – where it does not apply
+    (a measure of one representation), the tag with its source (``source: Kornblith et al.
+    2019``, as the docstrings' tags), else the text."""
+    value = measure[column]
+    if column == "tag":
+        sep = ": " if value == "source" else ", "
+        note = f"; {measure['note']}" if measure.get("note") else ""
+        value = f"{value}{sep}{measure['source']}{note}"
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return html.escape(str(value))
+
+
+def _measures_html(measures: Sequence[dict[str, Any]]) -> str:
+    """The "Measures" section: one row per registered measure (none: no section)."""
+    if not measures:
+        return ""
+    e = html.escape
+    head = "".join(f"<th>{e(heading)}</th>" for _, heading in MEASURE_COLUMNS)
+    rows = "".join("<tr>" + "".join(f"<td>{_property(m, c)}</td>" for c, _ in MEASURE_COLUMNS)
+                   + "</tr>" for m in measures)
+    return f"""<section id="measures">
+<h2>Measures</h2>
+<p>The properties of the measures of the metric tables, from their registry
+(rra.metrics.registry; methods.md §4); – where a property does not apply (a measure of one
+representation).</p>
+<table><tr>{head}</tr>{rows}</table>
+</section>"""
+
+
 def _figure_html(rec: FigureRecord) -> str:
     e = html.escape
     links = " · ".join(f'<a href="{_href(f)}">{e(Path(f).suffix.lstrip(".").upper())}</a>'
@@ -91,11 +133,14 @@ def _figure_html(rec: FigureRecord) -> str:
 
 def build_index(figures: Sequence[FigureRecord], out_path: PathLike, *,
                 title: str = "rra report", intro: str = "",
-                notes: dict[str, str] | None = None) -> Path:
+                notes: dict[str, str] | None = None,
+                measures: Sequence[dict[str, Any]] = ()) -> Path:
     """Write ``out_path`` (index.html) and its ``.json`` twin (``index.json``); return the path.
 
     Figure file paths are relative to ``out_path``'s folder. Figure ids must be unique.
     ``notes``: a line under a group's heading, by group (e.g. the kNN backend of an analysis).
+    ``measures``: rows of :func:`rra.metrics.measure_properties` (as dicts), shown as the
+    "Measures" table after the figures and linked from the contents.
     """
     notes = dict(notes or {})
     out_path = Path(out_path)
@@ -117,6 +162,9 @@ def build_index(figures: Sequence[FigureRecord], out_path: PathLike, *,
                 body.append(f"<p class=\"note\">{e(notes[group])}</p>")
         body.extend(_figure_html(r) for r in recs)
     empty = "" if figures else "<p>No figures: the results directory holds no inputs yet.</p>"
+    if measures:
+        nav.append('<li><a href="#measures">Measures</a></li>')
+        body.append(_measures_html(measures))
     page = f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -137,6 +185,9 @@ built from; the HTML pages are interactive and work offline.</p>
 """
     with atomic_path(out_path, suffix=".html") as tmp:
         tmp.write_text(page, encoding="utf-8")
-    write_json(out_path.with_suffix(".json"), {"title": title, "notes": notes,
-                                                  "figures": [asdict(f) for f in figures]})
+    record: dict[str, Any] = {"title": title, "notes": notes,
+                              "figures": [asdict(f) for f in figures]}
+    if measures:
+        record["measures"] = [dict(m) for m in measures]
+    write_json(out_path.with_suffix(".json"), record)
     return out_path
