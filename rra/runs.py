@@ -88,6 +88,15 @@ def parse_run(name: str) -> Run | None:
     return Run(m["model"], m["attention"], m["augmentation"], int(m["seed"]))
 
 
+def _match(pattern: re.Pattern[str], name: str, what: str, form: str) -> re.Match[str]:
+    """``pattern``'s match of the whole ``name``; a ValueError ``{what} {name!r} is not of the
+    form {form}`` when it does not match."""
+    m = pattern.fullmatch(name)
+    if m is None:
+        raise ValueError(f"{what} {name!r} is not of the form {form}")
+    return m
+
+
 @dataclass(frozen=True)
 class Probe:
     """A probe set: ``n_per_class`` rows of each class of ``split`` (or ``all``), drawn with
@@ -104,10 +113,7 @@ class Probe:
 
     @classmethod
     def parse(cls, name: str) -> Probe:
-        m = _PROBE.fullmatch(name)
-        if m is None:
-            raise ValueError(f"probe name {name!r} is not of the form split-nN-sS or "
-                             "split-all-sS")
+        m = _match(_PROBE, name, "probe name", "split-nN-sS or split-all-sS")
         return cls(m["split"], "all" if m["n"] is None else int(m["n"]), int(m["seed"]))
 
 
@@ -147,10 +153,8 @@ class KnnSetting:
 
     @classmethod
     def parse(cls, name: str) -> KnnSetting:
-        m = _KNN.fullmatch(name)
-        if m is None:
-            raise ValueError(f"kNN setting {name!r} is not of the form distance-backend "
-                             "(backend: auto, exact, annoy or annoy-tN-sK)")
+        m = _match(_KNN, name, "kNN setting",
+                   "distance-backend (backend: auto, exact, annoy or annoy-tN-sK)")
         return cls(m["distance"], m["backend"] or m["annoy"], m["n_trees"], m["search_k"])
 
 
