@@ -3,7 +3,9 @@
 :func:`analyse` chains the same stage functions the Snakemake rules call — streamed embedding
 dumps (:func:`rra.embed.dump_embeddings`), one kNN graph per (hook, scale)
 (:func:`rra.knn.build_graphs`) and the metric tables (:func:`rra.metrics.tables.run_tables`) —
-so its tables have exactly the workflow's columns and values.
+so its tables have exactly the workflow's columns and values. :func:`placement` embeds a
+training (reference) and a held-out image set the same way and places the held-out images in
+each hook's exact kNN model of the reference images (E11, ``rra.metrics.placement``).
 
 Example (offline: an untrained torchvision model and random images)::
 
@@ -72,11 +74,7 @@ def analyse(model: Any, images: Any, labels: Any = None, *, hooks: Iterable[str]
     Returns a dict table name → polars DataFrame (``nnts``, ``nntp``, ``class_response``,
     ``classrepsim``, ``peers``, ``cka``, ``knn``; columns in :data:`rra.metrics.tables.SCHEMA`).
     """
-    if hooks is None:
-        hooks = getattr(model, "hook_names", None)
-        if hooks is None:
-            raise ValueError("hooks: give the module names to analyse (the model has no hook_names)")
-    hooks = _with_input(model, list(hooks), include_input)
+    hooks = _with_input(model, _hook_names(model, hooks), include_input)
     ks = sorted({int(v) for v in ([k] if isinstance(k, (int, np.integer)) else k)})
     if not ks or ks[0] < 1:
         raise ValueError(f"k: need positive neighbourhood sizes, got {ks}")
@@ -116,6 +114,90 @@ def _analyse(model, images, labels, out: Path, hooks, scales, ks, distance, back
                  recall_k=[v for v in ks if v <= k_graph], progress=progress)
     run_tables(embed_dir, knn_dir, metrics_dir, ks=ks, alphas=list(nntp_alpha), run=run)
     return {name: pl.read_parquet(metrics_dir / f"{name}.parquet") for name in TABLES}
+
+
+def placement(model: Any, reference_images: Any, reference_labels: Any, heldout_images: Any,
+              heldout_labels: Any, *, hooks: Iterable[str] | None = None,
+              include_input: bool | None = None, scales: Iterable[object] = ("full",),
+              k: int | Iterable[int] = 10, distance: str = "euclidean",
+              batch_size: int = 256, device: str = "auto", knn_device: str = "cpu",
+              transform: Callable[[Any], Any] | None = None, out_dir: PathLike | None = None,
+              run: dict | None = None, progress: bool = True):
+    """Held-out placement (E11) of ``model``: each hook's exact kNN model built on the reference
+    (training-probe) images, with the held-out images placed in it; returns one tidy table.
+
+    Per hook, scale and k (``rra.metrics.placement``, all [ours]): ``placement_acc`` (kNN-vote
+    accuracy of the held-out images among their k nearest reference rows), ``placement_train_acc``
+    (leave-one-out kNN-vote accuracy of the reference rows), ``placement_gap`` (train − held-out),
+    ``placement_purity`` (mean fraction of a held-out image's k reference neighbours sharing its
+    label), and per pair of consecutive hooks ``placement_agreement`` (mean Jaccard of a held-out
+    image's neighbour sets, NNTS on the held-out rows). Votes tie to the smaller label.
+
+    The images, ``hooks``, ``include_input``, ``scales``, ``batch_size``, ``device`` (of the
+    forward passes), ``transform`` and ``run`` are as in :func:`analyse`; both image sets are
+    embedded the same way (:func:`rra.embed.dump_embeddings`). ``k``: each must be smaller than
+    the number of reference images. ``distance``: ``euclidean`` or ``cosine``; the searches are
+    exact (``knn_device``: where their products run). ``out_dir``: keep the embeddings there
+    (``reference/``, ``heldout/``; default: a temporary directory).
+
+    Returns a polars DataFrame with the columns of :data:`rra.metrics.tables.SCHEMA` (``measure``,
+    ``hook_a``, ``pos_a``, ``hook_b``/``pos_b`` for the agreement, ``scale_a``, ``k``, ``value``).
+    """
+    hooks = _with_input(model, _hook_names(model, hooks), include_input)
+    ks = sorted({int(v) for v in ([k] if isinstance(k, (int, np.integer)) else k)})
+    run = dict(run) if run is not None else {"model": type(model).__name__}
+    args = (model, reference_images, reference_labels, heldout_images, heldout_labels, hooks,
+            scales, ks, distance, batch_size, device, knn_device, transform, run, progress)
+    if out_dir is None:
+        with tempfile.TemporaryDirectory(prefix="rra-") as tmp:
+            return _placement(Path(tmp), *args)
+    return _placement(Path(out_dir), *args)
+
+
+def _placement(out: Path, model, ref_images, ref_labels, q_images, q_labels, hooks, scales, ks,
+               distance, batch_size, device, knn_device, transform, run, progress):
+    import polars as pl
+
+    from rra.embed import dump_embeddings
+    from rra.io import load_npy
+    from rra.metrics.placement import check_placement_k, placement_table
+
+    manifests = {}
+    for name, images in (("reference", ref_images), ("heldout", q_images)):
+        manifests[name] = dump_embeddings(model, images, hooks, scales, out / name,
+                                          batch_size=batch_size, device=device,
+                                          transform=transform, progress=progress)
+    y_ref, y_q = _as_labels(ref_labels), _as_labels(q_labels)
+    for name, y in (("reference", y_ref), ("heldout", y_q)):
+        n = int(manifests[name]["n"])
+        if y.shape != (n,):
+            raise ValueError(f"{name} labels: expected {n} labels (one per image), got shape "
+                             f"{y.shape}")
+    check_placement_k(ks, y_ref.size)
+    files = {name: {(e["hook"], str(e["scale"])): out / name / e["file"]
+                    for e in m["entries"]} for name, m in manifests.items()}
+    order = list(manifests["reference"]["hooks"])
+    tables = []
+    for scale in [str(s) for s in manifests["reference"]["scales"]]:
+        at = [h for h in order if (h, scale) in files["reference"]]
+        if not at:
+            continue
+        tables.append(placement_table(
+            at, lambda h, s=scale: load_npy(files["reference"][(h, s)]),
+            lambda h, s=scale: load_npy(files["heldout"][(h, s)]), y_ref, y_q, ks, distance,
+            scale=scale, run=run, device=knn_device,
+            positions={h: i for i, h in enumerate(order)}))
+    return pl.concat(tables)
+
+
+def _hook_names(model: Any, hooks: Iterable[str] | None) -> list[str]:
+    """``hooks`` as a list, by default the model's ``hook_names``."""
+    if hooks is None:
+        hooks = getattr(model, "hook_names", None)
+        if hooks is None:
+            raise ValueError("hooks: give the module names to analyse (the model has no "
+                             "hook_names)")
+    return list(hooks)
 
 
 def _with_input(model: Any, hooks: list[str], include_input: bool | None) -> list[str]:
