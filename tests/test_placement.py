@@ -93,10 +93,6 @@ def test_cross_cosine_collinear_rows_in_exact_order():
             assert where == list(range(where[0], where[0] + 3))
 
 
-@pytest.mark.xfail(strict=True, reason="rra.knn.ties.near_pairs cuts a near-tie group at a pair "
-                   "of identical rows, so a duplicate is left out of the exact re-ordering of its "
-                   "group (shared with knn_exact: the same 5 rows stacked give row 4 the "
-                   "neighbours [3, 0, 2, 1]); to be fixed in rra.knn.ties")
 def test_cross_cosine_duplicates_inside_a_near_tie_group():
     rng = np.random.default_rng(1)
     r = rng.standard_normal(4).astype(np.float32).astype(np.float64)

@@ -81,6 +81,33 @@ def permuted(seed=0):
 CASES = [("cosine", collinear), ("euclidean", permuted)]
 
 
+def with_duplicates(make):
+    """``make``'s rows and exact copies of a third of them, shuffled: duplicates sit inside the
+    near-tie groups (a copy of a row next to rows at exactly the same distance that round
+    differently), where they must take part in the exact re-ordering."""
+    def made(seed=0):
+        rng = np.random.default_rng(seed + 100)
+        x = make(seed)
+        x = np.concatenate([x, x[rng.choice(len(x), len(x) // 3, replace=False)]])
+        return x[rng.permutation(len(x))]
+    made.__name__ = f"{make.__name__}_with_duplicates"
+    return made
+
+
+def integer_rows(seed=0):
+    """Small random integers (no zero row): many duplicates and, under cosine, many rows
+    pointing the same way (exactly equal distances)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, size=(70, 3))
+    x[(x == 0).all(axis=1), 0] = 1
+    return x.astype(np.float32)
+
+
+#: duplicate rows next to near ties (rra.knn.ties once cut a group at a pair of identical rows)
+DUPLICATE_CASES = [("cosine", with_duplicates(collinear)), ("cosine", integer_rows),
+                   ("euclidean", with_duplicates(permuted))]
+
+
 @pytest.mark.parametrize("distance, make", CASES)
 def test_cases_are_near_ties_float64_gets_wrong(distance, make):
     """The stress data: float64 brute force orders some rows differently from exact arithmetic,
@@ -92,7 +119,7 @@ def test_cases_are_near_ties_float64_gets_wrong(distance, make):
     assert sum(set(ex[i, :k]) != set(fl[i, :k]) for i in range(len(x))) >= 1
 
 
-@pytest.mark.parametrize("distance, make", CASES)
+@pytest.mark.parametrize("distance, make", CASES + DUPLICATE_CASES)
 @pytest.mark.parametrize("k", [1, 5, 12])
 @pytest.mark.parametrize("search", ["symmetric", "heaps", "per block"])
 def test_exact_search_orders_near_ties_exactly(distance, make, k, search, monkeypatch):
@@ -111,14 +138,14 @@ def test_exact_search_orders_near_ties_exactly(distance, make, k, search, monkey
     np.testing.assert_array_equal(idx, ref)
 
 
-@pytest.mark.parametrize("distance, make", CASES)
+@pytest.mark.parametrize("distance, make", CASES + DUPLICATE_CASES)
 def test_exact_search_k_is_n_minus_1(distance, make):
     x = make()
     idx, dist = knn_exact(x, len(x) - 1, distance, progress=False)
     np.testing.assert_array_equal(idx, exact_order(x, distance))
 
 
-@pytest.mark.parametrize("distance, make", CASES)
+@pytest.mark.parametrize("distance, make", CASES + DUPLICATE_CASES)
 def test_sweep_graphs_and_large_k_sets_exact(distance, make):
     x = make()
     y = make(seed=3)[: len(x)]  # a second hook with its own ties
@@ -181,3 +208,55 @@ def test_exact_keys_order():
     assert keys[0] == keys[1] < keys[2] < keys[3]  # collinear equal, then 45°, then opposite
     pts = prepare_points(x, "euclidean")
     assert exact_keys(pts, 0, np.array([1, 2, 3]))[0] > exact_keys(pts, 0, np.array([2]))[0]
+
+
+def duplicates_next_to_collinear_rows():
+    """Two small cases under cosine, rows at exactly equal distance from the last row: (a) a
+    duplicate pair r, r next to 2.5 r (float64 puts 2.5 r between the copies' group and the
+    next), exact order [3, 0, 1, 2]; (b) 2.5 r, r, r with 2.5 r rounded farther than the copies,
+    k = 1: the copies fill the k + 1 searched columns, and row 0 beyond them is the exact first."""
+    rng = np.random.default_rng(1)
+    r = rng.standard_normal(4).astype(np.float32).astype(np.float64)
+    a = np.stack([r, r, 2.5 * r, -r, rng.standard_normal(4)])
+    rng = np.random.default_rng(12)
+    r = rng.standard_normal(4).astype(np.float32).astype(np.float64)
+    b = np.stack([2.5 * r, r, r, rng.standard_normal(4)])
+    return a, b
+
+
+@pytest.mark.parametrize("search", ["symmetric", "heaps", "per block", "cross"])
+def test_duplicates_inside_a_near_tie_group(search, monkeypatch):
+    """A near-tie group is re-ordered whole, identical rows included (they were once cut out of
+    it), and a group of identical rows at the k-th place is followed past the searched columns."""
+    import rra.knn.exact as exact
+    from rra.knn.cross import cross_neighbours
+
+    a, b = duplicates_next_to_collinear_rows()
+    assert list(exact_order(a, "cosine")[4]) == [3, 0, 1, 2]
+    assert exact_order(b, "cosine")[3][0] == 0
+    pts = prepare_points(b, "cosine")
+    ê = pts.sqdist(np.array([3]), np.array([[0, 1, 2]]))[0]
+    assert ê[0] > ê[1] == ê[2]  # float64 alone would answer row 1
+    for x, k in ((a, 4), (b, 1)):
+        n = len(x)
+        if search == "cross":
+            idx = cross_neighbours(x[:n - 1], x[n - 1:], k, "cosine")[0][0]
+        elif search == "per block":
+            idx = exact_neighbours(prepare_points(x, "cosine"), k, queries=np.arange(n),
+                                   progress=False)[0][n - 1]
+        else:
+            monkeypatch.setattr(exact, "HEAP_MIN_D", 1 if search == "heaps" else 10 ** 9)
+            idx = knn_exact(x, k, "cosine", progress=False)[0][n - 1]
+        np.testing.assert_array_equal(idx, exact_order(x, "cosine")[n - 1, :k])
+
+
+def test_near_pairs_joins_groups_through_identical_rows():
+    x = np.array([[1, 2], [1, 2], [3, 4], [5, 6]], dtype=np.float32)
+    pts = prepare_points(x, "euclidean")
+    # rows 0, 1 identical, 2 within the bounds of their value: one group of three
+    near = near_pairs(pts, np.array([[0, 1, 2, 3]]), np.array([[8.0, 8.0, 8.0, 50.0]]))
+    np.testing.assert_array_equal(near, [[True, True, False]])
+    # identical rows alone: not a group, unless they reach the last of the searched columns
+    cols, sqd = np.array([[2, 0, 1]]), np.array([[1.0, 8.0, 8.0]])
+    np.testing.assert_array_equal(near_pairs(pts, cols, sqd, open_end=False), [[False, False]])
+    np.testing.assert_array_equal(near_pairs(pts, cols, sqd), [[False, True]])

@@ -164,7 +164,7 @@ def _resolve(points: Points, n_ref: int, idx: np.ndarray, sqd: np.ndarray,
     """``rra.knn.ties.resolve_ties`` for query rows against reference rows only: rows with near
     ties among their first k get them in exact order; a group crossing the k-th place
     recomputes the row against every reference row first."""
-    near = near_pairs(points, idx, sqd)
+    near = near_pairs(points, idx, sqd, open_end=idx.shape[1] > k)
     flagged = np.flatnonzero(near[:, :k].any(axis=1)) if near.shape[1] else np.empty(0, int)
     out_idx, out_sqd = np.array(idx[:, :k]), np.array(sqd[:, :k])
     all_cols = np.arange(n_ref, dtype=np.int64)

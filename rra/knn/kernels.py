@@ -798,6 +798,31 @@ def _identical_rows(x, a, b):
     return True
 
 
+@nb.njit(cache=True)
+def _near(es, t, tie_rel, tie_abs):
+    """Sorted values ``es[t]`` and ``es[t + 1]`` are within their bounds (``rra.knn.ties``)."""
+    return es[t + 1] - es[t] <= tie_rel * (es[t + 1] + es[t]) + 2.0 * tie_abs
+
+
+@nb.njit(cache=True)
+def _mixed_group(x, es, js, t, c, tie_rel, tie_abs):
+    """The group (maximal run of near values in ``es[:c]``) holding positions t and t + 1 has
+    two rows that are not identical (``rra.knn.ties.near_pairs``: a group of identical rows is
+    already in exact order, a group with identical rows and others is re-ordered whole)."""
+    if not _identical_rows(x, js[t], js[t + 1]):
+        return True
+    lo = t
+    while lo > 0 and _near(es, lo - 1, tie_rel, tie_abs):
+        lo -= 1
+    hi = t + 1
+    while hi + 1 < c and _near(es, hi, tie_rel, tie_abs):
+        hi += 1
+    for s in range(lo, hi):
+        if not _identical_rows(x, js[s], js[s + 1]):
+            return True
+    return False
+
+
 @nb.njit(parallel=True, cache=True)
 def members_finish(o, queries, ks, nc, gamma, radius, x, norms, bits, band_j, band_n,
                    band_e, need, tie_rel, tie_abs, tied, parts):
@@ -805,9 +830,9 @@ def members_finish(o, queries, ks, nc, gamma, radius, x, norms, bits, band_j, ba
     join the set's bitmap. A band larger than ``band_j`` holds is redone here from the row's
     values ``o`` (exact distances computed directly). ``tied[r, q]``: the last member and the
     first row left out are a near tie (``rra.knn.ties``: float64 values within their bounds
-    ``tie_rel · ê + tie_abs`` of each other, rows not identical), for the caller to put in exact
-    order. Returns nothing; a band smaller than ``need`` (impossible while the error bound
-    holds) sets ``need`` to −1."""
+    ``tie_rel · ê + tie_abs`` of each other) in a group of the band not made only of identical
+    rows, for the caller to put in exact order. Returns nothing; a band smaller than ``need``
+    (impossible while the error bound holds) sets ``need`` to −1."""
     m, n = o.shape
     nk, cap = ks.size, band_j.shape[2]
     parts = max(1, min(m, parts))
@@ -839,10 +864,8 @@ def members_finish(o, queries, ks, nc, gamma, radius, x, norms, bits, band_j, ba
                 for t in range(nd):
                     j = js[t]
                     bits[q, r, j >> 6] |= np.uint64(1) << np.uint64(j & 63)
-                tied[r, q] = (0 < nd < c
-                              and es[nd] - es[nd - 1] <= tie_rel * (es[nd] + es[nd - 1])
-                              + 2.0 * tie_abs
-                              and not _identical_rows(x, js[nd - 1], js[nd]))
+                tied[r, q] = (0 < nd < c and _near(es, nd - 1, tie_rel, tie_abs)
+                              and _mixed_group(x, es, js, nd - 1, c, tie_rel, tie_abs))
 
 
 @nb.njit(parallel=True, cache=True)

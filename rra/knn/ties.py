@@ -21,9 +21,12 @@ value is within the bounds of the next. Values in different groups are in their 
 Inside a group of rows that are not all identical (identical rows have equal distances and
 equal values, already ordered by index), the order is decided by exact integer arithmetic on the
 stored values (every float is ``M · 2^E``: scaled to integers, the squared distance, or under
-cosine the key ``−sign(p) p² / ‖x_j‖²`` with ``p = x_i·x_j``, are exact). If a group reaches
+cosine the key ``−sign(p) p² / ‖x_j‖²`` with ``p = x_i·x_j``, are exact), for every row of the
+group, identical ones included: a pair of identical rows does not cut a group, since their
+common distance can equal, or lie on either side of, another member's. If a group reaches
 past the k-th place, every row of the probe within the bounds is a candidate: the row's float64
-distances to all rows are recomputed first.
+distances to all rows are recomputed first (also for a group of identical rows that reaches the
+last searched column: a row not searched may be within its bounds).
 
 Cost: nothing for rows without near ties (a vectorised check of adjacent values); rows with
 one pay exact arithmetic for the rows of their groups (Python integers, d operations each) and,
@@ -60,15 +63,30 @@ def sqdist_bound(sqd: np.ndarray, d: int, distance: str) -> np.ndarray:
     return rel * np.asarray(sqd, dtype=np.float64) + abs_
 
 
-def near_pairs(points: Points, cols: np.ndarray, sqd: np.ndarray) -> np.ndarray:
-    """``near[r, t]``: positions ``t`` and ``t + 1`` of row r (sorted by (ê, j)) are within
-    their bounds and are not identical rows (whose order by index is already exact)."""
+def near_pairs(points: Points, cols: np.ndarray, sqd: np.ndarray,
+               open_end: bool = True) -> np.ndarray:
+    """``near[r, t]``: positions ``t`` and ``t + 1`` of row r (sorted by (ê, j)) are in one group
+    (a maximal run of values each within the bounds of the next) that needs exact ordering: one
+    with at least two rows that are not identical. A group made only of identical rows (equal
+    distances, equal values, already ordered by index) is left out; one with identical rows and
+    others is kept whole, the identical rows included (their exact distances may still come
+    before or after the others'). ``open_end``: the rows ``cols`` are only the first columns of
+    the sorted row, so a group of identical rows that reaches the last column is kept too (a row
+    not listed may be within its bounds; the caller recomputes the whole row)."""
     bound = sqdist_bound(sqd, points.d, points.distance)
     near = (sqd[:, 1:] - sqd[:, :-1]) <= bound[:, 1:] + bound[:, :-1]
-    rows, ts = np.nonzero(near)
+    rows, ts = np.nonzero(near)  # row-major: each group's pairs are consecutive
     if rows.size:
         same = identical_rows(np.asarray(points.x), cols[rows, ts], cols[rows, ts + 1])
-        near[rows[same], ts[same]] = False
+        if same.any():
+            start = np.ones(rows.size, dtype=bool)
+            start[1:] = (rows[1:] != rows[:-1]) | (ts[1:] != ts[:-1] + 1)
+            group = np.cumsum(start) - 1
+            mixed = np.bincount(group, weights=~same) > 0
+            if open_end:
+                mixed[group[ts == near.shape[1] - 1]] = True
+            drop = ~mixed[group]
+            near[rows[drop], ts[drop]] = False
     return near
 
 
@@ -139,9 +157,10 @@ def order_row(points: Points, i: int, cols: np.ndarray, sqd: np.ndarray, k: int,
     """The first ``k`` of row ``i``'s neighbours ``cols`` (sorted by (ê, j), with values
     ``sqd``) in exact (distance, index) order (``set_only``: only the set is exact, the groups
     inside it keep their float64 order). ``cols`` must hold every row that can be among the k
-    nearest (the caller checks that its last group ends before it does)."""
+    nearest (the caller checks that its last group ends before it does); without ``near_row``
+    they are the whole row (``near_pairs`` with ``open_end=False``)."""
     if near_row is None:
-        near_row = near_pairs(points, cols[None], sqd[None])[0]
+        near_row = near_pairs(points, cols[None], sqd[None], open_end=False)[0]
     cols, sqd = cols.copy(), sqd.copy()
     for s, e in _groups(near_row):
         if s >= k:
@@ -168,7 +187,7 @@ def resolve_ties(points: Points, queries: np.ndarray, idx: np.ndarray, sqd: np.n
     """The graph rows ``(idx, sqd)`` of ``queries`` (sorted by (ê, j); ``k + 1`` columns, or
     ``k`` when k = n − 1) cut to ``k`` columns in exact order. Returns ``(idx, sqd, rows)``,
     ``rows`` = how many rows had near ties to resolve."""
-    near = near_pairs(points, idx, sqd)
+    near = near_pairs(points, idx, sqd, open_end=idx.shape[1] > k)
     flagged = np.flatnonzero(near[:, :k].any(axis=1)) if near.shape[1] else np.empty(0, int)
     out_idx = np.array(idx[:, :k])
     out_sqd = np.array(sqd[:, :k])
