@@ -124,39 +124,64 @@ def cross_neighbours(reference: Any, queries: Any, k: int, distance: str = "eucl
     out_idx = np.empty((m, kk), dtype=np.int64)
     out_sqd = np.empty((m, kk), dtype=np.float64)
     rechecked = exact_pairs = 0
-    all_cols = np.arange(n_ref, dtype=np.int64)
+    bound = _Bound(sq, nc, radius, gamma, d, distance)
     for s in range(0, m, b):
         rows = np.arange(s, min(m, s + b), dtype=np.int64)
-        qrows = n_ref + rows  # the queries' rows in the stacked points
-        qk = torch.from_numpy(np.array(keys_np[qrows])).to(dev)
+        qk = torch.from_numpy(np.array(keys_np[n_ref + rows])).to(dev)
         qk[:, d] = 1
-        o = qk @ keys.T  # 2. o_qj = c_q·c_j − ‖c_j‖²/2
-        if p < n_ref:  # 3. candidates and the threshold τ_q
-            vals, cand = torch.topk(o, p, dim=1, largest=True, sorted=False)
-            cand = cand.cpu().numpy().astype(np.int64)
-            tau = vals.min(dim=1).values.cpu().numpy().astype(np.float64)
-        else:
-            cand = np.broadcast_to(all_cols, (rows.size, n_ref))
-            tau = np.full(rows.size, -np.inf)
-        # 4. exact float64 distances of the candidates, first kk by (ê, j)
-        e = points.sqdist(qrows, cand)
-        exact_pairs += e.size
-        c_idx, c_sqd = sort_neighbours(cand, e, kk)
-        # 5. certificate: no non-candidate can come before the kk-th
-        last = c_sqd[:, kk - 1]
-        lower = sq[qrows] - 2.0 * tau - gamma * (nc[qrows] + radius) ** 2
-        bad = np.flatnonzero(~(lower > last + sqdist_bound(last, d, distance)))
-        for r in bad:  # all n_R distances
-            full = points.sqdist(qrows[r:r + 1], all_cols[None])
-            c_idx[r], c_sqd[r] = (v[0] for v in sort_neighbours(all_cols[None], full, kk))
-            exact_pairs += n_ref
-        rechecked += bad.size
+        c_idx, c_sqd, n_bad, n_pairs = _block(points, n_ref + rows, qk @ keys.T, p, kk, bound)
+        rechecked, exact_pairs = rechecked + n_bad, exact_pairs + n_pairs
         out_idx[rows], out_sqd[rows] = c_idx, c_sqd
     idx, sqd, tied = _resolve(points, n_ref, out_idx, out_sqd, k)
     stats = {"candidates": p, "rows_rechecked": int(rechecked), "rows_tie_resolved": tied,
              "exact_pairs": int(exact_pairs), "block_rows": b, "device": str(dev),
              "dtype": str(tdtype), "seconds": time.perf_counter() - t0}
     return idx, sqd, stats
+
+
+@dataclasses.dataclass(frozen=True)
+class _Bound:
+    """What step 5's certificate reads: every row's squared centred norm ``sq`` and norm ``nc``,
+    the largest reference norm, γ, d and the distance."""
+
+    sq: np.ndarray
+    nc: np.ndarray
+    radius: float
+    gamma: float
+    d: int
+    distance: str
+
+
+def _block(points: Points, qrows: np.ndarray, o, p: int, kk: int,
+           bound: _Bound) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Steps 3–5 for one block of queries (``qrows``: their rows in the stacked points) from
+    their products ``o`` against every reference row: the first kk by (distance, index), the
+    number of rows whose certificate failed (recomputed against all n_R rows) and the number
+    of exact distances computed."""
+    import torch
+
+    n_ref = o.shape[1]
+    all_cols = np.arange(n_ref, dtype=np.int64)
+    if p < n_ref:  # 3. candidates and the threshold τ_q
+        vals, cand = torch.topk(o, p, dim=1, largest=True, sorted=False)
+        cand = cand.cpu().numpy().astype(np.int64)
+        tau = vals.min(dim=1).values.cpu().numpy().astype(np.float64)
+    else:
+        cand = np.broadcast_to(all_cols, (qrows.size, n_ref))
+        tau = np.full(qrows.size, -np.inf)
+    # 4. exact float64 distances of the candidates, first kk by (ê, j)
+    e = points.sqdist(qrows, cand)
+    exact_pairs = e.size
+    c_idx, c_sqd = sort_neighbours(cand, e, kk)
+    # 5. certificate: no non-candidate can come before the kk-th
+    last = c_sqd[:, kk - 1]
+    lower = bound.sq[qrows] - 2.0 * tau - bound.gamma * (bound.nc[qrows] + bound.radius) ** 2
+    bad = np.flatnonzero(~(lower > last + sqdist_bound(last, bound.d, bound.distance)))
+    for r in bad:  # all n_R distances
+        full = points.sqdist(qrows[r:r + 1], all_cols[None])
+        c_idx[r], c_sqd[r] = (v[0] for v in sort_neighbours(all_cols[None], full, kk))
+        exact_pairs += n_ref
+    return c_idx, c_sqd, int(bad.size), int(exact_pairs)
 
 
 def _resolve(points: Points, n_ref: int, idx: np.ndarray, sqd: np.ndarray,
