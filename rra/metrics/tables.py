@@ -8,6 +8,8 @@ neighbours' class of the class-composition matrix; ``alpha`` the NNTP gap tolera
 analyses' tables (:mod:`rra.layers.stage`, same schema) use the last five columns: ``dx``, ``dy``
 (a translation), ``radius`` (max(|dx|, |dy|) of a radial profile), ``quantile`` (of the hidden
 margins) and ``pca_k`` (the PCA subspace of a constrained margin; D for the unconstrained one).
+The representation dynamics table (E10, :mod:`rra.metrics.dynamics`) uses ``epoch`` and
+``epoch_b``: the training epochs whose graphs are compared.
 
 Which measures: each table of measures (:data:`COMPUTED_TABLES`) holds the measures registered
 for it (:data:`rra.metrics.registry.MEASURES`, ``Measure.table``), computed by the table's row
@@ -38,6 +40,7 @@ SCHEMA: dict[str, str] = {
     "scale_a": "str", "scale_b": "str", "k": "int", "alpha": "int",
     "class": "int", "class_b": "int", "value": "float", "recall_target_met": "bool",
     "dx": "int", "dy": "int", "radius": "int", "quantile": "float", "pca_k": "int",
+    "epoch": "int", "epoch_b": "int",
 }
 #: the tables of measures, in registry order (one per ``Measure.table``), computed on request
 COMPUTED_TABLES: tuple[str, ...] = tuple(dict.fromkeys(m.table for m in MEASURES.values()))

@@ -1,0 +1,137 @@
+"""Representation dynamics (E10, rra.metrics.dynamics): NNTS to the final epoch, between
+consecutive kept epochs and the settling epoch, against brute force with Python sets; ties and
+duplicate rows; a hook that never settles before the final epoch; one epoch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rra.knn import knn_exact
+from rra.metrics.dynamics import (TAU, check_epochs, dynamics_frame, dynamics_rows,
+                                  settling_epoch)
+from rra.metrics.tables import SCHEMA
+
+
+def brute_graph(x: np.ndarray, k: int) -> np.ndarray:
+    """float64 distances, self excluded, rows sorted by (distance, index)."""
+    x = x.astype(np.float64)
+    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    return np.lexsort((np.broadcast_to(np.arange(len(x)), d.shape), d), axis=1)[:, :k]
+
+
+def brute_nnts(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """Mean over rows of |A ∩ B| / |A ∪ B| of the first k neighbours, with Python sets."""
+    js = []
+    for ra, rb in zip(a.tolist(), b.tolist()):
+        sa, sb = set(ra[:k]), set(rb[:k])
+        js.append(len(sa & sb) / len(sa | sb))
+    return sum(js) / len(js)
+
+
+def brute_settling(epochs: list[int], to_final: list[float], tau: float) -> int:
+    """The definition read literally: the smallest e_j with D(e_l) ≥ τ for every l ≥ j (the
+    final epoch counts as D = 1)."""
+    d = list(to_final[:-1]) + [1.0]
+    return min(e for j, e in enumerate(epochs) if all(v >= tau - 1e-9 for v in d[j:]))
+
+
+def epoch_graphs(rng, epochs, hooks, n=24, d=3, k_max=6):
+    """Per (epoch, hook) a graph of integer rows (many exact ties, two duplicate rows), the
+    rows drifting from epoch to epoch towards the final ones."""
+    final = {h: rng.integers(-2, 3, size=(n, d)).astype(np.float64) for h in hooks}
+    graphs = {}
+    for i, e in enumerate(epochs):
+        for h in hooks:
+            noise = rng.integers(-2, 3, size=(n, d)) * (len(epochs) - 1 - i)
+            x = final[h] + noise
+            x[5] = x[4]  # duplicate rows: equal distances to everything
+            graphs[e, h] = brute_graph(x, k_max)
+    return graphs
+
+
+def test_rows_match_brute_force_with_ties_and_duplicates():
+    rng = np.random.default_rng(0)
+    epochs, hooks = [0, 1, 3, 7], ["conv1", "relu1", "fc"]
+    graphs = epoch_graphs(rng, epochs, hooks)
+    for tau in (0.2, TAU, 0.8):
+        rows = dynamics_rows(lambda e, h: graphs[e, h], epochs, hooks, [2, 6], tau=tau,
+                             positions={"conv1": 1, "relu1": 2, "fc": 3})
+        got = {(r["measure"], r["hook_a"], r["k"], r["epoch"], r["epoch_b"]): r["value"]
+               for r in rows}
+        for h in hooks:
+            for k in (2, 6):
+                to_final = [brute_nnts(graphs[e, h], graphs[7, h], k) for e in epochs]
+                for e, v in zip(epochs, to_final):
+                    assert got["dynamics_nnts_final", h, k, e, 7] == pytest.approx(v, abs=1e-12)
+                for a, b in zip(epochs, epochs[1:]):
+                    assert got["dynamics_nnts_step", h, k, a, b] == pytest.approx(
+                        brute_nnts(graphs[a, h], graphs[b, h], k), abs=1e-12)
+                s = brute_settling(epochs, to_final, tau)
+                assert got["dynamics_settling_epoch", h, k, s, 7] == s
+                assert got["dynamics_settled_before_final", h, k, s, 7] == float(s < 7)
+        assert {r["pos_a"] for r in rows if r["hook_a"] == "relu1"} == {2}
+        assert all(r["hook_b"] == r["hook_a"] and r["scale_a"] == "full" for r in rows)
+        # per hook and k: m final values, m − 1 steps, one settling epoch, one flag
+        assert len(rows) == len(hooks) * 2 * (4 + 3 + 1 + 1)
+
+
+def test_rows_on_exact_graphs_of_tied_rows():
+    """Graphs of rra's exact search (ties in exact order) give the same rows as brute force."""
+    rng = np.random.default_rng(3)
+    xs = {e: rng.integers(-1, 2, size=(30, 2)).astype(np.float32) for e in (0, 2, 4)}
+    xs[4][7] = xs[4][8]
+    exact = {e: knn_exact(x, 5, progress=False)[0] for e, x in xs.items()}
+    brute = {e: brute_graph(x, 5) for e, x in xs.items()}
+    for e in xs:
+        np.testing.assert_array_equal(exact[e], brute[e])
+    rows = dynamics_rows(lambda e, h: exact[e], [0, 2, 4], ["h"], [5])
+    final = [r for r in rows if r["measure"] == "dynamics_nnts_final"]
+    assert [r["value"] for r in final] == pytest.approx(
+        [brute_nnts(brute[e], brute[4], 5) for e in (0, 2, 4)], abs=1e-12)
+
+
+def test_a_hook_that_never_settles_before_the_final_epoch():
+    """Graphs that share no neighbour with the final one: D = 0 before the end, so the hook
+    settles at the final epoch; a hook that reaches τ, drops and comes back settles at its
+    return."""
+    n = 12
+    ring = lambda shift: np.array([[(i + shift + j) % n for j in (1, 2)] for i in range(n)])
+    final = ring(0)
+    never = {0: ring(4), 1: ring(6), 2: final}
+    rows = dynamics_rows(lambda e, h: never[e], [0, 1, 2], ["h"], [2])
+    settle = next(r for r in rows if r["measure"] == "dynamics_settling_epoch")
+    assert settle["value"] == 2.0 and settle["epoch"] == 2
+    flag = next(r for r in rows if r["measure"] == "dynamics_settled_before_final")
+    assert flag["value"] == 0.0
+    assert settling_epoch([0, 1, 2, 3], [0.9, 0.3, 0.9, 1.0], 0.5) == 2
+    assert settling_epoch([0, 1, 2, 3], [0.9, 0.6, 0.7, 1.0], 0.5) == 0
+    assert settling_epoch([0, 5], [0.5 - 1e-12, 1.0], 0.5) == 0  # rounding slack
+    assert settling_epoch([0, 5], [0.49, 1.0], 0.5) == 5
+
+
+def test_one_epoch_and_argument_checks():
+    g = brute_graph(np.arange(10, dtype=np.float64)[:, None], 3)
+    rows = dynamics_rows(lambda e, h: g, [4], ["a", "b"], [3])
+    assert {r["measure"] for r in rows} == {"dynamics_nnts_final", "dynamics_settling_epoch",
+                                            "dynamics_settled_before_final"}
+    assert all(r["value"] in (1.0, 4.0, 0.0) for r in rows)
+    assert settling_epoch([4], [1.0]) == 4
+    with pytest.raises(ValueError, match="strictly increasing"):
+        check_epochs([0, 2, 2])
+    with pytest.raises(ValueError, match=">= 0"):
+        check_epochs([-1, 2])
+    with pytest.raises(ValueError, match="tau"):
+        dynamics_rows(lambda e, h: g, [0, 4], ["a"], [3], tau=1.5)
+    other = brute_graph(np.arange(11, dtype=np.float64)[:, None], 3)
+    with pytest.raises(ValueError, match="same probe rows|rows"):
+        dynamics_rows(lambda e, h: g if e == 4 else other, [0, 4], ["a"], [3])
+
+
+def test_frame_has_the_schema():
+    g = brute_graph(np.arange(10, dtype=np.float64)[:, None], 3)
+    df = dynamics_frame(dynamics_rows(lambda e, h: g, [0, 4], ["a"], [2, 3]),
+                        {"model": "m", "seed": 0})
+    assert df.columns == list(SCHEMA) and df["epoch"].dtype.is_integer()
+    assert set(df["model"]) == {"m"} and df.height == 2 * (2 + 1 + 1 + 1)
