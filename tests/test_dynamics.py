@@ -135,3 +135,106 @@ def test_frame_has_the_schema():
                         {"model": "m", "seed": 0})
     assert df.columns == list(SCHEMA) and df["epoch"].dtype.is_integer()
     assert set(df["model"]) == {"m"} and df.height == 2 * (2 + 1 + 1 + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training keeps the weights of selected epochs (rra.train, spec key keep_epochs)
+
+import io  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from hooks import forward_outputs  # noqa: E402
+from rra.io import save_npy, sha256_file, write_json  # noqa: E402
+
+SPEC = {"dataset": "mnist5k", "model": "lenet5", "seed": 0, "epochs": 3, "batch_size": 40,
+        "lr": 0.05}
+
+
+def write_split(root: Path, split: str, images: np.ndarray, labels: np.ndarray) -> None:
+    d = root / split
+    save_npy(d / "images.npy", images)
+    save_npy(d / "labels.npy", labels)
+    write_json(d / "manifest.json", {
+        "dataset": "mnist5k", "split": split, "n": int(labels.shape[0]),
+        "image_shape": list(images.shape[1:]), "images_sha256": sha256_file(d / "images.npy"),
+        "labels_sha256": sha256_file(d / "labels.npy")})
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mnist5k")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 120), ("test", 40)):
+        labels = (np.arange(n) % 10).astype(np.int64)
+        images = rng.integers(0, 40, (n, 28, 28, 1)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            r, q = divmod(int(label), 4)
+            images[i, 4 + 7 * r:9 + 7 * r, 2 + 6 * q:7 + 6 * q, :] = 255
+        write_split(root, split, images, labels)
+    return root
+
+
+def state_bytes(path: Path) -> bytes:
+    """The serialised state_dict of an rra weights file (model.pt or a kept epoch)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def kept_runs(digits, tmp_path_factory):
+    from rra.train import train
+
+    root = tmp_path_factory.mktemp("runs")
+    torch.set_num_threads(1)
+    train(SPEC, digits, root / "plain", device="cpu", progress=False, keep_checkpoints=None)
+    train({**SPEC, "keep_epochs": [3, 0, 1, 1]}, digits, root / "kept", device="cpu",
+          progress=False)
+    return root / "plain", root / "kept"
+
+
+def test_kept_epochs_change_no_weight(kept_runs):
+    from rra.train.checkpoint import checkpoint_path, kept_epoch_path, list_kept_epochs
+
+    plain, kept = kept_runs
+    assert state_bytes(plain / "model.pt") == state_bytes(kept / "model.pt")
+    # the final epoch is model.pt; 0 (the initialisation) and 1 are kept
+    assert [e for e, _ in list_kept_epochs(kept)] == [0, 1] and not list_kept_epochs(plain)
+    stored = torch.load(kept_epoch_path(kept, 1), map_location="cpu", weights_only=True)
+    assert stored["epoch"] == 1 and stored["spec"]["keep_epochs"] == [0, 1]
+    resume = torch.load(checkpoint_path(plain, 1), map_location="cpu", weights_only=True)
+    for name, value in resume["model"].items():
+        assert torch.equal(value, stored["state_dict"][name]), name
+    from rra.models import build_model
+    torch.manual_seed(SPEC["seed"])
+    fresh = build_model("lenet5", in_channels=1, num_classes=10, image_size=28)
+    init = torch.load(kept_epoch_path(kept, 0), map_location="cpu", weights_only=True)
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(value, init["state_dict"][name]), name
+
+
+def test_missing_kept_epochs_are_retrained_and_resume_keeps_them(kept_runs, digits, tmp_path,
+                                                                  capfd):
+    from rra.train import load_trained, train, validate_spec
+    from rra.train.checkpoint import kept_epoch_path
+
+    plain, kept = kept_runs
+    spec = {**SPEC, "keep_epochs": [0, 2]}
+    out = tmp_path / "run"
+    first = train(spec, digits, out, device="cpu", progress=False, stop_after_epoch=1)
+    assert first["complete"] is False and kept_epoch_path(out, 0).is_file()
+    train(spec, digits, out, device="cpu", progress=False)  # resumes after epoch 1
+    assert kept_epoch_path(out, 2).is_file()
+    assert state_bytes(out / "model.pt") == state_bytes(plain / "model.pt")
+    kept_epoch_path(out, 0).unlink()
+    train(spec, digits, out, device="cpu", progress=False)
+    assert "training from scratch" in capfd.readouterr().err
+    assert kept_epoch_path(out, 0).is_file() and kept_epoch_path(out, 2).is_file()
+    assert state_bytes(out / "model.pt") == state_bytes(plain / "model.pt")
+    assert isinstance(load_trained(kept_epoch_path(out, 2)), torch.nn.Module)
+    assert "keep_epochs" not in validate_spec({**SPEC, "keep_epochs": [3]})
+    with pytest.raises(ValueError, match="keep_epochs.*\\[0, 3\\].*\\[4\\]"):
+        validate_spec({**SPEC, "keep_epochs": [1, 4]})

@@ -67,7 +67,7 @@ def load_probe(probe_path: PathLike, n_rows: int, split_dir: PathLike | None = N
 
 def embed_run(run_dir: PathLike, split_dir: PathLike, probe_path: PathLike, out_dir: PathLike, *,
               scales: Iterable[object], batch_size: int = 256, device: str = "auto",
-              include_input: bool | None = None) -> dict:
+              include_input: bool | None = None, weights: PathLike | None = None) -> dict:
     """Dump the embeddings of a trained run on a probe set; return the manifest.
 
     Loads the model (``rra.train.load_trained(run_dir)``), the split
@@ -80,20 +80,24 @@ def embed_run(run_dir: PathLike, split_dir: PathLike, probe_path: PathLike, out_
     ``embed.input``, :func:`rra.config.embed_input`). Also writes the probe rows' labels to
     ``out_dir/labels.npy`` (int64, n) for the metrics stage. Every record carries the SHA-256 of
     ``run_dir/model.pt`` and of the probe .npy file, and the dataset and split names. The probe
-    set is checked against its sidecar and the split (:func:`load_probe`).
+    set is checked against its sidecar and the split (:func:`load_probe`). ``weights``: another
+    weights file of the run in ``model.pt``'s format instead of ``model.pt`` (a kept epoch,
+    ``epochs/epoch-NNN.pt``: the representation dynamics, E10); it is the recorded checkpoint.
     """
     from rra.data import dataset_info, load_split, normalise
     from rra.train import load_trained
 
     run_dir, split_dir, out_dir = Path(run_dir), Path(split_dir), Path(out_dir)
-    checkpoint = run_dir / "model.pt"
+    checkpoint = run_dir / "model.pt" if weights is None else Path(weights)
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"missing trained model {checkpoint}")
+        raise FileNotFoundError(f"missing trained model {checkpoint}"
+                                + ("" if weights is None else " (a kept epoch of the run: is the "
+                                   "epoch in the run's keep_epochs / dynamics.epochs?)"))
     split = load_split(split_dir)
     probe = load_probe(probe_path, int(split.images.shape[0]), split_dir)
     dataset = split.manifest.get("dataset", split_dir.parent.name)
     info = dataset_info(dataset)
-    model = load_trained(run_dir)
+    model = load_trained(checkpoint)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     save_npy(out_dir / "labels.npy", np.asarray(split.labels[probe], dtype=np.int64))

@@ -8,6 +8,9 @@ Layout of a run directory (docs/design.md, artifact table):
   damaged by a crash still leaves one to resume from).
 - ``model.pt``: ``{"format", "state_dict", "spec", "model_args"}``; ``model_args`` are the
   keyword arguments of ``rra.models.build_model`` that rebuild the network.
+- ``epochs/epoch-{e:03d}.pt``: the weights after epoch e (0: the initialisation) of every epoch
+  the spec's ``keep_epochs`` lists, in ``model.pt``'s format plus ``"epoch"``: kept for the
+  representation dynamics (E10), never deleted by the resume logic, never read by training.
 
 Everything is written through ``rra.io.atomic_path`` and loads with
 ``torch.load(weights_only=True)`` (plain containers, numbers, strings and tensors only).
@@ -44,6 +47,20 @@ def list_checkpoints(run_dir: PathLike) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
+def kept_epoch_path(run_dir: PathLike, epoch: int) -> Path:
+    """``run_dir/epochs/epoch-{epoch:03d}.pt``: the kept weights after ``epoch``."""
+    return Path(run_dir) / "epochs" / f"epoch-{int(epoch):03d}.pt"
+
+
+def list_kept_epochs(run_dir: PathLike) -> list[tuple[int, Path]]:
+    """``(epoch, path)`` of every ``epochs/epoch-NNN.pt``, oldest first."""
+    folder = Path(run_dir) / "epochs"
+    if not folder.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in folder.iterdir()
+                  if (m := _EPOCH_FILE.match(p.name)))
+
+
 def remove_stale_temporaries(run_dir: PathLike) -> list[Path]:
     """Delete temporary files that a killed run left (``.epoch-003.pt.XXXX.tmp``, ``.model.pt…``).
 
@@ -51,7 +68,7 @@ def remove_stale_temporaries(run_dir: PathLike) -> list[Path]:
     """
     run_dir = Path(run_dir)
     gone = []
-    for folder, stems in ((run_dir / "checkpoints", ("epoch-",)),
+    for folder, stems in ((run_dir / "checkpoints", ("epoch-",)), (run_dir / "epochs", ("epoch-",)),
                           (run_dir, ("model.pt", "metrics.json", "train_log.json"))):
         if not folder.is_dir():
             continue
@@ -121,7 +138,7 @@ def mismatch_error(path: Path, stored: dict, spec: dict, run_dir: Path) -> SpecM
 def discard_run(run_dir: PathLike) -> None:
     """Remove a run's checkpoints and final files (before retraining it under a new spec)."""
     run_dir = Path(run_dir)
-    for _, path in list_checkpoints(run_dir):
+    for _, path in list_checkpoints(run_dir) + list_kept_epochs(run_dir):
         path.unlink(missing_ok=True)
     for name in ("model.pt", "metrics.json", "train_log.json"):
         (run_dir / name).unlink(missing_ok=True)
@@ -166,9 +183,24 @@ def save_model(run_dir: PathLike, model: torch.nn.Module, spec: dict,
     return path
 
 
+def save_kept_epoch(run_dir: PathLike, epoch: int, model: torch.nn.Module, spec: dict,
+                    model_args: dict[str, Any]) -> Path:
+    """Write ``epochs/epoch-{epoch:03d}.pt`` atomically: the weights after ``epoch`` (CPU) in
+    ``model.pt``'s format, with ``"epoch"``."""
+    path = kept_epoch_path(run_dir, epoch)
+    state = {"format": MODEL_FORMAT, "state_dict": _cpu_state(model.state_dict()),
+             "spec": spec, "model_args": model_args, "epoch": int(epoch)}
+    _save(state, path)
+    return path
+
+
 def read_model_file(run_dir: PathLike) -> dict[str, Any]:
-    """Load ``run_dir/model.pt`` with ``weights_only=True``; clear errors if missing or damaged."""
-    path = Path(run_dir) / "model.pt"
+    """Load ``run_dir/model.pt`` with ``weights_only=True``; clear errors if missing or damaged.
+
+    ``run_dir`` may also name a weights file itself: ``model.pt`` or a kept
+    ``epochs/epoch-NNN.pt`` (the same format)."""
+    path = Path(run_dir)
+    path = path if path.suffix == ".pt" else path / "model.pt"
     if not path.is_file():
         raise FileNotFoundError(f"no trained model at {path} "
                                 "(has `rra train` finished for this run?)")
@@ -194,7 +226,8 @@ def build_from_args(model_args: dict[str, Any]) -> torch.nn.Module:
 
 
 def load_trained(run_dir: PathLike, device: Any = "cpu") -> torch.nn.Module:
-    """Rebuild the trained network of ``run_dir`` from ``model.pt``, in eval mode on ``device``."""
+    """Rebuild the trained network of ``run_dir`` from ``model.pt``, in eval mode on ``device``
+    (``run_dir`` may name the weights file itself, e.g. a kept ``epochs/epoch-NNN.pt``)."""
     from rra.device import pick_device
 
     state = read_model_file(run_dir)

@@ -23,12 +23,15 @@ CPU runs with one seed are bit-identical for a given machine, thread count and t
 CUDA runs are reproducible only up to the kernels' own non-determinism.
 
 Artifacts of ``out_dir`` (docs/design.md): ``checkpoints/epoch-NNN.pt`` (see
-:mod:`rra.train.checkpoint`), ``train_log.json`` (rewritten each epoch: ``spec``,
-``weight_change_eps``, ``provenance`` and ``epochs``, a list of ``{epoch, lr, train_loss,
-train_acc, eval_loss, eval_acc, seconds, weight_change: {layer: {l1, elementwise}}}``), and at
-the end ``model.pt`` and ``metrics.json``. ``train_loss``/``train_acc`` are running means over
-the epoch's (augmented) training batches in train mode; ``eval_*`` are computed after the epoch
-on the whole eval split in eval mode; ``seconds`` times the training and evaluation passes.
+:mod:`rra.train.checkpoint`), ``epochs/epoch-NNN.pt`` (the weights of the spec's
+``keep_epochs``, E10: epoch 0 before the first step, epoch e after its step and before its
+checkpoint, so a resumable run has every kept file up to its checkpoint), ``train_log.json``
+(rewritten each epoch: ``spec``, ``weight_change_eps``, ``provenance`` and ``epochs``, a list of
+``{epoch, lr, train_loss, train_acc, eval_loss, eval_acc, seconds, weight_change: {layer: {l1,
+elementwise}}}``), and at the end ``model.pt`` and ``metrics.json``. ``train_loss``/``train_acc``
+are running means over the epoch's (augmented) training batches in train mode; ``eval_*`` are
+computed after the epoch on the whole eval split in eval mode; ``seconds`` times the training and
+evaluation passes.
 """
 
 from __future__ import annotations
@@ -309,10 +312,22 @@ def _resume_state(spec: dict, out_dir: Path, on_spec_change: str) -> dict | None
               f"discarding the old run in {out_dir} and training from scratch", file=sys.stderr)
         ckpt.discard_run(out_dir)
         resume = None
+    if resume is not None and _missing_kept(out_dir, spec, resume["epoch"]):
+        print(f"rra train: kept epochs {_missing_kept(out_dir, spec, resume['epoch'])} of "
+              f"{out_dir} are missing (keep_epochs); training from scratch to write them",
+              file=sys.stderr)
+        ckpt.discard_run(out_dir)
+        resume = None
     if resume is not None:
         print(f"rra train: resuming {out_dir} after epoch {resume['epoch']} of {spec['epochs']}",
               file=sys.stderr)
     return resume
+
+
+def _missing_kept(out_dir: Path, spec: dict, done: int) -> list[int]:
+    """The kept epochs (``spec["keep_epochs"]``) up to ``done`` without their file."""
+    return [e for e in spec.get("keep_epochs", [])
+            if e <= done and not ckpt.kept_epoch_path(out_dir, e).is_file()]
 
 
 def _load_splits(data_dir: Path, spec: dict, info: Any) -> tuple[SplitArrays, SplitArrays]:
@@ -373,6 +388,8 @@ def _start(spec: dict, info: Any, train_set: SplitArrays, eval_set: SplitArrays,
                              f"the model built from its spec ({err}); delete the run directory "
                              f"{out_dir} to train it from scratch") from err
         log = list(resume["log"])
+    elif 0 in spec.get("keep_epochs", []):
+        ckpt.save_kept_epoch(out_dir, 0, model, spec, model_args)  # the initialisation
     return _Run(spec, info, train_set, eval_set, out_dir, dev, model_args, model, optimizer,
                 scheduler, log, layers)
 
@@ -395,6 +412,8 @@ def _train_epochs(run: _Run, progress: bool, keep: int | None,
             if stop_after_epoch is not None and epoch > stop_after_epoch:
                 return {"complete": False, "epochs_done": epoch - 1, "epochs": epochs}
             entry = _epoch(run, epoch, augment, n_batches, disable)
+            if epoch in spec.get("keep_epochs", []):
+                ckpt.save_kept_epoch(run.out_dir, epoch, run.model, spec, run.model_args)
             ckpt.save_checkpoint(run.out_dir, epoch, spec, run.model, run.optimizer,
                                  run.scheduler, run.log, keep)
             write_log(run.out_dir, spec, run.log, run.layers)

@@ -6,6 +6,10 @@ a checkpoint compares equal to the spec of a rerun exactly when the training wou
 
 Required keys: ``dataset, model, seed, epochs, batch_size, lr``. Optional keys and defaults are
 in :data:`SPEC_DEFAULTS`; any other key is an error (a typo must not silently change nothing).
+``keep_epochs`` (optional, no default): epochs whose weights the run keeps in
+``epochs/epoch-NNN.pt`` (0 = the initialisation) for the representation dynamics (E10); it
+changes no weight. Stored as the sorted distinct epochs below ``epochs`` (the final epoch is
+``model.pt``) and left out when that is empty, so a spec without kept epochs is unchanged.
 
 Learning-rate schedule [ours: the common CIFAR recipe; methods.md §5 names only "cosine or
 step"], a factor of ``lr`` per epoch, constant within an epoch. With t = e − 1 completed epochs
@@ -113,6 +117,9 @@ def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
     out["milestones"] = _milestones(full["milestones"])
     cap = full["max_train_per_class"]
     out["max_train_per_class"] = None if cap is None else _int(full, "max_train_per_class", 1)
+    keep = _keep_epochs(full.get("keep_epochs"), out["epochs"])
+    if keep:
+        out["keep_epochs"] = keep
     try:
         return json.loads(json.dumps(out, sort_keys=True))
     except (TypeError, ValueError) as err:
@@ -129,10 +136,10 @@ def _with_defaults(spec: dict[str, Any]) -> dict[str, Any]:
     if missing:
         raise ValueError(f"training spec is missing required key(s) {missing}; "
                          f"required: {list(REQUIRED_KEYS)}")
-    unknown = sorted(set(spec) - set(REQUIRED_KEYS) - set(SPEC_DEFAULTS))
+    unknown = sorted(set(spec) - set(REQUIRED_KEYS) - set(SPEC_DEFAULTS) - {"keep_epochs"})
     if unknown:
         raise ValueError(f"training spec has unknown key(s) {unknown}; known: "
-                         f"{sorted(REQUIRED_KEYS + tuple(SPEC_DEFAULTS))}")
+                         f"{sorted(REQUIRED_KEYS + tuple(SPEC_DEFAULTS) + ('keep_epochs',))}")
     return {**SPEC_DEFAULTS, **spec}
 
 
@@ -189,6 +196,21 @@ def _milestones(milestones: Any) -> list[int]:
     if any(m < 1 for m in milestones) or any(b <= a for a, b in zip(milestones, milestones[1:])):
         raise _err("milestones", f"must be strictly increasing positive epochs, got {milestones}")
     return milestones
+
+
+def _keep_epochs(epochs: Any, total: int) -> list[int]:
+    """``keep_epochs`` as sorted distinct epochs in [0, total), the final epoch dropped (it is
+    ``model.pt``); ``None``: none."""
+    if epochs is None:
+        return []
+    if (not isinstance(epochs, (list, tuple))
+            or any(isinstance(e, bool) or not isinstance(e, (int, np.integer)) for e in epochs)):
+        raise _err("keep_epochs", f"expected a list of epoch numbers, got {epochs!r}")
+    bad = [int(e) for e in epochs if not 0 <= e <= total]
+    if bad:
+        raise _err("keep_epochs", f"epochs must lie in [0, {total}] (0: the initialisation; "
+                                  f"{total}: the final model), got {bad}")
+    return sorted({int(e) for e in epochs if e < total})
 
 
 def lr_factor(spec: dict[str, Any], completed_epochs: int) -> float:
