@@ -6,6 +6,8 @@ dumps (:func:`rra.embed.dump_embeddings`), one kNN graph per (hook, scale)
 so its tables have exactly the workflow's columns and values. :func:`placement` embeds a
 training (reference) and a held-out image set the same way and places the held-out images in
 each hook's exact kNN model of the reference images (E11, ``rra.metrics.placement``).
+:func:`dynamics` embeds the images with each of a list of checkpoints of one model and compares
+each hook's kNN graphs across them (E10, ``rra.metrics.dynamics``).
 
 Example (offline: an untrained torchvision model and random images)::
 
@@ -22,7 +24,7 @@ Example (offline: an untrained torchvision model and random images)::
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -188,6 +190,117 @@ def _placement(out: Path, model, ref_images, ref_labels, q_images, q_labels, hoo
             scale=scale, run=run, device=knn_device,
             positions={h: i for i, h in enumerate(order)}))
     return pl.concat(tables)
+
+
+def dynamics(model: Any, checkpoints: Sequence[Any], images: Any, labels: Any = None, *,
+             epochs: Iterable[int] | None = None, hooks: Iterable[str] | None = None,
+             include_input: bool | None = None, scales: Iterable[object] = ("full",),
+             k: int | Iterable[int] = 10, tau: float | None = None, distance: str = "euclidean",
+             backend: str = "auto", knn_options: dict | None = None, batch_size: int = 256,
+             device: str = "auto", transform: Callable[[Any], Any] | None = None,
+             out_dir: PathLike | None = None, run: dict | None = None, progress: bool = True):
+    """Representation dynamics (E10, our design) of one model over training checkpoints.
+
+    For each checkpoint in turn the model gets its weights, embeds ``images`` at every hook
+    (:func:`rra.embed.dump_embeddings`, streamed to disk) and gets one kNN graph per (hook,
+    scale) (:func:`rra.knn.build_graphs`); the embeddings are deleted before the next
+    checkpoint, so at most one checkpoint's activations are on disk and none are held in memory.
+    Then, per hook (``rra.metrics.dynamics``): NNTS of each checkpoint's graph with the last
+    (``dynamics_nnts_final``), between consecutive checkpoints (``dynamics_nnts_step``), and the
+    settling epoch, the first epoch from which NNTS to the last stays ≥ ``tau``
+    (``dynamics_settling_epoch``, ``dynamics_settled_before_final``).
+
+    Parameters
+    ----------
+    model : an ``nn.Module`` (copied, never changed) or a callable returning a fresh one; each
+        checkpoint's weights are loaded into it with ``load_state_dict(strict=True)``.
+    checkpoints : the checkpoints in training order, the final model last: state_dicts, or
+        paths of ``torch.save`` files read with ``torch.load(weights_only=True)``: a state_dict,
+        an rra model file (``model.pt``, a kept ``epochs/epoch-NNN.pt``: key ``state_dict``) or
+        an rra resume checkpoint (key ``model``).
+    epochs : the training epoch of each checkpoint, strictly increasing (default 0, 1, …).
+    labels : optional, one per image; checked against the number of images only (the
+        dynamics table has no class-conditioned measure).
+    tau : settling threshold in [0, 1] (default ``rra.metrics.dynamics.TAU`` = 0.5).
+    hooks, include_input, scales, k, distance, backend, knn_options, batch_size, device,
+    transform, run : as in :func:`analyse`.
+    out_dir : keep the graphs (``epoch-NNN/knn/``) and the table there (default: a temporary
+        directory, removed on return).
+
+    Returns a polars DataFrame with the columns of :data:`rra.metrics.tables.SCHEMA`
+    (``measure``, ``hook_a``, ``pos_a``, ``scale_a``, ``k``, ``epoch``, ``epoch_b``, ``value``).
+    """
+    from rra.metrics.dynamics import TAU, check_epochs
+
+    checkpoints = list(checkpoints)
+    epochs = check_epochs(range(len(checkpoints)) if epochs is None else epochs)
+    if len(epochs) != len(checkpoints):
+        raise ValueError(f"epochs: {len(epochs)} epochs for {len(checkpoints)} checkpoints")
+    first = model() if callable(model) and not _is_module(model) else model
+    hooks = _with_input(first, _hook_names(first, hooks), include_input)
+    ks = sorted({int(v) for v in ([k] if isinstance(k, (int, np.integer)) else k)})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"k: need positive neighbourhood sizes, got {ks}")
+    args = (model, checkpoints, epochs, images, labels, hooks, list(scales), ks,
+            TAU if tau is None else tau, distance, backend, knn_options, batch_size, device,
+            transform, dict(run) if run is not None else {"model": type(first).__name__},
+            progress)
+    if out_dir is None:
+        with tempfile.TemporaryDirectory(prefix="rra-") as tmp:
+            return _dynamics(Path(tmp), *args)
+    return _dynamics(Path(out_dir), *args)
+
+
+def _dynamics(out: Path, model, checkpoints, epochs, images, labels, hooks, scales, ks, tau,
+              distance, backend, knn_options, batch_size, device, transform, run, progress):
+    import shutil
+
+    import polars as pl
+
+    from rra.embed import dump_embeddings
+    from rra.knn import build_graphs
+    from rra.metrics.dynamics import dynamics_table
+
+    knn_dirs = {}
+    for e, checkpoint in zip(epochs, checkpoints):
+        net = _model_at(model, checkpoint)
+        embed_dir, knn_dirs[e] = out / f"epoch-{e:03d}" / "embed", out / f"epoch-{e:03d}" / "knn"
+        manifest = dump_embeddings(net, images, hooks, scales, embed_dir, batch_size=batch_size,
+                                   device=device, transform=transform, progress=progress)
+        del net
+        if labels is not None and _as_labels(labels).shape != (int(manifest["n"]),):
+            raise ValueError(f"labels: expected {manifest['n']} labels (one per image)")
+        build_graphs(embed_dir, knn_dirs[e], k=ks[-1], distance=distance, backend=backend,
+                     options=dict(knn_options or {}), recall_k=ks, progress=progress)
+        shutil.rmtree(embed_dir)
+    dynamics_table(knn_dirs, out, ks=ks, tau=tau, scales=[s for s in manifest["scales"]],
+                   run=run)
+    return pl.read_parquet(out / "dynamics.parquet")
+
+
+def _is_module(obj: Any) -> bool:
+    import torch
+
+    return isinstance(obj, torch.nn.Module)
+
+
+def _model_at(model: Any, checkpoint: Any) -> Any:
+    """A model with the weights of ``checkpoint`` (module docstring of :func:`dynamics`): a copy
+    of ``model``, or a fresh one from the factory ``model``."""
+    import copy
+
+    import torch
+
+    state = checkpoint
+    if not isinstance(state, dict):
+        state = torch.load(Path(checkpoint), map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):  # rra model / kept-epoch files; resume checkpoints
+        if isinstance(state.get(key), dict) and "format" in state:
+            state = state[key]
+            break
+    net = copy.deepcopy(model) if _is_module(model) else model()
+    net.load_state_dict(state, strict=True)
+    return net
 
 
 def _hook_names(model: Any, hooks: Iterable[str] | None) -> list[str]:

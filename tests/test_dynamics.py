@@ -238,3 +238,58 @@ def test_missing_kept_epochs_are_retrained_and_resume_keeps_them(kept_runs, digi
     assert "keep_epochs" not in validate_spec({**SPEC, "keep_epochs": [3]})
     with pytest.raises(ValueError, match="keep_epochs.*\\[0, 3\\].*\\[4\\]"):
         validate_spec({**SPEC, "keep_epochs": [1, 4]})
+
+
+# ---------------------------------------------------------------------------------------------
+# rra.api.dynamics on a tiny model, against brute force
+
+
+def tiny_model() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(2 * 6 * 6, 3)).eval()
+
+
+def test_api_dynamics_matches_brute_force(tmp_path):
+    from rra.api import dynamics
+
+    torch.manual_seed(0)
+    hooks = ["0", "1", "3"]
+    x = torch.randn(25, 1, 8, 8)
+    states = []
+    for i in range(3):  # three checkpoints drifting towards the last one
+        torch.manual_seed(10 + i)
+        states.append(tiny_model().state_dict())
+    final = states[-1]
+    states[1] = {n: 0.3 * v + 0.7 * final[n] for n, v in states[1].items()}
+    torch.save(states[0], tmp_path / "s0.pt")  # a path of a plain state_dict
+    torch.save({"format": "rra.train.model/1", "state_dict": states[1], "epoch": 4},
+               tmp_path / "s1.pt")  # an rra weights file
+    table = dynamics(tiny_model, [tmp_path / "s0.pt", tmp_path / "s1.pt", states[2]], x,
+                     torch.arange(25) % 3, epochs=[0, 4, 9], hooks=hooks, k=[2, 5], tau=0.3,
+                     batch_size=7, out_dir=tmp_path / "out", progress=False)
+    assert table.columns == list(SCHEMA) and set(table["scale_a"]) == {"full"}
+    assert not any((tmp_path / "out").glob("epoch-*/embed"))  # embeddings removed
+    graphs = {}
+    for e, state in zip([0, 4, 9], states):
+        net = tiny_model()
+        net.load_state_dict(state)
+        out = forward_outputs(net, x, hooks)
+        for h in hooks:
+            graphs[e, h] = brute_graph(out[h].flatten(1).numpy(), 5)
+    got = {(r["measure"], r["hook_a"], r["k"], r["epoch"]): r["value"]
+           for r in table.iter_rows(named=True)}
+    for h in hooks:
+        for k in (2, 5):
+            d = [brute_nnts(graphs[e, h], graphs[9, h], k) for e in (0, 4, 9)]
+            for e, v in zip((0, 4, 9), d):
+                assert got["dynamics_nnts_final", h, k, e] == pytest.approx(v, abs=1e-12)
+            assert got["dynamics_nnts_step", h, k, 0] == pytest.approx(
+                brute_nnts(graphs[0, h], graphs[4, h], k), abs=1e-12)
+            s = brute_settling([0, 4, 9], d, 0.3)
+            assert got["dynamics_settling_epoch", h, k, s] == s
+    model = tiny_model()
+    before = {n: v.clone() for n, v in model.state_dict().items()}
+    dynamics(model, states, x, hooks=hooks, k=3, progress=False)  # a module: copied
+    assert all(torch.equal(v, model.state_dict()[n]) for n, v in before.items())
+    with pytest.raises(ValueError, match="epochs"):
+        dynamics(model, states, x, epochs=[0, 1], hooks=hooks, k=3, progress=False)
