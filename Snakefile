@@ -25,6 +25,7 @@ include: "rules/metrics.smk"
 include: "rules/report.smk"
 include: "rules/attention.smk"
 include: "rules/layers.smk"
+include: "rules/dynamics.smk"
 
 
 rule all:
@@ -41,4 +42,4 @@ for _name in EXPERIMENTS:
         name:
             _name
         input:
-            experiment_targets(_name),
+            experiment_targets(_name) + dynamics_targets(_name),

@@ -159,7 +159,7 @@ def cmd_embed(a: argparse.Namespace) -> None:
     _threads(a.threads)
     include_input = {"auto": None, "true": True, "false": False}[a.input]
     embed_run(a.run_dir, a.split_dir, a.probe, a.out, scales=a.scales, batch_size=a.batch_size,
-              device=a.device, include_input=include_input)
+              device=a.device, include_input=include_input, weights=a.weights or None)
 
 
 def cmd_knn(a: argparse.Namespace) -> None:
@@ -178,6 +178,15 @@ def cmd_metrics(a: argparse.Namespace) -> None:
     p = a.params
     run_tables(a.embed_dir, a.knn_dir, a.out, ks=p["k"], alphas=p["nntp_alpha"], run=a.run,
                tables=p.get("tables"), nntp_ks=p.get("nntp_k") or None)
+
+
+def cmd_dynamics(a: argparse.Namespace) -> None:
+    from rra.metrics.dynamics import dynamics_table
+
+    _threads(a.threads)
+    s = a.settings
+    dynamics_table({int(e): d for e, d in a.knn_dirs.items()}, a.out, ks=s["k"], tau=s["tau"],
+                   scales=s["scales"], run=a.run)
 
 
 def cmd_layers(a: argparse.Namespace) -> None:
@@ -266,6 +275,9 @@ def _add_model_stages(sub: argparse._SubParsersAction) -> None:
                    help="embed the model's normalised input as hook 'input' (position 0): "
                         "auto = the model's analyse_input attribute (the rule passes the "
                         "resolved embed.input)")
+    p.add_argument("--weights", default="",
+                   help="embed with this weights file of the run instead of its model.pt "
+                        "(a kept epoch, epochs/epoch-NNN.pt: E10)")
 
 
 def _add_analysis_stages(sub: argparse._SubParsersAction) -> None:
@@ -282,6 +294,15 @@ def _add_analysis_stages(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--knn-dir", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--params", type=_json, required=True)
+    p.add_argument("--run", type=_json, required=True, help="run identity columns")
+
+    p = _stage(sub, "dynamics", cmd_dynamics,
+               "representation dynamics (E10): NNTS between kept epochs, settling epochs")
+    p.add_argument("--knn-dirs", type=_json, required=True,
+                   help="JSON {epoch: kNN folder of that epoch's graphs}; the largest is final")
+    p.add_argument("--out", required=True)
+    p.add_argument("--settings", type=_json, required=True,
+                   help="{k, tau, scales} (rra.config.dynamics_params)")
     p.add_argument("--run", type=_json, required=True, help="run identity columns")
 
     # no choices from rra.layers.stage here: importing it loads numpy before --threads sizes

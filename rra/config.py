@@ -181,6 +181,7 @@ def check_config(config: dict[str, Any]) -> None:
     check_probe_splits(config)
     check_run_names(config)
     check_run_lists(config)
+    check_dynamics(config)  # before a check builds a run's spec (keep_epochs)
     scales = embed_scales(config)
     check_stac_auto(config, runs_of(config), scales)
     analyses(config)  # parses every probe and kNN spec
@@ -639,6 +640,8 @@ def train_spec(config: dict[str, Any], run: Run, attention_kwargs: dict | None =
     }
     spec.update(config["training"])
     spec.update(entry.get("training", {}))
+    if run in dynamics_runs(config):  # E10: the weights of these epochs are kept
+        spec["keep_epochs"] = sorted(set(config["dynamics"]["epochs"]))
     return spec
 
 
@@ -1171,6 +1174,81 @@ def _check_relus(config: dict[str, Any], runs: list[Run], models: list[str] | No
             raise ConfigError(f"config key '{key}': model {run.model!r} (run {run.name}) has "
                               "no nn.ReLU behind its hooks: binary activation patterns need "
                               "ReLU outputs")
+
+
+# ---------------------------------------------------------------------------------------------
+# Representation dynamics (E10, rra.metrics.dynamics)
+
+
+def dynamics_runs(config: dict[str, Any]) -> list[Run]:
+    """The runs of the enabled experiments with ``dynamics: true``, in config order, each once:
+    their training keeps the weights of ``dynamics.epochs`` (``keep_epochs``)."""
+    out: list[Run] = []
+    for exp in experiments(config).values():
+        if exp.get("dynamics", False):
+            out += [r for r in runs_of({"runs": exp.get("runs") or config["runs"]}) if r not in out]
+    return out
+
+
+def dynamics_folder(config: dict[str, Any]) -> tuple[str, str]:
+    """``(probe, kNN setting)`` of the dynamics: the top-level probe and first kNN setting."""
+    return (probe_name(config["probe"]),
+            knn_spec(config["knn"]["distance"][0], config["knn"]["backend"]))
+
+
+def dynamics_epochs(config: dict[str, Any], run: Run) -> list[int]:
+    """The compared epochs of a dynamics run: ``dynamics.epochs`` and its final epoch (the
+    trained ``model.pt``), sorted."""
+    return sorted(set(config["dynamics"]["epochs"]) | {_training_epochs(config, run)})
+
+
+def _training_epochs(config: dict[str, Any], run: Run) -> int:
+    return int({**config["training"], **_run_entry(config, run).get("training", {})}["epochs"])
+
+
+def dynamics_params(config: dict[str, Any], run: Run) -> dict[str, Any]:
+    """The dynamics table's settings (``rra dynamics --settings``): k, tau, scales, epochs."""
+    d = config["dynamics"]
+    return {"k": sorted(set(d["k"])), "tau": float(d["tau"]),
+            "scales": [s for s in embed_scales(config) if s in {str(x) for x in d["scales"]}],
+            "epochs": dynamics_epochs(config, run)}
+
+
+def dynamics_knn_params(config: dict[str, Any], run: Run) -> dict[str, Any]:
+    """The kNN settings of a kept epoch's graphs: the dynamics folder's backend options, the
+    graphs at the largest dynamics k, Annoy's recall checked at every dynamics k."""
+    _, _, options = parse_knn_spec(config, dynamics_folder(config)[1])
+    ks = sorted(set(config["dynamics"]["k"]))
+    return {"k": ks[-1], "nnts_k": [], "recall_k": ks, **options}
+
+
+def check_dynamics(config: dict[str, Any]) -> None:
+    """Per dynamics experiment: it analyses (its runs' final graphs are the analysis's); every
+    kept epoch within each run's training epochs; the scales embedded; each k stored by the
+    run's analysis on the dynamics probe and kNN setting. Messages name the key."""
+    for name, exp in experiments(config).items():
+        if exp.get("dynamics", False) and not exp.get("analyse", True):
+            raise ConfigError(f"config key 'experiments.{name}.dynamics': needs analyse: true "
+                              "(the final epoch's graphs are the run's analysis)")
+    d = config["dynamics"]
+    missing = sorted({str(s) for s in d["scales"]} - set(embed_scales(config)))
+    if dynamics_runs(config) and missing:
+        raise ConfigError(f"config key 'dynamics.scales': {missing} not among embed.scales = "
+                          f"{embed_scales(config)}")
+    probe, knn = dynamics_folder(config)
+    for run in dynamics_runs(config):
+        total = _training_epochs(config, run)
+        late = sorted(e for e in d["epochs"] if e > total)
+        if late:
+            raise ConfigError(f"config key 'dynamics.epochs': epochs {late} are beyond the "
+                              f"{total} training epochs of run {run.name} (training.epochs); "
+                              "keep epochs 0 (the initialisation) to the final one")
+        stored = split_k(analysis_settings(config, run, probe, knn)["k"],
+                         int(config["knn"]["store_k_max"]))[0]
+        if max(d["k"]) > stored:
+            raise ConfigError(f"config key 'dynamics.k': k = {max(d['k'])} exceeds the stored "
+                              f"graphs' k = {stored} of run {run.name} on probe {probe} ({knn}); "
+                              "lower it or add it to knn.k")
 
 
 def as_json(obj: Any) -> str:

@@ -149,12 +149,55 @@ def layer_targets(layer_analyses):
     return [f"{run_dir(a.run)}/layers/{a.probe}/{a.analysis}/manifest.json" for a in layer_analyses]
 
 
+def dynamics_runs_of(name=None):
+    """The dynamics runs (E10) of the study, or of one experiment (none unless it has
+    `dynamics: true`)."""
+    if name is not None and not EXPERIMENTS[name].get("dynamics", False):
+        return []
+    runs = rc.dynamics_runs(config)
+    if name is None:
+        return runs
+    exp = EXPERIMENTS[name]
+    return [r for r in rc.runs_of({"runs": exp.get("runs") or config["runs"]}) if r in runs]
+
+
+def dynamics_targets(name=None):
+    """The dynamics tables' manifests (rules/dynamics.smk) of the study or of one experiment."""
+    probe, knn = rc.dynamics_folder(config)
+    return [f"{run_dir(r)}/dynamics/{probe}/{knn}/manifest.json" for r in dynamics_runs_of(name)]
+
+
+def dynamics_epoch_dirs(w):
+    """{epoch: kNN folder} of one dynamics table: the kept epochs' graphs (rule
+    dynamics_graphs) and, for the final epoch, the run's analysis on the same probe."""
+    base = f"{RESULTS}/{w.dataset}/{run_of(w).name}"
+    epochs = rc.dynamics_epochs(config, run_of(w))
+    dirs = {
+        e: f"{base}/dynamics/{w.probe}/{w.distance}-{w.backend}/epoch-{e:03d}/knn"
+        for e in epochs[:-1]
+    }
+    dirs[epochs[-1]] = f"{base}/knn/{w.probe}/{w.distance}-{w.backend}"
+    return dirs
+
+
+def dynamics_epoch_inputs(w):
+    """The kept epochs' kNN manifests of one dynamics table."""
+    epochs = rc.dynamics_epochs(config, run_of(w))
+    return [f"{dynamics_epoch_dirs(w)[e]}/manifest.json" for e in epochs[:-1]]
+
+
+def dynamics_knn_dirs(w):
+    """`rra dynamics --knn-dirs`: JSON {epoch: kNN folder}."""
+    return rc.as_json({str(e): d for e, d in dynamics_epoch_dirs(w).items()})
+
+
 def study_targets():
     """Every final artifact of the configured study (all experiments), for `rule all`."""
     targets = [f"{RESULTS}/{DATASET}/cost.parquet", f"{RESULTS}/{DATASET}/accuracy.parquet"]
     targets += targets_of(rc.analyses(config), RUNS)
     for name in EXPERIMENTS:
         targets += experiment_targets(name)
+    targets += dynamics_targets()
     return list(dict.fromkeys(targets + e2_targets()))
 
 
@@ -191,6 +234,7 @@ def report_inputs():
         "metrics": [metric_manifest(*f) for f in folders],
         "knn": [knn_manifest(*f) for f in folders],
         "layers": layer_targets(rc.layer_analyses(config)),
+        "dynamics": dynamics_targets(),
         "training": [f"{run_dir(r)}/train_log.json" for r in RUNS],
         "accuracy": [f"{RESULTS}/{DATASET}/accuracy.parquet"],
         "cost": [f"{RESULTS}/{DATASET}/cost.parquet"],

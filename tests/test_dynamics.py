@@ -293,3 +293,156 @@ def test_api_dynamics_matches_brute_force(tmp_path):
     assert all(torch.equal(v, model.state_dict()[n]) for n, v in before.items())
     with pytest.raises(ValueError, match="epochs"):
         dynamics(model, states, x, epochs=[0, 1], hooks=hooks, k=3, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The workflow: a tiny E10 (one LeNet-5 run, kept epochs 0 and 1 of 2)
+
+
+@pytest.mark.slow
+def test_workflow_e10_table_equals_a_direct_computation(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import polars as pl
+    import yaml
+
+    from rra.data import dataset_info, normalise
+    from rra.train import load_trained
+
+    root = Path(__file__).resolve().parent.parent
+    lenet = {"model": "lenet5", "attention": ["none"], "augmentation": ["none"], "seeds": [0]}
+    overlay = {"runs": [lenet], "dynamics": {"epochs": [0, 1], "k": [3]},
+               "experiments": {"E7": {"enabled": False}, "E8": {"enabled": False},
+                               "E9": {"enabled": False}, "E11": {"enabled": False},
+                               "E10": {"enabled": True, "runs": [lenet]}}}
+    (tmp_path / "e10.yaml").write_text(yaml.safe_dump(overlay))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "-d", str(tmp_path),
+           "--cores", "2", "E10", "--configfile", str(root / "config" / "test.yaml"),
+           str(tmp_path / "e10.yaml")]
+    proc = subprocess.run(cmd, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONHASHSEED="0"))
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    run = tmp_path / "results" / "mnist5k" / "lenet5-none-none-s0"
+    folder = run / "dynamics" / "test-n12-s0" / "euclidean-auto"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["epochs"] == [0, 1, 2] and manifest["tau"] == 0.5
+    assert not list(folder.glob("epoch-*/embed"))  # the kept epochs' embeddings are removed
+    table = pl.read_parquet(folder / "dynamics.parquet")
+    data = tmp_path / "results" / "data" / "mnist5k"
+    probe = np.load(data / "probe" / "test-n12-s0.npy")
+    x = torch.from_numpy(normalise(np.load(data / "test" / "images.npy")[probe],
+                                   dataset_info("mnist5k")))
+    graphs, hooks = {}, None
+    for e, weights in ((0, run / "epochs" / "epoch-000.pt"), (1, run / "epochs" / "epoch-001.pt"),
+                       (2, run / "model.pt")):
+        model = load_trained(weights)
+        hooks = list(model.hook_names)
+        out = forward_outputs(model, x, hooks)
+        out["input"] = x
+        for h in ["input", *hooks]:
+            graphs[e, h] = brute_graph(out[h].flatten(1).numpy(), 3)
+    got = {(r["measure"], r["hook_a"], r["epoch"]): r["value"]
+           for r in table.iter_rows(named=True)}
+    assert {r["hook_a"] for r in table.iter_rows(named=True)} == {"input", *hooks}
+    for h in ["input", *hooks]:
+        d = [brute_nnts(graphs[e, h], graphs[2, h], 3) for e in (0, 1, 2)]
+        for e in (0, 1, 2):
+            assert got["dynamics_nnts_final", h, e] == pytest.approx(d[e], abs=1e-12), (h, e)
+        assert got["dynamics_nnts_step", h, 0] == pytest.approx(
+            brute_nnts(graphs[0, h], graphs[1, h], 3), abs=1e-12)
+        assert got["dynamics_settling_epoch", h, brute_settling([0, 1, 2], d, 0.5)] is not None
+    assert got["dynamics_nnts_final", "input", 0] == 1.0  # the input does not train
+
+
+# ---------------------------------------------------------------------------------------------
+# Config: dynamics block, E10, keep_epochs of the runs
+
+
+@pytest.fixture(scope="module")
+def study_config(tmp_path_factory) -> dict:
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    cfg["results_dir"] = str(tmp_path_factory.mktemp("config") / "results")
+    return cfg
+
+
+def test_default_config_keeps_the_epochs_of_e10_runs(study_config):
+    import copy
+
+    from rra import config as rc
+
+    cfg = rc.validate(copy.deepcopy(study_config))
+    runs = rc.dynamics_runs(cfg)
+    assert [r.name for r in runs] == [
+        "lenet5-none-none-s0", "lenet5-none-standard-s0", "resnet20-none-none-s0",
+        "resnet20-none-none-s1", "resnet20-none-none-s2", "resnet20-none-standard-s0",
+        "resnet20-none-standard-s1", "resnet20-none-standard-s2"]
+    assert rc.train_spec(cfg, runs[0])["keep_epochs"] == [0, 1, 2]
+    assert "keep_epochs" not in rc.train_spec(cfg, rc.Run("resnet20nobn", "none", "none", 0))
+    assert rc.dynamics_epochs(cfg, runs[0]) == [0, 1, 2, 3]
+    assert rc.dynamics_params(cfg, runs[0]) == {"k": [10], "tau": 0.5, "scales": ["full"],
+                                               "epochs": [0, 1, 2, 3]}
+    assert rc.dynamics_folder(cfg) == ("test-n50-s0", "euclidean-auto")
+    assert rc.dynamics_knn_params(cfg, runs[0])["k"] == 10
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda c: c["dynamics"].update(epochs=[0, 5]),
+     "config key 'dynamics.epochs': epochs [5] are beyond the 3 training epochs of run "
+     "lenet5-none-none-s0"),
+    (lambda c: c["dynamics"].update(epochs=[-1]), "config key 'dynamics.epochs[0]'"),
+    (lambda c: c["dynamics"].update(k=[60]), "config key 'dynamics.k': k = 60 exceeds the stored"),
+    (lambda c: c["dynamics"].update(scales=[8]), "config key 'dynamics.scales': ['8'] not among"),
+    (lambda c: c["dynamics"].update(tau=1.5), "config key 'dynamics.tau'"),
+    (lambda c: c["dynamics"].update(bogus=1), "config key 'dynamics.bogus': unknown key"),
+    (lambda c: c["experiments"]["E10"].update(analyse=False),
+     "config key 'experiments.E10.dynamics': needs analyse: true"),
+])
+def test_dynamics_config_errors_name_the_key(study_config, change, needle):
+    import copy
+
+    from rra import config as rc
+
+    cfg = copy.deepcopy(study_config)
+    change(cfg)
+    with pytest.raises(rc.ConfigError) as err:
+        rc.validate(cfg)
+    assert needle in str(err.value)
+
+
+def test_report_draws_the_dynamics_figures(tmp_path):
+    """The E10 figures from dynamics tables in the workflow's layout (here written by the API):
+    per probe and model a heat map and the settling epochs, mean over seeds."""
+    from rra.api import dynamics
+    from rra.report import build_report
+    from rra.report.inputs import ReportInputs
+
+    torch.manual_seed(0)
+    x = torch.randn(20, 1, 8, 8)
+    states = [tiny_model().state_dict() for _ in range(3)]
+    manifests = []
+    for aug, seed in (("none", 0), ("none", 1), ("standard", 0)):
+        folder = (tmp_path / "results" / "ds" / f"tiny-none-{aug}-s{seed}" / "dynamics" /
+                  "test-n2-s0" / "euclidean-auto")
+        run = {"dataset": "ds", "model": "tiny", "attention": "none", "augmentation": aug,
+               "seed": seed, "probe": "test-n2-s0"}
+        dynamics(tiny_model, states, x, epochs=[0, 2, 5], hooks=["0", "1", "3"], k=[3],
+                 out_dir=folder, run=run, progress=False)
+        manifests.append(folder / "manifest.json")
+    records = build_report(ReportInputs.of(tmp_path / "results", dynamics=manifests),
+                           tmp_path / "reports")
+    ids = sorted(r.id for r in records)
+    assert ids == ["ds-test-n2-s0-dynamics-settling-tiny", "ds-test-n2-s0-dynamics-tiny"]
+    png = tmp_path / "reports" / "figures" / "ds" / "test-n2-s0" / "dynamics-settling-tiny.png"
+    assert png.stat().st_size > 0
+    from test_report import figure_caption  # docs/report/figures.rst as snakemake renders it
+
+    assert figure_caption("ds/test-n2-s0/dynamics-tiny").startswith(
+        "**Representation dynamics (E10).**")
+    assert figure_caption("ds/test-n2-s0/dynamics-settling-tiny").startswith(
+        "**Settling epoch per hook (E10).**")

@@ -22,6 +22,13 @@ per dataset ``{dataset}/``:
   ``accuracy``                 accuracy (mean ± sd over seeds), with parameters, FLOPs and their
                                ratios when ``cost.parquet`` exists (E3, E5);
   ``weight-change-…``          layer × epoch heat maps and per-layer curves (E6);
+per dataset and probe of the representation dynamics ``{dataset}/{probe}/`` (E10):
+  ``dynamics-{model}``         hook × kept-epoch heat map of NNTS to the final model, one row
+                               per variant, beside the layer × epoch relative weight change
+                               (l1, E6) of the same runs;
+  ``dynamics-settling-{model}`` settling epoch per hook (first kept epoch from which NNTS to
+                               the final model stays ≥ τ), one line per variant (with and
+                               without augmentation), mean and band over seeds;
   ``knn-{probe}-{distance}``   Annoy recall@k and time against exact, when some graph used Annoy
                                (E2);
   ``hyperparams-{model}-{attention}-{augmentation}``
@@ -90,6 +97,7 @@ BLOCKS = {
     "hyperparams": ("probe", "embed", "knn", "metrics", "report", "experiments"),
     "stac": ("stac_auto", "probe", "embed", "knn"),
     "layers": ("layers", "experiments", "embed", "device"),
+    "dynamics": ("dynamics", "training", "runs", "probe", "embed", "knn", "report"),
 }
 
 
@@ -248,6 +256,7 @@ def _dataset_figures(rep: Report, dataset: str) -> None:
     backends, STAC, layer analyses."""
     from rra.metrics.folders import MetricFolder
     from rra.report import study_figures as study
+    from rra.report.dynamics_figures import dynamics_figures
     from rra.report.layer_figures import layer_figures
     from rra.report.metric_figures import analysis_figures
 
@@ -259,6 +268,7 @@ def _dataset_figures(rep: Report, dataset: str) -> None:
     study.e2_figures(rep, dataset)
     study.accuracy_figure(rep, dataset)
     study.weight_change_figures(rep, dataset)
+    dynamics_figures(rep, dataset)
     study.knn_recall_figures(rep, dataset)
     study.stac_figures(rep, dataset)
     layer_figures(rep, dataset)

@@ -19,6 +19,7 @@ KINDS = {
     "metrics": "metric folders' manifest.json ({dataset}/{run}/metrics/{probe}/{knn}/)",
     "knn": "kNN graphs' manifest.json ({dataset}/{run}/knn/{probe}/{knn}/)",
     "layers": "layer-analysis folders' manifest.json ({dataset}/{run}/layers/{probe}/{analysis}/)",
+    "dynamics": "representation dynamics' manifest.json ({dataset}/{run}/dynamics/{probe}/{knn}/)",
     "training": "train_log.json of the runs ({dataset}/{run}/)",
     "accuracy": "{dataset}/accuracy.parquet (or runs' metrics.json)",
     "cost": "{dataset}/cost.parquet",
