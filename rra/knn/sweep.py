@@ -16,7 +16,10 @@ through every hook in turn:
    decide all but a thin band around the k-th, whose members get float64 distances);
 
 then the overlaps of every hook pair at every large k are popcounts of the bitmaps' AND
-(``rra.knn.kernels.pair_overlaps``). Every product is computed once per ordered pair of rows
+(``rra.knn.kernels.pair_overlaps``). An embedding whose rows lie in a low-dimensional
+subspace (a linear image of an earlier hook) takes its products from its r coordinates there,
+with the measured residuals in the bound (``rra.knn.lowrank``). Every product is computed once
+per ordered pair of rows
 (``n² d`` multiply-adds per hook, twice the symmetric search's), and it serves both the graph
 and every large k. Memory: the embeddings (memory-mapped), one block of products and the
 block's bitmaps (hooks × large ks × block × n / 8 bytes); the graphs at ``k_graph`` are
@@ -30,7 +33,6 @@ duplicate rows).
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -38,11 +40,13 @@ import numpy as np
 
 from rra.knn.common import Points, check_k
 from rra.knn.ties import bound_terms, resolve_set, resolve_ties
-from rra.knn.exact import (_unit_roundoff, candidate_margin, default_block_rows, error_gamma,
-                           recheck_rows)
+from rra.knn.exact import candidate_margin, default_block_rows, error_gamma, recheck_rows
 
 #: the bitmaps of one block (hooks × large ks × rows × n bits) stay within this many bytes
 BITMAP_BYTES = 128 << 20
+#: unit round-off of the products: IEEE single precision (numpy's float32 BLAS has no
+#: reduced-precision mode, unlike torch's TF32/bf16 settings)
+UNIT_ROUNDOFF = 2.0 ** -24
 #: products are summed over chunks of at most this many features (each one matrix product, then
 #: added in order): the worst-case rounding bound is that of a dot product of length
 #: K + m − 1 (K the longest of m chunks) instead of d, which narrows the band of rows whose
@@ -52,6 +56,9 @@ BITMAP_BYTES = 128 << 20
 CHUNK_FEATURES = 1024
 #: columns per panel when the chunks are summed (the panel's partial sums stay in cache)
 PANEL_COLUMNS = 4096
+#: constant columns (one value in every row) are left out of the products where at least this
+#: share of an embedding's columns are constant (below it, the copy costs more than it saves)
+CONSTANT_MIN_FRACTION = 0.1
 #: band columns kept per row and large k for the column-ordered exact distances; a larger band
 #: (rare: a very wide error bound) is redone row by row
 BAND_CAP = 2048
@@ -75,73 +82,115 @@ def hook_pairs(count: int) -> list[tuple[int, int]]:
 
 class _Keys:
     """One point set prepared for the products: ``z`` (float32 n × d, possibly the memory map
-    itself), ``h = fl(‖z‖²/2)``, ``sq = ‖z‖²`` and ``nc = ‖z‖`` (float64), R, the feature
-    chunks of the products and γ (that of ``rra.knn.exact`` for a dot product of length
-    K + m − 1, see :data:`CHUNK_FEATURES`)."""
+    itself; without its constant columns, :func:`_product_rows`; or the rows' n × r
+    coordinates in a basis of their span, ``rra.knn.lowrank``),
+    ``h = fl(‖z‖²/2)``, ``sq = ‖z‖²`` and ``nc = ‖z‖`` (float64; the bound norms ñ of the
+    coordinates), R = max nc, the feature chunks of the products and γ (that of
+    ``rra.knn.exact`` for a dot product of length K + m − 1, see :data:`CHUNK_FEATURES`; γ' of
+    the coordinates). ``low_rank``: try the coordinates (True), never (False), or where
+    ``rra.knn.lowrank.worth_trying`` (None)."""
 
-    def __init__(self, points: Points):
-        import torch
-
-        from rra.knn import kernels
+    def __init__(self, points: Points, low_rank: bool | None = None):
+        from rra.knn import lowrank
 
         x = np.asarray(points.x)
         n, d = x.shape
-        self.points = points
-        self.x, self.norms = x, points.kernel_norms
+        self.points, self.x, self.norms, self.d = points, x, points.kernel_norms, d
         self.sq = np.empty(n, dtype=np.float64)
-        if points.distance == "euclidean" and x.dtype == np.float32 and x.flags.c_contiguous:
-            z = x  # no copy: z_j = x_j exactly
-            kernels.row_sqnorms(x, self.sq)
-        else:  # fl32(x / ‖x‖) (cosine) or fl32(x) (float64 input), with ‖·‖² of the rounded rows
-            keys = np.empty((n, d + 1), dtype=np.float32)
-            kernels.centred_keys(x, self.norms, np.zeros(d), keys, self.sq)
-            z = keys[:, :d]
+        z, own = _product_rows(points, x, self.sq)
         if 4 * self.sq.max() >= np.finfo(np.float32).max:
             raise ValueError(f"values too large for float32 products (max squared norm "
                              f"{self.sq.max():.3g}); use the exact backend's float64 products")
-        self.nc = np.sqrt(self.sq)
+        u = UNIT_ROUNDOFF
+        self.nc, self.gamma = np.sqrt(self.sq), error_gamma(_chunks(z.shape[1])[1], u)
+        # an embedding in a low-dimensional subspace: products of its coordinates there, the
+        # residuals in the bound (rra.knn.lowrank); None: the rows themselves
+        self.low_rank = None
+        if own and (low_rank or (low_rank is None and lowrank.worth_trying(
+                n, d, points.distance, x))):
+            self.low_rank = lowrank.low_rank(z, self.sq, u, lambda r: _chunks(r)[1],
+                                             self.gamma)
+        if self.low_rank is not None:
+            z = self.low_rank.u
+            self.nc, self.gamma = self.low_rank.bound(self.nc, _chunks(z.shape[1])[1], u)
+        self.chunks = _chunks(z.shape[1])[0]
         self.radius = float(self.nc.max())
-        # products in m chunks of at most CHUNK_FEATURES features, summed in order: the error
-        # bound of a dot product of length K + m − 1 (K the longest chunk) instead of d
-        m = -(-d // CHUNK_FEATURES)
-        bounds = np.linspace(0, d, m + 1).round().astype(int)
-        self.chunks = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
-        length = max(b - a for a, b in self.chunks) + m - 1
-        u = _unit_roundoff(torch.float32, torch.device("cpu"))
-        if (length + 2) * u >= 0.5:
-            raise ValueError(f"float32 matmul precision {torch.get_float32_matmul_precision()!r}"
-                             f" is too coarse for d = {d}; set it to 'highest'")
-        self.gamma = error_gamma(length, u)
         self._tmp = None
-        with warnings.catch_warnings():  # read-only memory maps: torch only reads them
-            warnings.simplefilter("ignore", UserWarning)
-            self.z = torch.from_numpy(z)
-        self.h = torch.from_numpy((self.sq / 2).astype(np.float32))
-        self.d = d
+        self.z = z
+        self.h = (self.sq / 2).astype(np.float32)
 
-    def products(self, rows, out=None):
-        """``o_ij = fl(z_i·z_j − h_j)`` for the rows ``rows`` (a slice or an index array)."""
-        import torch
-
-        zi = self.z[rows] if isinstance(rows, slice) else self.z[torch.from_numpy(rows)]
+    def products(self, rows, out=None) -> np.ndarray:
+        """``o_ij = fl(z_i·z_j − h_j)`` (float32) for the rows ``rows`` (a slice or an index
+        array), by numpy's BLAS (OpenBLAS: 93–100 G multiply-adds/s on this machine's two AMD
+        cores against torch's 52–64, measured 2026-12-04; any summation order keeps the bound)."""
+        zi = self.z[rows]
         (a, b), rest = self.chunks[0], self.chunks[1:]
-        o = torch.mm(zi[:, a:b], self.z[:, a:b].T, out=out)
+        o = np.matmul(zi[:, a:b], self.z[:, a:b].T, out=out)
         if rest:  # the other chunks panel by panel of columns: the sums stay in cache
             m, n = o.shape
-            if self._tmp is None or self._tmp.shape[0] < m:
-                self._tmp = torch.empty((m, PANEL_COLUMNS), dtype=o.dtype)
+            if self._tmp is None or self._tmp.size < m * PANEL_COLUMNS:
+                self._tmp = np.empty(m * PANEL_COLUMNS, np.float32)
             for c0 in range(0, n, PANEL_COLUMNS):
                 c1 = min(n, c0 + PANEL_COLUMNS)
-                tmp = self._tmp[:m, :c1 - c0]
+                tmp = self._tmp[:m * (c1 - c0)].reshape(m, c1 - c0)
                 for a, b in rest:
-                    o[:, c0:c1].add_(torch.mm(zi[:, a:b], self.z[c0:c1, a:b].T, out=tmp))
-        return o.sub_(self.h)
+                    o[:, c0:c1] += np.matmul(zi[:, a:b], self.z[c0:c1, a:b].T, out=tmp)
+        o -= self.h
+        return o
+
+
+def _product_rows(points: Points, x: np.ndarray, sq: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The rows the products are taken of, with their exact squared norms written into ``sq``,
+    and whether they are the stored values themselves: under euclidean float32 the rows ``x``
+    (no copy), or a copy without their constant columns where those are at least
+    :data:`CONSTANT_MIN_FRACTION` of them (a column of one value in every row adds nothing to a
+    difference, so every distance is unchanged and the products and bound shrink; e.g. dead
+    ReLU units); otherwise ``fl32(x / ‖x‖)`` (cosine) or ``fl32(x)`` (float64 input)."""
+    from rra.knn import kernels
+
+    if points.distance == "euclidean" and x.dtype == np.float32 and x.flags.c_contiguous:
+        z = _varying_columns(x)
+        kernels.row_sqnorms(z, sq)
+        return z, True
+    n, d = x.shape
+    keys = np.empty((n, d + 1), dtype=np.float32)
+    kernels.centred_keys(x, points.kernel_norms, np.zeros(d), keys, sq)
+    return keys[:, :d], False
+
+
+def _varying_columns(x: np.ndarray) -> np.ndarray:
+    """``x`` itself, or a C-contiguous copy of its columns that are not constant over the rows
+    where the constant ones are at least :data:`CONSTANT_MIN_FRACTION` of them."""
+    n, d = x.shape
+    step = max(1, (64 << 20) // (4 * d))
+    low, high = np.asarray(x[0]).copy(), np.asarray(x[0]).copy()
+    for a in range(0, n, step):
+        block = np.asarray(x[a:a + step])
+        np.minimum(low, block.min(axis=0), out=low)
+        np.maximum(high, block.max(axis=0), out=high)
+    varying = np.flatnonzero(low != high)
+    if d - varying.size < CONSTANT_MIN_FRACTION * d or not varying.size:
+        return x
+    out = np.empty((n, varying.size), np.float32)
+    for a in range(0, n, step):
+        out[a:a + step] = np.asarray(x[a:a + step])[:, varying]
+    return out
+
+
+def _chunks(width: int) -> tuple[list[tuple[int, int]], int]:
+    """Products over ``width`` features in m chunks of at most :data:`CHUNK_FEATURES`, summed in
+    order: the chunks and the length K + m − 1 (K the longest chunk) of the dot product whose
+    error bound they have, instead of ``width``."""
+    m = -(-width // CHUNK_FEATURES)
+    bounds = np.linspace(0, width, m + 1).round().astype(int)
+    chunks = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return chunks, max(b - a for a, b in chunks) + m - 1
 
 
 def sweep(points: Sequence[Points], k_graph: int | None, ks: Sequence[int], *,
           block_rows: int | None = None, progress: bool = True,
-          names: Sequence[str] | None = None, writers: Sequence[tuple] | None = None
-          ) -> SweepResult:
+          names: Sequence[str] | None = None, writers: Sequence[tuple] | None = None,
+          low_rank: bool | None = None) -> SweepResult:
     """Exact kNN graphs at ``k_graph`` (``None``: none) of every point set and, for each k of
     ``ks``, the overlap counts ``m_i = |K_a[i] ∩ K_b[i]|`` of every pair a < b of point sets,
     in one pass over blocks of rows (module docstring). All point sets must have the same rows.
@@ -150,10 +199,12 @@ def sweep(points: Sequence[Points], k_graph: int | None, ks: Sequence[int], *,
     ``writers``: per point set an ``(indices, distances)`` pair of ``rra.io.NpyRowWriter``-like
     objects (``write(rows)``) that receive the graph's rows block by block, so the graphs are
     never held whole (``SweepResult.graphs`` is then ``None`` for each); by default the graphs
-    are returned in memory."""
+    are returned in memory. ``low_rank``: products from the rows' coordinates in a basis of
+    their span where that pays (``None``, default: ``rra.knn.lowrank.worth_trying``), tried for
+    every set (True) or never (False); exact either way."""
     import numba
     import torch
-    from tqdm.auto import tqdm
+    from threadpoolctl import threadpool_limits
 
     points = list(points)
     names, n = _check_point_sets(points, names)
@@ -166,35 +217,45 @@ def sweep(points: Sequence[Points], k_graph: int | None, ks: Sequence[int], *,
     numba.set_num_threads(threads)
 
     t0 = time.perf_counter()
-    keys = _prepare_keys(points, names)
-    b = _block_rows(block_rows, n, keys, ks_arr.size if large else 0)
-    graph = (_GraphRows.allocate(n, k_graph, b, len(points), writers) if k_graph is not None
-             else None)
-    sets = _LargeKSets.allocate(n, ks_arr, b, len(points)) if large else None
-    stats = [{"search": "sweep (per block)", "block_rows": b, "exact_pairs": 0,
-              "rows_rechecked": 0, "band_pairs": 0, "rows_tie_resolved": 0,
-              "sets_tie_resolved": 0} for _ in points]
-    buf = torch.empty((b, n), dtype=torch.float32)
-
-    # (shown in the job's log too, every 30 s: the sweep of a published-scale run takes minutes)
-    for a in tqdm(range(0, n, b), desc=f"kNN sweep n={n} hooks={len(points)}", unit="block",
-                  disable=not progress, mininterval=30):
-        bb = min(b, n - a)
-        q = np.arange(a, a + bb, dtype=np.int64)
-        for h, key in enumerate(keys):
-            o = key.products(slice(a, a + bb), out=buf[:bb]).numpy()
-            if graph is not None:
-                graph.add(h, key, o, q, stats[h], threads)
-            if sets is not None:
-                sets.add(h, key, o, q, stats[h], threads, names[h])
-        if sets is not None:
-            sets.count_overlaps(a, bb)
+    with threadpool_limits(limits=threads, user_api="blas"):  # numpy's products: the job's
+        keys = _prepare_keys(points, names, low_rank)         # threads (README, "Threads")
+        b = _block_rows(block_rows, n, keys, ks_arr.size if large else 0)
+        graph = (_GraphRows.allocate(n, k_graph, b, len(points), writers)
+                 if k_graph is not None else None)
+        sets = _LargeKSets.allocate(n, ks_arr, b, len(points)) if large else None
+        stats = [{"search": "sweep (per block)", "block_rows": b, "exact_pairs": 0,
+                  "rows_rechecked": 0, "band_pairs": 0, "rows_tie_resolved": 0,
+                  "sets_tie_resolved": 0, "product_features": key.z.shape[1]} for key in keys]
+        _blocks(keys, graph, sets, stats, b, threads, names, progress)
     seconds = time.perf_counter() - t0
     for s in stats:
         s["seconds"] = seconds
     return SweepResult(graphs=graph.graphs if graph is not None else [None] * len(points),
                        overlaps=sets.overlaps if sets is not None else {}, pairs=pairs,
                        stats=stats)
+
+
+def _blocks(keys: list[_Keys], graph: "_GraphRows | None", sets: "_LargeKSets | None",
+            stats: list[dict], b: int, threads: int, names: list[str], progress: bool) -> None:
+    """The pass over blocks of ``b`` rows: each block's products through every point set, its
+    graph rows and large-k sets, then the block's overlaps."""
+    from tqdm.auto import tqdm
+
+    n = keys[0].x.shape[0]
+    buf = np.empty((b, n), dtype=np.float32)
+    # (shown in the job's log too, every 30 s: the sweep of a published-scale run takes minutes)
+    for a in tqdm(range(0, n, b), desc=f"kNN sweep n={n} hooks={len(keys)}", unit="block",
+                  disable=not progress, mininterval=30):
+        bb = min(b, n - a)
+        q = np.arange(a, a + bb, dtype=np.int64)
+        for h, key in enumerate(keys):
+            o = key.products(slice(a, a + bb), out=buf[:bb])
+            if graph is not None:
+                graph.add(h, key, o, q, stats[h], threads)
+            if sets is not None:
+                sets.add(h, key, o, q, stats[h], threads, names[h])
+        if sets is not None:
+            sets.count_overlaps(a, bb)
 
 
 def _check_point_sets(points: list[Points], names: Sequence[str] | None
@@ -212,12 +273,13 @@ def _check_point_sets(points: list[Points], names: Sequence[str] | None
     return names, n
 
 
-def _prepare_keys(points: list[Points], names: list[str]) -> list[_Keys]:
+def _prepare_keys(points: list[Points], names: list[str], low_rank: bool | None
+                  ) -> list[_Keys]:
     """The point sets prepared for the products; a ValueError names the set."""
     keys = []
     for p, name in zip(points, names):
         try:
-            keys.append(_Keys(p))
+            keys.append(_Keys(p, low_rank))
         except ValueError as err:
             raise ValueError(f"{name}: {err}") from err
     return keys
@@ -382,7 +444,7 @@ def _recheck(key: _Keys, q: np.ndarray, k: int, idx: np.ndarray, sqd: np.ndarray
     if not bad.size:
         return
     stats["rows_rechecked"] += int(bad.size)
-    idx[bad], sqd[bad], pairs = recheck_rows(key.products(q[bad]).numpy(), q[bad], k,
+    idx[bad], sqd[bad], pairs = recheck_rows(key.products(q[bad]), q[bad], k,
                                              sqd[bad, k - 1], key.sq, key.nc, key.gamma, key.x,
                                              key.norms)
     stats["exact_pairs"] += pairs
