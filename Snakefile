@@ -26,6 +26,7 @@ include: "rules/report.smk"
 include: "rules/attention.smk"
 include: "rules/layers.smk"
 include: "rules/dynamics.smk"
+include: "rules/placement.smk"
 
 
 rule all:

@@ -189,6 +189,14 @@ def cmd_dynamics(a: argparse.Namespace) -> None:
                    scales=s["scales"], run=a.run)
 
 
+def cmd_placement(a: argparse.Namespace) -> None:
+    from rra.metrics.placement import placement_stage
+
+    _threads(a.threads)
+    placement_stage(a.reference, a.heldout, a.out, ks=a.settings["k"], distance=a.distance,
+                    run=a.run, device=a.device)
+
+
 def cmd_layers(a: argparse.Namespace) -> None:
     from rra.layers.stage import layer_run
 
@@ -281,7 +289,7 @@ def _add_model_stages(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_analysis_stages(sub: argparse._SubParsersAction) -> None:
-    """knn, metrics, layers: the analyses of one trained run."""
+    """knn, metrics, placement, layers: the analyses of one trained run."""
     p = _stage(sub, "knn", cmd_knn, "build one kNN graph per embedding")
     p.add_argument("--embed-dir", required=True)
     p.add_argument("--out", required=True)
@@ -304,6 +312,20 @@ def _add_analysis_stages(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--settings", type=_json, required=True,
                    help="{k, tau, scales} (rra.config.dynamics_params)")
     p.add_argument("--run", type=_json, required=True, help="run identity columns")
+
+    p = _stage(sub, "placement", cmd_placement,
+               "held-out placement (E11): held-out embeddings in a training probe's kNN models")
+    p.add_argument("--reference", required=True,
+                   help="the run's embed folder of the reference (training) probe")
+    p.add_argument("--heldout", required=True,
+                   help="the same run's embed folder of the held-out probe (same hooks, scales)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--distance", choices=["euclidean", "cosine"], default="euclidean")
+    p.add_argument("--settings", type=_json, required=True,
+                   help='JSON {"k": [...]} (rra.config.placement_params)')
+    p.add_argument("--run", type=_json, required=True,
+                   help="run identity columns (probe: the held-out probe)")
+    p.add_argument("--device", default="cpu", help="where the kNN products run")
 
     # no choices from rra.layers.stage here: importing it loads numpy before --threads sizes
     # the thread pools (the stage itself refuses an unknown analysis, naming the known ones)

@@ -189,6 +189,7 @@ def check_config(config: dict[str, Any]) -> None:
     check_dataset_options(config)
     check_runs(config)
     check_layers(config)
+    check_placement(config)
     check_probe_sizes(config)
     check_nntp_k(config)
     check_report(config)
@@ -386,6 +387,13 @@ def probe_requirements(config: dict[str, Any]) -> list[dict[str, Any]]:
         if a.probe not in out or k > out[a.probe]["k"]:
             out[a.probe] = {"probe": a.probe, "probe_key": keys.get(a.probe, "probe"),
                             **parse_probe(a.probe), "k": k, "k_key": k_key}
+    for p in placements(config):  # the placement's reference: its leave-one-out graph at k
+        k, own = max(p.ks), experiments(config)[p.experiment].get("k")
+        if p.reference not in out or k > out[p.reference]["k"]:
+            out[p.reference] = {"probe": p.reference,
+                                "probe_key": f"experiments.{p.experiment}.placement.reference",
+                                **parse_probe(p.reference), "k": k,
+                                "k_key": f"experiments.{p.experiment}.k" if own else "knn.k"}
     for name, key in keys.items():  # the layer analyses' probes: rows per class, no k
         if name not in out:
             out[name] = {"probe": name, "probe_key": key, **parse_probe(name), "k": 0,
@@ -741,6 +749,10 @@ def probe_entries(config: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     for block in layer_blocks(config):
         out += [(block.key(name), block.settings[name]) for name in ("probe", "train")
                 if name in block.settings]
+    for name, exp in experiments(config).items():
+        block = exp.get("placement") or {}
+        out += [(f"experiments.{name}.placement.{part}", block[part])
+                for part in ("reference", "heldout") if part in block]
     return out
 
 
@@ -1174,6 +1186,80 @@ def _check_relus(config: dict[str, Any], runs: list[Run], models: list[str] | No
             raise ConfigError(f"config key '{key}': model {run.model!r} (run {run.name}) has "
                               "no nn.ReLU behind its hooks: binary activation patterns need "
                               "ReLU outputs")
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out placement (experiment E11)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One held-out placement of one run:
+    ``results/{dataset}/{run}/placement/{reference}/{heldout}/{distance}/``."""
+
+    run: Run
+    reference: str                 # probe name of the reference (training) probe
+    heldout: str                   # probe name of the held-out probe
+    distance: str
+    ks: tuple[int, ...]
+    experiment: str
+
+
+def placements(config: dict[str, Any], experiment: str | None = None) -> list[Placement]:
+    """Every placement of the study (or of one experiment), in config order: for each enabled
+    experiment with a ``placement`` block, each of its runs and distances (default
+    ``knn.distance``), the reference probe, the held-out probe (default: the top-level
+    ``probe``) and the experiment's k (default ``knn.k``)."""
+    out = []
+    for name, exp in experiments(config).items():
+        block = exp.get("placement")
+        if block is None or (experiment is not None and name != experiment):
+            continue
+        reference = probe_name(block["reference"])
+        heldout = probe_name(block.get("heldout") or config["probe"])
+        ks = tuple(sorted(set(exp.get("k") or config["knn"]["k"])))
+        for run in runs_of({"runs": exp.get("runs") or config["runs"]}):
+            for distance in block.get("distance") or config["knn"]["distance"]:
+                out.append(Placement(run, reference, heldout, distance, ks, name))
+    return out
+
+
+def placement_folders(config: dict[str, Any]) -> list[tuple[Run, str, str, str]]:
+    """Every (run, reference, held-out probe, distance) of the study's placements once."""
+    return list(dict.fromkeys((p.run, p.reference, p.heldout, p.distance)
+                              for p in placements(config)))
+
+
+def placement_params(config: dict[str, Any], run: Run, reference: str, heldout: str,
+                     distance: str) -> dict[str, Any]:
+    """The settings of the placement stage for one folder (what its params trigger watches):
+    ``k``, the union over the experiments that share the folder."""
+    ks = {k for p in placements(config) if (p.run, p.reference, p.heldout, p.distance)
+          == (run, reference, heldout, distance) for k in p.ks}
+    if not ks:
+        raise ConfigError(f"no placement of run {run.name!r} with reference {reference!r}, "
+                          f"held-out probe {heldout!r} and distance {distance!r} is configured")
+    return {"k": sorted(ks)}
+
+
+def check_placement(config: dict[str, Any]) -> None:
+    """Each ``placement`` block: the held-out probe's split differs from the reference's (two
+    probes of one split may share rows, and a held-out row equal to a reference row would be
+    its own neighbour). The splits and rows per class are checked with every probe
+    (:func:`probe_entries`), k < the reference size with the probe sizes
+    (:func:`probe_requirements`)."""
+    for name, exp in experiments(config).items():
+        block = exp.get("placement")
+        if block is None:
+            continue
+        heldout = block.get("heldout") or config["probe"]
+        key = (f"experiments.{name}.placement.heldout" if block.get("heldout") else "probe")
+        if heldout["split"] == block["reference"]["split"]:
+            raise ConfigError(
+                f"config key '{key}.split': the held-out probe of experiment {name}'s placement "
+                f"reads split {heldout['split']!r}, as its reference "
+                f"(experiments.{name}.placement.reference.split) does; held-out images must "
+                "come from another split (e.g. reference train, held-out test)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -128,6 +128,21 @@ def run_record(w):
     )
 
 
+def placement_run(w):
+    """The run of a placement job as JSON (its `--run`; rules/placement.smk); `probe` is the
+    held-out probe."""
+    return rc.as_json(
+        {
+            "dataset": w.dataset,
+            "model": w.model,
+            "attention": w.attention,
+            "augmentation": w.augmentation,
+            "seed": int(w.seed),
+            "probe": w.heldout,
+        }
+    )
+
+
 def analysis_params(w, kind):
     """The JSON settings of the knn/metrics job of one (run, probe, kNN) folder."""
     fn = rc.knn_params if kind == "knn" else rc.metrics_params
@@ -147,6 +162,16 @@ def targets_of(analyses, runs, stac_choice=False):
 def layer_targets(layer_analyses):
     """The manifests of some layer analyses (rules/layers.smk)."""
     return [f"{run_dir(a.run)}/layers/{a.probe}/{a.analysis}/manifest.json" for a in layer_analyses]
+
+
+def placement_targets(placements):
+    """The manifests of some held-out placements (rules/placement.smk, E11), each folder once."""
+    return list(
+        dict.fromkeys(
+            f"{run_dir(p.run)}/placement/{p.reference}/{p.heldout}/{p.distance}/manifest.json"
+            for p in placements
+        )
+    )
 
 
 def dynamics_runs_of(name=None):
@@ -235,6 +260,7 @@ def report_inputs():
         "knn": [knn_manifest(*f) for f in folders],
         "layers": layer_targets(rc.layer_analyses(config)),
         "dynamics": dynamics_targets(),
+        "placement": placement_targets(rc.placements(config)),
         "training": [f"{run_dir(r)}/train_log.json" for r in RUNS],
         "accuracy": [f"{RESULTS}/{DATASET}/accuracy.parquet"],
         "cost": [f"{RESULTS}/{DATASET}/cost.parquet"],
@@ -273,9 +299,11 @@ def experiment_targets(name):
     """The artifacts of one experiment (its Snakemake target: `snakemake {name}`)."""
     exp = EXPERIMENTS[name]
     runs = rc.runs_of({"runs": exp.get("runs") or config["runs"]})
-    return targets_of(
-        rc.analyses(config, name), runs, exp.get("stac_choice", False)
-    ) + layer_targets(rc.layer_analyses(config, name))
+    return (
+        targets_of(rc.analyses(config, name), runs, exp.get("stac_choice", False))
+        + layer_targets(rc.layer_analyses(config, name))
+        + placement_targets(rc.placements(config, name))
+    )
 
 
 def layer_train_probe(w):

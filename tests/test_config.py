@@ -31,6 +31,7 @@ def validated(cfg: dict) -> dict:
 def test_default_and_test_configs_validate(base):
     full = rc.load_config(ROOT / "config" / "config.yaml")
     assert list(rc.experiments(full))[:9] == ["E1", "E2", "E3", "E4", "E5", "E6", "E7", "E8", "E9"]
+    assert list(rc.experiments(full))[-1] == "E11" and len(rc.placements(full)) == 8
     assert len(rc.runs_of(full)) == 24  # E8 adds ResNet-20 without BatchNorm
     assert {a.experiment for a in rc.analyses(full)} == {"study", "E1", "E2", "E3", "E4", "E5",
                                                          "E10", "stac_auto"}
@@ -313,7 +314,9 @@ def test_published_overlays_validate(tmp_path):
     assert rc.embed_input(mnist, "lenet5") is True
     cifar = load("published-cifar10.yaml")
     assert set(rc.experiments(cifar)) == {"E2", "E3", "E4", "E5", "E6", "E7", "E8", "E9",
-                                          "E10"}
+                                          "E10", "E11"}
+    assert {(p.reference, p.heldout) for p in rc.placements(cifar)} == {
+        ("train-n500-s0", "test-n100-s0")}
     frag = [a for a in rc.layer_analyses(cifar) if a.analysis == "fragmentation"]
     assert {a.run.model for a in frag} == {"resnet20"} and all(
         '"triplets":50' in a.params and '"resolution":50' in a.params for a in frag)
@@ -510,8 +513,10 @@ def test_layer_analyses_of_the_default_study_and_their_settings(base):
     with pytest.raises(rc.ConfigError, match="no layer analysis 'patterns' of run"):
         rc.layer_params(full, rc.Run("lenet5", "none", "none", 0), "test-n10-s0", "patterns")
     needs = {r["probe"]: r for r in rc.probe_requirements(full)}
-    assert needs["train-n50-s0"]["k"] == 0 and needs["train-n50-s0"]["probe_key"] == \
-        "layers.patterns.train"
+    assert needs["test-n10-s0"]["k"] == 0 and needs["test-n10-s0"]["probe_key"] == "layers.probe"
+    # the trees' training subset is also E11's placement reference, whose graph is at k = 50
+    assert needs["train-n50-s0"]["k"] == 50 and needs["train-n50-s0"]["probe_key"] == \
+        "experiments.E11.placement.reference"
     # schema defaults are the spec's settings (seed-measures.md)
     defaults = validated({k: v for k, v in base.items() if k != "layers"})["layers"]
     assert defaults["fragmentation"]["triplets"] == 50 and defaults["fragmentation"][

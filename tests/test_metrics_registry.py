@@ -25,14 +25,17 @@ def test_every_measure_has_every_field():
         assert isinstance(m, Measure) and m.name == name
         assert callable(m.fn)
         assert m.kind in KINDS and m.tag in TAGS
-        assert m.table in COMPUTED_TABLES and m.outputs and all(isinstance(o, str) for o in m.outputs)
+        # the held-out placement's table (E11) is its own stage's, not run_tables'
+        assert m.table in (*COMPUTED_TABLES, "placement") and m.outputs
+        assert all(isinstance(o, str) for o in m.outputs)
         assert isinstance(m.needs_embeddings, bool)
         assert m.needs_embeddings == ("embeddings" in m.kind)
         assert m.invariances and all(isinstance(v, str) and v for v in m.invariances)
         assert isinstance(m.source, str) and m.source and isinstance(m.note, str)
         for flag in (m.symmetric, m.larger_is_more_similar):
-            # None only for a measure of one representation (class response)
-            assert isinstance(flag, bool) or (flag is None and m.kind == "graph+labels"), name
+            # None only for a measure of one representation (class response, placement)
+            assert isinstance(flag, bool) or (
+                flag is None and m.kind in ("graph+labels", "heldout+embeddings")), name
         assert m.tag_text.startswith(f"[{m.tag}") and m.source in m.tag_text
     # each table value of the measure column belongs to one measure
     outputs = [o for m in MEASURES.values() for o in m.outputs]
@@ -67,7 +70,9 @@ def test_properties_table():
                        outputs="linear_cka")
     assert df.filter(pl.col("name") == "class_response")["symmetric"].to_list() == [None]
     assert df.filter(pl.col("name") == "cycle_knn")["symmetric"].to_list() == [False]
-    assert set(df.filter(pl.col("tag") == "ours")["name"]) == {"class_response", "classrepsim"}
+    assert set(df.filter(pl.col("tag") == "ours")["name"]) == {
+        "class_response", "classrepsim", "placement_acc", "placement_train_acc", "placement_gap",
+        "placement_purity", "placement_agreement"}
 
 
 def test_every_table_of_measures_has_a_builder():
@@ -137,6 +142,13 @@ def _value(m: Measure, xa: np.ndarray, xb: np.ndarray, distance: str, labels: np
     if m.kind == "graph+labels":
         res = m.fn(ga, labels, K)
         return np.array([*res.P.ravel(), res.purity, res.vote_accuracy])
+    if m.kind == "heldout+embeddings":  # rows 0-19 the reference, 20-29 held out
+        from rra.metrics.placement import placement_rows
+
+        rows = placement_rows(["a", "b"], {"a": xa[:20], "b": xb[:20]},
+                              {"a": xa[20:], "b": xb[20:]}, labels[:20], labels[20:], K,
+                              distance)
+        return np.array([r["value"] for r in rows if r["measure"] in m.outputs])
     res = m.fn({"a": ga, "b": gb}, labels, K)  # scales+labels
     return np.concatenate([res.S.ravel(), res.agreement.ravel()])
 

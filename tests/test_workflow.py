@@ -218,11 +218,56 @@ def test_layer_tables(study):
             "saliency", "saliency-share", "filters", "fragmentation-lenet5"} <= figures
 
 
+def test_placement_equals_a_direct_computation(study):
+    """E11 on the tiny study: each LeNet-5 run's placement table (test-n12-s0 placed in the
+    training probe train-n12-s0, rule placement) holds what rra.metrics.placement computes
+    from the stored embeddings of both probes (and, for one hook, a brute force); the report
+    draws it."""
+    import polars as pl
+
+    from rra.metrics.placement import placement_table
+
+    for run in ("lenet5-none-none-s0", "lenet5-none-standard-s0"):
+        d = study / "results" / "mnist5k" / run
+        folder = d / "placement" / "train-n12-s0" / PROBE / "euclidean"
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["ks"] == [3, 5] and manifest["run"]["probe"] == PROBE
+        assert (manifest["reference"]["n"], manifest["heldout"]["n"]) == (120, 120)
+        ref, held = d / "embed" / "train-n12-s0", d / "embed" / PROBE
+        emb = json.loads((ref / "manifest.json").read_text())
+        files = {(e["hook"], str(e["scale"])): e["file"] for e in emb["entries"]}
+        y_ref, y_q = np.load(ref / "labels.npy"), np.load(held / "labels.npy")
+        expected = []
+        for scale in map(str, emb["scales"]):
+            hooks = [h for h in emb["hooks"] if (h, scale) in files]
+            expected.append(placement_table(
+                hooks, {h: np.load(ref / files[(h, scale)]) for h in hooks},
+                {h: np.load(held / files[(h, scale)]) for h in hooks}, y_ref, y_q, [3, 5],
+                scale=scale, positions={h: i for i, h in enumerate(emb["hooks"])}))
+        key = ["measure", "scale_a", "hook_a", "hook_b", "k"]
+        got = pl.read_parquet(folder / "placement.parquet").sort(key, nulls_last=True)
+        want = pl.concat(expected).sort(key, nulls_last=True)
+        assert got.select(key).equals(want.select(key)) and got.height > 100
+        np.testing.assert_allclose(got["value"], want["value"], rtol=0, atol=0)
+        assert set(got["augmentation"]) == {run.split("-")[2]} and set(got["probe"]) == {PROBE}
+        # fc2 at full scale, k = 3: the held-out kNN vote among the 3 nearest training rows
+        r, q = (np.load(p / "fc2@full.npy").astype(np.float64) for p in (ref, held))
+        dist = ((q[:, None, :] - r[None, :, :]) ** 2).sum(-1)
+        near = np.lexsort((np.broadcast_to(np.arange(len(r)), dist.shape), dist), axis=1)[:, :3]
+        votes = [np.bincount(y_ref[row], minlength=10).argmax() for row in near]
+        acc = got.filter((pl.col("measure") == "placement_acc") & (pl.col("hook_a") == "fc2")
+                         & (pl.col("scale_a") == "full") & (pl.col("k") == 3))["value"]
+        assert acc.to_list() == pytest.approx([np.mean(np.array(votes) == y_q)])
+    figure = (study / "reports" / "figures" / "mnist5k" / f"{PROBE}-in-train-n12-s0" /
+              "euclidean" / "placement-lenet5.png")
+    assert figure.is_file()
+
+
 def test_every_job_used_exactly_its_threads(study):
     """Each job's log ends with the threads of every pool it loaded: the rule's `threads`
     (train, embed, kNN: 2; the others 1), whatever the library defaults. The input lists
     (rule input_list, `inputs-*.log`) are written in the Snakemake process and load no pool."""
-    expected = {"train": 2, "embed": 2, "knn": 2, "layers": 2}
+    expected = {"train": 2, "embed": 2, "knn": 2, "layers": 2, "placement": 2}
     logs = sorted((study / "results").rglob("logs/*.log"))
     lists = [log for log in logs if log.stem.startswith("inputs-")]
     assert [log.stem for log in lists] == ["inputs-report"]  # no E2 job: one analysis per run
@@ -240,10 +285,12 @@ def test_rerun_does_nothing_and_edits_rerun_dependents(study, tmp_path):
     overlay = tmp_path / "edit.yaml"
     overlay.write_text(yaml.safe_dump({"knn": {"k": [3, 6]}}))
     assert planned_jobs(study, (TEST_CONFIG, overlay)) == {"knn": 3, "metrics": 3, "report": 1, "all": 1}
-    # only LeNet-5's change; of the layer analyses, those whose hooks include the input
+    # only LeNet-5's change (its test and E11's train probe); of the layer analyses, those
+    # whose hooks include the input
     overlay.write_text(yaml.safe_dump({"embed": {"input": False}}))
-    assert planned_jobs(study, (TEST_CONFIG, overlay)) == {"embed": 2, "knn": 2, "metrics": 2,
-                                                            "layers": 4, "report": 1, "all": 1}
+    assert planned_jobs(study, (TEST_CONFIG, overlay)) == {"embed": 4, "knn": 2, "metrics": 2,
+                                                            "layers": 4, "placement": 2,
+                                                            "report": 1, "all": 1}
     cfg = yaml.safe_load(TEST_CONFIG.read_text())
     cfg["runs"][1]["training"] = {"lr": 0.01}  # ResNet-8, also listed by E8 and E9: the same
     cfg["experiments"]["E8"]["runs"][0]["training"] = {"lr": 0.01}

@@ -27,11 +27,11 @@ Table rows (:data:`rra.metrics.tables.SCHEMA`): ``measure`` one of :data:`OUTPUT
 / ``pos_a`` (and, for the agreement, ``hook_b`` / ``pos_b`` = the next hook), ``scale_a``
 (= ``scale_b``), ``k``, ``value``.
 
-Not in :data:`rra.metrics.registry.MEASURES` (yet): every registered measure reads the stored
-graphs of one probe (its ``kind``), and every registered table is computed by
-``rra.metrics.tables.run_tables`` from a run's embed/kNN folders and named in
-``config/schema.yaml``'s analysis tables. Placement reads a second image set (the held-out
-embeddings), which a run's folders do not hold; it is registered when the workflow writes them.
+Registered in :data:`rra.metrics.registry.MEASURES` (kind ``heldout+embeddings``, table
+``placement``): unlike the tables of :func:`rra.metrics.tables.run_tables`, which read one
+probe's stored graphs, placement reads a second image set, so its table is written by its own
+stage, :func:`placement_stage` (``python -m rra placement``, rule ``placement``: experiment E11),
+from a run's embeddings of the reference probe and of the held-out probe.
 """
 
 from __future__ import annotations
@@ -121,6 +121,15 @@ def agreement(idx_a: np.ndarray, idx_b: np.ndarray, k: int | None = None) -> flo
     return float(jaccard_from_overlap(overlap_counts(a, b), k).mean())
 
 
+def gap(train_idx: np.ndarray, heldout_idx: np.ndarray, y_ref: Any, y_heldout: Any,
+        k: int | None = None) -> float:
+    """``placement_gap`` = vote accuracy of the reference rows among their leave-one-out
+    neighbours ``train_idx`` − that of the held-out rows among their reference neighbours
+    ``heldout_idx`` (a per-layer generalisation gap) [ours]."""
+    return (vote_accuracy(train_idx, y_ref, y_ref, k)
+            - vote_accuracy(heldout_idx, y_ref, y_heldout, k))
+
+
 @dataclass(frozen=True)
 class HookPlacement:
     """The graphs of one hook at the largest k: ``heldout`` (m × k, held-out → reference rows),
@@ -203,3 +212,77 @@ def placement_table(hooks: Sequence[str], reference: Mapping[str, Any] | Callabl
     rows = placement_rows(hooks, reference, heldout, y_ref, y_heldout, ks, distance, scale,
                           device=device, dtype=dtype, positions=positions)
     return frame(rows, {**dict(run or {}), "distance": distance, "backend": "exact"})
+
+
+def placement_stage(reference_dir: Any, heldout_dir: Any, out_dir: Any, *, ks: Iterable[int],
+                    distance: str = "euclidean", run: Mapping[str, Any] | None = None,
+                    device: str = "cpu") -> dict:
+    """The E11 stage: the placement table of one run from its embeddings of the reference
+    (training) probe and of the held-out probe (two ``rra.embed`` folders of the same
+    checkpoint, hooks and scales), read memory-mapped one hook at a time.
+
+    Writes ``out_dir/placement.parquet`` (and ``.csv`` when small; :func:`placement_table` at
+    every scale the folders hold, hooks in forward order) and, last, ``manifest.json``: k,
+    distance, run, both probes and sizes, the SHA-256 of both embed manifests, seconds and
+    provenance. ``run``: the identity columns (its ``probe`` is the held-out probe's)."""
+    import time
+    from pathlib import Path
+
+    import polars as pl
+
+    from rra.io import load_npy, provenance, sha256_artifact, write_json, write_table
+    from rra.metrics.tables import frame
+
+    t0 = time.perf_counter()
+    ref_dir, q_dir, out = Path(reference_dir), Path(heldout_dir), Path(out_dir)
+    manifests, files = _embed_pair(ref_dir, q_dir)
+    y_ref = load_npy(ref_dir / "labels.npy", mmap=False)
+    y_q = load_npy(q_dir / "labels.npy", mmap=False)
+    ks = check_placement_k(ks, int(np.shape(y_ref)[0]))
+    order = list(manifests[0]["hooks"])
+    tables = []
+    for scale in [str(s) for s in manifests[0]["scales"]]:
+        hooks = [h for h in order if (h, scale) in files]
+        if hooks:
+            tables.append(placement_table(
+                hooks, lambda h, s=scale: load_npy(ref_dir / files[(h, s)]),
+                lambda h, s=scale: load_npy(q_dir / files[(h, s)]), y_ref, y_q, ks, distance,
+                scale=scale, run=run, device=device,
+                positions={h: i for i, h in enumerate(order)}))
+    df = pl.concat(tables) if tables else frame([], {**dict(run or {}), "distance": distance})
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = dict(
+        tables={"placement": write_table(df, out / "placement")}, ks=ks, distance=distance,
+        run=dict(run or {}), hooks=order, scales=[str(s) for s in manifests[0]["scales"]],
+        reference={"probe": ref_dir.name, "n": int(y_ref.size),
+                   "embed_manifest_sha256": sha256_artifact(ref_dir / "manifest.json")},
+        heldout={"probe": q_dir.name, "n": int(y_q.size),
+                 "embed_manifest_sha256": sha256_artifact(q_dir / "manifest.json")},
+        seconds=round(time.perf_counter() - t0, 3),
+        **provenance(config={"ks": ks, "distance": distance}))
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def _embed_pair(ref_dir: Any, q_dir: Any) -> tuple[tuple[dict, dict], dict]:
+    """Both embed manifests and the ``(hook, scale) → file`` of their (equal) entries; an error
+    names both folders when the held-out embeddings are not of the reference's checkpoint,
+    hooks, scales or widths."""
+    from rra.io import read_json
+
+    ref, held = read_json(ref_dir / "manifest.json"), read_json(q_dir / "manifest.json")
+    both = f"the reference embeddings {ref_dir} and the held-out embeddings {q_dir}"
+    fix = "embed both probes with the same run, hooks (embed.input) and scales"
+    if list(ref["hooks"]) != list(held["hooks"]):
+        raise ValueError(f"{both} have different hooks ({list(ref['hooks'])} vs "
+                         f"{list(held['hooks'])}); {fix}")
+    if ref.get("checkpoint_sha256") != held.get("checkpoint_sha256"):
+        raise ValueError(f"{both} come from different checkpoints (checkpoint_sha256 differs); "
+                         f"{fix}")
+    shapes = [{(e["hook"], str(e["scale"])): (e["file"], tuple(e["shape"][1:]))
+               for e in m["entries"]} for m in (ref, held)]
+    if shapes[0] != shapes[1]:
+        differ = sorted(set(shapes[0].items()) ^ set(shapes[1].items()))
+        raise ValueError(f"{both} have different (hook, scale) embeddings or widths "
+                         f"(e.g. {differ[0][0]}); {fix}")
+    return (ref, held), {key: f for key, (f, _) in shapes[0].items()}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Literal
 
-from rra.metrics import cka, peers
+from rra.metrics import cka, peers, placement
 from rra.metrics.class_response import class_response
 from rra.metrics.classrepsim import classrepsim
 from rra.metrics.nntp import nntp
@@ -37,7 +37,13 @@ KINDS: dict[str, str] = {
     "chain": "the kNN graphs of the hooks in forward order",
     "graph+labels": "one kNN graph and the labels",
     "scales+labels": "the kNN graphs of one hook at every pooled scale, and the labels",
+    "heldout+embeddings": "the embeddings of a reference (training) probe and of held-out "
+                          "images at the same hooks, with both sets' labels: a kNN model of "
+                          "the reference rows with the held-out rows placed in it",
 }
+#: kinds whose measures read a second image set: their tables are written by their own stage
+#: (``placement``: :func:`rra.metrics.placement.placement_stage`), not by ``run_tables``
+HELDOUT_KINDS = ("heldout+embeddings",)
 TAGS = ("source", "ours")
 
 ORTHOGONAL, SCALING = "orthogonal transforms", "isotropic scaling"
@@ -83,10 +89,12 @@ class Measure:
         if self.needs_embeddings != ("embeddings" in self.kind):
             raise ValueError(f"measure {self.name!r}: needs_embeddings={self.needs_embeddings} "
                              f"contradicts kind {self.kind!r}")
-        compares = self.kind != "graph+labels"
+        # held-out placement has measures of one hook and one comparing consecutive hooks
+        compares = None if self.kind in HELDOUT_KINDS else self.kind != "graph+labels"
         for flag in ("symmetric", "larger_is_more_similar"):
             value = getattr(self, flag)
-            if (value is None) == compares or not (value is None or isinstance(value, bool)):
+            if ((compares is not None and (value is None) == compares)
+                    or not (value is None or isinstance(value, bool))):
                 raise ValueError(f"measure {self.name!r}: {flag} must be a bool for a measure "
                                  "comparing representations and None otherwise")
         if not self.outputs or not self.invariances or not self.source:
@@ -102,6 +110,31 @@ class Measure:
 
 
 HRYNIOWSKI_WONG = "Hryniowski & Wong, arXiv:2012.03793"
+
+
+def _placement_measures() -> tuple[Measure, ...]:
+    """Held-out placement (E11, :mod:`rra.metrics.placement`): per hook, the held-out rows'
+    kNN vote among the reference rows, the reference rows' leave-one-out vote, their gap and the
+    held-out purity; per consecutive hooks, the agreement of the held-out rows' neighbour sets.
+    The graphs' invariances, applied to the reference and held-out rows alike."""
+    one = dict(kind="heldout+embeddings", table="placement", symmetric=None,
+               larger_is_more_similar=None, needs_embeddings=True,
+               invariances=GRAPH_INVARIANCES, tag="ours")
+    return (
+        Measure("placement_acc", placement.vote_accuracy, outputs=("placement_acc",),
+                source="held-out kNN-vote accuracy in a training probe's kNN model (E11)", **one),
+        Measure("placement_train_acc", placement.vote_accuracy,
+                outputs=("placement_train_acc",),
+                source="leave-one-out kNN-vote accuracy of the training probe (E11)", **one),
+        Measure("placement_gap", placement.gap, outputs=("placement_gap",),
+                source="training-probe minus held-out kNN-vote accuracy (E11)", **one),
+        Measure("placement_purity", placement.purity, outputs=("placement_purity",),
+                source="held-out kNN class purity in a training probe's kNN model (E11)", **one),
+        Measure("placement_agreement", placement.agreement, outputs=("placement_agreement",),
+                **{**one, "symmetric": True, "larger_is_more_similar": True},
+                source="consecutive hooks' held-out neighbour sets (E11)",
+                note="NNTS of Hryniowski & Wong on the held-out rows"),
+    )
 
 MEASURES: dict[str, Measure] = {m.name: m for m in (
     Measure("nnts", nnts, "pair", "nnts", ("nnts", "nnts_class"),
@@ -149,6 +182,7 @@ MEASURES: dict[str, Measure] = {m.name: m for m in (
             symmetric=True, larger_is_more_similar=True, needs_embeddings=True,
             invariances=CKA_INVARIANCES, tag="source",
             source="Kornblith et al. 2019; Song et al. 2012 unbiased HSIC; Nguyen et al. 2021"),
+    *_placement_measures(),
 )}
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from rra.io import (PathLike, load_npy, provenance, read_json, sha256_artifact, write_json,
                     write_table)
-from rra.metrics.registry import MEASURES, Measure, measures_in
+from rra.metrics.registry import HELDOUT_KINDS, MEASURES, Measure, measures_in
 
 SCHEMA: dict[str, str] = {
     "dataset": "str", "model": "str", "attention": "str", "augmentation": "str", "seed": "int",
@@ -42,8 +42,12 @@ SCHEMA: dict[str, str] = {
     "dx": "int", "dy": "int", "radius": "int", "quantile": "float", "pca_k": "int",
     "epoch": "int", "epoch_b": "int",
 }
-#: the tables of measures, in registry order (one per ``Measure.table``), computed on request
-COMPUTED_TABLES: tuple[str, ...] = tuple(dict.fromkeys(m.table for m in MEASURES.values()))
+#: the tables of measures, in registry order (one per ``Measure.table``), computed on request;
+#: not the held-out placement's (E11), which its own stage writes from a second image set
+COMPUTED_TABLES: tuple[str, ...] = tuple(dict.fromkeys(
+    m.table for m in MEASURES.values() if m.kind not in HELDOUT_KINDS))
+#: the placement stage's table (``{run}/placement/{reference}/{heldout}/{distance}/``, E11)
+PLACEMENT_TABLE = "placement"
 #: every table of a metrics folder: the tables of measures, then ``knn`` (always written)
 TABLES: tuple[str, ...] = (*COMPUTED_TABLES, "knn")
 
@@ -428,13 +432,16 @@ def run_tables(embed_dir: PathLike, knn_dir: PathLike, out_dir: PathLike, *, ks:
 
 
 def load_tables(results_dir: PathLike = "results", name: str | None = None):
-    """Every metric table of a study as one frame (or only table ``name``, e.g. "nnts")."""
+    """Every metric table of a study as one frame (or only table ``name``, e.g. "nnts"), the
+    held-out placement tables (E11, ``placement``) included."""
     import polars as pl
 
-    if name is not None and name not in TABLES:
-        raise ValueError(f"unknown table {name!r}; known: {list(TABLES)}")
+    if name is not None and name not in (*TABLES, PLACEMENT_TABLE):
+        raise ValueError(f"unknown table {name!r}; known: {[*TABLES, PLACEMENT_TABLE]}")
     pattern = f"{name}.parquet" if name else "*.parquet"
     files = sorted(p for p in Path(results_dir).glob(f"*/*/metrics/*/*/{pattern}"))
+    if name in (None, PLACEMENT_TABLE):
+        files += sorted(Path(results_dir).glob(f"*/*/placement/*/*/*/{PLACEMENT_TABLE}.parquet"))
     if not files:
         return pl.DataFrame(schema=polars_schema())
     return scan_tables(files).collect()

@@ -5,7 +5,7 @@ the metric, kNN and layer manifests, train logs, study tables, STAC choices and 
 guideline that the config's study made; never a search of the results folder) and draws the
 figures below, one module per group: :mod:`rra.report.metric_figures` (per analysis),
 :mod:`rra.report.study_figures` (per dataset), :mod:`rra.report.layer_figures` (layer
-analyses). Each family has a caption for ``snakemake --report`` in docs/report/figures.rst.
+analyses), :mod:`rra.report.placement_figures` (held-out placement). Each family has a caption for ``snakemake --report`` in docs/report/figures.rst.
 
 Figures (each HTML + PNG + SVG under ``reports/figures/``, listed by ``reports/index.html``):
 
@@ -60,7 +60,15 @@ e.g. ResNet-20 with and without BatchNorm, share a figure):
                                images per variant, the top-5 % mass share, first-layer filter
                                grids (E9);
   ``fragmentation-{models}``   class regions per plane per hook, same-class and mixed
-                               triplets (E9).
+                               triplets (E9);
+per dataset and held-out placement ``{dataset}/{heldout}-in-{reference}/{distance}/`` (E11,
+:mod:`rra.report.placement_figures`):
+  ``placement-{model}``        per hook: kNN-vote accuracy of the training probe (leave-one-out,
+                               dashed) and of the held-out probe placed in its kNN model
+                               (solid), their gap, the held-out purity and the agreement of
+                               consecutive hooks' held-out neighbour sets; one line per variant,
+                               mean and band over seeds, at the report's scale and k (else the
+                               placement's smallest k).
 
 The index ends with the "Measures" table: each registered measure's properties
 (:func:`rra.metrics.measure_properties`). A figure whose inputs are not listed is skipped. Under each analysis's heading the index says which
@@ -98,6 +106,7 @@ BLOCKS = {
     "stac": ("stac_auto", "probe", "embed", "knn"),
     "layers": ("layers", "experiments", "embed", "device"),
     "dynamics": ("dynamics", "training", "runs", "probe", "embed", "knn", "report"),
+    "placement": ("probe", "embed", "knn", "experiments", "report"),
 }
 
 
@@ -259,6 +268,7 @@ def _dataset_figures(rep: Report, dataset: str) -> None:
     from rra.report.dynamics_figures import dynamics_figures
     from rra.report.layer_figures import layer_figures
     from rra.report.metric_figures import analysis_figures
+    from rra.report.placement_figures import placement_figures
 
     by_analysis: dict[tuple, list] = {}
     for folder in map(MetricFolder.of, rep.inputs.of_dataset("metrics", dataset)):
@@ -272,6 +282,7 @@ def _dataset_figures(rep: Report, dataset: str) -> None:
     study.knn_recall_figures(rep, dataset)
     study.stac_figures(rep, dataset)
     layer_figures(rep, dataset)
+    placement_figures(rep, dataset)
 
 
 def _build_report(inputs: ReportInputs, reports_dir: Path,

@@ -20,6 +20,8 @@ KINDS = {
     "knn": "kNN graphs' manifest.json ({dataset}/{run}/knn/{probe}/{knn}/)",
     "layers": "layer-analysis folders' manifest.json ({dataset}/{run}/layers/{probe}/{analysis}/)",
     "dynamics": "representation dynamics' manifest.json ({dataset}/{run}/dynamics/{probe}/{knn}/)",
+    "placement": "held-out placements' manifest.json "
+                 "({dataset}/{run}/placement/{reference}/{heldout}/{distance}/)",
     "training": "train_log.json of the runs ({dataset}/{run}/)",
     "accuracy": "{dataset}/accuracy.parquet (or runs' metrics.json)",
     "cost": "{dataset}/cost.parquet",
