@@ -28,6 +28,8 @@ PANELS = {
 }
 PANEL_ORDER = list(dict.fromkeys(panel for panel, _ in PANELS.values()))
 SERIES_ORDER = list(dict.fromkeys(series for _, series in PANELS.values()))
+#: the dash of each series: training probe dashed, held-out solid, their gap dotted
+DASHES = [[6, 3], [1, 0], [2, 2]]
 
 
 def placement_frame(manifests: list[Path]) -> pl.DataFrame:
@@ -111,7 +113,9 @@ def placement_chart(df: pl.DataFrame, *, color: str = "augmentation", band: str 
                                               detail="series:N")
     line = base.mark_line(point=True).encode(
         y=alt.Y("mean:Q", title="value"),
-        strokeDash=alt.StrokeDash("series:N", sort=SERIES_ORDER, title="rows"),
+        strokeDash=alt.StrokeDash("series:N", title="rows",
+                                  scale=alt.Scale(domain=SERIES_ORDER, range=DASHES),
+                                  legend=None),  # the subtitle names the dashes
         tooltip=["panel", "series", color, "hook_a", alt.Tooltip("mean:Q", format=".4f"),
                  alt.Tooltip("min:Q", format=".4f"), alt.Tooltip("max:Q", format=".4f"), "n"])
     band_text = "min–max" if band == "minmax" else "mean ± sd"
@@ -119,5 +123,6 @@ def placement_chart(df: pl.DataFrame, *, color: str = "augmentation", band: str 
             .facet(column=alt.Column("panel:N", sort=PANEL_ORDER, title=None))
             .resolve_scale(x="independent", y="independent")
             .properties(title=alt.TitleParams(title, subtitle=[
-                f"line: mean over seeds; band: {band_text} over seeds; dashed: the training "
-                "probe's own (leave-one-out) accuracy"])))
+                f"line: mean over seeds; band: {band_text} over seeds",
+                "solid: held-out images in the training probe's kNN model; dashed: the training "
+                "probe's own (leave-one-out) accuracy; dotted: their gap"])))
