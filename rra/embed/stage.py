@@ -97,7 +97,7 @@ def embed_run(run_dir: PathLike, split_dir: PathLike, probe_path: PathLike, out_
     probe = load_probe(probe_path, int(split.images.shape[0]), split_dir)
     dataset = split.manifest.get("dataset", split_dir.parent.name)
     info = dataset_info(dataset)
-    model = load_trained(checkpoint)
+    model = load_trained(run_dir if weights is None else checkpoint)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     save_npy(out_dir / "labels.npy", np.asarray(split.labels[probe], dtype=np.int64))
