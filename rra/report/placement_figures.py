@@ -107,12 +107,12 @@ def placement_chart(df: pl.DataFrame, *, color: str = "augmentation", band: str 
               else (pl.col("mean") - pl.col("sd"), pl.col("mean") + pl.col("sd")))
     agg = agg.with_columns(lo=lo, hi=hi)
     base = alt.Chart().encode(x=alt.X("hook_a:N", sort=charts.HOOK_A, title="hook (forward order)"),
-                              color=alt.Color(f"{color}:N", title=color),
-                              order=alt.Order("pos_a:Q"))
+                              color=alt.Color(f"{color}:N", title=color))
+    # no `order` channel on the band: with it Vega-Lite draws no area at all
     area = base.mark_area(opacity=0.2).encode(y=alt.Y("lo:Q", title="value"), y2="hi:Q",
                                               detail="series:N")
     line = base.mark_line(point=True).encode(
-        y=alt.Y("mean:Q", title="value"),
+        y=alt.Y("mean:Q", title="value"), order=alt.Order("pos_a:Q"),
         strokeDash=alt.StrokeDash("series:N", title="rows",
                                   scale=alt.Scale(domain=SERIES_ORDER, range=DASHES),
                                   legend=None),  # the subtitle names the dashes
