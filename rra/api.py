@@ -40,7 +40,7 @@ def analyse(model: Any, images: Any, labels: Any = None, *, hooks: Iterable[str]
             knn_options: dict | None = None, store_k_max: int = 1000, batch_size: int = 256,
             device: str = "auto", transform: Callable[[Any], Any] | None = None,
             out_dir: PathLike | None = None, run: dict | None = None,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, bootstrap: dict | None = None) -> dict[str, Any]:
     """Representational Response Analysis of ``model`` on ``images``; returns the metric tables.
 
     Parameters
@@ -72,6 +72,9 @@ def analyse(model: Any, images: Any, labels: Any = None, *, hooks: Iterable[str]
         removed on return).
     run : identity columns for the tables (dataset, model, attention, augmentation, seed,
         probe); default ``{"model": type(model).__name__}``.
+    bootstrap : the uncertainty columns' settings, as ``metrics.bootstrap`` (``B``,
+        ``permutations``, ``seed``, ``level``; default B = 200, 20, 0, 0.95; ``{"B": 0}``: the
+        ``lo``, ``hi``, ``null``, ``p`` columns stay null).
 
     Returns a dict table name → polars DataFrame (``nnts``, ``nntp``, ``class_response``,
     ``classrepsim``, ``peers``, ``cka``, ``knn``; columns in :data:`rra.metrics.tables.SCHEMA`).
@@ -85,15 +88,15 @@ def analyse(model: Any, images: Any, labels: Any = None, *, hooks: Iterable[str]
         with tempfile.TemporaryDirectory(prefix="rra-") as tmp:
             return _analyse(model, images, labels, Path(tmp), hooks, scales, ks, distance, backend,
                             nntp_alpha, knn_options, store_k_max, batch_size, device, transform,
-                            run, progress)
+                            run, progress, bootstrap=bootstrap)
     return _analyse(model, images, labels, Path(out_dir), hooks, scales, ks, distance, backend,
                     nntp_alpha, knn_options, store_k_max, batch_size, device, transform, run,
-                    progress)
+                    progress, bootstrap=bootstrap)
 
 
 def _analyse(model, images, labels, out: Path, hooks, scales, ks, distance, backend, nntp_alpha,
              knn_options, store_k_max, batch_size, device, transform, run,
-             progress) -> dict[str, Any]:
+             progress, bootstrap=None) -> dict[str, Any]:
     import polars as pl
 
     from rra.config import split_k
@@ -114,7 +117,8 @@ def _analyse(model, images, labels, out: Path, hooks, scales, ks, distance, back
     build_graphs(embed_dir, knn_dir, k=k_graph, distance=distance, backend=backend,
                  options=dict(knn_options or {}), nnts_k=large,
                  recall_k=[v for v in ks if v <= k_graph], progress=progress)
-    run_tables(embed_dir, knn_dir, metrics_dir, ks=ks, alphas=list(nntp_alpha), run=run)
+    run_tables(embed_dir, knn_dir, metrics_dir, ks=ks, alphas=list(nntp_alpha), run=run,
+               bootstrap=bootstrap)
     return {name: pl.read_parquet(metrics_dir / f"{name}.parquet") for name in TABLES}
 
 

@@ -177,7 +177,8 @@ def cmd_metrics(a: argparse.Namespace) -> None:
     _threads(a.threads)
     p = a.params
     run_tables(a.embed_dir, a.knn_dir, a.out, ks=p["k"], alphas=p["nntp_alpha"], run=a.run,
-               tables=p.get("tables"), nntp_ks=p.get("nntp_k") or None)
+               tables=p.get("tables"), nntp_ks=p.get("nntp_k") or None,
+               bootstrap=p.get("bootstrap"))
 
 
 def cmd_dynamics(a: argparse.Namespace) -> None:

@@ -928,7 +928,10 @@ def knn_params(config: dict[str, Any], run: Run, probe: str, knn: str) -> dict[s
 
 
 def metrics_params(config: dict[str, Any], run: Run, probe: str, knn: str) -> dict[str, Any]:
-    return analysis_settings(config, run, probe, knn)
+    """The analysis's k, α, tables and NNTP k, and ``metrics.bootstrap`` (the uncertainty
+    columns' B, permutations, seed, level; docs/methods.md §4)."""
+    return {**analysis_settings(config, run, probe, knn),
+            "bootstrap": dict(config["metrics"].get("bootstrap") or {})}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -234,7 +234,8 @@ def test_analyses_share_folders_with_the_union_of_k(base):
     # E1 shares the top-level folder: one graph at k_max = 100 and tables at every k
     assert rc.metrics_params(cfg, lenet, "test-n100-s0", "euclidean-auto") == {
         "k": [10, 15, 50, 100], "nntp_alpha": [0, 1], "nntp_k": [10, 15, 50, 100],
-        "tables": ["nnts", "nntp", "class_response", "classrepsim", "peers", "cka"]}
+        "tables": ["nnts", "nntp", "class_response", "classrepsim", "peers", "cka"],
+        "bootstrap": {"B": 200, "permutations": 20, "seed": 0, "level": 0.95}}
     assert rc.knn_params(cfg, lenet, "test-n100-s0", "euclidean-auto")["k"] == 100
     annoy = rc.knn_params(cfg, lenet, "test-n20-s0", "euclidean-annoy-t5-sauto")
     assert (annoy["k"], annoy["n_trees"], annoy["search_k"]) == (50, 5, "auto")
@@ -248,7 +249,8 @@ def test_analyses_share_folders_with_the_union_of_k(base):
     cfg["experiments"]["E2"].update(tables=["nnts", "nntp"], nntp_k=[5, 10])
     cfg["experiments"]["E2"]["k"] = [10, 20]
     assert rc.metrics_params(cfg, lenet, "test-n20-s0", "cosine-exact") == {
-        "k": [10, 20], "nntp_alpha": [0, 1], "nntp_k": [10], "tables": ["nnts", "nntp"]}
+        "k": [10, 20], "nntp_alpha": [0, 1], "nntp_k": [10], "tables": ["nnts", "nntp"],
+        "bootstrap": {"B": 200, "permutations": 20, "seed": 0, "level": 0.95}}
     with pytest.raises(rc.ConfigError, match="no analysis of run"):
         rc.knn_params(cfg, lenet, "test-n20-s0", "euclidean-auto")
 
@@ -308,7 +310,8 @@ def test_published_overlays_validate(tmp_path):
     assert list(rc.experiments(mnist)) == ["E1"]
     lenet = rc.Run("lenet5", "none", "none", 0)
     assert rc.metrics_params(mnist, lenet, "train-all-s0", "euclidean-exact") == {
-        "k": [15, 100, 6000, 12000], "nntp_alpha": [0], "tables": ["nnts", "nntp"], "nntp_k": [15]}
+        "k": [15, 100, 6000, 12000], "nntp_alpha": [0], "tables": ["nnts", "nntp"], "nntp_k": [15],
+        "bootstrap": {"B": 200, "permutations": 20, "seed": 0, "level": 0.95}}
     knn = rc.knn_params(mnist, lenet, "train-all-s0", "euclidean-exact")
     assert (knn["k"], knn["nnts_k"]) == (100, [6000, 12000])  # graphs at 100, the sweep above
     assert rc.embed_input(mnist, "lenet5") is True

@@ -181,7 +181,8 @@ def test_stac_auto_adds_the_baseline_analysis_at_its_k(base):
     probe, knn = rc.stac_probe(cfg), rc.knn_spec("euclidean", cfg["knn"]["backend"])
     assert probe == "val-all-s0"
     assert rc.metrics_params(cfg, baseline, probe, knn) == {
-        "k": [7], "nntp_alpha": [0, 1], "tables": ["classrepsim"], "nntp_k": []}
+        "k": [7], "nntp_alpha": [0, 1], "tables": ["classrepsim"], "nntp_k": [],
+        "bootstrap": {"B": 200, "permutations": 20, "seed": 0, "level": 0.95}}
     test_probe = rc.probe_name(cfg["probe"])
     assert test_probe.startswith("test-")
     assert 7 not in rc.metrics_params(cfg, baseline, test_probe, knn)["k"]

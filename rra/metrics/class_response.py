@@ -37,6 +37,9 @@ class ClassResponse:
         equals their own [ours].
     vote_accuracy_per_class: (C,) the same over the rows of each class (NaN without rows).
     k: neighbours per row used.
+    row_fractions: n × C float64, row i's share of neighbours in each class (P's rows are its
+        class means); row_correct: (n,) bool, row i's vote is its own label. The per-row
+        quantities the bootstrap resamples (``rra.metrics.uncertainty``).
     """
 
     classes: np.ndarray
@@ -47,6 +50,8 @@ class ClassResponse:
     vote_accuracy: float
     vote_accuracy_per_class: np.ndarray
     k: int
+    row_fractions: np.ndarray | None = None
+    row_correct: np.ndarray | None = None
 
 
 def class_positions(labels: np.ndarray, num_classes: int | None = None,
@@ -94,8 +99,10 @@ def class_response(idx: np.ndarray, labels: np.ndarray, k: int | None = None,
     classes, pos = class_positions(y, num_classes)
     n_classes = classes.size
     nbr = pos[g]  # n × k class positions of the neighbours
-    counts = np.bincount((pos[:, None] * n_classes + nbr).ravel(),
-                         minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    row_counts = np.bincount((np.arange(n, dtype=np.int64)[:, None] * n_classes + nbr).ravel(),
+                             minlength=n * n_classes).reshape(n, n_classes)
+    counts = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(counts, pos, row_counts)
     sizes = np.bincount(pos, minlength=n_classes).astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         P = counts / (k_used * sizes[:, None].astype(np.float64))
@@ -107,4 +114,5 @@ def class_response(idx: np.ndarray, labels: np.ndarray, k: int | None = None,
         purity=float(np.diag(P)[present].mean()),
         row_weighted_purity=float(np.trace(counts) / (n * k_used)),
         vote_accuracy=float(correct.mean()),
-        vote_accuracy_per_class=per_class, k=int(k_used))
+        vote_accuracy_per_class=per_class, k=int(k_used),
+        row_fractions=row_counts / float(k_used), row_correct=correct)

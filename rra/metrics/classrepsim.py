@@ -45,6 +45,9 @@ class ClassRepSim:
     class_mean, class_spread: S × S mean and population standard deviation of S over classes.
     agreement: C × S × S float64, 1 − ½‖P_s[c] − P_t[c]‖₁ with P the class response.
     k: neighbours per row used.
+    row_jaccard: {(a, b): per-row Jaccard (n,)} for the scale pairs a < b; responses: the class
+        response of each scale's graph (with its per-row shares). The per-row quantities the
+        bootstrap resamples (``rra.metrics.uncertainty``).
     """
 
     scales: tuple[str, ...]
@@ -54,6 +57,8 @@ class ClassRepSim:
     class_spread: np.ndarray
     agreement: np.ndarray
     k: int
+    row_jaccard: dict = field(default_factory=dict)
+    responses: tuple = ()
 
 
 def classrepsim(graphs_by_scale: Mapping[str, np.ndarray], labels: np.ndarray,
@@ -77,17 +82,21 @@ def classrepsim(graphs_by_scale: Mapping[str, np.ndarray], labels: np.ndarray,
     n_scales, n_classes = len(scales), classes.size
 
     S = np.ones((n_classes, n_scales, n_scales), dtype=np.float64)
+    rows = {}
     for a, b, j in jaccard_rows_all_pairs(graphs, names=[f"scale {s}" for s in scales]):
         S[:, a, b] = S[:, b, a] = np.bincount(pos, weights=j) / sizes
+        rows[a, b] = j
 
-    P = [class_response(g, y).P for g in graphs]  # each C × C, rows of present classes
+    responses = tuple(class_response(g, y) for g in graphs)
+    P = [r.P for r in responses]  # each C × C, rows of present classes
     agreement = np.ones((n_classes, n_scales, n_scales), dtype=np.float64)
     for a in range(n_scales):
         for b in range(a + 1, n_scales):
             agreement[:, a, b] = agreement[:, b, a] = 1.0 - 0.5 * np.abs(P[a] - P[b]).sum(axis=1)
     return ClassRepSim(scales=scales, classes=classes.astype(np.int64), S=S,
                        class_mean=S.mean(axis=0), class_spread=S.std(axis=0),
-                       agreement=agreement, k=int(k_used))
+                       agreement=agreement, k=int(k_used), row_jaccard=rows,
+                       responses=responses)
 
 
 @dataclass(frozen=True)

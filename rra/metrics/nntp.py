@@ -38,6 +38,9 @@ class NNTPResult:
         the pairs present at the first and last hook with no more than α consecutive absent
         hooks in between.
     n, k, alpha: probe rows, neighbours per row, gap tolerance.
+    row_table, row_edges: with ``rows=True``, each row's share of T (n × L·L, T[f, l] at column
+        f·L + l) and of the edge totals (n × L): every run and edge counts ½ for each of its two
+        rows, so the columns sum to T and edge_totals [ours: what the bootstrap resamples].
     """
 
     table: np.ndarray
@@ -46,6 +49,8 @@ class NNTPResult:
     n: int
     k: int
     alpha: int
+    row_table: np.ndarray | None = None
+    row_edges: np.ndarray | None = None
 
 
 def undirected_edge_codes(idx: np.ndarray, unique: bool = True) -> np.ndarray:
@@ -74,13 +79,15 @@ def _first_of_equal(sorted_values: np.ndarray) -> np.ndarray:
     return first
 
 
-def nntp(graphs: Sequence[np.ndarray], k: int | None = None, alpha: int = 0) -> NNTPResult:
+def nntp(graphs: Sequence[np.ndarray], k: int | None = None, alpha: int = 0,
+         rows: bool = False) -> NNTPResult:
     """NNTP table of a chain of kNN graphs (one per hook, in forward order) [source].
 
     T[f, l] counts the maximal runs of presence, after bridging gaps of at most ``alpha``
     absent hooks, that start at hook f and end at hook l (see the module docstring).
     ``k=None`` uses the smallest k_max among the graphs. Time O(E log E), memory O(E) for
-    E = total undirected edges over all hooks (at most L·n·k).
+    E = total undirected edges over all hooks (at most L·n·k). ``rows=True`` adds each row's
+    share of the table and of the edge totals (:class:`NNTPResult`).
     """
     if isinstance(alpha, bool) or not isinstance(alpha, (int, np.integer)) or alpha < 0:
         raise ValueError(f"alpha must be a non-negative integer, got {alpha!r}")
@@ -108,11 +115,25 @@ def nntp(graphs: Sequence[np.ndarray], k: int | None = None, alpha: int = 0) -> 
     # A run starts where the pair changes or where more than alpha hooks are absent.
     starts = _first_of_equal(code)
     starts[1:] |= hook[1:] - hook[:-1] > alpha + 1
-    del code
     first = np.flatnonzero(starts)
     last = np.append(first[1:] - 1, starts.size - 1)
-    table = np.bincount(hook[first] * n_hooks + hook[last], minlength=n_hooks * n_hooks)
+    cell = hook[first] * n_hooks + hook[last]
+    table = np.bincount(cell, minlength=n_hooks * n_hooks)
     table = table.reshape(n_hooks, n_hooks).astype(np.int64)
+    shares = (_row_shares(code[first], cell, n, n_hooks * n_hooks),
+              _row_shares(code, hook, n, n_hooks)) if rows else (None, None)
     return NNTPResult(table=table, edge_totals=edge_totals,
                       persistent_all=int(table[0, n_hooks - 1]),
-                      n=int(n), k=int(k_used), alpha=alpha)
+                      n=int(n), k=int(k_used), alpha=alpha,
+                      row_table=shares[0], row_edges=shares[1])
+
+
+def _row_shares(codes: np.ndarray, column: np.ndarray, n: int, width: int) -> np.ndarray:
+    """n × width: ½ per (pair i·n + j, column) record to row i and ½ to row j."""
+    i, j = np.divmod(codes, n)
+    i *= width
+    i += column
+    j *= width
+    j += column
+    counts = np.bincount(i, minlength=n * width) + np.bincount(j, minlength=n * width)
+    return 0.5 * counts.reshape(n, width)

@@ -11,6 +11,14 @@ margins) and ``pca_k`` (the PCA subspace of a constrained margin; D for the unco
 The representation dynamics table (E10, :mod:`rra.metrics.dynamics`) uses ``epoch`` and
 ``epoch_b``: the training epochs whose graphs are compared.
 
+Uncertainty and chance (methods.md §4, :mod:`rra.metrics.intervals`): every value of a computed
+table carries ``lo``, ``hi`` (bootstrap interval over probe rows), ``null`` (the value expected
+under the row-shuffle null) and ``p`` (one-sided p-value of value > null); null where a measure
+has no such notion (NNTP, ClassRepSim spread, class-response agreement: ``null``/``p``; CKA:
+``p``, and all four above ``intervals.CKA_MAX_ROWS`` rows; second-order cosine above
+``DENSE_MAX_ROWS``: ``null``/``p``) or ``metrics.bootstrap.B`` is 0. Sanity checks
+(:mod:`rra.metrics.uncertainty`) run in every analysis and raise ``SanityError``.
+
 Which measures: each table of measures (:data:`COMPUTED_TABLES`) holds the measures registered
 for it (:data:`rra.metrics.registry.MEASURES`, ``Measure.table``), computed by the table's row
 builder (:data:`ROW_BUILDERS`) through the registered functions; the ``knn`` table holds the
@@ -22,6 +30,7 @@ scale (the `full` scale covers every hook). ClassRepSim compares the scales of o
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +40,8 @@ import numpy as np
 
 from rra.io import (PathLike, load_npy, provenance, read_json, sha256_artifact, write_json,
                     write_table)
+from rra.metrics.intervals import (CkaBoot, RunUncertainty, class_response_stats,
+                                   classrepsim_stats, nntp_stats, peer_scores, peer_stats)
 from rra.metrics.registry import HELDOUT_KINDS, MEASURES, Measure, measures_in
 
 SCHEMA: dict[str, str] = {
@@ -41,6 +52,7 @@ SCHEMA: dict[str, str] = {
     "class": "int", "class_b": "int", "value": "float", "recall_target_met": "bool",
     "dx": "int", "dy": "int", "radius": "int", "quantile": "float", "pca_k": "int",
     "epoch": "int", "epoch_b": "int",
+    "lo": "float", "hi": "float", "null": "float", "p": "float",
 }
 #: the tables of measures, in registry order (one per ``Measure.table``), computed on request;
 #: not the held-out placement's (E11), which its own stage writes from a second image set
@@ -99,9 +111,23 @@ class RunGraphs:
         self.scales: list[str] = [str(s) for s in self.embed["scales"]
                                   if any(sc == str(s) for _, sc in self.entries)]
         self.labels = load_npy(self.embed_dir / "labels.npy", mmap=False).astype(np.int64)
+        self._check_rows()
         self.k_max = int(self.knn["k_max"])
         self.distance = self.knn["distance"]
         self._cache: dict[tuple[str, str], np.ndarray] = {}
+
+    def _check_rows(self) -> None:
+        """Sanity check: the labels, every embedding and every graph describe the probe's n
+        rows (the embeddings' manifest ``n``)."""
+        from rra.metrics.uncertainty import check_rows
+
+        n = int(self.embed.get("n", self.labels.size))
+        sizes = {"labels.npy": self.labels.size}
+        sizes |= {f"embedding {h}@{s}": int(e["shape"][0]) for (h, s), e in self.entries.items()
+                  if e.get("shape")}
+        sizes |= {f"kNN graph {e['hook']}@{e['scale']}": int(e["n"])
+                  for e in self.knn.get("entries", []) if "n" in e}
+        check_rows(n, sizes, f"metrics of {self.knn_dir}")
 
     def hooks_at(self, scale: str) -> list[str]:
         return [h for h in self.hooks if (h, scale) in self.entries]
@@ -112,7 +138,11 @@ class RunGraphs:
     def graph(self, hook: str, scale: str) -> np.ndarray:
         key = (hook, scale)
         if key not in self._cache:
+            from rra.metrics.uncertainty import check_rows
+
             idx, _ = self._load_graph(self.knn_dir, hook, scale)
+            check_rows(self.labels.size, {f"kNN graph {hook}@{scale}": idx},
+                       f"metrics of {self.knn_dir}")
             self._cache[key] = np.asarray(idx)
         return self._cache[key]
 
@@ -154,12 +184,17 @@ class TableArgs:
     """The k and α values a run's tables are computed at (checked by :func:`run_tables`).
 
     ks: every k asked (NNTS: also the swept k above the graphs' k_max); graph_ks: the k with
-    stored graphs (every other table); nntp_ks: NNTP's k (among graph_ks); alphas: NNTP's α."""
+    stored graphs (every other table); nntp_ks: NNTP's k (among graph_ks); alphas: NNTP's α;
+    unc: the uncertainty columns' shared state (:class:`rra.metrics.intervals.RunUncertainty`)."""
 
     ks: list[int]
     graph_ks: list[int]
     nntp_ks: list[int]
     alphas: list[int]
+    #: the run's bootstrap and relabellings (None: ``lo``, ``hi``, ``null``, ``p`` stay null)
+    unc: RunUncertainty | None = None
+    #: seed of the sanity checks' shuffled-row control
+    seed: int = 0
 
 
 def nnts_rows(g: RunGraphs, measures: list[Measure], args: TableArgs) -> list[dict]:
@@ -169,8 +204,6 @@ def nnts_rows(g: RunGraphs, measures: list[Measure], args: TableArgs) -> list[di
     kNN sweep's overlap counts (the same sets, without n × k graphs)."""
     from rra.metrics.nnts import jaccard_rows_all_pairs
 
-    classes, inverse = np.unique(g.labels, return_inverse=True)
-    sizes = np.bincount(inverse)
     ks = args.ks
     rows: list[dict] = []
     for scale in g.scales:
@@ -178,19 +211,48 @@ def nnts_rows(g: RunGraphs, measures: list[Measure], args: TableArgs) -> list[di
         graphs = [g.graph(h, scale) for h in hooks] if ks[0] <= g.k_max else []
         for k in ks:
             common = dict(scale_a=scale, scale_b=scale, k=k)
+            if k <= g.k_max:
+                _nnts_sanity(graphs, hooks, scale, k, args.seed, g.knn_dir)
+            diagonal = args.unc.nnts_diagonal(k) if args.unc else {}
             for h in hooks:
                 rows.append(dict(common, measure="nnts", hook_a=h, hook_b=h, pos_a=g.pos[h], pos_b=g.pos[h],
-                                 value=1.0))
+                                 value=1.0, **diagonal))
             pairs = (jaccard_rows_all_pairs(graphs, k, names=[f"{h}@{scale}" for h in hooks])
                      if k <= g.k_max else g.overlap_jaccard(scale, k, hooks))
             for a, b, j in pairs:
-                per_class = np.bincount(inverse, weights=j) / sizes
-                for x, y in ((hooks[a], hooks[b]), (hooks[b], hooks[a])):
-                    pair = dict(common, hook_a=x, hook_b=y, pos_a=g.pos[x], pos_b=g.pos[y])
-                    rows.append(dict(pair, measure="nnts", value=float(j.mean())))
-                    rows += [dict(pair, measure="nnts_class", **{"class": int(c)}, value=float(v))
-                             for c, v in zip(classes, per_class)]
+                rows += _nnts_pair_rows(g, common, hooks[a], hooks[b], j, args.unc)
     return rows
+
+
+def _nnts_pair_rows(g: RunGraphs, common: dict, a: str, b: str, j: np.ndarray,
+                    unc: RunUncertainty | None) -> list[dict]:
+    """The rows of one hook pair (both ways): NNTS and its class means, with their
+    uncertainty columns."""
+    classes, inverse = np.unique(g.labels, return_inverse=True)
+    per_class = np.bincount(inverse, weights=j) / np.bincount(inverse)
+    overall, by_class = unc.nnts(j, common["k"]) if unc else ({}, [{}] * classes.size)
+    rows = []
+    for x, y in ((a, b), (b, a)):
+        pair = dict(common, hook_a=x, hook_b=y, pos_a=g.pos[x], pos_b=g.pos[y])
+        rows.append(dict(pair, measure="nnts", value=float(j.mean()), **overall))
+        rows += [dict(pair, measure="nnts_class", **{"class": int(c)}, value=float(v), **st)
+                 for c, v, st in zip(classes, per_class, by_class)]
+    return rows
+
+
+def _nnts_sanity(graphs: list[np.ndarray], hooks: list[str], scale: str, k: int, seed: int,
+                 where: PathLike) -> None:
+    """Sanity checks of every analysis: NNTS of each graph with itself is 1, and the first
+    hook's graph against the last one's with shuffled rows is near chance."""
+    from rra.metrics.uncertainty import check_self, check_shuffled, permutations
+
+    for h, graph in zip(hooks, graphs):
+        check_self(graph, k, f"{where}: nnts, hook {h!r} at scale {scale}, k = {k}")
+    if len(graphs) >= 2:
+        perm = permutations(graphs[0].shape[0], 1, seed)[0]
+        check_shuffled(graphs[0], graphs[-1], k, perm,
+                       f"{where}: nnts, hooks {hooks[0]!r} vs shuffled {hooks[-1]!r} at scale "
+                       f"{scale}, k = {k}")
 
 
 def nntp_rows(g: RunGraphs, measures: list[Measure], args: TableArgs) -> list[dict]:
@@ -204,17 +266,21 @@ def nntp_rows(g: RunGraphs, measures: list[Measure], args: TableArgs) -> list[di
         graphs = [g.graph(h, scale) for h in hooks]
         for k in args.nntp_ks:
             for alpha in args.alphas:
-                res = measure.fn(graphs, k=k, alpha=alpha)
+                res = measure.fn(graphs, k=k, alpha=alpha, rows=args.unc is not None)
                 common = dict(scale_a=scale, scale_b=scale, k=k, alpha=alpha)
+                L = len(hooks)
+                table, edges, persistent = (nntp_stats(args.unc, res) if args.unc else
+                                            ([[{}] * L] * L, [{}] * L, {}))
                 for f, a in enumerate(hooks):
                     rows.append(dict(common, measure="nntp_edges", hook_a=a, pos_a=g.pos[a],
-                                     value=float(res.edge_totals[f])))
+                                     value=float(res.edge_totals[f]), **edges[f]))
                     for l in range(f, len(hooks)):
                         b = hooks[l]
                         rows.append(dict(common, measure="nntp_runs", hook_a=a, hook_b=b, pos_a=g.pos[a],
-                                         pos_b=g.pos[b], value=float(res.table[f, l])))
+                                         pos_b=g.pos[b], value=float(res.table[f, l]), **table[f][l]))
                 rows.append(dict(common, measure="nntp_persistent_all", hook_a=hooks[0], hook_b=hooks[-1],
-                                 pos_a=g.pos[hooks[0]], pos_b=g.pos[hooks[-1]], value=float(res.persistent_all)))
+                                 pos_a=g.pos[hooks[0]], pos_b=g.pos[hooks[-1]], value=float(res.persistent_all),
+                                 **persistent))
     return rows
 
 
@@ -227,15 +293,18 @@ def class_response_rows(g: RunGraphs, measures: list[Measure], args: TableArgs) 
             for k in args.graph_ks:
                 cr = measure.fn(g.graph(hook, scale), g.labels, k)
                 common = dict(hook_a=hook, pos_a=g.pos[hook], scale_a=scale, k=k)
+                st = class_response_stats(args.unc, cr) if args.unc else {}
                 for i, c in enumerate(cr.classes):
                     for j, c2 in enumerate(cr.classes):
                         rows.append(dict(common, measure="class_composition", **{"class": int(c)},
-                                         class_b=int(c2), value=float(cr.P[i, j])))
+                                         class_b=int(c2), value=float(cr.P[i, j]),
+                                         **st.get(("class_composition", i, j), {})))
                     rows.append(dict(common, measure="knn_vote_accuracy_class", **{"class": int(c)},
-                                     value=float(cr.vote_accuracy_per_class[i])))
-                rows.append(dict(common, measure="knn_purity", value=cr.purity))
-                rows.append(dict(common, measure="knn_purity_rows", value=cr.row_weighted_purity))
-                rows.append(dict(common, measure="knn_vote_accuracy", value=cr.vote_accuracy))
+                                     value=float(cr.vote_accuracy_per_class[i]),
+                                     **st.get(("knn_vote_accuracy_class", i, None), {})))
+                for name, value in (("knn_purity", cr.purity), ("knn_purity_rows", cr.row_weighted_purity),
+                                    ("knn_vote_accuracy", cr.vote_accuracy)):
+                    rows.append(dict(common, measure=name, value=value, **st.get((name, None, None), {})))
     return rows
 
 
@@ -249,17 +318,21 @@ def classrepsim_rows(g: RunGraphs, measures: list[Measure], args: TableArgs) -> 
             continue
         for k in args.graph_ks:
             res = measure.fn({s: g.graph(hook, s) for s in scales}, g.labels, k)
+            st = classrepsim_stats(args.unc, res) if args.unc else {}
             for a, s in enumerate(res.scales):
                 for b, t in enumerate(res.scales):
                     common = dict(hook_a=hook, hook_b=hook, pos_a=g.pos[hook], pos_b=g.pos[hook],
                                   scale_a=s, scale_b=t, k=k)
-                    rows.append(dict(common, measure="classrepsim_mean", value=float(res.class_mean[a, b])))
-                    rows.append(dict(common, measure="classrepsim_spread", value=float(res.class_spread[a, b])))
+                    rows.append(dict(common, measure="classrepsim_mean", value=float(res.class_mean[a, b]),
+                                     **st.get(("classrepsim_mean", a, b, None), {})))
+                    rows.append(dict(common, measure="classrepsim_spread", value=float(res.class_spread[a, b]),
+                                     **st.get(("classrepsim_spread", a, b, None), {})))
                     for i, c in enumerate(res.classes):
                         rows.append(dict(common, measure="classrepsim", **{"class": int(c)},
-                                         value=float(res.S[i, a, b])))
+                                         value=float(res.S[i, a, b]), **st.get(("classrepsim", a, b, i), {})))
                         rows.append(dict(common, measure="class_response_agreement", **{"class": int(c)},
-                                         value=float(res.agreement[i, a, b])))
+                                         value=float(res.agreement[i, a, b]),
+                                         **st.get(("class_response_agreement", a, b, i), {})))
     return rows
 
 
@@ -269,14 +342,15 @@ def peer_rows(g: RunGraphs, measures: list[Measure], args: TableArgs) -> list[di
     Symmetric measures (declared in the registry) are computed once per pair and stored both
     ways.
     """
-    return _pair_rows(g, measures, args.graph_ks)
+    return _pair_rows(g, measures, args.graph_ks, args.unc)
 
 
 def cka_rows(g: RunGraphs, measures: list[Measure] | None = None,
              args: TableArgs | None = None) -> list[dict]:
     """Linear CKA (biased and debiased; default: the measures registered for ``cka``) for every
     hook pair at each scale, stored both ways."""
-    return _pair_rows(g, measures_in("cka") if measures is None else measures, [None])
+    return _pair_rows(g, measures_in("cka") if measures is None else measures, [None],
+                      args.unc if args is not None else None)
 
 
 # Up to this many probe rows, measures that compare one embedding with all others (second-order
@@ -331,21 +405,54 @@ def _pair_value(g: RunGraphs, measure: Measure, scale: str, a: str, b: str, k: i
     return measure.fn(g.graph(a, scale), g.graph(b, scale), k)
 
 
-def _pair_rows(g: RunGraphs, measures: list[Measure], ks: list[int | None]) -> list[dict]:
+def _pair_rows(g: RunGraphs, measures: list[Measure], ks: list[int | None],
+               unc: RunUncertainty | None = None) -> list[dict]:
     rows: list[dict] = []
     for scale in g.scales:
         hooks = g.hooks_at(scale)
         dense = _DenseMatrices(g, scale) if len(g.labels) <= DENSE_MAX_ROWS else None
+        cka_boot = CkaBoot(unc) if unc is not None and dense is not None else None
         for a, b in _pairs(hooks, ordered=True):
             for measure in measures:
                 if measure.symmetric and g.pos[a] > g.pos[b]:
                     continue
                 for k in ks:
-                    v = _pair_value(g, measure, scale, a, b, k, dense)
+                    v, st = _pair_value_stats(g, measure, scale, a, b, k, dense, unc, cka_boot)
                     for x, y in ((a, b), (b, a)) if measure.symmetric else ((a, b),):
                         rows.append(dict(measure=measure.name, hook_a=x, hook_b=y, pos_a=g.pos[x],
-                                         pos_b=g.pos[y], scale_a=scale, scale_b=scale, k=k, value=float(v)))
+                                         pos_b=g.pos[y], scale_a=scale, scale_b=scale, k=k, value=float(v),
+                                         **st))
     return rows
+
+
+def _pair_value_stats(g: RunGraphs, measure: Measure, scale: str, a: str, b: str, k: int | None,
+                      dense: _DenseMatrices | None, unc: RunUncertainty | None,
+                      cka_boot: CkaBoot | None) -> tuple[float, dict]:
+    """One pair value and its uncertainty columns: kNN peers from their per-row scores (the
+    value is their mean, as the registered function computes it), CKA from the Gram matrices
+    (dense path only; above it the columns stay null)."""
+    if unc is None or (measure.table == "cka" and cka_boot is None):
+        return _pair_value(g, measure, scale, a, b, k, dense), {}
+    if measure.table == "cka":
+        v = _pair_value(g, measure, scale, a, b, k, dense)
+        return v, cka_boot.stats(dense.gram(a), dense.gram(b),
+                                 measure.name == "linear_cka_debiased", v)
+    from rra.knn.sets import check_pair
+
+    ga, gb = check_pair(g.graph(a, scale), g.graph(b, scale), k)
+    dist = None
+    if measure.name == "second_order_cosine" and dense is None:  # no Monte-Carlo null here
+        from rra.metrics.peers import _second_order_cosine_rows
+
+        scores = _second_order_cosine_rows(ga, gb, g.embedding(a, scale), g.embedding(b, scale),
+                                           g.distance)
+        value = float(scores.mean())
+        return value, unc.mean_stats(scores, None, None, value)
+    if measure.name == "second_order_cosine":
+        dist = (dense.distances(a), dense.distances(b))
+    scores = peer_scores(measure.name, ga, gb, dist)
+    value = float(scores.mean())
+    return value, peer_stats(unc, measure.name, ga, gb, scores, value, dist)
 
 
 #: the row builder of each table of measures: ``builder(g, measures registered for the table,
@@ -383,7 +490,8 @@ def knn_rows(g: RunGraphs) -> list[dict]:
 
 def run_tables(embed_dir: PathLike, knn_dir: PathLike, out_dir: PathLike, *, ks: list[int],
                alphas: list[int], run: Mapping[str, Any], tables: list[str] | None = None,
-               nntp_ks: list[int] | None = None) -> dict:
+               nntp_ks: list[int] | None = None,
+               bootstrap: Mapping[str, Any] | None = None) -> dict:
     """Compute the metric tables of one run and write them (Parquet, CSV when small).
 
     ``run`` holds the identity columns (dataset, model, attention, augmentation, seed, probe).
@@ -391,8 +499,13 @@ def run_tables(embed_dir: PathLike, knn_dir: PathLike, out_dir: PathLike, *, ks:
     (``knn/manifest.json`` ``nnts_k``): NNTS is computed at every k, the other tables at the
     k with stored graphs. ``tables``: which tables to compute (default all); the others are
     written empty, so every analysis folder has every table. ``nntp_ks``: the k values of NNTP
-    (default: every k with stored graphs). The manifest is written last.
+    (default: every k with stored graphs). ``bootstrap``: ``metrics.bootstrap`` (B, permutations,
+    seed, level; default :class:`rra.metrics.uncertainty.Settings`; B = 0: the ``lo``, ``hi``,
+    ``null``, ``p`` columns stay null). The manifest is written last.
     """
+    from rra.metrics.uncertainty import Settings
+
+    settings = Settings.of(bootstrap)
     g = RunGraphs(embed_dir, knn_dir)
     ks = sorted({int(k) for k in ks})
     swept = {int(k) for k in g.knn.get("nnts_k", [])}
@@ -411,7 +524,9 @@ def run_tables(embed_dir: PathLike, knn_dir: PathLike, out_dir: PathLike, *, ks:
     if not set(nntp_ks) <= set(graph_ks):
         raise ValueError(f"metrics: NNTP k values {nntp_ks} must be among the k values with "
                          f"stored graphs {graph_ks}")
-    args = TableArgs(ks=ks, graph_ks=graph_ks, nntp_ks=nntp_ks, alphas=alphas)
+    args = TableArgs(ks=ks, graph_ks=graph_ks, nntp_ks=nntp_ks, alphas=alphas,
+                     unc=RunUncertainty(g.labels, settings) if settings.enabled else None,
+                     seed=settings.seed)
     constants = dict(run, distance=g.distance, backend=g.knn.get("backend", ""))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -425,7 +540,9 @@ def run_tables(embed_dir: PathLike, knn_dir: PathLike, out_dir: PathLike, *, ks:
         run=dict(run), k_max=g.k_max, distance=g.distance,
         embed_manifest_sha256=sha256_artifact(g.embed_dir / "manifest.json"),
         knn_manifest_sha256=sha256_artifact(g.knn_dir / "manifest.json"),
-        **provenance(config={"ks": ks, "alphas": alphas, "tables": wanted, "nntp_ks": nntp_ks}),
+        bootstrap=dataclasses.asdict(settings),
+        **provenance(config={"ks": ks, "alphas": alphas, "tables": wanted, "nntp_ks": nntp_ks,
+                             "bootstrap": dataclasses.asdict(settings)}),
     )
     write_json(out / "manifest.json", manifest)
     return manifest

@@ -12,6 +12,13 @@ hooks can share a figure. Scales are ordered 1, 2, 4, ..., full.
 
 Across seeds, per cell: ``mean``, ``sd`` (sample standard deviation, ddof = 1; 0 for one seed),
 ``min``, ``max`` and ``n`` (number of seeds).
+
+Uncertainty and chance (the tables' ``lo``, ``hi``, ``null``, ``p``; methods.md §4), per cell with
+``chance=True``: ``ci_lo``, ``ci_hi`` the mean over seeds of the bootstrap interval's ends,
+``chance`` the mean chance level, ``p_max`` the largest p over seeds and ``chance_like`` = p_max ≥
+:data:`P_CHANCE` (false where p is null: older tables, B = 0, measures without a chance level).
+Curves draw the interval as error bars; every metric figure draws chance-like cells and points
+faded (opacity :data:`FADED`) and names the interval and the p in its tooltip. [ours]
 """
 
 from __future__ import annotations
@@ -31,6 +38,14 @@ HEAT = "viridis"
 # step-sized heights and independent facet scales compiles to an expression outside any datum
 # (a "datum is not defined" error at render time).
 GRADIENT = alt.Legend(gradientLength=160)
+#: the uncertainty columns of the metric tables (never averaged as values or checked constant)
+UNCERTAINTY = ("lo", "hi", "null", "p")
+#: p at or above which a value is drawn as indistinguishable from chance
+P_CHANCE = 0.05
+#: opacity of values indistinguishable from chance
+FADED = 0.25
+#: the aggregated uncertainty columns (``aggregate(..., chance=True)``)
+CHANCE_COLUMNS = ("ci_lo", "ci_hi", "chance", "p_max", "chance_like")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,7 +65,8 @@ def check_constant(df: pl.DataFrame, keys: Sequence[str], vary: Sequence[str], w
     This is what makes the aggregation honest: only the ``vary`` columns (seeds) are averaged
     over; anything else (two scales, two distances) must be filtered out or faceted by.
     """
-    others = [c for c in df.columns if c not in set(keys) | set(vary) | {"value"}]
+    others = [c for c in df.columns
+              if c not in set(keys) | set(vary) | {"value", *UNCERTAINTY}]
     if not others:
         return
     exprs = [pl.col(c).n_unique() for c in others]
@@ -63,19 +79,43 @@ def check_constant(df: pl.DataFrame, keys: Sequence[str], vary: Sequence[str], w
 
 
 def aggregate(df: pl.DataFrame, keys: Sequence[str], what: str, *,
-              vary: Sequence[str] = ("seed",), value: str = "value") -> pl.DataFrame:
-    """Mean, sd (ddof = 1, 0 for a single value), min, max and count of ``value`` per ``keys``.
+              vary: Sequence[str] = ("seed",), value: str = "value",
+              chance: bool = False) -> pl.DataFrame:
+    """Mean, sd (ddof = 1, 0 for a single value), min, max and count of ``value`` per ``keys``;
+    with ``chance``, also :data:`CHANCE_COLUMNS` from the uncertainty columns (null where the
+    frame lacks them; see the module docstring).
 
     [ours] NaN values count as missing (a layer whose l1 change is undefined). Sorted by
     ``keys`` so the result (and the chart built from it) is deterministic.
     """
     require_columns(df, [*keys, value], what)
     check_constant(df, keys, [v for v in vary if v in df.columns], what)
+    if chance:
+        df = df.with_columns(pl.lit(None, pl.Float64).alias(c)
+                             for c in UNCERTAINTY if c not in df.columns)
+    extra = (dict(ci_lo=pl.col("lo").mean(), ci_hi=pl.col("hi").mean(),
+                  chance=pl.col("null").mean(), p_max=pl.col("p").max()) if chance else {})
     out = (df.with_columns(pl.col(value).fill_nan(None)).group_by(list(keys))
              .agg(mean=pl.col(value).mean(), sd=pl.col(value).std(ddof=1),
-                  min=pl.col(value).min(), max=pl.col(value).max(), n=pl.col(value).count())
+                  min=pl.col(value).min(), max=pl.col(value).max(), n=pl.col(value).count(),
+                  **extra)
              .with_columns(pl.col("sd").fill_null(0.0).fill_nan(0.0)))
+    if chance:
+        out = out.with_columns(chance_like=(pl.col("p_max") >= P_CHANCE).fill_null(False))
     return out.sort(list(keys), nulls_last=True)
+
+
+def faded() -> Any:
+    """Opacity: :data:`FADED` for cells indistinguishable from chance, else 1."""
+    return alt.condition("datum.chance_like", alt.value(FADED), alt.value(1.0))
+
+
+def chance_tooltip(fmt: str = ".4f") -> list[alt.Tooltip]:
+    """Tooltips of the aggregated uncertainty columns."""
+    return [alt.Tooltip("ci_lo:Q", format=fmt, title="interval lo (mean over seeds)"),
+            alt.Tooltip("ci_hi:Q", format=fmt, title="interval hi (mean over seeds)"),
+            alt.Tooltip("chance:Q", format=fmt, title="chance level"),
+            alt.Tooltip("p_max:Q", format=".3g", title="p (largest over seeds)")]
 
 
 def add_variant(df: pl.DataFrame, columns: Sequence[str] = ("attention", "augmentation"),
@@ -122,14 +162,15 @@ def nnts_heatmap(df: pl.DataFrame, *, row: str | None = None, column: str | None
     """
     facets = [f for f in (row, column) if f is not None]
     keys = [*facets, "hook_a", "pos_a", "hook_b", "pos_b"]
-    agg = _check_rows(aggregate(df, keys, "nnts_heatmap"), "nnts_heatmap")
+    agg = _check_rows(aggregate(df, keys, "nnts_heatmap", chance=True), "nnts_heatmap")
     chart = alt.Chart(agg).mark_rect().encode(
         x=alt.X("hook_b:N", sort=HOOK_B, title="hook b (forward order)"),
         y=alt.Y("hook_a:N", sort=HOOK_A, title="hook a (forward order)"),
         color=alt.Color("mean:Q", title="NNTS", legend=GRADIENT,
                         scale=alt.Scale(scheme=HEAT, domain=[0, 1])),
+        opacity=faded(),
         tooltip=[*facets, "hook_a", "hook_b", alt.Tooltip("mean:Q", format=".4f"),
-                 alt.Tooltip("sd:Q", format=".4f"), "n"],
+                 alt.Tooltip("sd:Q", format=".4f"), "n", *chance_tooltip()],
     ).properties(width=alt.Step(18), height=alt.Step(18))
     if not facets:
         return chart.properties(title=title)
@@ -152,10 +193,11 @@ def nntp_heatmap(df: pl.DataFrame, *, title: str = "NNTP") -> alt.HConcatChart:
     if runs.height == 0 or edges.height == 0:
         raise ValueError("nntp_heatmap: the frame needs rows of both measures 'nntp_runs' and "
                          f"'nntp_edges'; it has {df['measure'].unique().to_list()}")
-    t = aggregate(runs, ["hook_a", "pos_a", "hook_b", "pos_b"], "nntp_heatmap (runs)")
+    t = aggregate(runs, ["hook_a", "pos_a", "hook_b", "pos_b"], "nntp_heatmap (runs)",
+                  chance=True)
     t = _check_rows(t.with_columns(dark=pl.col("mean") < pl.col("mean").max() / 2),
                     "nntp_heatmap")
-    e = aggregate(edges, ["hook_a", "pos_a"], "nntp_heatmap (edges)")
+    e = aggregate(edges, ["hook_a", "pos_a"], "nntp_heatmap (edges)", chance=True)
     persistent = df.filter(pl.col("measure") == "nntp_persistent_all")["value"].mean()
     subtitle = ([f"pairs present at every hook: {persistent:,.1f} (mean over seeds)"]
                 if persistent is not None else [])
@@ -167,7 +209,7 @@ def nntp_heatmap(df: pl.DataFrame, *, title: str = "NNTP") -> alt.HConcatChart:
         color=alt.Color("mean:Q", title="runs T[f, l]", legend=GRADIENT,
                         scale=alt.Scale(scheme=HEAT, type="symlog")),
         tooltip=["hook_a", "hook_b", alt.Tooltip("mean:Q", format=",.1f"),
-                 alt.Tooltip("sd:Q", format=",.1f"), "n"],
+                 alt.Tooltip("sd:Q", format=",.1f"), "n", *chance_tooltip(",.1f")[:2]],
     )
     text = base.mark_text(fontSize=8).encode(
         text=alt.Text("mean:Q", format=".3~s"),
@@ -175,12 +217,13 @@ def nntp_heatmap(df: pl.DataFrame, *, title: str = "NNTP") -> alt.HConcatChart:
     )
     table = alt.layer(heat, text).properties(width=alt.Step(30), height=alt.Step(22),
                                              title="NNTP table (runs from f to l)")
-    bars = alt.Chart(e).mark_bar().encode(
-        x=alt.X("hook_a:N", sort=HOOK_A, title="hook (forward order)"),
+    bar_base = alt.Chart(e).encode(x=alt.X("hook_a:N", sort=HOOK_A, title="hook (forward order)"))
+    bars = alt.layer(bar_base.mark_bar().encode(
         y=alt.Y("mean:Q", title="undirected kNN edges"),
         tooltip=["hook_a", alt.Tooltip("mean:Q", format=",.1f"), alt.Tooltip("sd:Q", format=",.1f"),
-                 "n"],
-    ).properties(width=alt.Step(22), height=200, title="edge totals per hook")
+                 "n", *chance_tooltip(",.1f")[:2]],
+    ), bar_base.mark_rule(color="black").encode(y="ci_lo:Q", y2="ci_hi:Q")).properties(
+        width=alt.Step(22), height=200, title="edge totals per hook (bar: bootstrap interval)")
     return alt.hconcat(table, bars).resolve_scale(color="independent").properties(
         title=alt.TitleParams(title, subtitle=subtitle))
 
@@ -201,7 +244,7 @@ def hook_curves(df: pl.DataFrame, *, color: str = "augmentation", band: str = "m
         raise ValueError(f"hook_curves: band must be 'minmax' or 'sd', got {band!r}")
     facets = [f for f in (row, column) if f is not None]
     keys = [*facets, color, "hook_a", "pos_a"]
-    agg = aggregate(df, keys, "hook_curves")
+    agg = aggregate(df, keys, "hook_curves", chance=True)
     lo, hi = ((pl.col("min"), pl.col("max")) if band == "minmax"
               else (pl.col("mean") - pl.col("sd"), pl.col("mean") + pl.col("sd")))
     agg = _check_rows(agg.with_columns(lo=lo, hi=hi), "hook_curves")
@@ -211,16 +254,21 @@ def hook_curves(df: pl.DataFrame, *, color: str = "augmentation", band: str = "m
         order=alt.Order("pos_a:Q"),
     )
     band_layer = base.mark_area(opacity=0.25).encode(y=alt.Y("lo:Q", title="value"), y2="hi:Q")
-    line = base.mark_line(point=True).encode(
-        y=alt.Y("mean:Q", title="value"),
+    line = base.mark_line().encode(y=alt.Y("mean:Q", title="value"))
+    points = base.mark_point(filled=True).encode(
+        y=alt.Y("mean:Q", title="value"), opacity=faded(),
         tooltip=[*facets, color, "hook_a", alt.Tooltip("mean:Q", format=".4f"),
                  alt.Tooltip("sd:Q", format=".4f"), alt.Tooltip("min:Q", format=".4f"),
-                 alt.Tooltip("max:Q", format=".4f"), "n"],
+                 alt.Tooltip("max:Q", format=".4f"), "n", *chance_tooltip()],
     )
-    layered = alt.layer(band_layer, line, data=agg).properties(width=alt.Step(24), height=180)
+    bars = base.mark_rule().encode(y="ci_lo:Q", y2="ci_hi:Q", opacity=faded())
+    layered = alt.layer(band_layer, line, bars, points, data=agg).properties(
+        width=alt.Step(24), height=180)
     band_text = "min–max" if band == "minmax" else "mean ± sd"
-    heading = alt.TitleParams(title, subtitle=[f"line: mean over seeds; band: {band_text} over "
-                                               "seeds"])
+    heading = alt.TitleParams(title, subtitle=[
+        f"line: mean over seeds; band: {band_text} over seeds; bars: bootstrap interval over "
+        f"probe rows (mean over seeds); faded points: p ≥ {P_CHANCE} (indistinguishable from "
+        "chance)"])
     if not facets:
         return layered.properties(title=heading)
     return (layered.facet(**_facet_kwargs(agg, row, column))
@@ -288,7 +336,8 @@ def classrepsim_heatmaps(df: pl.DataFrame, *, title: str = "ClassRepSim",
                     "classrepsim_heatmaps")
     per_class = "class" in df.columns and df["class"].null_count() < df.height
     keys = ["hook_a", "pos_a", "scale_a", "scale_b"] + (["class"] if per_class else [])
-    agg = _check_rows(aggregate(df, keys, "classrepsim_heatmaps"), "classrepsim_heatmaps")
+    agg = _check_rows(aggregate(df, keys, "classrepsim_heatmaps", chance=True),
+                      "classrepsim_heatmaps")
     scales = scale_order(agg["scale_a"].to_list() + agg["scale_b"].to_list())
     hooks = agg.sort("pos_a")["hook_a"].unique(maintain_order=True).to_list()
     base = alt.Chart().encode(
@@ -298,8 +347,10 @@ def classrepsim_heatmaps(df: pl.DataFrame, *, title: str = "ClassRepSim",
     heat = base.mark_rect().encode(
         color=alt.Color("mean:Q", title="ClassRepSim", legend=GRADIENT,
                         scale=alt.Scale(scheme=HEAT, domain=[0, 1])),
+        opacity=faded(),
         tooltip=["hook_a", "scale_a", "scale_b", *(["class"] if per_class else []),
-                 alt.Tooltip("mean:Q", format=".3f"), alt.Tooltip("sd:Q", format=".3f"), "n"],
+                 alt.Tooltip("mean:Q", format=".3f"), alt.Tooltip("sd:Q", format=".3f"), "n",
+                 *chance_tooltip(".3f")],
     )
     text = base.mark_text(fontSize=8).encode(
         text=alt.Text("mean:Q", format=".2f"),

@@ -1,6 +1,10 @@
 """The figures of one analysis ``{dataset}/{probe}/{distance}-{backend}/`` from its metric
 tables: NNTS heat maps, the augmentation difference, per-hook curves, NNTP tables and ClassRepSim
-heat maps (E1, E3–E5; families in :mod:`rra.report.build`). [ours]"""
+heat maps (E1, E3–E5; families in :mod:`rra.report.build`). [ours]
+
+Every figure shows the tables' uncertainty (methods.md §4): the bootstrap interval (error bars on
+curves and edge totals, tooltips in heat maps) and, faded, the values whose p ≥ 0.05 in some seed
+(indistinguishable from the row-shuffle chance level; :data:`CHANCE_NOTE`)."""
 
 from __future__ import annotations
 
@@ -20,6 +24,11 @@ from rra.report.frames import knn_backend_note, stage_last_hooks
 
 if TYPE_CHECKING:
     from rra.report.build import Report
+
+#: the captions' sentence on intervals and chance (charts.aggregate, chance=True)
+CHANCE_NOTE = (f"; faded: p ≥ {charts.P_CHANCE} in some seed (indistinguishable from the "
+               "row-shuffle chance level), bootstrap interval over probe rows and chance level "
+               "in the tooltip")
 
 @dataclass(frozen=True)
 class Place:
@@ -121,7 +130,8 @@ def _nnts_figure(rep: Report, place: Place, nnts: pl.DataFrame, folders: list[Me
              f"{place.prefix}/nnts-{model}", kind="metrics", group=place.group,
              inputs=[f.manifest for f in folders], title=f"NNTS heat maps: {model}",
              caption=f"NNTS between hooks (forward order) at scale {scale}, mean over seeds; "
-                     "columns: k" + ("; rows: attention · augmentation" if several else ""),
+                     "columns: k" + ("; rows: attention · augmentation" if several else "")
+                     + CHANCE_NOTE,
              selection={**selection, "k": sorted(nnts["k"].unique().to_list())})
 
 
@@ -172,7 +182,7 @@ def _curves_figure(rep: Report, place: Place, tables: AnalysisTables,
              inputs=[f.manifest for f in folders], title=f"Per-hook curves: {model}",
              caption="kNN class purity, kNN-vote accuracy and NNTS to the last hook "
                      f"(logits) per hook at k = {k}; line: mean over seeds, band: "
-                     f"{rep.band_text}",
+                     f"{rep.band_text}; bars: bootstrap interval over probe rows" + CHANCE_NOTE,
              selection={**selection, "k": k, "band": band})
 
 
@@ -195,7 +205,9 @@ def _nntp_figure(rep: Report, place: Place, tables: AnalysisTables,
              f"{place.prefix}/nntp-{name}", kind="metrics", group=place.group,
              inputs=[f.manifest for f in folders], title=f"NNTP table: {name}",
              caption=f"NNTP runs T[f, l] (first hook f, last hook l) and undirected "
-                     f"kNN edges per hook at k = {k_nntp}, α = {alpha}; mean over seeds",
+                     f"kNN edges per hook at k = {k_nntp}, α = {alpha}; mean over seeds; "
+                     "bootstrap interval over probe rows as bars (edges) and in the tooltip "
+                     "(runs); NNTP has no chance level",
              selection={**selection, "k": k_nntp, "alpha": alpha})
 
 
@@ -238,7 +250,7 @@ def _classrepsim_figures(rep: Report, place: Place, crs: pl.DataFrame,
              f"{place.prefix}/classrepsim-{name}", kind="metrics", group=place.group,
              inputs=inputs, title=f"ClassRepSim (class mean): {name}",
              caption="Scale × scale ClassRepSim S[s, t] (mean over classes and seeds) at the last "
-                     f"hook of each stage, k = {selection['k']}", selection=selection)
+                     f"hook of each stage, k = {selection['k']}" + CHANCE_NOTE, selection=selection)
     if attention != "none":
         return
     per_class = crs.filter((pl.col("measure") == "classrepsim") & pl.col("hook_a").is_in(hooks))
@@ -253,4 +265,5 @@ def _classrepsim_figures(rep: Report, place: Place, crs: pl.DataFrame,
              f"{place.prefix}/classrepsim-class-{name}", kind="metrics", group=place.group,
              inputs=inputs, title=f"ClassRepSim per class: {name}",
              caption="Scale × scale ClassRepSim per class (rows) at the last hook of each stage "
-                     f"(columns), mean over seeds, k = {selection['k']}", selection=selection)
+                     f"(columns), mean over seeds, k = {selection['k']}" + CHANCE_NOTE,
+             selection=selection)

@@ -1,0 +1,362 @@
+"""The ``lo``, ``hi``, ``null``, ``p`` columns of each metric table, per measure (methods.md §4,
+"Uncertainty and chance levels") [ours]. The building blocks (bootstrap, exact nulls, p-values,
+relabelling, sanity checks) are in :mod:`rra.metrics.uncertainty`; this module applies them to
+the per-row quantities of each measure. :class:`RunUncertainty` holds what a run's tables share:
+one stratified row bootstrap, the Monte-Carlo relabellings and the row blocks they score.
+
+Per measure (value → interval; chance level; sd of the value under the null):
+
+- NNTS, ClassRepSim S and its class mean: mean of per-row Jaccard → resampled means; exact
+  E[J] (:func:`~rra.metrics.uncertainty.jaccard_null`); per-row null sd / √rows.
+- mutual kNN: mean of m_i / k; exact k / (n − 1); hypergeometric sd / √n.
+- cycle kNN, rank similarity, second-order cosine: mean of per-row scores; Monte-Carlo: P
+  relabellings of graph b (and of the rows of embedding b), each scoring a disjoint random block
+  of the rows, so the null costs one evaluation of the measure
+  (:func:`~rra.metrics.uncertainty.mc_null`); second-order cosine only with the dense distance
+  matrices (n ≤ ``DENSE_MAX_ROWS``), else no chance level.
+- class composition, purity, row-weighted purity: class means of each row's neighbour shares;
+  exact chance under shuffled labels (:func:`~rra.metrics.uncertainty.composition_null`);
+  kNN-vote accuracy: class means of 0/1 votes, chance per class by Monte-Carlo draws
+  (:func:`~rra.metrics.uncertainty.vote_null`).
+- ClassRepSim spread and class-response agreement: recomputed from the resampled class means;
+  no chance level (null, p empty).
+- NNTP runs, edges, persistent_all: totals of each row's ½-share of every run / edge →
+  resampled totals Σ_i W[b, i] c_i; no chance level (null, p empty).
+- linear CKA (biased, debiased), n ≤ ``CKA_MAX_ROWS`` (2048): the weighted-resample identities
+  of the traces (rows drawn w_i times, see :class:`CkaBoot`); chance: the exact permutation
+  mean (biased) and 0 (debiased: the unbiased HSIC has permutation mean 0); no p (see
+  :meth:`CkaBoot.stats`).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from rra.metrics import uncertainty as U
+
+
+class RunUncertainty:
+    """What the tables of one run share: its labels, settings, the row bootstrap (built on
+    first use) and the Monte-Carlo relabellings."""
+
+    def __init__(self, labels: np.ndarray, settings: U.Settings):
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.settings = settings
+        self.n = self.labels.size
+        self._votes: dict[int, np.ndarray] = {}
+
+    def vote_chance(self, k: int) -> np.ndarray:
+        """Per class, the chance of a correct kNN vote at k (one Monte-Carlo run per k)."""
+        if k not in self._votes:
+            self._votes[k] = U.vote_null(self.boot.sizes, k, self.settings.seed)
+        return self._votes[k]
+
+    @cached_property
+    def boot(self) -> U.RowBootstrap:
+        s = self.settings
+        return U.RowBootstrap(self.labels, s.B, s.seed, s.level)
+
+    @cached_property
+    def perms(self) -> np.ndarray:
+        return U.permutations(self.n, self.settings.permutations, self.settings.seed)
+
+    @cached_property
+    def blocks(self) -> list[np.ndarray]:
+        return U.row_splits(self.n, self.settings.permutations, self.settings.seed)
+
+    @cached_property
+    def W(self) -> np.ndarray:
+        """The bootstrap counts in row order (B × n)."""
+        out = np.empty_like(self.boot.W_sorted)
+        out[:, self.boot.order] = self.boot.W_sorted
+        return out
+
+    # -- means of per-row values ---------------------------------------------------------------
+
+    def mean_stats(self, v: np.ndarray, null: float | None, sd_row: float | None,
+                   value: float | None = None) -> dict[str, Any]:
+        """Stats of mean(v) with a per-row null (mean, sd): sd of the value = sd_row / √n."""
+        value = float(np.mean(v)) if value is None else value
+        sd = None if sd_row is None else sd_row / np.sqrt(self.n)
+        return U.stats(self.boot, self.boot.mean(v), value, null, sd)
+
+    def class_stats(self, v: np.ndarray, null: float | np.ndarray | None,
+                    sd_row: float | np.ndarray | None) -> list[dict[str, Any]]:
+        """Stats of each class mean of v (classes in sorted order)."""
+        boot = self.boot.class_means(v)
+        sizes = self.boot.sizes
+        nulls = np.broadcast_to(np.nan if null is None else null, sizes.shape)
+        sds = np.broadcast_to(np.nan if sd_row is None else sd_row, sizes.shape)
+        values = np.bincount(np.searchsorted(self.boot.classes, self.labels), weights=v,
+                             minlength=sizes.size) / sizes
+        return U.stats_many(self.boot, boot, values,
+                            None if null is None else [float(x) for x in nulls],
+                            None if sd_row is None else [float(x) for x in sds / np.sqrt(sizes)])
+
+    # -- NNTS --------------------------------------------------------------------------------
+
+    def nnts(self, j: np.ndarray, k: int) -> tuple[dict, list[dict]]:
+        """Stats of NNTS (mean of the per-row Jaccard j) and of its class means."""
+        mean, var = U.jaccard_null(self.n, k)
+        sd = float(np.sqrt(var))
+        return self.mean_stats(j, mean, sd), self.class_stats(j, mean, sd)
+
+    def nnts_diagonal(self, k: int) -> dict:
+        """A graph with itself: every resample is 1."""
+        mean, var = U.jaccard_null(self.n, k)
+        return dict(lo=1.0, hi=1.0, null=mean, p=U.p_value(1.0, mean, np.sqrt(var / self.n)))
+
+
+def empty_stats() -> dict[str, Any]:
+    return dict.fromkeys(U.COLUMNS)
+
+
+# ---------------------------------------------------------------------------------------------
+# class response
+
+def class_response_stats(u: RunUncertainty, cr) -> dict[tuple, dict]:
+    """{(measure, class, class_b): stats} of one graph's class response ``cr`` (with its
+    per-row shares)."""
+    boot = u.boot
+    C, k = cr.classes.size, cr.k
+    p0, v0 = U.composition_null(boot.sizes, k)
+    nc = boot.sizes.astype(np.float64)
+    bootP = boot.class_means(cr.row_fractions)                        # B × C × C
+    comp = U.stats_many(boot, bootP.reshape(boot.B, C * C), cr.P.ravel(), p0.ravel().tolist(),
+                        np.sqrt(v0 / nc[:, None]).ravel().tolist())
+    out: dict[tuple, dict] = {("class_composition", c, c2): comp[c * C + c2]
+                              for c in range(C) for c2 in range(C)}
+    diag = np.einsum("bcc->bc", bootP)
+    out["knn_purity", None, None] = U.stats(
+        boot, diag.mean(axis=1), cr.purity, float(np.diag(p0).mean()),
+        float(np.sqrt((np.diag(v0) / nc).sum()) / C))
+    own = cr.row_fractions[np.arange(u.n), np.searchsorted(cr.classes, u.labels)]
+    out["knn_purity_rows", None, None] = U.stats(
+        boot, boot.mean(own), cr.row_weighted_purity, float(nc @ np.diag(p0) / u.n),
+        float(np.sqrt(nc @ np.diag(v0)) / u.n))
+    q = u.vote_chance(k)
+    correct = cr.row_correct.astype(np.float64)
+    votes = u.class_stats(correct, q, np.sqrt(q * (1 - q)))
+    for c in range(C):
+        out["knn_vote_accuracy_class", c, None] = votes[c]
+    out["knn_vote_accuracy", None, None] = U.stats(
+        boot, boot.mean(correct), cr.vote_accuracy, float(nc @ q / u.n),
+        float(np.sqrt(nc @ (q * (1 - q)))) / u.n)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# ClassRepSim
+
+def classrepsim_stats(u: RunUncertainty, res) -> dict[tuple, dict]:
+    """{(measure, a, b, class index or None): stats} of one hook's ClassRepSim ``res``."""
+    boot = u.boot
+    n_scales, C = len(res.scales), res.classes.size
+    mean, var = U.jaccard_null(u.n, res.k)
+    sizes = boot.sizes.astype(np.float64)
+    bootS = np.ones((boot.B, C, n_scales, n_scales))
+    for (a, b), j in res.row_jaccard.items():
+        bootS[:, :, a, b] = bootS[:, :, b, a] = boot.class_means(j)
+    bootP = [boot.class_means(r.row_fractions) for r in res.responses]   # each B × C × C
+    out: dict[tuple, dict] = {}
+    sd_mean = float(np.sqrt((var / sizes).sum()) / C)
+    for a in range(n_scales):
+        for b in range(n_scales):
+            out["classrepsim_mean", a, b, None] = U.stats(
+                boot, bootS[:, :, a, b].mean(axis=1), float(res.class_mean[a, b]), mean, sd_mean)
+            out["classrepsim_spread", a, b, None] = U.stats(
+                boot, bootS[:, :, a, b].std(axis=1), float(res.class_spread[a, b]))
+            agree = 1.0 - 0.5 * np.abs(bootP[a] - bootP[b]).sum(axis=2)      # B × C
+            for c in range(C):
+                out["classrepsim", a, b, c] = U.stats(
+                    boot, bootS[:, c, a, b], float(res.S[c, a, b]), mean,
+                    float(np.sqrt(var / sizes[c])))
+                out["class_response_agreement", a, b, c] = U.stats(
+                    boot, agree[:, c], float(res.agreement[c, a, b]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# NNTP
+
+def nntp_stats(u: RunUncertainty, res) -> tuple[list, list, dict]:
+    """(table stats L × L as nested lists, edge stats per hook, persistent_all stats)."""
+    L = res.table.shape[0]
+    boot_t = u.W @ res.row_table                   # B × L²: resampled totals
+    boot_e = u.W @ res.row_edges                   # B × L
+    lo, hi = u.boot.interval(boot_t)
+    table = [[dict(lo=float(lo[f * L + l]), hi=float(hi[f * L + l]), null=None, p=None)
+              for l in range(L)] for f in range(L)]
+    elo, ehi = u.boot.interval(boot_e)
+    edges = [dict(lo=float(elo[f]), hi=float(ehi[f]), null=None, p=None) for f in range(L)]
+    return table, edges, table[0][L - 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# peers (kNN) and CKA
+
+def peer_scores(name: str, a: np.ndarray, b: np.ndarray, dist=None) -> np.ndarray:
+    """Per-row scores of a kNN peer measure on graphs a, b (cut to one k); ``dist``: the pair of
+    dense n × n distance matrices (second-order cosine)."""
+    from rra.metrics import peers
+
+    if name == "mutual_knn":
+        return peers._mutual_knn_rows(a, b)
+    if name == "cycle_knn":
+        return peers._cycle_knn_rows(a, b)
+    if name == "rank_similarity":
+        return peers._rank_similarity_rows(a, b)
+    if name == "second_order_cosine" and dist is not None:
+        return _soc_rows(a, b, dist[0], dist[1], np.arange(a.shape[0]), None)  # b' = b
+    raise ValueError(f"peer_scores: no per-row scores for {name!r}")
+
+
+def _soc_rows(a, b_rows, da, db, rows: np.ndarray, perm: np.ndarray | None) -> np.ndarray:
+    """Second-order cosine of ``rows`` (graph a; ``b_rows``: the rows ``rows`` of b' = b
+    relabelled by perm) from dense distances, d_b'(i, j) = d_b(π(i), π(j))."""
+    from rra.metrics.peers import _second_order_rows_from
+
+    pi = np.arange(a.shape[0]) if perm is None else perm
+
+    def take_a(sl, cols):
+        return np.take_along_axis(np.asarray(da[rows[sl]], dtype=np.float64), cols, axis=1)
+
+    def take_b(sl, cols):
+        return np.take_along_axis(np.asarray(db[pi[rows[sl]]], dtype=np.float64), pi[cols],
+                                  axis=1)
+
+    return _second_order_rows_from(a[rows], b_rows, take_a, take_b, 8192)
+
+
+def _null_rows(name: str, a: np.ndarray, b: np.ndarray, perm: np.ndarray, rows: np.ndarray,
+               dist) -> np.ndarray:
+    """Scores of ``rows`` with graph b relabelled by ``perm`` (only those rows relabelled:
+    K_b'(i) = π⁻¹(K_b(π(i))))."""
+    from rra.metrics import peers
+
+    inverse = np.empty_like(perm)
+    inverse[perm] = np.arange(perm.size, dtype=perm.dtype)
+    bp = inverse[b[perm[rows]]]
+    if name == "second_order_cosine":
+        return _soc_rows(a, bp, dist[0], dist[1], rows, perm)
+    if name == "rank_similarity":
+        return peers._rank_similarity_rows(a[rows], bp)
+    two_hops = a[bp]                                   # cycle kNN: K_a[j] for j in K_b'[i]
+    return (two_hops == rows[:, None, None]).any(axis=(1, 2)).astype(np.float64)
+
+
+def peer_stats(u: RunUncertainty, name: str, a: np.ndarray, b: np.ndarray, rows: np.ndarray,
+               value: float, dist=None) -> dict[str, Any]:
+    """Stats of one kNN peer value (graphs a, b cut to k; per-row scores ``rows``)."""
+    n, k = a.shape
+    if name == "mutual_knn":
+        mean, var = U.overlap_null(n, k)
+        return u.mean_stats(rows, mean, float(np.sqrt(var)), value)
+    if name == "second_order_cosine" and dist is None:
+        return u.mean_stats(rows, None, None, value)
+    samples = np.concatenate([_null_rows(name, a, b, perm, block, dist)
+                              for perm, block in zip(u.perms, u.blocks)])
+    null, sd = U.mc_null(samples, n)
+    return U.stats(u.boot, u.boot.mean(rows), value, null, sd)
+
+
+#: the largest probe for CKA's uncertainty columns: their cost grows as n² B per pair, which
+#: above this size exceeds the measure's own by far (benchmark in README) [ours]
+CKA_MAX_ROWS = 2048
+
+
+class CkaBoot:
+    """Bootstrap and permutation null of linear CKA from centred Gram matrices (dense path).
+
+    A resample draws row i w_i times. With K the centred Gram matrix of the original rows (HSIC
+    is translation-invariant, so re-centring on the resample is done in the formulas):
+    tr(K*HL*H) = wᵀ(K∘L)w − (2/n) Σ_i w_i (Kw)_i (Lw)_i + (wᵀKw)(wᵀLw)/n² (biased), and for the
+    unbiased HSIC tr(K̃*L̃*) = wᵀ(K∘L)w − Σ_i w_i K_ii L_ii, 1ᵀK̃*1 = wᵀKw − Σ_i w_i K_ii,
+    1ᵀK̃*L̃*1 = Σ_i w_i (Kw − diag K)_i (Lw − diag L)_i. All B resamples at once: (M Wᵀ) products.
+    """
+
+    def __init__(self, u: RunUncertainty):
+        self.u = u
+        self._hook: dict[str, tuple] = {}
+        self._pair: tuple[tuple[str, str], dict] | None = None   # the last pair's traces
+
+    def _of(self, g) -> tuple:
+        if g.name not in self._hook:
+            W = self.u.W
+            KW = g.gram @ W.T                                         # n × B
+            self._hook[g.name] = (KW, np.einsum("bi,ib->b", W, (g.gram * g.gram) @ W.T))
+        return self._hook[g.name]
+
+    def traces(self, ga, gb) -> dict[str, np.ndarray]:
+        """The resampled traces of a pair and its permuted cross traces ⟨K, L[π, π]⟩, kept for
+        the pair's second estimator (biased and debiased share them)."""
+        if self._pair is not None and self._pair[0] == (ga.name, gb.name):
+            return self._pair[1]
+        W, n = self.u.W, ga.n
+        (KW, kk), (LW, ll) = self._of(ga), self._of(gb)
+        kl = np.einsum("bi,ib->b", W, (ga.gram * gb.gram) @ W.T)
+        t = dict(kl=kl, kk=kk, ll=ll, KW=KW, LW=LW, W=W, n=n)
+        self._pair = ((ga.name, gb.name), t)
+        return t
+
+    def resampled(self, ga, gb, debiased: bool) -> np.ndarray:
+        t = self.traces(ga, gb)
+        if not debiased:
+            return self._biased(t, ga, gb)
+        return self._debiased(t, ga, gb)
+
+    @staticmethod
+    def _biased(t, ga, gb) -> np.ndarray:
+        W, n, KW, LW = t["W"], t["n"], t["KW"], t["LW"]
+
+        def centred(quad, A, B):
+            sa, sb = np.einsum("bi,ib->b", W, A), np.einsum("bi,ib->b", W, B)
+            return quad - 2.0 / n * np.einsum("bi,ib,ib->b", W, A, B) + sa * sb / n**2
+
+        kl, kk, ll = centred(t["kl"], KW, LW), centred(t["kk"], KW, KW), centred(t["ll"], LW, LW)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return kl / np.sqrt(kk * ll)
+
+    @staticmethod
+    def _debiased(t, ga, gb) -> np.ndarray:
+        W, n = t["W"], t["n"]
+        dk, dl = ga.sq_norms, gb.sq_norms
+
+        def hsic(quad, A, da, B, db):
+            tr = quad - W @ (da * db)
+            one_a = np.einsum("bi,ib->b", W, A) - W @ da
+            one_b = np.einsum("bi,ib->b", W, B) - W @ db
+            cross = np.einsum("bi,ib,ib->b", W, A - da[:, None], B - db[:, None])
+            return tr + one_a * one_b / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)
+
+        KW, LW = t["KW"], t["LW"]
+        h_kl = hsic(t["kl"], KW, dk, LW, dl)
+        h_kk, h_ll = hsic(t["kk"], KW, dk, KW, dk), hsic(t["ll"], LW, dl, LW, dl)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where((h_kk > 0) & (h_ll > 0), h_kl / np.sqrt(h_kk * h_ll), np.nan)
+
+    def permuted(self, ga, gb, debiased: bool) -> np.ndarray:
+        """CKA with the rows of the second representation permuted, one per relabelling (an n²
+        gather per permutation: not part of the tables, see :meth:`stats`)."""
+        from rra.metrics.cka import _cka_from_traces
+
+        out = []
+        for perm in self.u.perms:
+            kl = float(np.einsum("ij,ij->", ga.gram, np.take(gb.gram[perm], perm, axis=1)))
+            norms = (ga.sq_norms, gb.sq_norms[perm]) if debiased else None
+            out.append(_cka_from_traces(kl, ga.self_trace, gb.self_trace, norms))
+        return np.asarray(out)
+
+    def stats(self, ga, gb, debiased: bool, value: float) -> dict[str, Any]:
+        if ga.n > CKA_MAX_ROWS:
+            return empty_stats()
+        """Interval and exact chance level; no p: its permutation spread needs an n² gather per
+        permutation and pair (85 s for 12 hooks × 2 scales at n = 2000 with 20 permutations,
+        50 times CKA itself), and no closed form of the permutation variance is implemented."""
+        null = 0.0 if debiased else U.cka_null(ga.self_trace, gb.self_trace,
+                                               float(ga.sq_norms.sum()),
+                                               float(gb.sq_norms.sum()), ga.n)
+        return U.stats(self.u.boot, self.resampled(ga, gb, debiased), value, null, None)
