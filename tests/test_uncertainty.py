@@ -449,3 +449,21 @@ def test_above_the_dense_size_cka_and_second_order_nulls_are_empty(tmp_path, mon
     dense = pl.read_parquet(tmp_path / "dense" / "peers.parquet")
     others = peers.filter(pl.col("measure") != "second_order_cosine")
     assert others.equals(dense.filter(pl.col("measure") != "second_order_cosine"))
+
+
+def test_api_analyse_returns_the_columns(tmp_path):
+    import torch
+
+    from rra.api import analyse
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 8), torch.nn.ReLU(),
+                                torch.nn.Linear(8, 3)).eval()
+    x, y = torch.randn(40, 3, 2, 2), torch.arange(40) % 2
+    on = analyse(model, x, y, hooks=["1", "2", "3"], k=4, progress=False,
+                 bootstrap={"B": 25, "permutations": 3})
+    off = analyse(model, x, y, hooks=["1", "2", "3"], k=4, progress=False, bootstrap={"B": 0})
+    for name in ("nnts", "class_response", "peers"):
+        assert on[name].columns == list(SCHEMA) and on[name]["lo"].null_count() == 0, name
+        assert off[name]["lo"].null_count() == off[name].height, name
+        assert on[name].drop(U.COLUMNS).equals(off[name].drop(U.COLUMNS)), name
