@@ -275,7 +275,7 @@ OVERLAY = {
     "knn": {"k": [3, 5], "distance": ["euclidean"], "backend": "exact"},
     "metrics": {"nntp_alpha": [0]},
     "stac_auto": {"k": 5, "delta": 0.05},
-    "experiments": {f"E{i}": {"enabled": False} for i in range(1, 10)},  # E7–E9 of test.yaml too
+    "experiments": {f"E{i}": {"enabled": False} for i in range(1, 12)},  # E7–E11 of test.yaml too
 }
 
 
