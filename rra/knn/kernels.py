@@ -183,22 +183,20 @@ def _sort_desc(a):
         a[b + 1] = v
 
 
-@nb.njit(cache=True)
-def _sqdist(x, norms, i, j, tmp):
-    """``‖z_i − z_j‖²`` in float64: feature ``t`` goes to partial sum ``t mod 4`` (in order),
-    then ``(s0 + s1) + (s2 + s3)`` — a fixed order (four chains hide the add latency). The
-    squared differences go through ``tmp`` (d float64) first: that loop vectorises, a loop
-    that also accumulates does not."""
-    d = x.shape[1]
-    xi = x[i]
-    xj = x[j]
-    if norms.size == 0:
+@nb.njit(cache=True, inline="always")
+def sqdist_rows(xi, xj, ni, nj, cosine, tmp):
+    """``‖xj/nj − xi/ni‖²`` (cosine) or ``‖xj − xi‖²`` in float64 of two rows: feature ``t``
+    goes to partial sum ``t mod 4`` (in order), then ``(s0 + s1) + (s2 + s3)`` — a fixed order
+    (four chains hide the add latency). The squared differences go through ``tmp`` (d float64)
+    first: that loop vectorises, a loop that also accumulates does not. Every exact distance of
+    the package is this one (``rra.knn.cross_kernels`` too), so a pair gets the same value
+    whichever search computes it."""
+    d = xi.shape[0]
+    if not cosine:
         for t in range(d):
             e = np.float64(xj[t]) - np.float64(xi[t])
             tmp[t] = e * e
     else:
-        ni = norms[i]
-        nj = norms[j]
         for t in range(d):
             e = np.float64(xj[t]) / nj - np.float64(xi[t]) / ni
             tmp[t] = e * e
@@ -212,6 +210,15 @@ def _sqdist(x, norms, i, j, tmp):
     for t in range(d4, d):
         s0 += tmp[t]
     return (s0 + s1) + (s2 + s3)
+
+
+@nb.njit(cache=True, inline="always")
+def _sqdist(x, norms, i, j, tmp):
+    """``‖z_i − z_j‖²`` in float64 (:func:`sqdist_rows`); ``norms``: empty for euclidean,
+    ``‖x_i‖`` for cosine."""
+    if norms.size == 0:
+        return sqdist_rows(x[i], x[j], 1.0, 1.0, False, tmp)
+    return sqdist_rows(x[i], x[j], norms[i], norms[j], True, tmp)
 
 
 @nb.njit(parallel=True, cache=True)
