@@ -467,3 +467,23 @@ def test_api_analyse_returns_the_columns(tmp_path):
         assert on[name].columns == list(SCHEMA) and on[name]["lo"].null_count() == 0, name
         assert off[name]["lo"].null_count() == off[name].height, name
         assert on[name].drop(U.COLUMNS).equals(off[name].drop(U.COLUMNS)), name
+
+
+def test_shuffled_control_allows_for_hubs():
+    """Graphs whose rows share their neighbours (hubs: here every row's k nearest are the same
+    k rows) correlate the rows' overlaps under one relabelling, so the per-row sd / √n is far
+    too small; the control then takes the spread of more relabellings and passes, while a
+    graph compared with itself unshuffled still fails."""
+    n, k = 200, 100
+    hubs = np.arange(k + 1)
+    graph = np.array([[j for j in hubs if j != i][:k] for i in range(n)])
+    mean, var = U.jaccard_null(n, k)
+    rng = np.random.default_rng(3)
+    perms = [rng.permutation(n) for _ in range(5)]
+    from rra.metrics.nnts import nnts
+    naive = [abs(nnts(graph, U.relabel_graph(graph, p), k) - mean) / np.sqrt(var / n) for p in perms]
+    assert max(naive) > U.SHUFFLE_Z          # the per-row sd alone would call a false alarm
+    for p in perms:
+        assert abs(U.check_shuffled(graph, graph, k, p, "hubs")) <= U.SHUFFLE_Z
+    with pytest.raises(U.SanityError):
+        U.check_shuffled(graph, graph, k, np.arange(n), "hubs, no shuffle")
