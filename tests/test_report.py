@@ -12,6 +12,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -336,6 +337,21 @@ def test_hook_curves_bands(tables):
     assert axis_labels(chart, "bottom") == [HOOKS]
     with pytest.raises(ValueError, match="band"):
         charts.hook_curves(df, band="iqr")
+
+
+def test_hook_curves_band_is_one_area_per_curve_across_the_hooks(tables):
+    """The seed band renders: one area per augmentation spanning every hook in forward order
+    (an ``order`` channel on the area made Vega-Lite draw one zero-width area per hook)."""
+    df = tables["class_response"].filter((pl.col("scale_a") == "full") & (pl.col("k") == 3)
+                                         & (pl.col("measure") == "knn_purity"))
+    chart = charts.hook_curves(df, color="augmentation")
+    svg = vlc.vegalite_to_svg(chart.to_dict())
+    paths = re.findall(r'aria-roledescription="area mark" d="([^"]*)"', svg)
+    assert len(paths) == 2  # one band per augmentation, not one per hook
+    for d in paths:
+        xs = [float(x) for x in re.findall(r"[ML](-?[\d.]+),", d)]
+        top = xs[:len(HOOKS)]  # the path runs along one edge, then back along the other
+        assert len(xs) == 2 * len(HOOKS) and top == sorted(top) and len(set(top)) == len(HOOKS)
 
 
 def test_nnts_to_logits_takes_the_last_hook(tables):

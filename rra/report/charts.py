@@ -251,10 +251,12 @@ def hook_curves(df: pl.DataFrame, *, color: str = "augmentation", band: str = "m
     base = alt.Chart().encode(
         x=alt.X("hook_a:N", sort=HOOK_A, title="hook (forward order)"),
         color=alt.Color(f"{color}:N", title=color),
-        order=alt.Order("pos_a:Q"),
     )
+    # no `order` channel on the band: on an area Vega-Lite groups by the order field, so each
+    # hook became its own zero-width area and the band vanished; the x sort (HOOK_A) already
+    # orders the area's path by pos_a
     band_layer = base.mark_area(opacity=0.25).encode(y=alt.Y("lo:Q", title="value"), y2="hi:Q")
-    line = base.mark_line().encode(y=alt.Y("mean:Q", title="value"))
+    line = base.mark_line().encode(y=alt.Y("mean:Q", title="value"), order=alt.Order("pos_a:Q"))
     points = base.mark_point(filled=True).encode(
         y=alt.Y("mean:Q", title="value"), opacity=faded(),
         tooltip=[*facets, color, "hook_a", alt.Tooltip("mean:Q", format=".4f"),
