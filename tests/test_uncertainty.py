@@ -150,6 +150,46 @@ def test_cka_null_against_all_permutations():
     assert np.mean(debiased) == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("case", ["gaussian", "heavy-row", "duplicates-and-rank-one"])
+def test_cka_null_sd_against_all_permutations(case):
+    """The exact permutation sd of CKA (RV coefficient moments; debiased: √(2/(n(n − 3)))),
+    against the spread over all n! row permutations."""
+    from rra.metrics.intervals import cka_chance, cka_stats
+
+    rng = np.random.default_rng(15)
+    n = 7
+    x, y = rng.normal(size=(n, 3)), rng.normal(size=(n, 2)) ** 2
+    if case == "heavy-row":
+        x[0] *= 6.0                                       # one row dominates tr(K²)
+    if case == "duplicates-and-rank-one":
+        x[1] = x[2]
+        y = rng.normal(size=(n, 1))                       # β_L = 1
+    ga, gb = cka_gram(x, "x"), cka_gram(y, "y")
+    for debiased in (False, True):
+        values = [linear_cka(x, y[list(p)], debiased=debiased)
+                  for p in itertools.permutations(range(n))]
+        null, sd = cka_chance(ga.self_trace, ga.sq_norms, gb.self_trace, gb.sq_norms, debiased)
+        assert null == pytest.approx(np.mean(values), abs=1e-12)
+        assert sd == pytest.approx(np.std(values), rel=1e-9)
+        value = linear_cka(x, y, debiased=debiased)
+        st = cka_stats(ga.self_trace, ga.sq_norms, gb.self_trace, gb.sq_norms, debiased, value)
+        assert st["lo"] is None and st["hi"] is None
+        assert st["p"] == pytest.approx(U.p_value(value, null, sd))
+    assert U.cka_debiased_null_sd(3) is None and U.cka_null_sd(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 3) is None
+
+
+def test_cka_self_stats_match_the_gram_matrix():
+    from rra.metrics.cka import cka_self_stats
+
+    rng = np.random.default_rng(16)
+    for shape in ((40, 3), (12, 30)):                      # the feature and the Gram form
+        x = rng.normal(size=shape).astype(np.float32)
+        g = cka_gram(x, "x")
+        kk, a = cka_self_stats(x, "x", block_rows=5)
+        assert kk == pytest.approx(g.self_trace, rel=1e-10)
+        np.testing.assert_allclose(a, g.sq_norms, rtol=1e-10)
+
+
 def test_cka_bootstrap_matches_recomputing_on_each_resample():
     rng = np.random.default_rng(6)
     n = 24
@@ -168,7 +208,8 @@ def test_cka_bootstrap_matches_recomputing_on_each_resample():
         perm_ref = [linear_cka(x, y[p], debiased=debiased) for p in u.perms]
         np.testing.assert_allclose(cb.permuted(ga, gb, debiased), perm_ref, rtol=1e-9, atol=1e-12)
         st = cb.stats(ga, gb, debiased, linear_cka(x, y, debiased=debiased))
-        assert st["lo"] <= st["hi"] and st["p"] is None and set(st) == set(U.COLUMNS)
+        assert st["lo"] <= st["hi"] and set(st) == set(U.COLUMNS)
+        assert st["p"] < 0.01                                      # related: far above chance
         assert np.mean(cb.permuted(ga, gb, debiased)) < st["lo"]   # related: above chance
 
 
@@ -348,7 +389,7 @@ def test_tables_carry_the_columns_and_keep_their_values(tmp_path):
         assert a["lo"].null_count() == 0 and a["hi"].null_count() == 0, name
         chance = a.filter(~pl.col("measure").is_in(NO_CHANCE))
         assert chance["null"].null_count() == 0, name
-        assert chance["p"].null_count() == (chance.height if name == "cka" else 0), name
+        assert chance["p"].null_count() == 0, name
         assert a.filter(pl.col("measure").is_in(NO_CHANCE))["null"].null_count() == \
             a.filter(pl.col("measure").is_in(NO_CHANCE)).height
     nnts_t = pl.read_parquet(tmp_path / "on" / "nnts.parquet").filter(pl.col("measure") == "nnts")
@@ -428,27 +469,35 @@ def test_figures_draw_intervals_and_fade_chance_values(with_columns):
     assert heat["encoding"]["opacity"]["condition"]["test"] == "datum.chance_like"
 
 
-def test_above_the_dense_size_cka_and_second_order_nulls_are_empty(tmp_path, monkeypatch):
-    from rra.metrics import tables
+def test_above_the_dense_size_the_chance_levels_stay(tmp_path, monkeypatch):
+    """Above DENSE_MAX_ROWS (no n × n matrices) CKA keeps its exact chance level and p (no
+    interval) and second-order cosine its Monte-Carlo null from the embeddings: the same numbers
+    as the dense path; between CKA_MAX_ROWS and DENSE_MAX_ROWS CKA has no interval either."""
+    from rra.metrics import intervals, tables
 
     emb, knn = tiny_run(tmp_path)
-    run_tables(emb, knn, tmp_path / "dense", ks=[6], alphas=[0], run=RUN,
-               tables=["peers", "cka"], bootstrap={"B": 30, "permutations": 3})
+    kw = dict(ks=[6], alphas=[0], run=RUN, tables=["peers", "cka"],
+              bootstrap={"B": 30, "permutations": 3})
+    run_tables(emb, knn, tmp_path / "dense", **kw)
+    monkeypatch.setattr(intervals, "CKA_MAX_ROWS", 0)
+    run_tables(emb, knn, tmp_path / "no-boot", **kw)
     monkeypatch.setattr(tables, "DENSE_MAX_ROWS", 0)
-    run_tables(emb, knn, tmp_path / "plain", ks=[6], alphas=[0], run=RUN,
-               tables=["peers", "cka"], bootstrap={"B": 30, "permutations": 3})
-    for name in ("peers", "cka"):
-        d = pl.read_parquet(tmp_path / "dense" / f"{name}.parquet")
-        p = pl.read_parquet(tmp_path / "plain" / f"{name}.parquet")
-        np.testing.assert_allclose(d["value"].to_numpy(), p["value"].to_numpy(), atol=1e-10)
-    cka = pl.read_parquet(tmp_path / "plain" / "cka.parquet")
-    assert cka.select(U.COLUMNS).null_count().sum_horizontal().item() == 4 * cka.height
-    peers = pl.read_parquet(tmp_path / "plain" / "peers.parquet")
-    soc = peers.filter(pl.col("measure") == "second_order_cosine")
-    assert soc["null"].null_count() == soc.height and soc["lo"].null_count() == 0
-    dense = pl.read_parquet(tmp_path / "dense" / "peers.parquet")
-    others = peers.filter(pl.col("measure") != "second_order_cosine")
-    assert others.equals(dense.filter(pl.col("measure") != "second_order_cosine"))
+    run_tables(emb, knn, tmp_path / "plain", **kw)
+    for folder in ("no-boot", "plain"):
+        for name in ("peers", "cka"):
+            d = pl.read_parquet(tmp_path / "dense" / f"{name}.parquet")
+            p = pl.read_parquet(tmp_path / folder / f"{name}.parquet")
+            for column in ("value", "null", "p"):
+                np.testing.assert_allclose(d[column].to_numpy(), p[column].to_numpy(),
+                                           rtol=1e-9, atol=1e-10, err_msg=f"{folder} {name}")
+            if name == "peers":
+                np.testing.assert_allclose(d["lo"].to_numpy(), p["lo"].to_numpy(), atol=1e-10)
+        cka = pl.read_parquet(tmp_path / folder / "cka.parquet")
+        assert cka["lo"].null_count() == cka["hi"].null_count() == cka.height
+        assert cka["null"].null_count() == cka["p"].null_count() == 0
+    soc = pl.read_parquet(tmp_path / "plain" / "peers.parquet").filter(
+        pl.col("measure") == "second_order_cosine")
+    assert soc.height > 0 and soc["null"].null_count() == 0 and soc["p"].null_count() == 0
 
 
 def test_api_analyse_returns_the_columns(tmp_path):

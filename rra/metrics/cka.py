@@ -297,3 +297,23 @@ def cka_from_stats(sa: GramStats, sb: GramStats, debiased: bool = False) -> floa
     kl = float(np.einsum("ij,ij->", sa.gram, sb.gram))
     norms = (sa.sq_norms, sb.sq_norms) if debiased else None
     return _cka_from_traces(kl, sa.self_trace, sb.self_trace, norms, (sa.name, sb.name))
+
+
+def cka_self_stats(x: np.ndarray, name: str = "x", *, block_rows: int = 4096,
+                   max_elements: int = 2**24) -> tuple[float, np.ndarray]:
+    """(tr(K_c²), the centred rows' squared norms) of one representation at any n, without an
+    n × n matrix: what CKA's exact permutation null needs beside the value
+    (:func:`rra.metrics.intervals.cka_chance`). Cost that of one self trace of
+    :func:`linear_cka` (the cheaper of the feature and Gram forms).  [ours, same formulas]"""
+    x = _check_input(x, name)
+    n, p = x.shape
+    if n < 2:
+        raise ValueError(f"{name}: CKA needs at least 2 rows, got n = {n}")
+    block_rows = max(1, min(block_rows, max_elements // p))
+    mean = _column_means(x, name, block_rows)
+    if _choose_method(n, p, p) == "feature":
+        kk = _cross_trace_feature(x, mean, x, mean, block_rows, max_elements)
+    else:
+        # tr(KK) of the Gram tiles; the second representation (one column) is not used
+        kk = _traces_gram(x, mean, x[:, :1], mean[:1], block_rows)[1]
+    return kk, _row_sq_norms(x, mean, block_rows)

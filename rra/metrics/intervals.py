@@ -12,8 +12,8 @@ Per measure (value → interval; chance level; sd of the value under the null):
 - cycle kNN, rank similarity, second-order cosine: mean of per-row scores; Monte-Carlo: P
   relabellings of graph b (and of the rows of embedding b), each scoring a disjoint random block
   of the rows, so the null costs one evaluation of the measure
-  (:func:`~rra.metrics.uncertainty.mc_null`); second-order cosine only with the dense distance
-  matrices (n ≤ ``DENSE_MAX_ROWS``), else no chance level.
+  (:func:`~rra.metrics.uncertainty.mc_null`); second-order cosine from the dense distance
+  matrices (n ≤ ``DENSE_MAX_ROWS``) or, above, from distances gathered from the embeddings.
 - class composition, purity, row-weighted purity: class means of each row's neighbour shares;
   exact chance under shuffled labels (:func:`~rra.metrics.uncertainty.composition_null`);
   kNN-vote accuracy: class means of 0/1 votes, chance per class by Monte-Carlo draws
@@ -22,10 +22,10 @@ Per measure (value → interval; chance level; sd of the value under the null):
   no chance level (null, p empty).
 - NNTP runs, edges, persistent_all: totals of each row's ½-share of every run / edge →
   resampled totals Σ_i W[b, i] c_i; no chance level (null, p empty).
-- linear CKA (biased, debiased), n ≤ ``CKA_MAX_ROWS`` (2048): the weighted-resample identities
-  of the traces (rows drawn w_i times, see :class:`CkaBoot`); chance: the exact permutation
-  mean (biased) and 0 (debiased: the unbiased HSIC has permutation mean 0); no p (see
-  :meth:`CkaBoot.stats`).
+- linear CKA (biased, debiased): interval for n ≤ ``CKA_MAX_ROWS`` (2048) from the
+  weighted-resample identities of the traces (rows drawn w_i times, see :class:`CkaBoot`), none
+  above; chance level and p at every n from the exact permutation mean and sd (biased: the RV
+  coefficient's moments; debiased: 0 and √(2/(n(n − 3))), :func:`cka_chance`).
 """
 
 from __future__ import annotations
@@ -231,8 +231,26 @@ def _soc_rows(a, b_rows, da, db, rows: np.ndarray, perm: np.ndarray | None) -> n
     return _second_order_rows_from(a[rows], b_rows, take_a, take_b, 8192)
 
 
+def _soc_rows_embedded(a, b_rows, emb, rows: np.ndarray, perm: np.ndarray,
+                       max_elements: int = 2**23) -> np.ndarray:
+    """:func:`_soc_rows` without dense matrices: the distances gathered from the embeddings
+    ``emb`` = (x_a, x_b, distance), d_b'(i, j) = d_b(π(i), π(j)) (above ``DENSE_MAX_ROWS``)."""
+    from rra.metrics.peers import _distances_at, _second_order_rows_from
+
+    xa, xb, distance = emb
+
+    def take_a(sl, cols):
+        return _distances_at(xa, rows[sl], cols, distance, "x_a")
+
+    def take_b(sl, cols):
+        return _distances_at(xb, perm[rows[sl]], perm[cols], distance, "x_b")
+
+    width = 2 * a.shape[1] * max(xa.shape[1], xb.shape[1])
+    return _second_order_rows_from(a[rows], b_rows, take_a, take_b, max(1, max_elements // width))
+
+
 def _null_rows(name: str, a: np.ndarray, b: np.ndarray, perm: np.ndarray, rows: np.ndarray,
-               dist) -> np.ndarray:
+               dist, emb=None) -> np.ndarray:
     """Scores of ``rows`` with graph b relabelled by ``perm`` (only those rows relabelled:
     K_b'(i) = π⁻¹(K_b(π(i))))."""
     from rra.metrics import peers
@@ -240,6 +258,8 @@ def _null_rows(name: str, a: np.ndarray, b: np.ndarray, perm: np.ndarray, rows: 
     inverse = np.empty_like(perm)
     inverse[perm] = np.arange(perm.size, dtype=perm.dtype)
     bp = inverse[b[perm[rows]]]
+    if name == "second_order_cosine" and dist is None:
+        return _soc_rows_embedded(a, bp, emb, rows, perm)
     if name == "second_order_cosine":
         return _soc_rows(a, bp, dist[0], dist[1], rows, perm)
     if name == "rank_similarity":
@@ -249,15 +269,17 @@ def _null_rows(name: str, a: np.ndarray, b: np.ndarray, perm: np.ndarray, rows: 
 
 
 def peer_stats(u: RunUncertainty, name: str, a: np.ndarray, b: np.ndarray, rows: np.ndarray,
-               value: float, dist=None) -> dict[str, Any]:
-    """Stats of one kNN peer value (graphs a, b cut to k; per-row scores ``rows``)."""
+               value: float, dist=None, emb=None) -> dict[str, Any]:
+    """Stats of one kNN peer value (graphs a, b cut to k; per-row scores ``rows``); second-order
+    cosine needs the dense distance matrices ``dist`` or the embeddings ``emb`` =
+    (x_a, x_b, distance)."""
     n, k = a.shape
     if name == "mutual_knn":
         mean, var = U.overlap_null(n, k)
         return u.mean_stats(rows, mean, float(np.sqrt(var)), value)
-    if name == "second_order_cosine" and dist is None:
+    if name == "second_order_cosine" and dist is None and emb is None:
         return u.mean_stats(rows, None, None, value)
-    samples = np.concatenate([_null_rows(name, a, b, perm, block, dist)
+    samples = np.concatenate([_null_rows(name, a, b, perm, block, dist, emb)
                               for perm, block in zip(u.perms, u.blocks)])
     null, sd = U.mc_null(samples, n)
     return U.stats(u.boot, u.boot.mean(rows), value, null, sd)
@@ -340,7 +362,8 @@ class CkaBoot:
 
     def permuted(self, ga, gb, debiased: bool) -> np.ndarray:
         """CKA with the rows of the second representation permuted, one per relabelling (an n²
-        gather per permutation: not part of the tables, see :meth:`stats`)."""
+        gather per permutation; the tables use the exact permutation moments instead, see
+        :func:`cka_chance`; the tests compare the two)."""
         from rra.metrics.cka import _cka_from_traces
 
         out = []
@@ -351,12 +374,33 @@ class CkaBoot:
         return np.asarray(out)
 
     def stats(self, ga, gb, debiased: bool, value: float) -> dict[str, Any]:
+        """Interval (n ≤ ``CKA_MAX_ROWS``), exact chance level and p from the exact permutation
+        sd (:func:`cka_stats`)."""
         if ga.n > CKA_MAX_ROWS:
-            return empty_stats()
-        """Interval and exact chance level; no p: its permutation spread needs an n² gather per
-        permutation and pair (85 s for 12 hooks × 2 scales at n = 2000 with 20 permutations,
-        50 times CKA itself), and no closed form of the permutation variance is implemented."""
-        null = 0.0 if debiased else U.cka_null(ga.self_trace, gb.self_trace,
-                                               float(ga.sq_norms.sum()),
-                                               float(gb.sq_norms.sum()), ga.n)
-        return U.stats(self.u.boot, self.resampled(ga, gb, debiased), value, null, None)
+            return cka_stats(ga.self_trace, ga.sq_norms, gb.self_trace, gb.sq_norms, debiased,
+                             value)
+        null, sd = cka_chance(ga.self_trace, ga.sq_norms, gb.self_trace, gb.sq_norms, debiased)
+        return U.stats(self.u.boot, self.resampled(ga, gb, debiased), value, null, sd)
+
+
+def cka_chance(kk: float, a: np.ndarray, ll: float, b: np.ndarray,
+               debiased: bool) -> tuple[float, float | None]:
+    """(mean, sd) of linear CKA under a random row permutation of one representation, both exact:
+    biased: :func:`~rra.metrics.uncertainty.cka_null` and the RV coefficient's variance
+    (:func:`~rra.metrics.uncertainty.cka_null_sd`); debiased: 0 and √(2/(n(n − 3)))
+    (:func:`~rra.metrics.uncertainty.cka_debiased_null_sd`). ``kk``, ``ll``: tr(K²), tr(L²) of
+    the centred kernels; ``a``, ``b``: the centred rows' squared norms (the kernels' diagonals)."""
+    n = a.shape[0]
+    if debiased:
+        return 0.0, U.cka_debiased_null_sd(n)
+    tr_k, tr_l = float(a.sum()), float(b.sum())
+    return (U.cka_null(kk, ll, tr_k, tr_l, n),
+            U.cka_null_sd(kk, ll, tr_k, tr_l, float(a @ a), float(b @ b), n))
+
+
+def cka_stats(kk: float, a: np.ndarray, ll: float, b: np.ndarray, debiased: bool,
+              value: float) -> dict[str, Any]:
+    """Chance level and p of a CKA value without an interval (above ``CKA_MAX_ROWS`` rows, where
+    the bootstrap's n² B cost per pair exceeds the measure's own by far)."""
+    null, sd = cka_chance(kk, a, ll, b, debiased)
+    return dict(lo=None, hi=None, null=null, p=U.p_value(value, null, sd))

@@ -161,7 +161,13 @@ def _distances(x: np.ndarray, rows: slice, cols: np.ndarray, distance: str,
                name: str) -> np.ndarray:
     """d(i, j) for i in ``rows`` and j in ``cols[i - rows.start]`` (B × m), float64, from the
     gathered rows (the "gather" path: B · m · d values read per block)."""
-    xi = _load_rows(x, np.arange(rows.start, rows.stop), distance, name)      # B × d
+    return _distances_at(x, np.arange(rows.start, rows.stop), cols, distance, name)
+
+
+def _distances_at(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, distance: str,
+                  name: str) -> np.ndarray:
+    """:func:`_distances` for arbitrary row indices: d(rows[t], cols[t, m]) (B × m), float64."""
+    xi = _load_rows(x, np.asarray(rows), distance, name)                     # B × d
     xj = _load_rows(x, cols, distance, name)                                  # B × m × d
     diff = xj - xi[:, None, :]
     return np.sqrt(np.einsum("bmd,bmd->bm", diff, diff))

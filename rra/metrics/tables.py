@@ -15,8 +15,7 @@ Uncertainty and chance (methods.md §4, :mod:`rra.metrics.intervals`): every val
 table carries ``lo``, ``hi`` (bootstrap interval over probe rows), ``null`` (the value expected
 under the row-shuffle null) and ``p`` (one-sided p-value of value > null); null where a measure
 has no such notion (NNTP, ClassRepSim spread, class-response agreement: ``null``/``p``; CKA:
-``p``, and all four above ``intervals.CKA_MAX_ROWS`` rows; second-order cosine above
-``DENSE_MAX_ROWS``: ``null``/``p``) or ``metrics.bootstrap.B`` is 0. Sanity checks
+``lo``/``hi`` above ``intervals.CKA_MAX_ROWS`` rows) or ``metrics.bootstrap.B`` is 0. Sanity checks
 (:mod:`rra.metrics.uncertainty`) run in every analysis and raise ``SanityError``.
 
 Which measures: each table of measures (:data:`COMPUTED_TABLES`) holds the measures registered
@@ -41,7 +40,8 @@ import numpy as np
 from rra.io import (PathLike, load_npy, provenance, read_json, sha256_artifact, write_json,
                     write_table)
 from rra.metrics.intervals import (CkaBoot, RunUncertainty, class_response_stats,
-                                   classrepsim_stats, nntp_stats, peer_scores, peer_stats)
+                                   classrepsim_stats, cka_stats, nntp_stats, peer_scores,
+                                   peer_stats)
 from rra.metrics.registry import HELDOUT_KINDS, MEASURES, Measure, measures_in
 
 SCHEMA: dict[str, str] = {
@@ -383,6 +383,27 @@ class _DenseMatrices:
         return self._gram[hook]
 
 
+class _CkaSelf:
+    """Per-hook (tr(K_c²), centred squared row norms) of one scale above ``DENSE_MAX_ROWS``, each
+    computed on first use: CKA's exact chance level and p without an n × n matrix."""
+
+    def __init__(self, g: RunGraphs, scale: str):
+        self.g, self.scale = g, scale
+        self._of: dict[str, tuple[float, np.ndarray]] = {}
+
+    def of(self, hook: str) -> tuple[float, np.ndarray]:
+        from rra.metrics.cka import cka_self_stats
+
+        if hook not in self._of:
+            self._of[hook] = cka_self_stats(self.g.embedding(hook, self.scale),
+                                            f"{hook}@{self.scale}")
+        return self._of[hook]
+
+    def stats(self, a: str, b: str, debiased: bool, value: float) -> dict[str, Any]:
+        (kk, na), (ll, nb) = self.of(a), self.of(b)
+        return cka_stats(kk, na, ll, nb, debiased, value)
+
+
 def _pair_value(g: RunGraphs, measure: Measure, scale: str, a: str, b: str, k: int | None,
                 dense: _DenseMatrices | None) -> float:
     """One measure for hooks a, b at a scale; through per-hook dense matrices where available
@@ -411,7 +432,9 @@ def _pair_rows(g: RunGraphs, measures: list[Measure], ks: list[int | None],
     for scale in g.scales:
         hooks = g.hooks_at(scale)
         dense = _DenseMatrices(g, scale) if len(g.labels) <= DENSE_MAX_ROWS else None
-        cka_boot = CkaBoot(unc) if unc is not None and dense is not None else None
+        cka_boot: CkaBoot | _CkaSelf | None = None
+        if unc is not None:
+            cka_boot = CkaBoot(unc) if dense is not None else _CkaSelf(g, scale)
         for a, b in _pairs(hooks, ordered=True):
             for measure in measures:
                 if measure.symmetric and g.pos[a] > g.pos[b]:
@@ -427,27 +450,30 @@ def _pair_rows(g: RunGraphs, measures: list[Measure], ks: list[int | None],
 
 def _pair_value_stats(g: RunGraphs, measure: Measure, scale: str, a: str, b: str, k: int | None,
                       dense: _DenseMatrices | None, unc: RunUncertainty | None,
-                      cka_boot: CkaBoot | None) -> tuple[float, dict]:
+                      cka_boot: CkaBoot | _CkaSelf | None) -> tuple[float, dict]:
     """One pair value and its uncertainty columns: kNN peers from their per-row scores (the
     value is their mean, as the registered function computes it), CKA from the Gram matrices
-    (dense path only; above it the columns stay null)."""
-    if unc is None or (measure.table == "cka" and cka_boot is None):
+    (dense path) or from per-hook self traces (above it: chance level and p, no interval)."""
+    if unc is None:
         return _pair_value(g, measure, scale, a, b, k, dense), {}
     if measure.table == "cka":
         v = _pair_value(g, measure, scale, a, b, k, dense)
-        return v, cka_boot.stats(dense.gram(a), dense.gram(b),
-                                 measure.name == "linear_cka_debiased", v)
+        debiased = measure.name == "linear_cka_debiased"
+        if isinstance(cka_boot, _CkaSelf):
+            return v, cka_boot.stats(a, b, debiased, v)
+        return v, cka_boot.stats(dense.gram(a), dense.gram(b), debiased, v)
     from rra.knn.sets import check_pair
 
     ga, gb = check_pair(g.graph(a, scale), g.graph(b, scale), k)
     dist = None
-    if measure.name == "second_order_cosine" and dense is None:  # no Monte-Carlo null here
+    if measure.name == "second_order_cosine" and dense is None:  # null from the embeddings
         from rra.metrics.peers import _second_order_cosine_rows
 
-        scores = _second_order_cosine_rows(ga, gb, g.embedding(a, scale), g.embedding(b, scale),
-                                           g.distance)
+        xa, xb = g.embedding(a, scale), g.embedding(b, scale)
+        scores = _second_order_cosine_rows(ga, gb, xa, xb, g.distance)
         value = float(scores.mean())
-        return value, unc.mean_stats(scores, None, None, value)
+        return value, peer_stats(unc, measure.name, ga, gb, scores, value,
+                                 emb=(xa, xb, g.distance))
     if measure.name == "second_order_cosine":
         dist = (dense.distances(a), dense.distances(b))
     scores = peer_scores(measure.name, ga, gb, dist)

@@ -170,6 +170,48 @@ def cka_null(kk: float, ll: float, tr_k: float, tr_l: float, n: int) -> float:
     return float(tr_k * tr_l / ((n - 1) * np.sqrt(kk * ll)))
 
 
+def cka_null_sd(kk: float, ll: float, tr_k: float, tr_l: float, d2_k: float, d2_l: float,
+                n: int) -> float | None:
+    """sd_π[CKA] (biased) under a uniformly random row permutation of one representation, exact.
+
+    Biased linear CKA of column-centred data is the RV coefficient, whose permutation mean and
+    variance have closed forms [source: Kazi-Aoual, Hitier, Sabatier & Lebreton 1995, Biometrika
+    82; as written in Josse, Pagès & Husson 2008, CSDA 53]. With β_K = tr(K)² / tr(K²) and
+    t_K = (n − 1)/(n − 3) · (n(n + 1) Σ_i K_ii² / tr(K²) − (n − 1)(β_K + 2)) (= (n − 1 − β_K) τ_K
+    of the source, written so that β_K = n − 1 does not divide by zero):
+
+        Var_π = 2 / ((n + 1)(n − 1)²(n − 2)) ·
+                [(n − 1 − β_K)(n − 1 − β_L) + (n − 3) / (2n(n − 1)) · t_K t_L].
+
+    ``kk``, ``ll``: tr(K²), tr(L²); ``tr_*``: tr(K), tr(L); ``d2_*``: Σ_i K_ii², Σ_i L_ii². Checked
+    against all n! permutations in the tests. None for n < 4 (the formula needs n > 3)."""
+    if n < 4 or not (kk > 0 and ll > 0):
+        return None
+    b_k, b_l = tr_k * tr_k / kk, tr_l * tr_l / ll
+    t_k = (n - 1) / (n - 3) * (n * (n + 1) * d2_k / kk - (n - 1) * (b_k + 2))
+    t_l = (n - 1) / (n - 3) * (n * (n + 1) * d2_l / ll - (n - 1) * (b_l + 2))
+    var = 2.0 / ((n + 1) * (n - 1) ** 2 * (n - 2)) * (
+        (n - 1 - b_k) * (n - 1 - b_l) + (n - 3) / (2.0 * n * (n - 1)) * t_k * t_l)
+    return float(np.sqrt(max(var, 0.0)))
+
+
+def cka_debiased_null_sd(n: int) -> float | None:
+    """sd_π[debiased CKA] under a uniformly random row permutation: √(2 / (n(n − 3))), for any
+    data, exact [ours].
+
+    Derivation: the unbiased HSIC of Song et al. is the U-centred inner product
+    (Ǩ · Ľ) = Σ_{i≠j} Ǩ_ij Ľ_ij / (n(n − 3)) (Székely & Rizzo 2014), Ǩ symmetric with zero
+    diagonal and zero row sums, and U-centring commutes with permuting rows. For such matrices
+    the quadratic-assignment moments (Mantel; Hubert 1987) give, with A₂ = Σ_{i≠j} Ǩ_ij², the
+    one-shared-index sum A₃ = −A₂ and the disjoint-pairs sum A₄ = 2A₂:
+    E_π Σ Ǩ_ij Ľ_π(i)π(j) = 0 and Var_π = A₂B₂ [2/(n)₂ + 4/(n)₃ + 4/(n)₄] = 2A₂B₂ / (n(n − 3)),
+    (n)_r the falling factorial; dividing by √(A₂B₂), the (permutation-invariant) self terms,
+    gives the variance 2/(n(n − 3)). Checked against all n! permutations in the tests."""
+    if n < 4:
+        return None
+    return float(np.sqrt(2.0 / (n * (n - 3))))
+
+
 # ---------------------------------------------------------------------------------------------
 # p-values and intervals
 
