@@ -168,3 +168,17 @@ def test_sweep_rechecks_cancellation_rows():
     for x, (idx, _) in zip(xs, res.graphs):
         np.testing.assert_array_equal(idx, brute_force(x, 5)[0])
     np.testing.assert_array_equal(res.overlaps[40], brute_overlaps(xs, 40))
+
+
+def test_void_error_bound_is_refused_and_far_from_the_sweep():
+    """(length + 2) u ≥ ½ voids the products' error bound (γ would be ≥ 1 or negative):
+    ``error_gamma`` refuses it; the sweep's chunked length at u = 2⁻²⁴ stays far below it even
+    for a billion features, so the sweep needs no check of its own."""
+    from rra.knn.exact import error_gamma
+    from rra.knn.sweep import UNIT_ROUNDOFF, _chunks
+
+    u = UNIT_ROUNDOFF
+    with pytest.raises(ValueError, match="void"):
+        error_gamma(2 ** 23 - 2, u)
+    assert 0 < error_gamma(2 ** 23 - 3, u) < 3
+    assert _chunks(10 ** 9)[1] < 2 ** 20

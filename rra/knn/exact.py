@@ -115,8 +115,12 @@ def _unit_roundoff(dtype, device) -> float:
 
 def error_gamma(length: int, u: float) -> float:
     """γ of step 4 for products that are dot products of ``length`` terms (plus h and the
-    centring) at unit round-off ``u``: 1.01 (γ_{length+2} + 6u). Callers check first that the
-    bound is not void ((length + 2) u < ½)."""
+    centring) at unit round-off ``u``: 1.01 (γ_{length+2} + 6u). A void bound
+    ((length + 2) u ≥ ½) is a ValueError: callers that can fall back to a finer precision
+    check first (:func:`_product_precision`)."""
+    if (length + 2) * u >= 0.5:
+        raise ValueError(f"the products' error bound is void for dot products of {length} "
+                         f"terms at unit round-off {u:.3g}")
     gamma_m = (length + 2) * u / (1 - (length + 2) * u)
     return 1.01 * (gamma_m + 6 * u)
 

@@ -102,7 +102,10 @@ class _Keys:
             raise ValueError(f"values too large for float32 products (max squared norm "
                              f"{self.sq.max():.3g}); use the exact backend's float64 products")
         u = UNIT_ROUNDOFF
-        self.nc, self.gamma = np.sqrt(self.sq), error_gamma(_chunks(z.shape[1])[1], u)
+        chunks, length = _chunks(z.shape[1])
+        # no check that the bound is void ((length + 2) u ≥ ½): with u = 2⁻²⁴ and chunks of
+        # CHUNK_FEATURES that takes d ≈ 8.6·10⁹ features (a 34 GB row); error_gamma refuses it
+        self.nc, self.gamma = np.sqrt(self.sq), error_gamma(length, u)
         # an embedding in a low-dimensional subspace: products of its coordinates there, the
         # residuals in the bound (rra.knn.lowrank); None: the rows themselves
         self.low_rank = None
@@ -112,8 +115,9 @@ class _Keys:
                                              self.gamma)
         if self.low_rank is not None:
             z = self.low_rank.u
-            self.nc, self.gamma = self.low_rank.bound(self.nc, _chunks(z.shape[1])[1], u)
-        self.chunks = _chunks(z.shape[1])[0]
+            chunks, length = _chunks(z.shape[1])
+            self.nc, self.gamma = self.low_rank.bound(self.nc, length, u)
+        self.chunks = chunks
         self.radius = float(self.nc.max())
         self._tmp = None
         self.z = z
