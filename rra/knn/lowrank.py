@@ -108,10 +108,11 @@ def low_rank(x: np.ndarray, sq: np.ndarray, unit: float, length_of: Callable[[in
     q = _sample_basis(x)
     if q is None or not _pays(n, d, q.shape[1]):
         return None
-    coords, sigma = _project(x, q, norms, _orthonormality(q))
+    eta = _orthonormality(q)
+    coords, sigma = _project(x, q, norms, eta)
     rows = np.arange(n)
     for _ in range(ROUNDS + 1):
-        found = LowRank(u=coords, sigma=sigma, eta=_orthonormality(q))
+        found = LowRank(u=coords, sigma=sigma, eta=eta)
         nc, gamma = found.bound(norms, length_of(q.shape[1]), unit)
         widest = max(1 + MAX_WIDENING, np.sqrt(gamma_full / gamma))
         missed = rows[nc > widest * norms]
@@ -120,8 +121,9 @@ def low_rank(x: np.ndarray, sq: np.ndarray, unit: float, length_of: Callable[[in
         q = _complete(x, q, missed, sigma[missed] / norms[missed])
         if q is None or not _pays(n, d, q.shape[1]):
             return None
+        eta = _orthonormality(q)
         coords = np.pad(coords, ((0, 0), (0, q.shape[1] - coords.shape[1])))
-        coords[missed], sigma[missed] = _project(x, q, norms, _orthonormality(q), missed)
+        coords[missed], sigma[missed] = _project(x, q, norms, eta, missed)
     return None
 
 
