@@ -13,20 +13,7 @@ from rra.knn import (build_graphs, choose_backend, knn, knn_annoy, knn_exact, lo
 from rra.knn.annoy_backend import RecallMissError, RecallMissWarning, recall_by_k, recall_rows
 from rra.knn.common import prepare_points
 from rra.knn.exact import exact_neighbours
-
-
-def brute_force(x: np.ndarray, k: int, distance: str = "euclidean"):
-    """Reference: full float64 distance matrix, each row lexsorted by (distance, index)."""
-    z = np.asarray(x, dtype=np.float64)
-    if distance == "cosine":
-        z = z / np.linalg.norm(z, axis=1)[:, None]
-    d2 = ((z[:, None, :] - z[None, :, :]) ** 2).sum(axis=-1)
-    n = z.shape[0]
-    idx = np.empty((n, k), dtype=np.int64)
-    for i in range(n):
-        order = np.lexsort((np.arange(n), d2[i]))
-        idx[i] = order[order != i][:k]
-    return idx, np.sqrt(np.take_along_axis(d2, idx, axis=1))
+from knn_reference import brute_force
 
 
 def assert_matches_reference(x, k, distance="euclidean", **opts):

@@ -12,8 +12,7 @@ from rra.knn import lowrank
 from rra.knn.common import prepare_points
 from rra.knn.exact import error_gamma
 from rra.knn.sweep import sweep
-from test_knn import brute_force
-from test_sweep import brute_overlaps
+from knn_reference import assert_sweep_matches_brute_force, brute_force
 
 
 def affine_hooks(n=400, seed=0):
@@ -39,12 +38,7 @@ def test_low_rank_sweep_equals_brute_force(one_thread):
     features = [s["product_features"] for s in res.stats]
     assert features[1] == 12 and features[2] == 13  # the spans, not 240 and 300
     assert features[3] == 300 and features[0] == 12  # ReLU: no low rank; the input: d = 12
-    for x, (idx, dist) in zip(xs, res.graphs):
-        ref_idx, ref_dist = brute_force(x, 10)
-        np.testing.assert_array_equal(idx, ref_idx)
-        np.testing.assert_allclose(dist, ref_dist, rtol=1e-6, atol=1e-6)
-    for k in ks:
-        np.testing.assert_array_equal(res.overlaps[k], brute_overlaps(xs, k), err_msg=f"k = {k}")
+    assert_sweep_matches_brute_force(xs, res, 10, ks, atol=1e-6)
 
 
 def test_low_rank_equals_full_products_and_narrows_bands(one_thread):
@@ -134,9 +128,4 @@ def test_constant_columns_left_out_of_the_products(one_thread):
     res = sweep([prepare_points(x, "euclidean"), prepare_points(few, "euclidean")], 10, ks,
                 block_rows=41, progress=False)
     assert [s["product_features"] for s in res.stats] == [33, 40]
-    for z, (idx, dist) in zip((x, few), res.graphs):
-        ref_idx, ref_dist = brute_force(z, 10)
-        np.testing.assert_array_equal(idx, ref_idx)
-        np.testing.assert_allclose(dist, ref_dist, rtol=1e-6, atol=1e-6)
-    for k in ks:
-        np.testing.assert_array_equal(res.overlaps[k], brute_overlaps([x, few], k))
+    assert_sweep_matches_brute_force([x, few], res, 10, ks, atol=1e-6)

@@ -10,7 +10,7 @@ from rra.knn import knn_exact
 from rra.knn.common import prepare_points
 from rra.knn.sweep import hook_pairs, sweep
 from rra.knn.sets import overlap_counts
-from test_knn import brute_force
+from knn_reference import assert_sweep_matches_brute_force, brute_force, brute_overlaps
 
 
 def hooks_data(n=300, seed=0):
@@ -27,12 +27,6 @@ def hooks_data(n=300, seed=0):
     return [np.asarray(a, dtype=np.float32) for a in (base, grid, dup, wide, flat, line)]
 
 
-def brute_overlaps(xs, k, distance="euclidean"):
-    graphs = [brute_force(x, k, distance)[0] for x in xs]
-    return np.stack([overlap_counts(graphs[a], graphs[b])
-                     for a, b in hook_pairs(len(xs))], axis=1)
-
-
 def test_sweep_matches_brute_force(one_thread):
     xs = hooks_data()
     n = xs[0].shape[0]
@@ -40,12 +34,7 @@ def test_sweep_matches_brute_force(one_thread):
     res = sweep([prepare_points(x, "euclidean") for x in xs], 12, ks, block_rows=37,
                 progress=False)
     assert res.pairs == hook_pairs(len(xs))
-    for x, (idx, dist) in zip(xs, res.graphs):
-        ref_idx, ref_dist = brute_force(x, 12)
-        np.testing.assert_array_equal(idx, ref_idx)
-        np.testing.assert_allclose(dist, ref_dist, rtol=1e-6, atol=1e-7)
-    for k in ks:
-        np.testing.assert_array_equal(res.overlaps[k], brute_overlaps(xs, k), err_msg=f"k = {k}")
+    assert_sweep_matches_brute_force(xs, res, 12, ks)
     assert res.overlaps[n - 1].min() == n - 1  # every other row, in every set
 
 
