@@ -440,7 +440,7 @@ def test_report_draws_the_dynamics_figures(tmp_path):
     assert ids == ["ds-test-n2-s0-dynamics-settling-tiny", "ds-test-n2-s0-dynamics-tiny"]
     png = tmp_path / "reports" / "figures" / "ds" / "test-n2-s0" / "dynamics-settling-tiny.png"
     assert png.stat().st_size > 0
-    from test_report import figure_caption  # docs/report/figures.rst as snakemake renders it
+    from report_captions import figure_caption  # docs/report/figures.rst as snakemake renders it
 
     assert figure_caption("ds/test-n2-s0/dynamics-tiny").startswith(
         "**Representation dynamics (E10).**")

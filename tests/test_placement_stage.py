@@ -181,7 +181,7 @@ def test_registry_lists_the_placement_measures():
 
 def test_report_draws_the_placement_figure(study, tmp_path):
     from rra.report import ReportInputs, build_report
-    from test_report import figure_caption
+    from report_captions import figure_caption
 
     manifests = sorted(study.glob("toy/*/placement/*/*/*/manifest.json"))
     recs = build_report(ReportInputs.of(study, placement=manifests), tmp_path / "reports",

@@ -34,8 +34,8 @@ from rra.metrics.tables import frame
 from rra.report import FigureRecord, ReportInputs, build_index, build_report, charts, frames
 from rra.report.build import report_options
 from rra.report.save import external_references, save_chart
+from report_captions import check_family_captions, figure_caption
 
-ROOT = Path(__file__).resolve().parent.parent
 
 def listing(results: Path, *, without: str | None = None) -> ReportInputs:
     """The report's input list of a hand-made results folder: every file of each kind (the
@@ -769,34 +769,6 @@ def test_a_run_missing_from_the_list_is_in_no_figure(results, tmp_path):
     assert seeds == {"resnet8 · none · none": "2", "resnet8 · none · standard": "1"}
     curves = by_id["toy-weight-change-l1-curves"]
     assert not any(gone in p for p in curves.inputs) and len(curves.inputs) == 3
-
-
-def figure_caption(figure: str) -> str:
-    """The caption ``snakemake --report`` gives a figure (its path under reports/figures,
-    without .png): docs/report/figures.rst rendered as Snakemake renders it (Jinja with
-    ``snakemake.wildcards``, then reStructuredText; a docutils warning is an error)."""
-    from types import SimpleNamespace
-
-    from docutils.core import publish_parts
-    from jinja2 import Environment
-
-    template = Environment(trim_blocks=True, lstrip_blocks=True).from_string(
-        (ROOT / "docs/report/figures.rst").read_text())
-    text = template.render(snakemake=SimpleNamespace(wildcards=SimpleNamespace(figure=figure)))
-    publish_parts(text, writer="html", settings_overrides={"halt_level": 2})
-    return text.strip().splitlines()[0]
-
-
-def check_family_captions(records: list[FigureRecord]) -> set[str]:
-    """Every figure's caption for ``snakemake --report`` names its family (never the fallback
-    line); the captions, one per family."""
-    captions = {}
-    for rec in records:
-        figure = rec.file("png").removeprefix("figures/").removesuffix(".png")
-        caption = figure_caption(figure)
-        assert caption.startswith("**") and "A figure of the rra study" not in caption, figure
-        captions.setdefault(caption, figure)
-    return set(captions)
 
 
 def test_every_figure_family_has_its_snakemake_report_caption(report, e2_report):

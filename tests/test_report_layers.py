@@ -18,7 +18,8 @@ from rra.metrics.tables import frame
 from rra.report import build_report, charts
 from rra.report.build import slug
 from rra.report.frames import LayerDir, hook_groups, read_layer_tables
-from test_report import check_family_captions, listing
+from report_captions import check_family_captions
+from test_report import listing
 
 PROBE = "test-n2-s0"
 HOOKS = {"toynet": ["input", "c1", "fc"], "res": ["stem", "b1", "fc"],
