@@ -128,7 +128,7 @@ def placement(model: Any, reference_images: Any, reference_labels: Any, heldout_
               k: int | Iterable[int] = 10, distance: str = "euclidean",
               batch_size: int = 256, device: str = "auto", knn_device: str = "cpu",
               transform: Callable[[Any], Any] | None = None, out_dir: PathLike | None = None,
-              run: dict | None = None, progress: bool = True):
+              run: dict | None = None, progress: bool = True, bootstrap: dict | None = None):
     """Held-out placement (E11) of ``model``: each hook's exact kNN model built on the reference
     (training-probe) images, with the held-out images placed in it; returns one tidy table.
 
@@ -144,7 +144,9 @@ def placement(model: Any, reference_images: Any, reference_labels: Any, heldout_
     embedded the same way (:func:`rra.embed.dump_embeddings`). ``k``: each must be smaller than
     the number of reference images. ``distance``: ``euclidean`` or ``cosine``; the searches are
     exact (``knn_device``: where their products run). ``out_dir``: keep the embeddings there
-    (``reference/``, ``heldout/``; default: a temporary directory).
+    (``reference/``, ``heldout/``; default: a temporary directory). ``bootstrap``: the
+    uncertainty columns' settings, as ``metrics.bootstrap`` (as in :func:`analyse`; ``lo``,
+    ``hi``, ``null``, ``p`` per value, ``rra.metrics.intervals.PlacementUncertainty``).
 
     Returns a polars DataFrame with the columns of :data:`rra.metrics.tables.SCHEMA` (``measure``,
     ``hook_a``, ``pos_a``, ``hook_b``/``pos_b`` for the agreement, ``scale_a``, ``k``, ``value``).
@@ -153,7 +155,8 @@ def placement(model: Any, reference_images: Any, reference_labels: Any, heldout_
     ks = sorted({int(v) for v in ([k] if isinstance(k, (int, np.integer)) else k)})
     run = dict(run) if run is not None else {"model": type(model).__name__}
     args = (model, reference_images, reference_labels, heldout_images, heldout_labels, hooks,
-            scales, ks, distance, batch_size, device, knn_device, transform, run, progress)
+            scales, ks, distance, batch_size, device, knn_device, transform, run, progress,
+            bootstrap)
     if out_dir is None:
         with tempfile.TemporaryDirectory(prefix="rra-") as tmp:
             return _placement(Path(tmp), *args)
@@ -161,12 +164,14 @@ def placement(model: Any, reference_images: Any, reference_labels: Any, heldout_
 
 
 def _placement(out: Path, model, ref_images, ref_labels, q_images, q_labels, hooks, scales, ks,
-               distance, batch_size, device, knn_device, transform, run, progress):
+               distance, batch_size, device, knn_device, transform, run, progress, bootstrap):
     import polars as pl
 
     from rra.embed import dump_embeddings
     from rra.io import load_npy
+    from rra.metrics.intervals import PlacementUncertainty
     from rra.metrics.placement import check_placement_k, placement_table
+    from rra.metrics.uncertainty import Settings
 
     manifests = {}
     for name, images in (("reference", ref_images), ("heldout", q_images)):
@@ -180,6 +185,8 @@ def _placement(out: Path, model, ref_images, ref_labels, q_images, q_labels, hoo
             raise ValueError(f"{name} labels: expected {n} labels (one per image), got shape "
                              f"{y.shape}")
     check_placement_k(ks, y_ref.size)
+    settings = Settings.of(bootstrap)
+    unc = PlacementUncertainty(y_ref, y_q, settings) if settings.enabled and y_q.size else None
     files = {name: {(e["hook"], str(e["scale"])): out / name / e["file"]
                     for e in m["entries"]} for name, m in manifests.items()}
     order = list(manifests["reference"]["hooks"])
@@ -192,7 +199,7 @@ def _placement(out: Path, model, ref_images, ref_labels, q_images, q_labels, hoo
             at, lambda h, s=scale: load_npy(files["reference"][(h, s)]),
             lambda h, s=scale: load_npy(files["heldout"][(h, s)]), y_ref, y_q, ks, distance,
             scale=scale, run=run, device=knn_device,
-            positions={h: i for i, h in enumerate(order)}))
+            positions={h: i for i, h in enumerate(order)}, bootstrap=settings, unc=unc))
     return pl.concat(tables)
 
 
@@ -202,7 +209,8 @@ def dynamics(model: Any, checkpoints: Sequence[Any], images: Any, labels: Any = 
              k: int | Iterable[int] = 10, tau: float | None = None, distance: str = "euclidean",
              backend: str = "auto", knn_options: dict | None = None, batch_size: int = 256,
              device: str = "auto", transform: Callable[[Any], Any] | None = None,
-             out_dir: PathLike | None = None, run: dict | None = None, progress: bool = True):
+             out_dir: PathLike | None = None, run: dict | None = None, progress: bool = True,
+             bootstrap: dict | None = None):
     """Representation dynamics (E10, our design) of one model over training checkpoints.
 
     For each checkpoint in turn the model gets its weights, embeds ``images`` at every hook
@@ -223,13 +231,16 @@ def dynamics(model: Any, checkpoints: Sequence[Any], images: Any, labels: Any = 
         an rra model file (``model.pt``, a kept ``epochs/epoch-NNN.pt``: key ``state_dict``) or
         an rra resume checkpoint (key ``model``).
     epochs : the training epoch of each checkpoint, strictly increasing (default 0, 1, …).
-    labels : optional, one per image; checked against the number of images only (the
-        dynamics table has no class-conditioned measure).
+    labels : optional, one per image: the strata of the row bootstrap of the uncertainty
+        columns (without them the rows are resampled unstratified).
     tau : settling threshold in [0, 1] (default ``rra.metrics.dynamics.TAU`` = 0.5).
     hooks, include_input, scales, k, distance, backend, knn_options, batch_size, device,
     transform, run : as in :func:`analyse`.
     out_dir : keep the graphs (``epoch-NNN/knn/``) and the table there (default: a temporary
         directory, removed on return).
+    bootstrap : the uncertainty columns' settings, as ``metrics.bootstrap`` (as in
+        :func:`analyse`): ``lo``, ``hi``, ``null``, ``p`` of every value
+        (``rra.metrics.intervals.dynamics_stats``).
 
     Returns a polars DataFrame with the columns of :data:`rra.metrics.tables.SCHEMA`
     (``measure``, ``hook_a``, ``pos_a``, ``scale_a``, ``k``, ``epoch``, ``epoch_b``, ``value``).
@@ -248,7 +259,7 @@ def dynamics(model: Any, checkpoints: Sequence[Any], images: Any, labels: Any = 
     args = (model, checkpoints, epochs, images, labels, hooks, list(scales), ks,
             TAU if tau is None else tau, distance, backend, knn_options, batch_size, device,
             transform, dict(run) if run is not None else {"model": type(first).__name__},
-            progress)
+            progress, bootstrap)
     if out_dir is None:
         with tempfile.TemporaryDirectory(prefix="rra-") as tmp:
             return _dynamics(Path(tmp), *args)
@@ -256,7 +267,8 @@ def dynamics(model: Any, checkpoints: Sequence[Any], images: Any, labels: Any = 
 
 
 def _dynamics(out: Path, model, checkpoints, epochs, images, labels, hooks, scales, ks, tau,
-              distance, backend, knn_options, batch_size, device, transform, run, progress):
+              distance, backend, knn_options, batch_size, device, transform, run, progress,
+              bootstrap):
     import shutil
 
     import polars as pl
@@ -278,7 +290,8 @@ def _dynamics(out: Path, model, checkpoints, epochs, images, labels, hooks, scal
                      options=dict(knn_options or {}), recall_k=ks, progress=progress)
         shutil.rmtree(embed_dir)
     dynamics_table(knn_dirs, out, ks=ks, tau=tau, scales=[s for s in manifest["scales"]],
-                   run=run)
+                   run=run, labels=None if labels is None else _as_labels(labels),
+                   bootstrap=bootstrap)
     return pl.read_parquet(out / "dynamics.parquet")
 
 

@@ -187,7 +187,8 @@ def cmd_dynamics(a: argparse.Namespace) -> None:
     _threads(a.threads)
     s = a.settings
     dynamics_table({int(e): d for e, d in a.knn_dirs.items()}, a.out, ks=s["k"], tau=s["tau"],
-                   scales=s["scales"], run=a.run)
+                   scales=s["scales"], run=a.run, labels=a.labels,
+                   bootstrap=s.get("bootstrap"))
 
 
 def cmd_placement(a: argparse.Namespace) -> None:
@@ -195,7 +196,7 @@ def cmd_placement(a: argparse.Namespace) -> None:
 
     _threads(a.threads)
     placement_stage(a.reference, a.heldout, a.out, ks=a.settings["k"], distance=a.distance,
-                    run=a.run, device=a.device)
+                    run=a.run, device=a.device, bootstrap=a.settings.get("bootstrap"))
 
 
 def cmd_layers(a: argparse.Namespace) -> None:
@@ -311,7 +312,10 @@ def _add_analysis_stages(sub: argparse._SubParsersAction) -> None:
                    help="JSON {epoch: kNN folder of that epoch's graphs}; the largest is final")
     p.add_argument("--out", required=True)
     p.add_argument("--settings", type=_json, required=True,
-                   help="{k, tau, scales} (rra.config.dynamics_params)")
+                   help="{k, tau, scales, bootstrap} (rra.config.dynamics_params)")
+    p.add_argument("--labels", default=None,
+                   help="the probe's labels.npy (the final model's embed folder): the "
+                        "bootstrap's strata; without it the rows are resampled unstratified")
     p.add_argument("--run", type=_json, required=True, help="run identity columns")
 
     p = _stage(sub, "placement", cmd_placement,
@@ -323,7 +327,7 @@ def _add_analysis_stages(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--distance", choices=["euclidean", "cosine"], default="euclidean")
     p.add_argument("--settings", type=_json, required=True,
-                   help='JSON {"k": [...]} (rra.config.placement_params)')
+                   help='JSON {"k": [...], "bootstrap": {...}} (rra.config.placement_params)')
     p.add_argument("--run", type=_json, required=True,
                    help="run identity columns (probe: the held-out probe)")
     p.add_argument("--device", default="cpu", help="where the kNN products run")

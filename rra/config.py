@@ -1236,13 +1236,14 @@ def placement_folders(config: dict[str, Any]) -> list[tuple[Run, str, str, str]]
 def placement_params(config: dict[str, Any], run: Run, reference: str, heldout: str,
                      distance: str) -> dict[str, Any]:
     """The settings of the placement stage for one folder (what its params trigger watches):
-    ``k``, the union over the experiments that share the folder."""
+    ``k``, the union over the experiments that share the folder, and ``metrics.bootstrap``
+    (the uncertainty columns' B, permutations, seed, level; docs/methods.md §4)."""
     ks = {k for p in placements(config) if (p.run, p.reference, p.heldout, p.distance)
           == (run, reference, heldout, distance) for k in p.ks}
     if not ks:
         raise ConfigError(f"no placement of run {run.name!r} with reference {reference!r}, "
                           f"held-out probe {heldout!r} and distance {distance!r} is configured")
-    return {"k": sorted(ks)}
+    return {"k": sorted(ks), "bootstrap": dict(config["metrics"].get("bootstrap") or {})}
 
 
 def check_placement(config: dict[str, Any]) -> None:
@@ -1296,11 +1297,13 @@ def _training_epochs(config: dict[str, Any], run: Run) -> int:
 
 
 def dynamics_params(config: dict[str, Any], run: Run) -> dict[str, Any]:
-    """The dynamics table's settings (``rra dynamics --settings``): k, tau, scales, epochs."""
+    """The dynamics table's settings (``rra dynamics --settings``): k, tau, scales, epochs and
+    ``metrics.bootstrap`` (the uncertainty columns; docs/methods.md §4)."""
     d = config["dynamics"]
     return {"k": sorted(set(d["k"])), "tau": float(d["tau"]),
             "scales": [s for s in embed_scales(config) if s in {str(x) for x in d["scales"]}],
-            "epochs": dynamics_epochs(config, run)}
+            "epochs": dynamics_epochs(config, run),
+            "bootstrap": dict(config["metrics"].get("bootstrap") or {})}
 
 
 def dynamics_knn_params(config: dict[str, Any], run: Run) -> dict[str, Any]:

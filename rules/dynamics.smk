@@ -52,10 +52,13 @@ rule dynamics_graphs:
 
 
 # The table: NNTS of every hook between each kept epoch and the final model, between
-# consecutive kept epochs, and each hook's settling epoch (dynamics.tau).
+# consecutive kept epochs, and each hook's settling epoch (dynamics.tau), with the uncertainty
+# columns (metrics.bootstrap; the probe's labels, from the final model's embed folder, are the
+# bootstrap's strata).
 rule dynamics:
     input:
         final=os.path.join(RUN_DIR, "knn/{probe}/{distance}-{backend}/manifest.json"),
+        embed=os.path.join(RUN_DIR, "embed/{probe}/manifest.json"),
         epochs=dynamics_epoch_inputs,
     output:
         os.path.join(RUN_DIR, "dynamics/{probe}/{distance}-{backend}/manifest.json"),
@@ -63,6 +66,7 @@ rule dynamics:
         knn_dirs=dynamics_knn_dirs,
         settings=lambda w: rc.as_json(rc.dynamics_params(config, run_of(w))),
         run=run_record,
+        labels=lambda w, input: os.path.join(os.path.dirname(input.embed), "labels.npy"),
         out_dir=lambda w, output: os.path.dirname(output[0]),
     log:
         os.path.join(RUN_DIR, "logs/dynamics-{probe}-{distance}-{backend}.log"),
@@ -75,4 +79,5 @@ rule dynamics:
         mem_mb=2000,
     shell:
         "{RRA} dynamics --knn-dirs {params.knn_dirs:q} --out {params.out_dir}"
-        " --settings {params.settings:q} --run {params.run:q} --threads {threads} 2> {log}"
+        " --settings {params.settings:q} --labels {params.labels} --run {params.run:q}"
+        " --threads {threads} 2> {log}"

@@ -355,6 +355,12 @@ def test_workflow_e10_table_equals_a_direct_computation(tmp_path):
             brute_nnts(graphs[0, h], graphs[1, h], 3), abs=1e-12)
         assert got["dynamics_settling_epoch", h, brute_settling([0, 1, 2], d, 0.5)] is not None
     assert got["dynamics_nnts_final", "input", 0] == 1.0  # the input does not train
+    # the uncertainty columns, the bootstrap stratified by the probe's labels
+    assert manifest["stratified"] and manifest["bootstrap"]["B"] > 0
+    finals = table.filter(pl.col("measure") == "dynamics_nnts_final")
+    assert finals["lo"].null_count() == 0 and finals["p"].null_count() == 0
+    settling = table.filter(pl.col("measure") == "dynamics_settling_epoch")
+    assert set(settling["lo"]) | set(settling["hi"]) <= {0.0, 1.0, 2.0}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,8 +391,9 @@ def test_default_config_keeps_the_epochs_of_e10_runs(study_config):
     assert rc.train_spec(cfg, runs[0])["keep_epochs"] == [0, 1, 2]
     assert "keep_epochs" not in rc.train_spec(cfg, rc.Run("resnet20nobn", "none", "none", 0))
     assert rc.dynamics_epochs(cfg, runs[0]) == [0, 1, 2, 3]
-    assert rc.dynamics_params(cfg, runs[0]) == {"k": [10], "tau": 0.5, "scales": ["full"],
-                                               "epochs": [0, 1, 2, 3]}
+    assert rc.dynamics_params(cfg, runs[0]) == {
+        "k": [10], "tau": 0.5, "scales": ["full"], "epochs": [0, 1, 2, 3],
+        "bootstrap": dict(cfg["metrics"].get("bootstrap") or {})}
     assert rc.dynamics_folder(cfg) == ("test-n50-s0", "euclidean-auto")
     assert rc.dynamics_knn_params(cfg, runs[0])["k"] == 10
 

@@ -215,7 +215,8 @@ def test_default_placements(base):
     assert {(p.reference, p.heldout, p.distance, p.ks) for p in found} == {
         ("train-n50-s0", "test-n50-s0", "euclidean", (10, 50))}
     assert rc.placement_params(cfg, found[0].run, "train-n50-s0", "test-n50-s0",
-                               "euclidean") == {"k": [10, 50]}
+                               "euclidean") == {
+        "k": [10, 50], "bootstrap": dict(cfg["metrics"].get("bootstrap") or {})}
     req = {r["probe"]: r for r in rc.probe_requirements(cfg)}
     assert req["train-n50-s0"]["k"] == 50 and req["train-n50-s0"]["k_key"] == "knn.k"
     assert req["train-n50-s0"]["probe_key"] == "experiments.E11.placement.reference"

@@ -25,6 +25,27 @@ of the probe rows have settled to a majority of their final members. It is a thr
 absolute scale, so it reads the same for every hook and k (NNTS of two unrelated graphs is
 about k/(2n), far below it). See docs/methods.md, "Representation dynamics (E10)".
 
+Uncertainty (columns ``lo``, ``hi``, ``null``, ``p``; docs/methods.md §4; settings
+``metrics.bootstrap``, B = 0: null) [ours], :func:`rra.metrics.intervals.dynamics_stats`: one
+stratified row bootstrap of the probe rows (the probe's labels; without labels one stratum):
+
+- ``dynamics_nnts_final`` and ``dynamics_nnts_step`` are NNTS of two graphs on the same probe
+  rows, so they get exactly the metric tables' NNTS stats (resampled means of the per-row
+  Jaccard; exact chance level of the row-shuffle null; p one-sided); D_h(e_m) (the final graph
+  with itself) gets the diagonal's (lo = hi = 1);
+- ``dynamics_settling_epoch``: in each resample b, D_h^b(e) = (W j_e)_b / n from the per-row
+  Jaccard j_e of every kept epoch, and its settling epoch by the same rule; lo / hi are the
+  lower (1 − level)/2 and the higher (1 + level)/2 quantile of the B settling epochs (numpy
+  ``lower`` / ``higher``: always kept epochs); no ``null`` and no ``p``: a threshold crossing
+  has no chance level;
+- ``dynamics_settled_before_final``: lo / hi the same quantiles of the resampled indicator
+  [settle < e_m] (lo = 1: settled before the end in all but a (1 − level)/2 share of the
+  resamples; hi = 0: in almost none); no ``null``, ``p``.
+
+Sanity checks (:mod:`rra.metrics.uncertainty`): the labels and every graph describe the same n
+rows, the final graph's NNTS with itself is 1, and the first kept epoch's graph against the
+final one relabelled by a seeded permutation lies near its chance level.
+
 Rows are tidy, in :data:`rra.metrics.tables.SCHEMA`: ``hook_a``/``pos_a`` (and ``hook_b`` =
 ``hook_a``), ``scale_a``, ``k``, ``epoch`` (e) and ``epoch_b`` (the epoch compared with: the
 final epoch, or for a step the later epoch), ``value``.
@@ -37,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from rra.metrics.nnts import nnts
+from rra.metrics.nnts import jaccard_per_row
 
 #: default settling threshold τ on NNTS to the final epoch (module docstring)
 TAU = 0.5
@@ -86,28 +107,54 @@ def check_tau(tau: float) -> float:
 
 
 def hook_dynamics(graph: Callable[[int], np.ndarray], epochs: Sequence[int], k: int,
-                  tau: float = TAU) -> dict[str, Any]:
-    """One hook at one k: ``{"to_final": [D(e_j)], "step": [S(e_j), j ≥ 2], "settling": e}``.
+                  tau: float = TAU, unc: Any = None, where: str = "dynamics") -> dict[str, Any]:
+    """One hook at one k: ``{"to_final": [D(e_j)], "step": [S(e_j), j ≥ 2], "settling": e}``
+    and, with ``unc`` (a :class:`rra.metrics.intervals.RunUncertainty` of the probe rows), their
+    ``lo``, ``hi``, ``null``, ``p`` under ``"stats"``
+    (:func:`rra.metrics.intervals.dynamics_stats`).
 
     ``graph(e)`` returns the hook's neighbour-index graph (n × k_max ≥ k) after epoch ``e``;
-    each epoch's graph is read once and only the final one is held throughout."""
+    each epoch's graph is read once and only the final one is held throughout. Sanity checks
+    (:mod:`rra.metrics.uncertainty`): every graph has the probe's n rows (with ``unc``), the
+    final graph's NNTS with itself is 1, and the first kept epoch's graph against the final one
+    relabelled by a seeded row permutation is near its chance level."""
+    from rra.metrics.uncertainty import check_rows, check_self, check_shuffled, permutations
+
     epochs = check_epochs(epochs)
     final = np.asarray(graph(epochs[-1]))
-    to_final, step, prev = [], [], None
-    for e in epochs:
+    if unc is not None:
+        check_rows(unc.n, {f"the graph of epoch {epochs[-1]}": final}, where)
+    check_self(final, k, f"{where}, epoch {epochs[-1]}")
+    to_final, step, prev, rows_final, rows_step = [], [], None, [], []
+    for i, e in enumerate(epochs):
         g = final if e == epochs[-1] else np.asarray(graph(e))
-        to_final.append(nnts(g, final, k))
+        if unc is not None:
+            check_rows(unc.n, {f"the graph of epoch {e}": g}, where)
+        if i == 0 and len(epochs) > 1:
+            seed = unc.settings.seed if unc is not None else 0
+            check_shuffled(g, final, k, permutations(final.shape[0], 1, seed)[0],
+                           f"{where}: epoch {e} vs shuffled epoch {epochs[-1]}")
+        j = jaccard_per_row(g, final, k)
+        to_final.append(float(j.mean()))
+        rows_final.append(j)
         if prev is not None:
-            step.append(nnts(prev, g, k))
+            js = jaccard_per_row(prev, g, k)
+            step.append(float(js.mean()))
+            rows_step.append(js)
         prev = g
-    return {"to_final": to_final, "step": step,
-            "settling": settling_epoch(epochs, to_final, tau)}
+    out = {"to_final": to_final, "step": step,
+           "settling": settling_epoch(epochs, to_final, tau)}
+    if unc is not None:
+        from rra.metrics.intervals import dynamics_stats
+
+        out["stats"] = dynamics_stats(unc, epochs, rows_final, rows_step, k, tau, SLACK)
+    return out
 
 
 def dynamics_rows(graph: Callable[[int, str], np.ndarray], epochs: Sequence[int],
                   hooks: Sequence[str], ks: Iterable[int], *, tau: float = TAU,
-                  scale: str = "full", positions: Mapping[str, int] | None = None
-                  ) -> list[dict[str, Any]]:
+                  scale: str = "full", positions: Mapping[str, int] | None = None,
+                  unc: Any = None) -> list[dict[str, Any]]:
     """Tidy rows of every hook and k (module docstring): ``dynamics_nnts_final`` per kept
     epoch, ``dynamics_nnts_step`` per consecutive pair (``epoch`` the earlier, ``epoch_b`` the
     later), ``dynamics_settling_epoch`` (``epoch`` = ``value`` = the settling epoch) and
@@ -115,7 +162,9 @@ def dynamics_rows(graph: Callable[[int, str], np.ndarray], epochs: Sequence[int]
 
     ``graph(e, hook)`` returns the graph of ``hook`` after epoch ``e``; all graphs must have the
     same rows (a ValueError otherwise, from :func:`rra.knn.sets.check_pair`). ``positions``:
-    forward position of each hook (default: its index in ``hooks``)."""
+    forward position of each hook (default: its index in ``hooks``). ``unc``: a
+    :class:`rra.metrics.intervals.RunUncertainty` of the probe rows (their labels and
+    ``metrics.bootstrap``) for the ``lo``, ``hi``, ``null``, ``p`` columns (None: null)."""
     epochs, tau = check_epochs(epochs), check_tau(tau)
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
@@ -126,17 +175,22 @@ def dynamics_rows(graph: Callable[[int, str], np.ndarray], epochs: Sequence[int]
         base = {"hook_a": hook, "hook_b": hook, "pos_a": pos[hook], "pos_b": pos[hook],
                 "scale_a": str(scale), "scale_b": str(scale)}
         for k in ks:
-            d = hook_dynamics(lambda e, h=hook: graph(e, h), epochs, k, tau)
+            d = hook_dynamics(lambda e, h=hook: graph(e, h), epochs, k, tau, unc,
+                              f"dynamics, hook {hook!r} at scale {scale}, k = {k}")
+            st = d.get("stats") or {"to_final": [{}] * len(epochs),
+                                    "step": [{}] * len(d["step"]), "settling": {},
+                                    "settled": {}}
             at = {**base, "k": k}
             rows += [{**at, "measure": "dynamics_nnts_final", "epoch": e, "epoch_b": final,
-                      "value": v} for e, v in zip(epochs, d["to_final"])]
+                      "value": v, **s} for e, v, s in zip(epochs, d["to_final"], st["to_final"])]
             rows += [{**at, "measure": "dynamics_nnts_step", "epoch": a, "epoch_b": b,
-                      "value": v} for a, b, v in zip(epochs, epochs[1:], d["step"])]
+                      "value": v, **s}
+                     for a, b, v, s in zip(epochs, epochs[1:], d["step"], st["step"])]
             rows.append({**at, "measure": "dynamics_settling_epoch", "epoch": d["settling"],
-                         "epoch_b": final, "value": float(d["settling"])})
+                         "epoch_b": final, "value": float(d["settling"]), **st["settling"]})
             rows.append({**at, "measure": "dynamics_settled_before_final",
                          "epoch": d["settling"], "epoch_b": final,
-                         "value": float(d["settling"] < final)})
+                         "value": float(d["settling"] < final), **st["settled"]})
     return rows
 
 
@@ -150,7 +204,8 @@ def dynamics_frame(rows: Iterable[Mapping[str, Any]], run: Mapping[str, Any] | N
 
 def dynamics_table(knn_dirs: Mapping[int, Any], out_dir: Any, *, ks: Iterable[int],
                    tau: float = TAU, scales: Iterable[str] = ("full",),
-                   run: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   run: Mapping[str, Any] | None = None, labels: Any = None,
+                   bootstrap: Any = None) -> dict[str, Any]:
     """The E10 stage: ``out_dir/dynamics.parquet`` (+ ``.csv``) from the kNN folders of one
     run's kept epochs, and ``out_dir/manifest.json`` last; returns the manifest.
 
@@ -158,7 +213,13 @@ def dynamics_table(knn_dirs: Mapping[int, Any], out_dir: Any, *, ks: Iterable[in
     largest epoch is the final one). Every hook of the final folder's manifest at each of
     ``scales`` is compared; each must have a graph there in every epoch's folder (else a
     ValueError naming the folder). ``ks`` ≤ every folder's k_max. The graphs are memory-mapped
-    (:func:`rra.knn.load_graph`), one hook at a time."""
+    (:func:`rra.knn.load_graph`), one hook at a time.
+
+    ``labels``: the probe rows' labels (an array or the path of a ``labels.npy``), the strata
+    of the row bootstrap (None: one stratum, the rows resampled unstratified); ``bootstrap``:
+    ``metrics.bootstrap`` (:class:`rra.metrics.uncertainty.Settings`; default B = 200; B = 0:
+    the ``lo``, ``hi``, ``null``, ``p`` columns stay null)."""
+    import dataclasses
     import time
     from pathlib import Path
 
@@ -172,6 +233,7 @@ def dynamics_table(knn_dirs: Mapping[int, Any], out_dir: Any, *, ks: Iterable[in
     manifests = {e: read_json(dirs[e] / "manifest.json") for e in epochs}
     final = manifests[epochs[-1]]
     hooks = [str(h) for h in final["hooks"]]
+    unc, settings = _uncertainty(final, labels, bootstrap, dirs[epochs[-1]])
     rows = []
     for scale in [str(s) for s in scales]:
         at = [h for h in hooks if _has_graph(final, h, scale)]
@@ -181,21 +243,51 @@ def dynamics_table(knn_dirs: Mapping[int, Any], out_dir: Any, *, ks: Iterable[in
                 raise ValueError(f"{dirs[e]}: epoch {e} lacks graphs of hooks {missing} at scale "
                                  f"{scale!r} or k_max {manifests[e]['k_max']} < k = {ks[-1]}")
         rows += dynamics_rows(lambda e, h, s=scale: load_graph(dirs[e], h, s)[0], epochs, at, ks,
-                              tau=tau, scale=scale, positions={h: i for i, h in enumerate(hooks)})
+                              tau=tau, scale=scale, positions={h: i for i, h in enumerate(hooks)},
+                              unc=unc)
     constants = dict(run or {}, distance=final.get("distance"), backend=final.get("backend"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     facts = write_table(dynamics_frame(rows, constants), out / "dynamics")
     manifest = {"table": facts, "epochs": epochs, "tau": tau, "ks": ks,
                 "scales": [str(s) for s in scales], "run": dict(run or {}),
+                "bootstrap": dataclasses.asdict(settings), "stratified": labels is not None,
                 "knn": {str(e): {"path": str(dirs[e]),
                                  "sha256": sha256_artifact(dirs[e] / "manifest.json")}
                         for e in epochs},
                 "seconds": round(time.perf_counter() - t0, 3),
                 **provenance(config={"epochs": epochs, "tau": tau, "ks": ks,
-                                     "scales": [str(s) for s in scales]})}
+                                     "scales": [str(s) for s in scales],
+                                     "bootstrap": dataclasses.asdict(settings)})}
     write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def _uncertainty(final: Mapping[str, Any], labels: Any, bootstrap: Any, where: Any):
+    """(:class:`rra.metrics.intervals.RunUncertainty` or None when B = 0, settings) of the
+    probe rows of the final epoch's kNN folder: labels from an array or a ``labels.npy`` path,
+    checked against the folder's graphs' n (sanity check); without labels one stratum."""
+    from rra.metrics.intervals import RunUncertainty
+    from rra.metrics.uncertainty import Settings, check_rows
+
+    settings = Settings.of(bootstrap)
+    if not settings.enabled:
+        return None, settings
+    n = next((int(e["n"]) for e in final.get("entries", []) if "n" in e), None)
+    if labels is None:
+        if n is None:
+            raise ValueError(f"{where}: the kNN manifest names no row count n; pass the probe's "
+                             "labels for the bootstrap")
+        y = np.zeros(n, dtype=np.int64)
+    else:
+        if isinstance(labels, (str, bytes)) or hasattr(labels, "__fspath__"):
+            from rra.io import load_npy
+
+            labels = load_npy(labels, mmap=False)
+        y = np.asarray(labels).astype(np.int64)
+        if n is not None:
+            check_rows(n, {"the labels": y}, f"dynamics of {where}")
+    return RunUncertainty(y, settings), settings
 
 
 def _has_graph(manifest: Mapping[str, Any], hook: str, scale: str) -> bool:

@@ -404,3 +404,140 @@ def cka_stats(kk: float, a: np.ndarray, ll: float, b: np.ndarray, debiased: bool
     the bootstrap's n² B cost per pair exceeds the measure's own by far)."""
     null, sd = cka_chance(kk, a, ll, b, debiased)
     return dict(lo=None, hi=None, null=null, p=U.p_value(value, null, sd))
+
+
+# ---------------------------------------------------------------------------------------------
+# held-out placement (E11, rra.metrics.placement) [ours]
+
+#: the SeedSequence word that derives the held-out rows' bootstrap seed from ``seed``
+HELDOUT_STREAM = 11
+
+
+def heldout_seed(seed: int) -> int:
+    """The seed of the held-out rows' bootstrap: the first word of
+    ``SeedSequence([seed, HELDOUT_STREAM])``, so its resamples are independent of the reference
+    rows' (drawn with ``seed`` itself, as the metric tables draw theirs) even where both probes
+    have the same class sizes (same-sized draws from one seed would pair the two resamples)."""
+    return int(np.random.SeedSequence([int(seed), HELDOUT_STREAM]).generate_state(1)[0])
+
+
+class PlacementUncertainty:
+    """The ``lo``, ``hi``, ``null``, ``p`` columns of one placement stage (module
+    :mod:`rra.metrics.placement`): the reference rows' bootstrap (:class:`RunUncertainty` of
+    y_R, the metric tables' seed: ``placement_train_acc`` gets the stats of
+    ``knn_vote_accuracy``), an independent stratified bootstrap of the held-out rows
+    (:func:`heldout_seed`), and the chance levels of a held-out row whose k neighbours are
+    drawn at random from the n_R reference rows. Each ``*_stats`` method returns
+    ``(stats, resampled values)``."""
+
+    def __init__(self, y_ref: np.ndarray, y_heldout: np.ndarray, settings: U.Settings):
+        self.settings = settings
+        self.y_ref = np.asarray(y_ref, dtype=np.int64)
+        self.y_q = np.asarray(y_heldout, dtype=np.int64)
+        self.ref = RunUncertainty(self.y_ref, settings)
+        self.boot = U.RowBootstrap(self.y_q, settings.B, heldout_seed(settings.seed),
+                                   settings.level)
+        classes, pos = np.unique(np.concatenate([self.y_ref, self.y_q]), return_inverse=True)
+        n_ref = self.y_ref.size
+        self.ref_sizes = np.bincount(pos[:n_ref], minlength=classes.size)  # over the union
+        self.q_sizes = np.bincount(pos[n_ref:], minlength=classes.size).astype(np.float64)
+        self.m = self.y_q.size
+        self._votes: dict[int, np.ndarray] = {}
+
+    def vote_chance(self, k: int) -> np.ndarray:
+        """q_c per class of the union (:func:`~rra.metrics.uncertainty.vote_null_reference`)."""
+        if k not in self._votes:
+            self._votes[k] = U.vote_null_reference(self.ref_sizes, k, self.settings.seed)
+        return self._votes[k]
+
+    def heldout_acc_stats(self, correct: np.ndarray, k: int) -> tuple[dict, np.ndarray]:
+        """``placement_acc``: per held-out row 1[vote = y_q]; null Σ_c m_c q_c / m, sd under
+        the null √(Σ_c m_c q_c (1 − q_c)) / m."""
+        correct = np.asarray(correct, dtype=np.float64)
+        q = self.vote_chance(k)
+        samples = self.boot.mean(correct)
+        null = float(self.q_sizes @ q / self.m)
+        sd = float(np.sqrt(self.q_sizes @ (q * (1 - q)))) / self.m
+        return U.stats(self.boot, samples, float(correct.mean()), null, sd), samples
+
+    def train_acc_stats(self, correct: np.ndarray, k: int) -> tuple[dict, np.ndarray]:
+        """``placement_train_acc``: the stats of ``knn_vote_accuracy`` of the reference rows'
+        leave-one-out graph (:func:`class_response_stats`)."""
+        u = self.ref
+        correct = np.asarray(correct, dtype=np.float64)
+        q = u.vote_chance(k)
+        nc = u.boot.sizes.astype(np.float64)
+        samples = u.boot.mean(correct)
+        return U.stats(u.boot, samples, float(correct.mean()), float(nc @ q / u.n),
+                       float(np.sqrt(nc @ (q * (1 - q)))) / u.n), samples
+
+    def gap_stats(self, value: float, train: np.ndarray, heldout: np.ndarray) -> dict:
+        """``placement_gap``: resampled as the difference of the two independent resamples;
+        null 0 (no gap); p two-sided (gap ≠ 0) from the bootstrap sd of the difference."""
+        samples = np.asarray(train) - np.asarray(heldout)
+        lo, hi = self.boot.interval(samples)
+        sd = float(samples.std(ddof=1)) if samples.size > 1 else None
+        return dict(lo=U._num(lo), hi=U._num(hi), null=0.0, p=U.p_two_sided(value, 0.0, sd))
+
+    def purity_stats(self, shares: np.ndarray, k: int) -> dict:
+        """``placement_purity``: per held-out row its share of own-class neighbours; null
+        Σ_c m_c (n_c / n_R) / m, sd √(Σ_c m_c Var_c) / m (hypergeometric Var_c)."""
+        shares = np.asarray(shares, dtype=np.float64)
+        mean, var = U.share_null_reference(self.ref_sizes, k)
+        return U.stats(self.boot, self.boot.mean(shares), float(shares.mean()),
+                       float(self.q_sizes @ mean / self.m),
+                       float(np.sqrt(self.q_sizes @ var)) / self.m)
+
+    def agreement_stats(self, j: np.ndarray, k: int) -> dict:
+        """``placement_agreement``: per held-out row the Jaccard of its neighbour sets at two
+        hooks; null E[J] of two independent random k-subsets of the n_R reference rows, sd
+        √(Var J / m)."""
+        j = np.asarray(j, dtype=np.float64)
+        mean, var = U.subset_jaccard_null(self.y_ref.size, k)
+        return U.stats(self.boot, self.boot.mean(j), float(j.mean()), mean,
+                       float(np.sqrt(var / self.m)))
+
+
+# ---------------------------------------------------------------------------------------------
+# representation dynamics (E10, rra.metrics.dynamics) [ours]
+
+def settling_resamples(epochs, to_final: np.ndarray, tau: float, slack: float) -> np.ndarray:
+    """The settling epoch of each row of ``to_final`` (B × m resampled D(e_j), the last column
+    the final epoch, which always qualifies): min { e_j : D(e_l) ≥ τ − slack for every l ≥ j },
+    the rule of :func:`rra.metrics.dynamics.settling_epoch`, vectorised."""
+    epochs = np.asarray(list(epochs), dtype=np.int64)
+    qual = np.asarray(to_final, dtype=np.float64) >= tau - slack
+    qual[:, -1] = True
+    suffix = np.flip(np.cumprod(np.flip(qual, axis=1), axis=1), axis=1).astype(bool)
+    return epochs[suffix.argmax(axis=1)]
+
+
+def discrete_interval(boot: U.RowBootstrap, samples: np.ndarray) -> tuple[float, float]:
+    """Percentile interval of a discrete resampled value that stays on its values: the lower
+    (1 − level)/2 and the higher (1 + level)/2 quantile (numpy ``lower`` / ``higher``)."""
+    samples = np.asarray(samples, dtype=np.float64)
+    lo = np.quantile(samples, (1 - boot.level) / 2, method="lower")
+    hi = np.quantile(samples, (1 + boot.level) / 2, method="higher")
+    return float(lo), float(hi)
+
+
+def dynamics_stats(u: RunUncertainty, epochs, to_final_rows, step_rows, k: int, tau: float,
+                   slack: float) -> dict[str, Any]:
+    """The stats of one hook at one k of the dynamics table: ``to_final`` (per kept epoch;
+    the final epoch is a graph with itself, :meth:`RunUncertainty.nnts_diagonal`), ``step``
+    (per consecutive pair), both NNTS of two graphs on the same probe rows
+    (:meth:`RunUncertainty.nnts`); ``settling``: the settling epoch of every resample (D_h(e)
+    of resample b = (W j_e)_b / n from the per-row Jaccard j_e) → the interval of
+    :func:`discrete_interval`, no chance level (a threshold crossing has none); ``settled``:
+    the interval of the resampled indicator [settle < final], no chance level."""
+    epochs = list(epochs)
+    to_final = [u.nnts(j, k)[0] for j in to_final_rows[:-1]] + [u.nnts_diagonal(k)]
+    step = [u.nnts(j, k)[0] for j in step_rows]
+    boot_d = np.stack([u.boot.mean(j) for j in to_final_rows[:-1]]
+                      + [np.ones(u.boot.B)], axis=1)                        # B × m
+    settle = settling_resamples(epochs, boot_d, tau, slack)
+    lo, hi = discrete_interval(u.boot, settle)
+    slo, shi = discrete_interval(u.boot, (settle < epochs[-1]).astype(np.float64))
+    return {"to_final": to_final, "step": step,
+            "settling": dict(lo=lo, hi=hi, null=None, p=None),
+            "settled": dict(lo=slo, hi=shi, null=None, p=None), "resamples": settle}

@@ -27,6 +27,36 @@ Table rows (:data:`rra.metrics.tables.SCHEMA`): ``measure`` one of :data:`OUTPUT
 / ``pos_a`` (and, for the agreement, ``hook_b`` / ``pos_b`` = the next hook), ``scale_a``
 (= ``scale_b``), ``k``, ``value``.
 
+Uncertainty and chance levels (columns ``lo``, ``hi``, ``null``, ``p``; docs/methods.md §4;
+:class:`rra.metrics.intervals.PlacementUncertainty`; settings ``metrics.bootstrap``, B = 0: the
+columns stay null) [ours]:
+
+- the held-out rows are resampled B times, stratified by their labels, with the seed
+  :func:`rra.metrics.intervals.heldout_seed` (independent of the reference rows' resamples);
+  the reference rows as the metric tables resample a probe (their seed);
+- ``placement_acc``: per held-out row 1[vote = y_q] → resampled means; chance: a held-out row
+  is no reference row, so its k neighbours are drawn at random from all n_R reference rows (no
+  self to exclude, unlike the metric tables' vote chance, which draws from the n − 1 others):
+  q_c = P(majority of k labels drawn without replacement from the reference labels is c)
+  (:func:`rra.metrics.uncertainty.vote_null_reference`, Monte-Carlo), null = Σ_c m_c q_c / m,
+  sd under the null √(Σ_c m_c q_c (1 − q_c)) / m (m_c held-out rows of class c);
+- ``placement_train_acc``: exactly the metric tables' ``knn_vote_accuracy`` stats of the
+  reference rows' graph (it is that value);
+- ``placement_gap``: each resample's train − held-out of the two independent resamples; null 0
+  (no gap) and p **two-sided** from the bootstrap sd of the difference: it tests gap ≠ 0, not
+  chance (the only p of the tables that is two-sided);
+- ``placement_purity``: per held-out row its own-class share → resampled means; chance: the
+  share of class c among k of the n_R reference rows is hypergeometric, E = n_c / n_R,
+  Var = E (1 − E)(n_R − k) / ((n_R − 1) k); null = Σ_c m_c E_c / m, sd √(Σ_c m_c Var_c) / m;
+- ``placement_agreement``: per held-out row the Jaccard of its neighbour sets at the two hooks
+  → resampled means; chance: two independent random k-subsets of the n_R reference rows,
+  exact hypergeometric E[J] (``jaccard_null(n_R + 1, k)``, which draws from n − 1 = n_R rows),
+  sd √(Var J / m).
+
+Sanity checks: both graphs have the labels' rows (:func:`rra.metrics.uncertainty.check_rows`)
+and each held-out graph's agreement with itself is 1 on every row (:func:`~rra.metrics.
+uncertainty.check_self`).
+
 Registered in :data:`rra.metrics.registry.MEASURES` (kind ``heldout+embeddings``, table
 ``placement``): unlike the tables of :func:`rra.metrics.tables.run_tables`, which read one
 probe's stored graphs, placement reads a second image set, so its table is written by its own
@@ -161,18 +191,30 @@ def placement_rows(hooks: Sequence[str], reference: Mapping[str, Any] | Callable
                    heldout: Mapping[str, Any] | Callable[[str], Any], y_ref: Any, y_heldout: Any,
                    ks: Iterable[int] | int, distance: str = "euclidean", scale: str = "full",
                    device: str = "cpu", dtype: Any = "float32",
-                   positions: Mapping[str, int] | None = None) -> list[dict]:
+                   positions: Mapping[str, int] | None = None, bootstrap: Any = None,
+                   unc: Any = None) -> list[dict]:
     """The placement rows of ``hooks`` (forward order) at every k (module docstring).
 
     ``reference`` / ``heldout``: hook → embedding (n_R × d_h / m × d_h), a mapping or a
     function (read one hook at a time; only the previous hook's held-out graph is kept for the
     agreement). ``positions``: hook → forward position (default: its place in ``hooks``).
+    ``bootstrap``: ``metrics.bootstrap`` (:class:`rra.metrics.uncertainty.Settings`; default
+    B = 200; B = 0: the ``lo``, ``hi``, ``null``, ``p`` columns stay null); ``unc``: a
+    :class:`rra.metrics.intervals.PlacementUncertainty` to share (its Monte-Carlo vote chances)
+    between calls with the same labels and settings.
     """
+    from rra.metrics.intervals import PlacementUncertainty
+    from rra.metrics.uncertainty import Settings, check_rows, check_self
+
     get_ref = reference if callable(reference) else reference.__getitem__
     get_q = heldout if callable(heldout) else heldout.__getitem__
     y_ref, y_q = _labels(y_ref), _labels(y_heldout)
     ks = check_placement_k(ks, y_ref.size)
     pos = dict(positions) if positions is not None else {h: i for i, h in enumerate(hooks)}
+    settings = Settings.of(bootstrap)
+    if unc is None and settings.enabled and y_q.size:
+        unc = PlacementUncertainty(y_ref, y_q, settings)
+    pos_ref, pos_q, n_classes = _classes(y_ref, y_q)
     rows: list[dict] = []
     prev: HookPlacement | None = None
     for hook in hooks:
@@ -181,21 +223,46 @@ def placement_rows(hooks: Sequence[str], reference: Mapping[str, Any] | Callable
             raise ValueError(f"hook {hook!r}: {np.shape(r)[0]} reference and {np.shape(q)[0]} "
                              f"held-out rows, but {y_ref.size} and {y_q.size} labels")
         cur = place_hook(hook, r, q, ks[-1], distance, device=device, dtype=dtype)
+        where = f"placement, hook {hook!r} at scale {scale}"
+        check_rows(y_q.size, {"the held-out graph": cur.heldout}, where)
+        check_rows(y_ref.size, {"the training probe's graph": cur.train}, where)
         base = {"hook_a": hook, "pos_a": pos[hook], "scale_a": scale, "scale_b": scale}
         for k in ks:
+            check_self(cur.heldout, k, f"{where}, k = {k}")
             acc = vote_accuracy(cur.heldout, y_ref, y_q, k)
             train = vote_accuracy(cur.train, y_ref, y_ref, k)
-            for name, value in (("placement_acc", acc), ("placement_train_acc", train),
-                                ("placement_gap", train - acc),
-                                ("placement_purity", purity(cur.heldout, y_ref, y_q, k))):
-                rows.append({**base, "measure": name, "k": k, "value": value})
+            values = {"placement_acc": acc, "placement_train_acc": train,
+                      "placement_gap": train - acc,
+                      "placement_purity": purity(cur.heldout, y_ref, y_q, k)}
+            st: dict[str, dict] = {}
+            if unc is not None:
+                ok_q = majority_vote(pos_ref[cur.heldout[:, :k]], n_classes) == pos_q
+                ok_r = majority_vote(pos_ref[cur.train[:, :k]], n_classes) == pos_ref
+                st["placement_acc"], s_acc = unc.heldout_acc_stats(ok_q, k)
+                st["placement_train_acc"], s_train = unc.train_acc_stats(ok_r, k)
+                st["placement_gap"] = unc.gap_stats(train - acc, s_train, s_acc)
+                shares = (y_ref[cur.heldout[:, :k]] == y_q[:, None]).mean(axis=1)
+                st["placement_purity"] = unc.purity_stats(shares, k)
+            for name, value in values.items():
+                rows.append({**base, "measure": name, "k": k, "value": value,
+                             **st.get(name, {})})
             if prev is not None:
+                j = _row_jaccard(prev.heldout, cur.heldout, k)
                 rows.append({"hook_a": prev.hook, "pos_a": pos[prev.hook], "hook_b": hook,
                              "pos_b": pos[hook], "scale_a": scale, "scale_b": scale,
                              "measure": "placement_agreement", "k": k,
-                             "value": agreement(prev.heldout, cur.heldout, k)})
+                             "value": float(j.mean()) if j.size else float("nan"),
+                             **(unc.agreement_stats(j, k) if unc is not None and j.size
+                                else {})})
         prev = cur
     return rows
+
+
+def _row_jaccard(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+    """Per held-out row m_q / (2k − m_q) of the first k columns of two graphs (the terms of
+    :func:`agreement`)."""
+    a, b = np.ascontiguousarray(a[:, :k], np.int64), np.ascontiguousarray(b[:, :k], np.int64)
+    return jaccard_from_overlap(overlap_counts(a, b), k)
 
 
 def placement_table(hooks: Sequence[str], reference: Mapping[str, Any] | Callable[[str], Any],
@@ -203,20 +270,23 @@ def placement_table(hooks: Sequence[str], reference: Mapping[str, Any] | Callabl
                     y_heldout: Any, ks: Iterable[int] | int, distance: str = "euclidean",
                     scale: str = "full", run: Mapping[str, Any] | None = None,
                     device: str = "cpu", dtype: Any = "float32",
-                    positions: Mapping[str, int] | None = None):
+                    positions: Mapping[str, int] | None = None, bootstrap: Any = None,
+                    unc: Any = None):
     """:func:`placement_rows` as a tidy polars table with the columns of
     :data:`rra.metrics.tables.SCHEMA`; ``run``: constant identity columns (dataset, model, …,
-    probe); ``distance`` and ``backend`` (``exact``) are filled in."""
+    probe); ``distance`` and ``backend`` (``exact``) are filled in; ``bootstrap``, ``unc``: as
+    in :func:`placement_rows`."""
     from rra.metrics.tables import frame
 
     rows = placement_rows(hooks, reference, heldout, y_ref, y_heldout, ks, distance, scale,
-                          device=device, dtype=dtype, positions=positions)
+                          device=device, dtype=dtype, positions=positions,
+                          bootstrap=bootstrap, unc=unc)
     return frame(rows, {**dict(run or {}), "distance": distance, "backend": "exact"})
 
 
 def placement_stage(reference_dir: Any, heldout_dir: Any, out_dir: Any, *, ks: Iterable[int],
                     distance: str = "euclidean", run: Mapping[str, Any] | None = None,
-                    device: str = "cpu") -> dict:
+                    device: str = "cpu", bootstrap: Any = None) -> dict:
     """The E11 stage: the placement table of one run from its embeddings of the reference
     (training) probe and of the held-out probe (two ``rra.embed`` folders of the same
     checkpoint, hooks and scales), read memory-mapped one hook at a time.
@@ -224,7 +294,10 @@ def placement_stage(reference_dir: Any, heldout_dir: Any, out_dir: Any, *, ks: I
     Writes ``out_dir/placement.parquet`` (and ``.csv`` when small; :func:`placement_table` at
     every scale the folders hold, hooks in forward order) and, last, ``manifest.json``: k,
     distance, run, both probes and sizes, the SHA-256 of both embed manifests, seconds and
-    provenance. ``run``: the identity columns (its ``probe`` is the held-out probe's)."""
+    provenance. ``run``: the identity columns (its ``probe`` is the held-out probe's).
+    ``bootstrap``: ``metrics.bootstrap`` (:func:`placement_rows`; one bootstrap and one set of
+    vote chances serve every scale)."""
+    import dataclasses
     import time
     from pathlib import Path
 
@@ -239,6 +312,12 @@ def placement_stage(reference_dir: Any, heldout_dir: Any, out_dir: Any, *, ks: I
     y_ref = load_npy(ref_dir / "labels.npy", mmap=False)
     y_q = load_npy(q_dir / "labels.npy", mmap=False)
     ks = check_placement_k(ks, int(np.shape(y_ref)[0]))
+    from rra.metrics.intervals import PlacementUncertainty
+    from rra.metrics.uncertainty import Settings
+
+    settings = Settings.of(bootstrap)
+    unc = (PlacementUncertainty(_labels(y_ref), _labels(y_q), settings)
+           if settings.enabled and np.size(y_q) else None)
     order = list(manifests[0]["hooks"])
     tables = []
     for scale in [str(s) for s in manifests[0]["scales"]]:
@@ -248,7 +327,7 @@ def placement_stage(reference_dir: Any, heldout_dir: Any, out_dir: Any, *, ks: I
                 hooks, lambda h, s=scale: load_npy(ref_dir / files[(h, s)]),
                 lambda h, s=scale: load_npy(q_dir / files[(h, s)]), y_ref, y_q, ks, distance,
                 scale=scale, run=run, device=device,
-                positions={h: i for i, h in enumerate(order)}))
+                positions={h: i for i, h in enumerate(order)}, bootstrap=settings, unc=unc))
     df = pl.concat(tables) if tables else frame([], {**dict(run or {}), "distance": distance})
     out.mkdir(parents=True, exist_ok=True)
     manifest = dict(
@@ -258,8 +337,9 @@ def placement_stage(reference_dir: Any, heldout_dir: Any, out_dir: Any, *, ks: I
                    "embed_manifest_sha256": sha256_artifact(ref_dir / "manifest.json")},
         heldout={"probe": q_dir.name, "n": int(y_q.size),
                  "embed_manifest_sha256": sha256_artifact(q_dir / "manifest.json")},
-        seconds=round(time.perf_counter() - t0, 3),
-        **provenance(config={"ks": ks, "distance": distance}))
+        bootstrap=dataclasses.asdict(settings), seconds=round(time.perf_counter() - t0, 3),
+        **provenance(config={"ks": ks, "distance": distance,
+                             "bootstrap": dataclasses.asdict(settings)}))
     write_json(out / "manifest.json", manifest)
     return manifest
 

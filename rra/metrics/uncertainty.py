@@ -400,3 +400,58 @@ def check_rows(n: int, arrays: Mapping[str, Any], where: str) -> None:
             raise SanityError(f"{where}: sanity check failed: {name} has {rows} rows but the "
                               f"probe has {n}: the compared representations do not describe "
                               "the same probe rows")
+
+
+# ---------------------------------------------------------------------------------------------
+# chance levels of rows placed in a reference set (held-out placement, E11) [ours]
+#
+# A held-out row is not one of the n_R reference rows, so under the chance model its k
+# neighbours are a uniformly random k-subset of *all* n_R reference rows (no self to exclude),
+# whereas the row-shuffle null of the functions above draws from the n − 1 rows other than i.
+
+def vote_null_reference(sizes: np.ndarray, k: int, seed: int,
+                        draws: int = VOTE_DRAWS) -> np.ndarray:
+    """Per class c, q_c = the chance that the majority label (ties to the smaller label) of k
+    labels drawn without replacement from the n_R reference rows' labels (class sizes
+    ``sizes``, every row, no self excluded) is c [ours; Monte-Carlo: ``draws`` multivariate
+    hypergeometric draws, one set shared by every class since the draw does not depend on the
+    held-out row's class; seeded ``default_rng([seed, 4])``]. A class without reference rows
+    (size 0) has q_c = 0."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if not 1 <= k <= int(sizes.sum()):
+        raise ValueError(f"need 1 ≤ k ≤ n_R, got n_R = {int(sizes.sum())}, k = {k}")
+    rng = np.random.default_rng([seed, 4])
+    counts = rng.multivariate_hypergeometric(sizes, k, size=draws)
+    return np.bincount(counts.argmax(axis=1), minlength=sizes.size)[:sizes.size] / float(draws)
+
+
+def share_null_reference(sizes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per class c, (E, Var) of the share of class c among k rows drawn without replacement
+    from the n_R reference rows (hypergeometric): E = n_c / n_R,
+    Var = E (1 − E) (n_R − k) / ((n_R − 1) k) [ours]."""
+    sizes = np.asarray(sizes, dtype=np.float64)
+    big = float(sizes.sum())
+    if not 1 <= k <= big:
+        raise ValueError(f"need 1 ≤ k ≤ n_R, got n_R = {int(big)}, k = {k}")
+    p = sizes / big
+    fpc = (big - k) / (big - 1) if big > 1 else 0.0
+    return p, np.maximum(p * (1 - p) * fpc / k, 0.0)
+
+
+def subset_jaccard_null(population: int, k: int) -> tuple[float, float]:
+    """(E[J], Var[J]) of the Jaccard index of two independent uniformly random k-subsets of
+    ``population`` rows: :func:`jaccard_null` draws from the n − 1 rows other than i, so this
+    is ``jaccard_null(population + 1, k)`` [ours]."""
+    return jaccard_null(int(population) + 1, k)
+
+
+def p_two_sided(value: float, null: float | None, sd: float | None) -> float | None:
+    """Two-sided p of value ≠ null: 2 (1 − Φ(|value − null| / sd)); with sd = 0, 0 if the
+    value differs from the null (beyond 1e-12) else 1; None without a null [ours]."""
+    from scipy.special import ndtr
+
+    if null is None or sd is None or not np.isfinite(value) or not np.isfinite(null):
+        return None
+    if not sd > 0:
+        return 0.0 if abs(value - null) > 1e-12 * max(1.0, abs(null)) else 1.0
+    return float(min(1.0, 2.0 * ndtr(-abs(value - null) / sd)))

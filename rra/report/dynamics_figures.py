@@ -2,7 +2,10 @@
 probe and model, the hook × epoch heat map of NNTS to the final model beside the layer × epoch
 heat map of the relative weight change (E6) of the same runs, and the settling epoch per hook,
 one line per variant (with and without augmentation) (families in :mod:`rra.report.build`).
-[ours]"""
+The heat map fades the cells indistinguishable from chance (p ≥ 0.05 in some seed) and names
+the bootstrap interval, chance level and p in its tooltip; the settling-epoch figure draws the
+bootstrap interval of the settling epoch (``lo``–``hi``, mean over seeds) beside the seeds'
+min–max (:func:`rra.report.charts.aggregate` with ``chance=True``). [ours]"""
 
 from __future__ import annotations
 
@@ -64,14 +67,18 @@ def dynamics_figures(rep: Report, dataset: str) -> None:
                          "after each kept epoch with the final model's, mean over seeds "
                          "(epoch 0: the initialisation); right: the relative weight change "
                          "‖ΔW‖₁ / ‖W_{t−1}‖₁ of each conv/linear layer in each epoch (E6); "
-                         "one row per attention · augmentation", selection=selection)
+                         "one row per attention · augmentation; faded cells: p ≥ "
+                         f"{charts.P_CHANCE} in some seed (indistinguishable from chance), "
+                         "bootstrap interval in the tooltip", selection=selection)
         rep.emit(settling_chart(part, title=f"Settling epoch per hook (τ = {tau}), {model}"),
                  f"{dataset}/{probe}/dynamics-settling-{model}", kind="dynamics", group=group,
                  inputs=used, title=f"Settling epoch per hook: {model}, {probe}",
                  caption=f"The first kept epoch from which the hook's NNTS to the final model "
                          f"stays ≥ τ = {tau} (k = {k}, scale {scale}); the final epoch when it "
-                         f"never does before; mean over seeds with the {rep.opts['band']} band; "
-                         "one line per attention · augmentation", selection=selection)
+                         f"never does before; mean over seeds with the {rep.opts['band']} band "
+                         "(thin rule) and the bootstrap interval over probe rows (wide bar, "
+                         "mean over seeds); one line per attention · augmentation",
+                 selection=selection)
 
 
 def _tau(manifests: list[Path]) -> Any:
@@ -91,7 +98,7 @@ def nnts_heatmap(df: pl.DataFrame) -> alt.FacetChart:
     """Hook × epoch heat map of ``dynamics_nnts_final`` (mean over seeds), rows = variant."""
     rows = charts.add_variant(df.filter(pl.col("measure") == "dynamics_nnts_final"))
     agg = charts.aggregate(rows, ["variant", "hook_a", "pos_a", "epoch"], "dynamics heat map",
-                           vary=("seed", "epoch_b"))
+                           vary=("seed", "epoch_b"), chance=True)
     chart = alt.Chart(agg).mark_rect().encode(
         x=alt.X("epoch:O", title="kept epoch"),
         y=alt.Y("hook_a:N", sort=alt.EncodingSortField("pos_a", op="min"),
@@ -99,8 +106,10 @@ def nnts_heatmap(df: pl.DataFrame) -> alt.FacetChart:
         color=alt.Color("mean:Q", title="NNTS to final", scale=alt.Scale(domain=[0, 1],
                                                                          scheme="viridis"),
                         legend=charts.GRADIENT),
+        opacity=charts.faded(),
         tooltip=["variant", "hook_a", "epoch", alt.Tooltip("mean:Q", format=".3f"),
-                 alt.Tooltip("min:Q", format=".3f"), alt.Tooltip("max:Q", format=".3f"), "n"],
+                 alt.Tooltip("min:Q", format=".3f"), alt.Tooltip("max:Q", format=".3f"), "n",
+                 *charts.chance_tooltip(".3f")],
     ).properties(width=alt.Step(22), height=alt.Step(14))
     return chart.facet(row=alt.Row("variant:N", title=None))
 
@@ -118,11 +127,12 @@ def heatmap_beside_weight_change(df: pl.DataFrame, changes: pl.DataFrame | None,
 
 
 def settling_chart(df: pl.DataFrame, *, title: str) -> alt.LayerChart:
-    """Settling epoch per hook (forward order), one line per variant: mean over seeds, a
-    min–max rule per point; the axis ticks are the kept epochs."""
+    """Settling epoch per hook (forward order), one line per variant: mean over seeds, a thin
+    min–max rule over seeds and a wide translucent bar of the bootstrap interval (mean over
+    seeds of ``lo``, ``hi``: kept epochs) per point; the axis ticks are the kept epochs."""
     rows = charts.add_variant(df.filter(pl.col("measure") == "dynamics_settling_epoch"))
     agg = charts.aggregate(rows, ["variant", "hook_a", "pos_a"], "settling epochs",
-                           vary=("seed", "epoch"))
+                           vary=("seed", "epoch"), chance=True)
     base = alt.Chart(agg).encode(
         x=alt.X("hook_a:N", sort=alt.EncodingSortField("pos_a", op="min"),
                 title="hook (forward order)"),
@@ -131,6 +141,12 @@ def settling_chart(df: pl.DataFrame, *, title: str) -> alt.LayerChart:
     line = base.mark_line(point=True).encode(
         y=alt.Y("mean:Q", title="settling epoch", axis=alt.Axis(values=epochs, format="d"),
                 scale=alt.Scale(domain=[min(epochs), max(epochs)])),
-        tooltip=["variant", "hook_a", alt.Tooltip("mean:Q", format=".2f"), "min", "max", "n"])
+        tooltip=["variant", "hook_a", alt.Tooltip("mean:Q", format=".2f"), "min", "max", "n",
+                 alt.Tooltip("ci_lo:Q", format=".2f", title="interval lo (mean over seeds)"),
+                 alt.Tooltip("ci_hi:Q", format=".2f", title="interval hi (mean over seeds)")])
     band = base.mark_rule().encode(y="min:Q", y2="max:Q")
-    return alt.layer(band, line).properties(width=alt.Step(26), height=180, title=title)
+    bars = base.mark_rule(size=7, opacity=0.3).encode(y="ci_lo:Q", y2="ci_hi:Q")
+    heading = alt.TitleParams(title, subtitle=[
+        "line: mean over seeds; thin rule: min–max over seeds; wide bar: bootstrap interval "
+        "over probe rows (mean over seeds)"])
+    return alt.layer(bars, band, line).properties(width=alt.Step(26), height=180, title=heading)

@@ -1,7 +1,10 @@
 """The figures of the held-out placement (E11, :mod:`rra.metrics.placement`): per dataset,
 placement (held-out probe in reference probe, distance) and model, the per-hook training-probe
 and held-out kNN-vote accuracy, their gap, the held-out purity and the consecutive-hook
-agreement, one line per variant (families in :mod:`rra.report.build`). [ours]"""
+agreement, one line per variant (families in :mod:`rra.report.build`), with the bootstrap
+interval over rows as error bars and the values indistinguishable from their chance level
+(p ≥ 0.05; the gap: from 0) faded, as the metric figures draw them (:func:`rra.report.charts.
+aggregate` with ``chance=True``, :func:`~rra.report.charts.faded`). [ours]"""
 
 from __future__ import annotations
 
@@ -80,7 +83,8 @@ def _figure(rep: Report, df: pl.DataFrame, group: str, inputs: list[Path],
     rows = charts.add_variant(df).with_columns(
         panel=pl.col("measure").replace_strict({m: p for m, (p, _) in PANELS.items()}),
         series=pl.col("measure").replace_strict({m: r for m, (_, r) in PANELS.items()}))
-    rows = rows.select("panel", "series", color, "hook_a", "pos_a", "seed", "value")
+    rows = rows.select("panel", "series", color, "hook_a", "pos_a", "seed", "value",
+                       *[c for c in charts.UNCERTAINTY if c in rows.columns])
     title = (f"Held-out placement, {s['model']}: {s['heldout']} in {s['reference']} "
              f"({s['distance']}, scale {s['scale']}, k = {s['k']})")
     rep.emit(placement_chart(rows, color=color, band=s["band"], title=title),
@@ -92,17 +96,23 @@ def _figure(rep: Report, df: pl.DataFrame, group: str, inputs: list[Path],
                      f"and of the held-out probe {s['heldout']} placed in its kNN model "
                      "(solid), their gap, the held-out kNN purity, and the agreement (Jaccard) "
                      "of a held-out image's reference neighbours at a hook and the next; line: "
-                     f"mean over seeds, band: {rep.band_text}",
+                     f"mean over seeds, band: {rep.band_text}; bars: bootstrap interval over "
+                     "the rows (mean over seeds); faded points: p ≥ "
+                     f"{charts.P_CHANCE} in some seed (indistinguishable from chance; the gap: "
+                     "from no gap)",
              selection=selection)
 
 
 def placement_chart(df: pl.DataFrame, *, color: str = "augmentation", band: str = "minmax",
                     title: str = "held-out placement") -> alt.FacetChart:
     """Per-hook lines of ``df`` (columns ``panel``, ``series``, ``color``, ``hook_a``,
-    ``pos_a``, ``seed``, ``value``): one panel per ``panel`` (:data:`PANEL_ORDER`), colour =
-    ``color``, dash = ``series`` (training probe or held-out), mean over seeds with a band
-    (``minmax`` or ``sd``). [ours]"""
-    agg = charts.aggregate(df, ["panel", "series", color, "hook_a", "pos_a"], "placement_chart")
+    ``pos_a``, ``seed``, ``value`` and, where present, ``lo``, ``hi``, ``null``, ``p``): one
+    panel per ``panel`` (:data:`PANEL_ORDER`), colour = ``color``, dash = ``series`` (training
+    probe or held-out), mean over seeds with a band (``minmax`` or ``sd``); error bars: the
+    bootstrap interval (mean over seeds of ``lo``, ``hi``); points with p ≥ P_CHANCE in some
+    seed faded (:func:`rra.report.charts.aggregate` with ``chance=True``). [ours]"""
+    agg = charts.aggregate(df, ["panel", "series", color, "hook_a", "pos_a"], "placement_chart",
+                           chance=True)
     lo, hi = ((pl.col("min"), pl.col("max")) if band == "minmax"
               else (pl.col("mean") - pl.col("sd"), pl.col("mean") + pl.col("sd")))
     agg = agg.with_columns(lo=lo, hi=hi)
@@ -111,18 +121,26 @@ def placement_chart(df: pl.DataFrame, *, color: str = "augmentation", band: str 
     # no `order` channel on the band: with it Vega-Lite draws no area at all
     area = base.mark_area(opacity=0.2).encode(y=alt.Y("lo:Q", title="value"), y2="hi:Q",
                                               detail="series:N")
-    line = base.mark_line(point=True).encode(
-        y=alt.Y("mean:Q", title="value"), order=alt.Order("pos_a:Q"),
-        strokeDash=alt.StrokeDash("series:N", title="rows",
-                                  scale=alt.Scale(domain=SERIES_ORDER, range=DASHES),
-                                  legend=None),  # the subtitle names the dashes
+    dash = alt.StrokeDash("series:N", title="rows", scale=alt.Scale(domain=SERIES_ORDER,
+                                                                    range=DASHES),
+                          legend=None)  # the subtitle names the dashes
+    line = base.mark_line().encode(y=alt.Y("mean:Q", title="value"), order=alt.Order("pos_a:Q"),
+                                   strokeDash=dash)
+    bars = base.mark_rule().encode(y="ci_lo:Q", y2="ci_hi:Q", detail="series:N",
+                                   opacity=charts.faded())
+    points = base.mark_point(filled=True).encode(
+        y=alt.Y("mean:Q", title="value"), shape=alt.Shape("series:N", legend=None),
+        opacity=charts.faded(),
         tooltip=["panel", "series", color, "hook_a", alt.Tooltip("mean:Q", format=".4f"),
-                 alt.Tooltip("min:Q", format=".4f"), alt.Tooltip("max:Q", format=".4f"), "n"])
+                 alt.Tooltip("min:Q", format=".4f"), alt.Tooltip("max:Q", format=".4f"), "n",
+                 *charts.chance_tooltip()])
     band_text = "min–max" if band == "minmax" else "mean ± sd"
-    return (alt.layer(area, line, data=agg).properties(width=alt.Step(24), height=180)
+    return (alt.layer(area, line, bars, points, data=agg).properties(width=alt.Step(24), height=180)
             .facet(column=alt.Column("panel:N", sort=PANEL_ORDER, title=None))
             .resolve_scale(x="independent", y="independent")
             .properties(title=alt.TitleParams(title, subtitle=[
-                f"line: mean over seeds; band: {band_text} over seeds",
+                f"line: mean over seeds; band: {band_text} over seeds; bars: bootstrap interval "
+                f"over rows (mean over seeds); faded points: p ≥ {charts.P_CHANCE} "
+                "(indistinguishable from chance; the gap: from 0)",
                 "solid: held-out images in the training probe's kNN model; dashed: the training "
                 "probe's own (leave-one-out) accuracy; dotted: their gap"])))
