@@ -243,12 +243,18 @@ def test_placement_equals_a_direct_computation(study):
             expected.append(placement_table(
                 hooks, {h: np.load(ref / files[(h, scale)]) for h in hooks},
                 {h: np.load(held / files[(h, scale)]) for h in hooks}, y_ref, y_q, [3, 5],
-                scale=scale, positions={h: i for i, h in enumerate(emb["hooks"])}))
+                scale=scale, positions={h: i for i, h in enumerate(emb["hooks"])},
+                bootstrap=manifest["bootstrap"]))
         key = ["measure", "scale_a", "hook_a", "hook_b", "k"]
         got = pl.read_parquet(folder / "placement.parquet").sort(key, nulls_last=True)
         want = pl.concat(expected).sort(key, nulls_last=True)
         assert got.select(key).equals(want.select(key)) and got.height > 100
         np.testing.assert_allclose(got["value"], want["value"], rtol=0, atol=0)
+        # the uncertainty columns with the study's metrics.bootstrap (one bootstrap per stage)
+        assert manifest["bootstrap"]["B"] > 0 and got["lo"].null_count() == 0
+        for column in ("lo", "hi", "null", "p"):
+            np.testing.assert_allclose(got[column].to_numpy(), want[column].to_numpy(),
+                                       rtol=0, atol=1e-12)
         assert set(got["augmentation"]) == {run.split("-")[2]} and set(got["probe"]) == {PROBE}
         # fc2 at full scale, k = 3: the held-out kNN vote among the 3 nearest training rows
         r, q = (np.load(p / "fc2@full.npy").astype(np.float64) for p in (ref, held))
