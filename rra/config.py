@@ -1039,11 +1039,13 @@ def layer_analyses(config: dict[str, Any], experiment: str | None = None) -> lis
 
 def layer_params(config: dict[str, Any], run: Run, probe: str, analysis: str) -> dict[str, Any]:
     """The settings the layers stage gets for one (run, probe, analysis) folder (what its
-    params trigger watches): the analysis's keys, ``batch_size`` and, for patterns and
-    margins, ``train`` (the training subset's probe name)."""
+    params trigger watches): the analysis's keys, ``batch_size``, for patterns and
+    margins ``train`` (the training subset's probe name), and ``metrics.bootstrap`` (the
+    uncertainty columns' B, permutations, seed, level; docs/methods.md §4)."""
     for a in layer_analyses(config):
         if (a.run, a.probe, a.analysis) == (run, probe, analysis):
-            return json.loads(a.params)
+            return {**json.loads(a.params),
+                    "bootstrap": dict(config["metrics"].get("bootstrap") or {})}
     raise ConfigError(f"no layer analysis {analysis!r} of run {run.name!r} on probe {probe!r} "
                       "is configured")
 

@@ -509,7 +509,9 @@ def test_layer_analyses_of_the_default_study_and_their_settings(base):
         "resnet20-none-none-s0", "resnet20-none-standard-s0", "resnet20nobn-none-none-s0"}
     params = rc.layer_params(full, rc.Run("resnet20", "none", "none", 0), "test-n10-s0",
                              "patterns")
-    assert params == {"batch_size": 250, "seed": 0, "tree": {}, "train": "train-n50-s0"}
+    assert params == {"batch_size": 250, "seed": 0, "tree": {}, "train": "train-n50-s0",
+                      "bootstrap": full["metrics"]["bootstrap"]}
+    assert params["bootstrap"]["B"] == 200
     frag = rc.layer_params(full, rc.Run("lenet5", "none", "none", 0), "test-n10-s0",
                            "fragmentation")
     assert frag["batch_size"] == 2500 and frag["triplets"] == 2 and "models" not in frag
