@@ -411,6 +411,30 @@ def test_accuracy_cost_frame_and_chart():
     assert len(only_acc.to_dict()["vconcat"]) == 1 and len(only_dataset(only_acc)) == 2 * 2
 
 
+def test_accuracy_cost_draws_the_wilson_interval_and_fades_chance():
+    """The summary's interval columns reach the table (mean Wilson bounds over seeds), the
+    scatter (a wide rule from acc_lo to acc_hi) and the fading (p ≥ 0.05 in some seed)."""
+    acc = pl.DataFrame({"model": ["r"] * 3, "attention": ["none", "none", "se"],
+                        "augmentation": ["standard"] * 3, "seed": [0, 1, 0],
+                        "eval_acc": [0.9, 0.8, 0.12], "eval_acc_lo": [0.85, 0.75, 0.08],
+                        "eval_acc_hi": [0.95, 0.85, 0.16], "eval_acc_null": [0.1] * 3,
+                        "eval_acc_p": [0.0, 0.0, 0.3]})
+    cost = pl.DataFrame({"model": ["r", "r"], "attention": ["se", "none"],
+                         "params": [1500, 1000], "flops": [5100, 5000]})
+    df = frames.accuracy_cost_frame(acc, cost)
+    base, se = df.row(0, named=True), df.row(1, named=True)
+    assert (base["acc_lo"], base["acc_hi"], base["acc_p_max"]) == pytest.approx((0.8, 0.9, 0.0))
+    chart = charts.accuracy_cost(df)
+    table, scatter = sorted(datasets_of(chart), key=lambda d: "text" in d[0])[::-1]
+    assert {r["text"] for r in table if r["column"] == "95 % interval (Wilson)"} == {
+        "80.00 – 90.00", "8.00 – 16.00"}
+    assert {r["variant"]: r["chance_like"] for r in scatter} == {
+        "r · none · standard": False, "r · se · standard": True}
+    spec = json.dumps(chart.to_dict())
+    assert '"y": {"field": "acc_lo"' in spec and '"y2": {"field": "acc_hi"}' in spec
+    assert "datum.chance_like" in spec
+
+
 def test_accuracy_cost_shows_elementwise_and_live_params():
     """cost.parquet's params_live, flops_elementwise and flops_total (rra.models.cost) reach
     the report table and the scatter; flops_total_ratio is computed when absent."""

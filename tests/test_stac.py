@@ -7,6 +7,7 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -244,8 +245,26 @@ def test_cost_stage_rows(tmp_path):
     assert rows["stac-auto"]["flops_extra"] == rows["stac-auto"]["flops"] - rows["none"]["flops"]
 
 
+@pytest.mark.parametrize("acc, n", [(0.5, 10), (0.0, 7), (1.0, 40), (0.93, 1000)])
+def test_wilson_interval_inverts_the_score_test(acc, n):
+    """Brute force: the Wilson interval is the set of p0 whose score test does not reject,
+    |acc − p0| ≤ z √(p0 (1 − p0) / n), found on a fine grid."""
+    from statistics import NormalDist
+
+    from rra.train.summary import wilson_interval
+
+    z = NormalDist().inv_cdf(0.975)
+    p0 = np.linspace(0, 1, 200_001)
+    kept = p0[np.abs(acc - p0) <= z * np.sqrt(p0 * (1 - p0) / n) + 1e-15]
+    lo, hi = wilson_interval(acc, n)
+    assert lo == pytest.approx(kept.min(), abs=1e-5) and hi == pytest.approx(kept.max(), abs=1e-5)
+
+
 def test_accuracy_summary(tmp_path):
-    from rra.train.summary import accuracy_summary
+    from statistics import NormalDist
+
+    from rra.io import read_json
+    from rra.train.summary import accuracy_summary, wilson_interval
 
     runs = []
     for i, attn in enumerate(["none", "stac-auto"]):
@@ -258,6 +277,14 @@ def test_accuracy_summary(tmp_path):
     df = accuracy_summary(runs, "mnist5k", tmp_path / "accuracy")
     assert df["run"].to_list() == ["resnet8-none-standard-s0", "resnet8-stac-auto-standard-s0"]
     assert df["eval_acc"].to_list() == [0.5, 0.6] and df["params"].to_list() == [100, 101]
+    assert df["eval_acc_null"].null_count() == 2          # no num_classes in metrics.json
+    write_json(tmp_path / "none.json", {**read_json(tmp_path / "none.json"),
+                                        "model_args": {"num_classes": 4}})
+    df = accuracy_summary(runs, "mnist5k", tmp_path / "accuracy")
+    row = df.row(0, named=True)
+    assert (row["eval_acc_lo"], row["eval_acc_hi"]) == pytest.approx(wilson_interval(0.5, 10))
+    assert row["eval_acc_null"] == 0.25
+    assert row["eval_acc_p"] == pytest.approx(1 - NormalDist().cdf(0.25 / (0.75 / 40) ** 0.5))
     write_json(tmp_path / "none.json", {"complete": False})
     with pytest.raises(ValueError, match="not complete"):
         accuracy_summary(runs, "mnist5k", tmp_path / "accuracy")

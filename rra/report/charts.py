@@ -449,6 +449,10 @@ COST_EXTRA_COLUMNS = ["params_live", "flops_elementwise", "flops_total", "flops_
 def accuracy_cost(df: pl.DataFrame, *, title: str = "Accuracy and cost") -> alt.VConcatChart:
     """A table-like text chart of accuracy (mean ± sd over seeds), parameters, FLOPs and their
     ratios to the baseline, and a scatter of accuracy against the FLOPs and parameter ratios.
+    With the summary's intervals (``acc_lo``, ``acc_hi``, ``acc_chance``, ``acc_p_max``) the
+    table shows the Wilson interval, the scatter draws it as a wide translucent bar beside the
+    thin ± sd bar, and a variant whose accuracy is not above chance (1/C) in some seed is
+    faded.
     With the columns of ``COST_EXTRA_COLUMNS`` the table also shows live parameters,
     element-wise operations and FLOPs + element-wise operations (and its ratio, also in the
     scatter).
@@ -470,6 +474,10 @@ def accuracy_cost(df: pl.DataFrame, *, title: str = "Accuracy and cost") -> alt.
     acc = zip(texts("acc_mean", ".2f", 100), texts("acc_sd", ".2f", 100))
     cells = [("top-1 acc % (mean ± sd)", [f"{m} ± {s}" for m, s in acc]),
              ("seeds", texts("n_seeds", "d"))]
+    has_ci = "acc_lo" in df.columns
+    if has_ci:   # the Wilson interval of each seed's evaluation, mean over seeds
+        ci = zip(texts("acc_lo", ".2f", 100), texts("acc_hi", ".2f", 100))
+        cells.insert(1, ("95 % interval (Wilson)", [f"{lo} – {hi}" for lo, hi in ci]))
     if has_cost:
         cells += [("params", texts("params", ",.0f")), ("FLOPs", texts("flops", ",.0f")),
                   ("params ratio", texts("params_ratio", ".3f")),
@@ -482,8 +490,9 @@ def accuracy_cost(df: pl.DataFrame, *, title: str = "Accuracy and cost") -> alt.
     text = text_table(order, cells, what="accuracy_cost", row="variant")
     if not has_cost:
         return alt.vconcat(text).properties(title=title)
+    ci_cols = ["acc_lo", "acc_hi", "acc_chance", "acc_p_max"] if has_ci else []
     long = pl.concat([
-        df.select("variant", "acc_mean", "acc_sd", cost=pl.lit(name), ratio=pl.col(col))
+        df.select("variant", "acc_mean", "acc_sd", *ci_cols, cost=pl.lit(name), ratio=pl.col(col))
         for name, col in (("FLOPs / baseline", "flops_ratio"),
                           *([("FLOPs + element-wise / baseline", "flops_total_ratio")]
                             if has_extra else []),
@@ -494,13 +503,21 @@ def accuracy_cost(df: pl.DataFrame, *, title: str = "Accuracy and cost") -> alt.
         x=alt.X("ratio:Q", title="ratio to the baseline", scale=alt.Scale(zero=False)),
         color=alt.Color("variant:N", sort=order),
     )
+    if has_ci:
+        long = long.with_columns(chance_like=(pl.col("acc_p_max") >= P_CHANCE).fill_null(False))
     points = base.mark_point(filled=True, size=60).encode(
         y=alt.Y("acc_mean:Q", title="top-1 accuracy", scale=alt.Scale(zero=False)),
         tooltip=["variant", alt.Tooltip("ratio:Q", format=".4f"),
-                 alt.Tooltip("acc_mean:Q", format=".4f"), alt.Tooltip("acc_sd:Q", format=".4f")],
+                 alt.Tooltip("acc_mean:Q", format=".4f"), alt.Tooltip("acc_sd:Q", format=".4f"),
+                 *[alt.Tooltip(f"{c}:Q", format=".4f") for c in ci_cols]],
+        **({"opacity": faded()} if has_ci else {}),
     )
     bars = base.mark_rule().encode(y="lo:Q", y2="hi:Q")
-    scatter = (alt.layer(bars, points, data=_check_rows(long, "accuracy_cost"))
+    layers = [bars, points]
+    if has_ci:   # wide translucent: the Wilson interval; thin: ± sd over seeds
+        layers.insert(0, base.mark_rule(strokeWidth=6, opacity=0.3).encode(y="acc_lo:Q",
+                                                                           y2="acc_hi:Q"))
+    scatter = (alt.layer(*layers, data=_check_rows(long, "accuracy_cost"))
                .properties(width=260, height=200)
                .facet(column=alt.Column("cost:N", title=None))
                .resolve_scale(x="independent"))

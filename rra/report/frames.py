@@ -143,7 +143,9 @@ def accuracy_cost_frame(accuracy: pl.DataFrame, cost: pl.DataFrame | None = None
     """One row per (model, attention, augmentation): accuracy over seeds and, with ``cost``,
     parameters, FLOPs and their ratios to the model's ``none`` variant.
 
-    acc_mean, acc_sd (ddof = 1; 0 for one seed), acc_min, acc_max, n_seeds; ``variant`` labels
+    acc_mean, acc_sd (ddof = 1; 0 for one seed), acc_min, acc_max, n_seeds; where the summary
+    has them, acc_lo, acc_hi (the seeds' mean Wilson bounds), acc_chance and acc_p_max (the
+    largest p of accuracy > chance over the seeds); ``variant`` labels
     the row (``model · attention · augmentation``). ``cost`` (cost.parquet) is joined on
     (model, attention); its ``params_ratio``/``flops_ratio`` are used when present, else
     computed against the ``none`` row of the same model. Its optional ``params_live``,
@@ -155,10 +157,13 @@ def accuracy_cost_frame(accuracy: pl.DataFrame, cost: pl.DataFrame | None = None
     if missing or accuracy.height == 0:
         raise ValueError(f"accuracy_cost_frame: accuracy frame is empty or lacks {missing}")
     keys = ["model", "attention", "augmentation"]
+    chance = ({"acc_lo": pl.col("eval_acc_lo").mean(), "acc_hi": pl.col("eval_acc_hi").mean(),
+               "acc_chance": pl.col("eval_acc_null").mean(), "acc_p_max": pl.col("eval_acc_p").max()}
+              if "eval_acc_lo" in accuracy.columns else {})
     out = (accuracy.group_by(keys)
            .agg(acc_mean=pl.col("eval_acc").mean(), acc_sd=pl.col("eval_acc").std(ddof=1),
                 acc_min=pl.col("eval_acc").min(), acc_max=pl.col("eval_acc").max(),
-                n_seeds=pl.col("seed").n_unique())
+                n_seeds=pl.col("seed").n_unique(), **chance)
            .with_columns(pl.col("acc_sd").fill_null(0.0),
                          variant=pl.concat_str(keys, separator=" · ")))
     if cost is not None:
