@@ -36,6 +36,24 @@ at the triplet's own points the substituted model reproduces the model's predict
 ``input`` is the core measure (the model itself on the input plane). Cost: R² forward passes
 of the whole model per triplet and hook (the layers before the hook are evaluated and
 discarded; any model works without splitting it).
+
+Uncertainty (the ``lo``, ``hi``, ``null``, ``p`` columns; docs/methods.md §4 and §8) [ours].
+``bootstrap``: ``metrics.bootstrap`` (:class:`rra.metrics.uncertainty.Settings`; ``None``: its
+defaults; B = 0: the four columns null). The sampling units are the **triplets**, not the probe
+images (a triplet's count is one draw of the quantity whose mean is reported; the images enter
+only through the triplets): B resamples of the triplets, stratified by kind (each triplet of a
+kind replaced by a uniformly drawn triplet of that kind;
+:class:`rra.metrics.uncertainty.RowBootstrap` with the kind as the label, seed
+``metrics.bootstrap.seed``), one set of resamples shared by every hook, so hooks are compared
+on the same resampled triplets. A resampled mean is the mean of the drawn triplets' finite
+counts (collinear ones, NaN, left out as in the value: the bootstrap of a ratio; a resample
+that draws only collinear triplets is NaN and ignored by the percentile interval).
+``fragmentation_{kind}`` gets ``lo``, ``hi``; no chance level (``null``, ``p`` empty): the count
+is compared between hooks and variants, and no shuffle gives it a meaningful reference (a
+constant class map gives 1, a labelling of the grid points at random ~R² regions; neither is a
+model one could have had). ``…_sd`` and ``…_triplets``: none (a spread and a count of units).
+Triplets drawn from one probe may share images; they are resampled as independent units, and
+the interval is over triplets given the probe (as the value is).
 """
 
 from __future__ import annotations
@@ -105,18 +123,26 @@ def plane_coordinates(a: Any, b: Any, c: Any, resolution: int = RESOLUTION,
 
 @dataclass
 class Fragmentation:
-    """Per (hook, kind): fragmentation of each triplet, the triplets, a few class maps."""
+    """Per (hook, kind): fragmentation of each triplet, the triplets, a few class maps;
+    ``bootstrap``: ``metrics.bootstrap`` of the rows' ``lo``, ``hi`` (module docstring)."""
 
     hooks: list[str]
     counts: dict[tuple[str, str], np.ndarray]    # (hook, kind) → (T,) float, NaN collinear
     triplets: dict[str, np.ndarray]              # kind → (T, 3) probe rows
     maps: dict[tuple[str, str], np.ndarray]      # (hook, kind) → (keep, R, R) class maps
     positions: dict[str, int] = field(default_factory=dict)
+    bootstrap: Any = None
 
     def rows(self) -> list[dict]:
         """Tidy rows per hook and kind (``scale_a`` = ``full``): ``fragmentation_{kind}`` (the
-        mean over the non-collinear triplets), ``fragmentation_{kind}_sd`` (their standard
-        deviation, ddof 0), ``fragmentation_{kind}_triplets`` (how many were used)."""
+        mean over the non-collinear triplets, with ``lo``, ``hi``: :meth:`resampled_means`),
+        ``fragmentation_{kind}_sd`` (their standard deviation, ddof 0),
+        ``fragmentation_{kind}_triplets`` (how many were used); ``null``, ``p`` are empty."""
+        from rra.metrics import uncertainty as U
+
+        settings = U.Settings.of(self.bootstrap)
+        empty = dict.fromkeys(U.COLUMNS)
+        boot, samples = self.resampled_means(settings) if settings.enabled else (None, {})
         out: list[dict] = []
         for h in self.hooks:
             common = dict(hook_a=h, pos_a=self.positions.get(h), scale_a=FULL_SCALE)
@@ -124,12 +150,40 @@ class Fragmentation:
                 v = self.counts[(h, kind)]
                 v = v[np.isfinite(v)]
                 name = f"fragmentation_{kind}"
-                out.append(dict(common, measure=name,
-                                value=float(v.mean()) if v.size else float("nan")))
+                value = float(v.mean()) if v.size else float("nan")
+                stats = U.stats(boot, samples[(h, kind)], value) if boot is not None else empty
+                out.append(dict(common, measure=name, value=value, **stats))
                 out.append(dict(common, measure=f"{name}_sd",
-                                value=float(v.std()) if v.size else float("nan")))
-                out.append(dict(common, measure=f"{name}_triplets", value=float(v.size)))
+                                value=float(v.std()) if v.size else float("nan"), **empty))
+                out.append(dict(common, measure=f"{name}_triplets", value=float(v.size),
+                                **empty))
         return out
+
+    def resampled_means(self, settings: Any) -> tuple[Any, dict[tuple[str, str], np.ndarray]]:
+        """(the triplet bootstrap, {(hook, kind): (B,) resampled means}) [ours]: B resamples of
+        the triplets stratified by kind (:class:`rra.metrics.uncertainty.RowBootstrap` with
+        the kind's position in ``triplets`` as the label, so seeded by ``settings.seed``),
+        shared by every hook; a resampled mean is the mean of the drawn triplets' finite
+        counts (NaN when every drawn triplet is collinear)."""
+        from rra.metrics import uncertainty as U
+
+        settings = U.Settings.of(settings)
+        kinds = list(self.triplets)
+        sizes = [len(self.triplets[k]) for k in kinds]
+        labels = np.repeat(np.arange(len(kinds)), sizes)
+        boot = U.RowBootstrap(labels, settings.B, settings.seed, settings.level)
+        idx = boot.indices()                               # B × ΣT, each within its kind
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        out: dict[tuple[str, str], np.ndarray] = {}
+        for kind, start, size in zip(kinds, starts, sizes):
+            local = idx[:, start:start + size] - start     # B × T positions in the kind
+            for h in self.hooks:
+                drawn = np.asarray(self.counts[(h, kind)], dtype=np.float64)[local]
+                finite = np.isfinite(drawn)
+                used = finite.sum(axis=1)
+                total = np.where(finite, drawn, 0.0).sum(axis=1)
+                out[(h, kind)] = np.where(used > 0, total / np.maximum(used, 1), np.nan)
+        return boot, out
 
 
 def draw_triplets(labels: Any, kind: str, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -163,7 +217,7 @@ def fragmentation(model: "nn.Module", images: Any, labels: Any, hooks: Sequence[
                   extend: float = EXTEND, kinds: Sequence[str] = KINDS, seed: int = 0,
                   triplet_rows: Mapping[str, Any] | None = None, keep_maps: int = 4,
                   positions: Mapping[str, int] | None = None, device: Any = "auto",
-                  batch_size: int = 500) -> Fragmentation:
+                  batch_size: int = 500, bootstrap: Any = None) -> Fragmentation:
     """Mean number of class regions on R × R grids over planes through T triplets of probe
     rows, per hook (``input``: the input space) and triplet kind; formulas in the module
     docstring [source: core; ours: per hook].
@@ -174,7 +228,12 @@ def fragmentation(model: "nn.Module", images: Any, labels: Any, hooks: Sequence[
     triplets). ``triplet_rows``: explicit triplets instead of drawn ones, {name: T × 3 probe
     rows} (the names replace ``kinds``; ``triplets``, ``kinds`` and ``seed`` are then unused).
     Grid points go through the model ``batch_size`` at a time.
+    ``bootstrap``: ``metrics.bootstrap`` of the rows' ``lo``, ``hi`` (triplets resampled by kind,
+    see the module docstring; ``None``: the defaults; ``{"B": 0}``: null).
     """
+    from rra.metrics.uncertainty import Settings
+
+    settings = Settings.of(bootstrap)
     x_all = as_batch(images)
     n = x_all.shape[0]
     y_all = as_labels(labels, n)
@@ -200,7 +259,8 @@ def fragmentation(model: "nn.Module", images: Any, labels: Any, hooks: Sequence[
             for kind, trip in chosen.items():
                 counts[(hook, kind)], maps[(hook, kind)] = _triplet_counts(model, hook, h_used,
                                                                           trip, planes)
-    return Fragmentation(hooks=hooks, counts=counts, triplets=chosen, maps=maps, positions=pos)
+    return Fragmentation(hooks=hooks, counts=counts, triplets=chosen, maps=maps, positions=pos,
+                         bootstrap=settings)
 
 
 def _drawn_triplets(labels: np.ndarray, kinds: Sequence[str] | str, triplets: int,

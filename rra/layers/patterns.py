@@ -26,7 +26,42 @@ the hook's output in an ``nn.Sequential`` and in rra's ResNet ``BasicBlock`` (``
 e.g. torchvision's BasicBlock ``relu``, is refused).
 
 Streaming: the activations of each forward batch are reduced to codes (n × C bits per hook) and
-zero counts inside the forward hook. Deterministic for a seed (the tree's ``random_state``).
+zero counts per image inside the forward hook. Deterministic for a seed (the tree's
+``random_state``) and ``metrics.bootstrap``.
+
+Uncertainty and chance (the ``lo``, ``hi``, ``null``, ``p`` columns; docs/methods.md §4 and §8)
+[ours]. ``bootstrap``: ``metrics.bootstrap`` (:class:`rra.metrics.uncertainty.Settings`;
+``None``: its defaults; B = 0: the four columns null). One class-stratified bootstrap of the
+probe images (:class:`rra.metrics.uncertainty.RowBootstrap` on the probe labels, seed
+``metrics.bootstrap.seed``) serves every hook:
+
+- channel sparsity: the per-image 1 − (1/C) Σ_c b_c(x_i), element sparsity: the per-image share
+  of exact zeros (every image has C·H·W elements, so both values are means over images) →
+  resampled means; no chance level (a descriptive share: nothing is shuffled against what);
+- tree fidelity (probe): the per-image agreement 1[tree(b(x_i)) = ŷ(x_i)] → resampled means
+  with the tree fixed (fitted once on the training subset, never refitted: the interval is over
+  probe images given the tree); chance level: the fidelity of a tree whose predictions t_i keep
+  their counts but are put in a uniformly random correspondence π with the model's m_i,
+  E_π[(1/n) Σ_i 1[t_i = m_π(i)]] = Σ_c n_t,c n_m,c / n² and its exact sd from Hoeffding's
+  variance of a linear permutation statistic, Var_π(Σ_i a_{i,π(i)}) = Σ_ij d_ij² / (n − 1),
+  d_ij = a_ij − ā_i· − ā_·j + ā_·· with a_ij = 1[t_i = m_j] (:func:`agreement_null`);
+  ``p`` one-sided (fidelity > chance);
+- pattern-group purity: chance level = the purity of the same code groups under uniformly
+  shuffled labels (class counts kept), Monte-Carlo over :data:`PURITY_SHUFFLES` seeded shuffles
+  (:func:`purity_null`): ``null`` their mean, ``p`` one-sided from their sd σ̂ √(1 + 1/S) (the
+  value's null spread and the estimate's own); the exact mean would need the expected maximum
+  of a multivariate hypergeometric per group size, and the variance couples the groups (they
+  share the labels), so both are estimated; no interval (below);
+- unique fraction and purity: no interval. Both depend on the sample through code collisions:
+  a with-replacement resample repeats rows, and a repeated row is a group of two equal codes
+  with one class, which deflates n_unique / n and inflates purity (a resample of n distinct
+  codes has n_unique ≈ 0.63 n); counting each drawn row once is a without-replacement
+  subsample of ≈ 0.63 n rows, which has fewer collisions than the n rows the value is computed
+  on, again biased. Neither quantity has a size-free estimand to put an interval around. The
+  unique fraction has no chance level either (descriptive);
+- ``relu_tree_fidelity_train``: none (an in-sample fit: an interval would have to refit the
+  tree per resample, and beating chance on the rows the tree was fitted to says nothing);
+  depth and leaves: none (structural properties of one fitted tree).
 """
 
 from __future__ import annotations
@@ -37,6 +72,15 @@ import numpy as np
 
 from rra.layers.common import (INPUT_HOOK, HookRunner, as_batch, as_labels, check_hooks,
                               hook_positions, on_device, positive_int)
+
+#: label shuffles of the Monte-Carlo chance level of the pattern-group purity [ours; cheap:
+#: one bincount over the rows of the groups with ≥ 2 members per shuffle]
+PURITY_SHUFFLES = 1000
+#: the random stream of those shuffles, ``np.random.default_rng([seed, PURITY_STREAM])``
+PURITY_STREAM = 21
+#: shuffles generated per call of ``Generator.permuted`` (fixed, so the stream depends on the
+#: seed and the shuffle count only)
+PURITY_CHUNK = 100
 
 if TYPE_CHECKING:
     from torch import nn
@@ -111,13 +155,78 @@ def pattern_purity(codes: np.ndarray, labels: Any) -> float:
     return float(counts.max(axis=1).sum() / codes.shape[0])
 
 
-class ReluCodes:
-    """Binary codes (``codes[hook]``: n × C bool), exact-zero counts (``zeros[hook]``) and
-    element counts (``elements[hook]``) per hook, and the model's predictions (n,)."""
+def purity_null(group: np.ndarray, labels: Any, seed: int,
+                shuffles: int = PURITY_SHUFFLES) -> tuple[float, float, np.ndarray]:
+    """Chance level of the pattern-group purity [ours]: the groups ``group`` (a group id per
+    row, :func:`pattern_groups`) kept, the labels permuted uniformly (class counts kept),
+    ``shuffles`` times. Returns (mean, σ̂ √(1 + 1/S) the sd for the p-value, the S purities).
 
-    def __init__(self, codes: dict, zeros: dict, elements: dict, predictions: np.ndarray):
+    Seeded: shuffles come from ``np.random.default_rng([seed, PURITY_STREAM])``, generated as
+    ``rng.permuted(np.tile(classes, (m, 1)), axis=1)`` in chunks of m ≤ :data:`PURITY_CHUNK`
+    rows (``classes``: the labels as 0 … K − 1 in sorted order). A group of one row adds 1 to
+    n·purity whatever its label, so only the rows of groups with ≥ 2 members are counted."""
+    group = np.asarray(group).reshape(-1)
+    n = group.size
+    y = as_labels(labels, n)
+    shuffles = positive_int(shuffles, "shuffles")
+    _, cls = np.unique(y, return_inverse=True)
+    cls = cls.reshape(-1)
+    k = int(cls.max()) + 1
+    sizes = np.bincount(group)
+    multi = sizes[group] > 1
+    singles = int((sizes == 1).sum())
+    _, sub = np.unique(group[multi], return_inverse=True)
+    sub = sub.reshape(-1)
+    g = int(sub.max()) + 1 if sub.size else 0
+    rng = np.random.default_rng([int(seed), PURITY_STREAM])
+    out = np.empty(shuffles)
+    for start in range(0, shuffles, PURITY_CHUNK):
+        m = min(PURITY_CHUNK, shuffles - start)
+        perm = rng.permuted(np.tile(cls, (m, 1)), axis=1)[:, multi]
+        if g == 0:
+            out[start:start + m] = singles / n
+            continue
+        flat = ((np.arange(m)[:, None] * g + sub[None, :]) * k + perm).ravel()
+        counts = np.bincount(flat, minlength=m * g * k).reshape(m, g, k)
+        out[start:start + m] = (counts.max(axis=2).sum(axis=1) + singles) / n
+    sigma = float(out.std(ddof=1)) if shuffles > 1 else 0.0
+    return float(out.mean()), sigma * float(np.sqrt(1.0 + 1.0 / shuffles)), out
+
+
+def agreement_null(t: Any, m: Any) -> tuple[float, float]:
+    """(E_π, sd_π) of the agreement (1/n) Σ_i 1[t_i = m_π(i)] of two label vectors under a
+    uniformly random correspondence π, exact [ours]: E = Σ_c n_t,c n_m,c / n²; with
+    a_ij = 1[t_i = m_j], Var_π(Σ_i a_{i,π(i)}) = Σ_ij d_ij² / (n − 1),
+    d_ij = a_ij − ā_i· − ā_·j + ā_·· [source: Hoeffding 1951, the combinatorial central limit
+    theorem's variance], summed over the class pairs (d depends on i and j through t_i and m_j
+    only); the sd is √Var / n (0 for n = 1)."""
+    t, m = np.asarray(t).reshape(-1), np.asarray(m).reshape(-1)
+    if t.size != m.size or t.size == 0:
+        raise ValueError(f"agreement_null: need two non-empty label vectors of one length, got "
+                         f"{t.size} and {m.size}")
+    n = t.size
+    classes, inv = np.unique(np.concatenate([t, m]), return_inverse=True)
+    inv = inv.reshape(-1)
+    nt = np.bincount(inv[:n], minlength=classes.size).astype(np.float64)
+    nm = np.bincount(inv[n:], minlength=classes.size).astype(np.float64)
+    mean = float(nt @ nm) / n ** 2
+    # d(c, c') for t_i = c, m_j = c': δ − ā_i· (= n_m,c / n) − ā_·j (= n_t,c' / n) + ā
+    d = np.eye(classes.size) - nm[:, None] / n - nt[None, :] / n + mean
+    ss = float(nt @ (d ** 2) @ nm)
+    var = ss / (n - 1) if n > 1 else 0.0
+    return mean, float(np.sqrt(max(var, 0.0))) / n
+
+
+class ReluCodes:
+    """Binary codes (``codes[hook]``: n × C bool), exact-zero counts (``zeros[hook]``; per image
+    ``row_zeros[hook]``, (n,)) and element counts (``elements[hook]``, all images) per hook, and
+    the model's predictions (n,)."""
+
+    def __init__(self, codes: dict, zeros: dict, elements: dict, predictions: np.ndarray,
+                 row_zeros: dict | None = None):
         self.codes, self.zeros, self.elements = codes, zeros, elements
         self.predictions = predictions
+        self.row_zeros = row_zeros or {}
 
 
 def relu_codes(model: "nn.Module", images: Any, hooks: Sequence[str], *, device: Any = "auto",
@@ -131,6 +240,7 @@ def relu_codes(model: "nn.Module", images: Any, hooks: Sequence[str], *, device:
     batch_size = positive_int(batch_size, "batch_size")
     codes: dict[str, list] = {h: [] for h in hook_list}
     zeros = {h: 0 for h in hook_list}
+    row_zeros: dict[str, list] = {h: [] for h in hook_list}
     elements = {h: 0 for h in hook_list}
     preds = []
 
@@ -140,7 +250,9 @@ def relu_codes(model: "nn.Module", images: Any, hooks: Sequence[str], *, device:
                              "channel dimension")
         on = (out if out.ndim == 2 else out.flatten(2).amax(dim=2)) > 0
         codes[hook].append(on.cpu().numpy())
-        zeros[hook] += int((out == 0).sum())
+        per_row = (out == 0).flatten(1).sum(dim=1).cpu().numpy().astype(np.int64)
+        row_zeros[hook].append(per_row)
+        zeros[hook] += int(per_row.sum())
         elements[hook] += out.numel()
 
     with on_device(model, device, inference=True) as dev:
@@ -153,32 +265,41 @@ def relu_codes(model: "nn.Module", images: Any, hooks: Sequence[str], *, device:
                                  "predictions")
             preds.append(logits.argmax(dim=1).cpu().numpy())
     return ReluCodes({h: np.concatenate(v) for h, v in codes.items()}, zeros, elements,
-                     np.concatenate(preds).astype(np.int64))
+                     np.concatenate(preds).astype(np.int64),
+                     {h: np.concatenate(v) for h, v in row_zeros.items()})
 
 
 def activation_patterns(model: "nn.Module", probe: Any, labels: Any, hooks: Sequence[str], *,
                         train: Any = None, seed: int = 0,
                         tree_kwargs: Mapping[str, Any] | None = None, device: Any = "auto",
                         batch_size: int = 256,
-                        positions: Mapping[str, int] | None = None) -> list[dict]:
+                        positions: Mapping[str, int] | None = None,
+                        bootstrap: Any = None) -> list[dict]:
     """Sparsity, pattern groups and (with ``train``) layer-wise decision trees per ReLU hook.
 
     ``probe``: normalised float N × C × H × W images with integer ``labels``; ``hooks``:
     ``nn.ReLU`` module names in forward order (:func:`relu_hooks`); ``train``: normalised
     images of a training subset for the trees (``None``: no tree rows); ``seed``: the trees'
     ``random_state``; ``tree_kwargs``: further ``DecisionTreeClassifier`` arguments (e.g.
-    ``max_depth``); ``positions``: ``pos_a`` per hook (default: the index in ``hooks``).
+    ``max_depth``); ``positions``: ``pos_a`` per hook (default: the index in ``hooks``);
+    ``bootstrap``: ``metrics.bootstrap`` for the ``lo``, ``hi``, ``null``, ``p`` columns (see
+    the module docstring; ``None``: the defaults of
+    :meth:`rra.metrics.uncertainty.Settings.of`; ``{"B": 0}``: all four null).
 
-    Returns tidy rows (``hook_a``, ``pos_a``, ``value``; no scale, no class):
-    ``relu_channel_sparsity``, ``relu_element_sparsity``, ``relu_pattern_unique_fraction``,
-    ``relu_pattern_purity`` and, with ``train``, ``relu_tree_fidelity`` (probe),
-    ``relu_tree_fidelity_train``, ``relu_tree_depth``, ``relu_tree_leaves``.
+    Returns tidy rows (``hook_a``, ``pos_a``, ``value``, ``lo``, ``hi``, ``null``, ``p``; no
+    scale, no class): ``relu_channel_sparsity``, ``relu_element_sparsity``,
+    ``relu_pattern_unique_fraction``, ``relu_pattern_purity`` and, with ``train``,
+    ``relu_tree_fidelity`` (probe), ``relu_tree_fidelity_train``, ``relu_tree_depth``,
+    ``relu_tree_leaves``.
     """
+    from rra.metrics import uncertainty as U
+
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     tree_kwargs = dict(tree_kwargs or {})
     if "random_state" in tree_kwargs:
         raise ValueError("tree_kwargs must not set random_state: it is the seed argument")
+    settings = U.Settings.of(bootstrap)
     hook_list = check_relu_hooks(model, hooks)
     pos = hook_positions(hook_list, positions)
     x = as_batch(probe, "probe", ndim=4)
@@ -189,29 +310,50 @@ def activation_patterns(model: "nn.Module", probe: Any, labels: Any, hooks: Sequ
     train_codes = (relu_codes(model, train, hook_list, device=device, batch_size=batch_size,
                               name="train") if train is not None else None)
     n = x.shape[0]
+    boot = (U.RowBootstrap(y, settings.B, settings.seed, settings.level)
+            if settings.enabled else None)
     rows: list[dict] = []
     for h in hook_list:
         common = dict(hook_a=h, pos_a=pos[h])
         codes = probe_codes.codes[h]
-        n_unique, _ = pattern_groups(codes)
+        n_unique, group = pattern_groups(codes)
         values = {
             "relu_channel_sparsity": float((~codes).sum() / codes.size),  # 1 − mean(on)
             "relu_element_sparsity": probe_codes.zeros[h] / probe_codes.elements[h],
             "relu_pattern_unique_fraction": n_unique / n,
             "relu_pattern_purity": pattern_purity(codes, y),
         }
+        agree = None
         if train_codes is not None:
             tree = trees[h].fit(train_codes.codes[h].astype(np.uint8), train_codes.predictions)
+            tree_pred = tree.predict(codes.astype(np.uint8))
+            agree = tree_pred == probe_codes.predictions
             values.update({
-                "relu_tree_fidelity": float(np.mean(tree.predict(codes.astype(np.uint8))
-                                                    == probe_codes.predictions)),
+                "relu_tree_fidelity": float(np.mean(agree)),
                 "relu_tree_fidelity_train": float(np.mean(
                     tree.predict(train_codes.codes[h].astype(np.uint8))
                     == train_codes.predictions)),
                 "relu_tree_depth": float(tree.get_depth()),
                 "relu_tree_leaves": float(tree.get_n_leaves()),
             })
-        rows += [dict(common, measure=m, value=float(v)) for m, v in values.items()]
+        stats = {m: dict.fromkeys(U.COLUMNS) for m in values}
+        if boot is not None:
+            channel = 1.0 - codes.mean(axis=1)                               # per image
+            element = probe_codes.row_zeros[h] / (probe_codes.elements[h] / n)
+            stats["relu_channel_sparsity"] = U.stats(boot, boot.mean(channel),
+                                                     values["relu_channel_sparsity"])
+            stats["relu_element_sparsity"] = U.stats(boot, boot.mean(element),
+                                                     values["relu_element_sparsity"])
+            null, sd, _ = purity_null(group, y, settings.seed)
+            stats["relu_pattern_purity"] = dict(
+                lo=None, hi=None, null=null,
+                p=U.p_value(values["relu_pattern_purity"], null, sd))
+            if agree is not None:
+                null, sd = agreement_null(tree_pred, probe_codes.predictions)
+                stats["relu_tree_fidelity"] = U.stats(
+                    boot, boot.mean(agree.astype(np.float64)), values["relu_tree_fidelity"],
+                    null, sd)
+        rows += [dict(common, measure=m, value=float(v), **stats[m]) for m, v in values.items()]
     return rows
 
 

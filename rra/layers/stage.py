@@ -76,7 +76,9 @@ def layer_run(analysis: str, run_dir: PathLike, data_dir: PathLike, probe_path: 
 
     ``settings``: the analysis's resolved settings (``rra.config.layer_params``: e.g.
     ``max_shift`` and ``scales`` for translation, the training subset's probe name ``train``
-    for patterns and margins); ``run``: the identity columns (dataset, model, attention,
+    for patterns and margins, ``bootstrap`` = ``metrics.bootstrap`` for the tables' ``lo``, ``hi``,
+    ``null``, ``p``: each analysis's module docstring says which values get them and how);
+    ``run``: the identity columns (dataset, model, attention,
     augmentation, seed, probe); ``train_path``: the training subset's probe file (patterns,
     margins); ``include_input``: the ``input`` hook first (``None``: the model's
     ``analyse_input``; the workflow passes the resolved ``embed.input``).
@@ -157,7 +159,8 @@ def _patterns(model, probe: ProbeImages, train: ProbeImages, hooks, s, dev):
                                train=train.inputs, seed=int(s["seed"]),
                                tree_kwargs=dict(s["tree"]), device=dev,
                                batch_size=int(s["batch_size"]),
-                               positions={r: pos[h] for r, h in hook_of.items()})
+                               positions={r: pos[h] for r, h in hook_of.items()},
+                               bootstrap=s.get("bootstrap"))
     for row in rows:
         row["hook_a"] = hook_of[row["hook_a"]]
     return rows, {}, list(hook_of.values())
@@ -204,7 +207,8 @@ def _fragmentation(model, probe: ProbeImages, train, hooks, s, dev):
                               resolution=int(s["resolution"]), triplets=int(s["triplets"]),
                               extend=float(s["extend"]), kinds=list(s["kinds"]),
                               seed=int(s["seed"]), keep_maps=0, positions=_positions(hooks),
-                              device=dev, batch_size=int(s["batch_size"]))
+                              device=dev, batch_size=int(s["batch_size"]),
+                              bootstrap=s.get("bootstrap"))
     return rows, {}, hooks
 
 

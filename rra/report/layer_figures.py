@@ -163,7 +163,11 @@ def patterns_figures(rep: Report, dirs: Sequence[LayerDir], place: Place) -> Non
         "purity of the groups of equal codes, fidelity of a decision tree on the training "
         "subset's codes to the model's predictions on the probe, its depth and leaves; "
         "colour: model · attention · augmentation (with vs without BatchNorm and "
-        "augmentation, E8)")
+        "augmentation, E8); bars: bootstrap interval over the probe images (sparsities and "
+        "probe fidelity, tree fixed; mean over seeds); faded points: p ≥ 0.05 against the "
+        "chance level (purity: the same groups with shuffled labels; fidelity: the tree's "
+        "predictions shuffled against the model's); unique fraction, purity, depth and leaves "
+        "have no interval (methods §4)")
 
 
 def fragmentation_figures(rep: Report, dirs: Sequence[LayerDir], place: Place) -> None:
@@ -171,7 +175,8 @@ def fragmentation_figures(rep: Report, dirs: Sequence[LayerDir], place: Place) -
         rep, dirs, place, "fragmentation", "Fragmentation",
         "Mean number of 8-connected class regions on an R × R grid over the plane through "
         "three probe images (same class / three classes), in the input space (hook input) "
-        "and in each hook's output space classified by the model after the hook (E9)")
+        "and in each hook's output space classified by the model after the hook (E9); bars: "
+        "bootstrap interval over the triplets (mean over seeds); no chance level")
 
 
 def margins_figures(rep: Report, dirs: Sequence[LayerDir], place: Place) -> None:
