@@ -99,15 +99,22 @@ def test_translation_stage(study):
                        & (pl.col("dy") == 0))
     assert centre.height == df.select("hook_a", "scale_a").unique().height
     np.testing.assert_allclose(centre["value"].to_numpy(), 1.0, atol=1e-5)
-    x, _, split = probe_inputs(study)
+    x, y, split = probe_inputs(study)
     ref = translation_sensitivity(model, x, ["input", *model.hook_names],
                                   fill=black_fill(split.info), max_shift=1, scales=[1, "full"],
-                                  device="cpu", batch_size=64)
-    got = {(r["measure"], r["hook_a"], r["scale_a"], r["dx"], r["dy"], r["radius"]): r["value"]
+                                  device="cpu", batch_size=64, labels=y)
+    got = {(r["measure"], r["hook_a"], r["scale_a"], r["dx"], r["dy"], r["radius"]): r
            for r in df.iter_rows(named=True)}
     for r in ref:
         key = (r["measure"], r["hook_a"], r["scale_a"], r.get("dx"), r.get("dy"), r.get("radius"))
-        assert got[key] == pytest.approx(r["value"], rel=1e-4, abs=1e-6)  # float32 sums
+        assert got[key]["value"] == pytest.approx(r["value"], rel=1e-4, abs=1e-6)  # float32 sums
+        for c in ("lo", "hi", "null", "p"):  # the defaults of metrics.bootstrap (B = 200)
+            if r[c] is None:  # zero-norm share: no chance level
+                assert got[key][c] is None
+            else:
+                assert got[key][c] == pytest.approx(r[c], rel=1e-4, abs=1e-5)
+    cells = df.filter(pl.col("measure") == "translation_cosine")
+    assert cells.select("lo", "hi", "null", "p").null_count().row(0) == (0,) * 4
     assert read_json(out / "manifest.json") == manifest
 
 
@@ -164,6 +171,13 @@ def test_margins_stage(study):
     means = inputs.filter(pl.col("measure") == "input_margin_mean").sort("pca_k")["value"]
     finite = [v for v in means.to_list() if np.isfinite(v)]
     assert all(v > 0 for v in finite)
+    # intervals for the hidden-margin quantiles and means with rows, never a chance level
+    rated = df.filter(pl.col("measure").is_in(["hidden_margin", "hidden_margin_mean"])
+                      & pl.col("value").is_not_nan())
+    assert rated.height > 0 and rated["lo"].null_count() == 0 and rated["hi"].null_count() == 0
+    assert df["null"].null_count() == df["p"].null_count() == df.height
+    counts = df.filter(pl.col("measure").str.ends_with("_n"))
+    assert counts["lo"].null_count() == counts.height
 
 
 def test_saliency_stage(study):
@@ -185,6 +199,25 @@ def test_saliency_stage(study):
     share = df.filter(pl.col("class").is_null())
     assert set(share["measure"]) == {"saliency_top5pct_share_true", "saliency_top5pct_share_pred"}
     assert all(0.05 <= v <= 1 for v in share["value"])
+    assert share["null"].to_list() == pytest.approx([40 / 784] * 2)  # ⌈0.05 · 784⌉ / 784
+    assert share["lo"].null_count() == 0 and share["p"].null_count() == share.height
+
+
+def test_bootstrap_off_leaves_the_four_columns_null(study, tmp_path):
+    """metrics.bootstrap.B = 0 in the stage's settings: the same values, null lo, hi, null, p."""
+    root, data = study
+    for analysis in ("translation", "saliency"):
+        tables = {}
+        for B in (0, 20):
+            out = tmp_path / f"{analysis}-{B}"
+            layer_run(analysis, root / "run", data, data / "probe" / "test-n3-s0.npy", out,
+                      settings={**SETTINGS[analysis], "bootstrap": {"B": B}}, run=RUN,
+                      device="cpu")
+            tables[B] = pl.read_parquet(out / f"{analysis}.parquet")
+        off, on = tables[0], tables[20]
+        assert on["lo"].null_count() < on.height
+        assert off.select("lo", "hi", "null", "p").null_count().row(0) == (off.height,) * 4
+        np.testing.assert_array_equal(off["value"].to_numpy(), on["value"].to_numpy())
 
 
 def test_fragmentation_stage(study):

@@ -51,6 +51,21 @@ unique (the subspace is, unless a tie straddles k).
 Reported per k (column ``pca_k``, D for the unconstrained margin): the mean and median margin
 over the correctly classified probe rows where DeepFool converged, their number, and how many
 did not converge within ``max_iter`` (left out of the mean: their margin is unknown).
+
+Uncertainty [ours] (:mod:`rra.layers.intervals`; methods.md §4), with ``bootstrap``
+(``metrics.bootstrap``; B = 0: the four columns null, the values unchanged). ``lo``, ``hi``:
+the class-stratified bootstrap over the images (their labels the strata): the hidden margins
+resample all probe rows, the input margins the attacked rows (the first ``deepfool_per_class``
+of each class in the stage: with one image per class every resample is the same set, so
+lo = hi = value); each resample recomputes the statistic from the per-image margins of the
+rows it draws (a row drawn twice counts twice) that have one (correct, ∇_h ≠ 0, or converged):
+the quantiles with ``np.quantile``'s linear interpolation, the mean as
+Σ_i W[b, i] d̃_i f_i / Σ_i W[b, i] f_i. sqrt tr Cov(h) is held at its probe value (resampling it
+would need every row's full hook output kept; it is a per-hook unit, not a statistic of the
+margins). No chance level (``null``, ``p`` null): a margin is a distance of one image to its
+own decision boundary, so a shuffled correspondence between images has no meaning for it, and
+"margin 0" is not chance but the boundary. The counts (``*_n``, ``hidden_margin_flat``,
+``input_margin_not_converged``) and ``hidden_margin_spread`` keep null columns.
 """
 
 from __future__ import annotations
@@ -66,6 +81,8 @@ from rra.layers.common import (FULL_SCALE, INPUT_HOOK, HookRunner, as_batch, as_
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+    from rra.metrics.uncertainty import Settings
 
 QUARTILES = (0.25, 0.5, 0.75)
 PCA_KS: tuple[int | str, ...] = (1, 5, 25, "full")
@@ -84,24 +101,44 @@ class HiddenMargins:
     spread: dict[str, float]            # hook -> sqrt(tr Cov(h)) over the probe
     flat: dict[str, int]                # hook -> correct rows with ∇_h = 0 (left out)
     positions: dict[str, int] = field(default_factory=dict)
+    labels: np.ndarray | None = None    # (n,) the images' classes: the bootstrap's strata
 
-    def rows(self, quantiles: Sequence[float] = QUARTILES) -> list[dict]:
+    def rows(self, quantiles: Sequence[float] = QUARTILES,
+             bootstrap: "Mapping[str, Any] | Settings | None" = None) -> list[dict]:
         """Tidy rows per hook: ``hidden_margin`` (one per ``quantile``), ``hidden_margin_mean``,
         ``hidden_margin_n`` (rows used), ``hidden_margin_flat``, ``hidden_margin_spread``
-        (sqrt tr Cov(h)); ``scale_a`` = ``full``. A hook without usable rows gets NaN values."""
+        (sqrt tr Cov(h)); ``scale_a`` = ``full``. A hook without usable rows gets NaN values.
+        ``lo``, ``hi`` of the quantiles and the mean: the class-stratified bootstrap over the
+        probe rows (``labels``; ``bootstrap`` = ``metrics.bootstrap``, None: the defaults,
+        B = 0: null), the same statistic of the usable rows among each resample's rows, with
+        sqrt tr Cov(h) held at its probe value; no chance level (module docstring); the
+        counts and the spread keep null columns."""
+        from rra.layers.intervals import (NONE, columns, resampled_means, resampled_quantiles,
+                                          row_bootstrap, settings_of)
+
         qs = _check_quantiles(quantiles)
+        n = self.correct.size
+        boot = row_bootstrap(self.labels, n, settings_of(bootstrap))
         out: list[dict] = []
         for h in self.hooks:
             common = dict(hook_a=h, pos_a=self.positions.get(h), scale_a=FULL_SCALE)
             v = self.margin[h][np.isfinite(self.margin[h])]
-            for q in qs:
-                out.append(dict(common, measure="hidden_margin", quantile=q,
-                                value=float(np.quantile(v, q)) if v.size else float("nan")))
-            out.append(dict(common, measure="hidden_margin_mean",
-                            value=float(v.mean()) if v.size else float("nan")))
-            out.append(dict(common, measure="hidden_margin_n", value=float(v.size)))
-            out.append(dict(common, measure="hidden_margin_flat", value=float(self.flat[h])))
-            out.append(dict(common, measure="hidden_margin_spread", value=float(self.spread[h])))
+            values = [float(np.quantile(v, q)) if v.size else float("nan") for q in qs]
+            values.append(float(v.mean()) if v.size else float("nan"))
+            unc = [dict(NONE) for _ in values]
+            if boot is not None:
+                samples = np.concatenate(
+                    [resampled_quantiles(boot, self.margin[h], qs),
+                     resampled_means(boot, self.margin[h])[:, None]], axis=1)
+                unc = columns(boot, samples, values)
+            for q, value, u in zip(qs, values, unc):
+                out.append(dict(common, measure="hidden_margin", quantile=q, value=value, **u))
+            out.append(dict(common, measure="hidden_margin_mean", value=values[-1], **unc[-1]))
+            out.append(dict(common, measure="hidden_margin_n", value=float(v.size), **NONE))
+            out.append(dict(common, measure="hidden_margin_flat", value=float(self.flat[h]),
+                            **NONE))
+            out.append(dict(common, measure="hidden_margin_spread", value=float(self.spread[h]),
+                            **NONE))
         return out
 
 
@@ -132,7 +169,7 @@ def hidden_margins(model: "nn.Module", images: Any, labels: Any, hooks: Sequence
     with on_device(model, device) as dev, torch.enable_grad():
         for start in range(0, n, batch_size):
             _margin_batch(runner, sums, x_all, y_all, start, batch_size, dev)
-    return sums.result(pos)
+    return sums.result(pos, y_all)
 
 
 @dataclass
@@ -177,7 +214,8 @@ class _MarginSums:
         with np.errstate(divide="ignore", invalid="ignore"):
             self.raw[hook][rows] = np.where(ok & (norms > 0), diff / norms, np.nan)
 
-    def result(self, positions: dict[str, int]) -> HiddenMargins:
+    def result(self, positions: dict[str, int], labels: np.ndarray | None = None
+               ) -> HiddenMargins:
         """Normalise d by sqrt(tr Cov(h)) per hook and count the flat rows."""
         n = self.n
         margin, spread, flat_counts = {}, {}, {}
@@ -188,7 +226,8 @@ class _MarginSums:
                 margin[h] = self.raw[h] / spread[h] if spread[h] > 0 else np.full(n, np.nan)
             flat_counts[h] = int(np.sum(self.correct & (self.gnorm[h] == 0)))
         return HiddenMargins(hooks=self.hooks, correct=self.correct, margin=margin, raw=self.raw,
-                             spread=spread, flat=flat_counts, positions=positions)
+                             spread=spread, flat=flat_counts, positions=positions,
+                             labels=labels)
 
 
 def _margin_batch(runner: HookRunner, sums: _MarginSums, x_all: "torch.Tensor",
@@ -221,14 +260,16 @@ def _margin_batch(runner: HookRunner, sums: _MarginSums, x_all: "torch.Tensor",
 def hidden_margin_rows(model: "nn.Module", images: Any, labels: Any, hooks: Sequence[str], *,
                        quantiles: Sequence[float] = QUARTILES,
                        positions: Mapping[str, int] | None = None, device: Any = "auto",
-                       batch_size: int = 256) -> list[dict]:
+                       batch_size: int = 256,
+                       bootstrap: "Mapping[str, Any] | Settings | None" = None) -> list[dict]:
     """Tidy rows of :func:`hidden_margins` (measures ``hidden_margin`` with extra column
     ``quantile``, ``hidden_margin_mean``, ``hidden_margin_n``, ``hidden_margin_flat``,
-    ``hidden_margin_spread``; per hook, ``scale_a`` = ``full``) [ours]."""
+    ``hidden_margin_spread``; per hook, ``scale_a`` = ``full``) [ours], with ``lo``, ``hi``
+    (:meth:`HiddenMargins.rows`; ``bootstrap`` = ``metrics.bootstrap``)."""
     qs = _check_quantiles(quantiles)
     res = hidden_margins(model, images, labels, hooks, positions=positions, device=device,
                          batch_size=batch_size)
-    return res.rows(qs)
+    return res.rows(qs, bootstrap)
 
 
 # --------------------------------------------------------------------------- PCA subspace
@@ -379,18 +420,29 @@ def _deepfool_batch(model, x0, y, V, max_iter, overshoot, candidates, all_labels
 def input_margin_rows(model: "nn.Module", images: Any, labels: Any, *,
                       train_inputs: Any = None, ks: Sequence[int | str] = PCA_KS,
                       max_iter: int = 50, overshoot: float = 0.02, candidates: int = 10,
-                      device: Any = "auto", batch_size: int = 256) -> list[dict]:
+                      device: Any = "auto", batch_size: int = 256,
+                      bootstrap: "Mapping[str, Any] | Settings | None" = None) -> list[dict]:
     """DeepFool input margin (``pca_k`` = D) and constrained margins (top-k PCA directions of
     ``train_inputs``, k in ``ks``; ``"full"`` = D) over the correctly classified rows.
 
     Rows (``hook_a`` = ``input``, ``pos_a`` = 0, ``scale_a`` = ``full``, extra column
     ``pca_k``): ``input_margin_mean``, ``input_margin_median`` (over converged rows),
     ``input_margin_n`` (correctly classified rows), ``input_margin_not_converged``.
-    One SVD of ``train_inputs`` and one DeepFool run per k.
+    One SVD of ``train_inputs`` and one DeepFool run per k. ``lo``, ``hi`` of the mean and the
+    median: the class-stratified bootstrap over the attacked images (``labels`` the strata;
+    ``bootstrap`` = ``metrics.bootstrap``, None: the defaults, B = 0: null), the same statistic
+    of the converged margins among each resample's images; no chance level; the counts keep
+    null columns (module docstring).
     """
+    from rra.layers.intervals import (NONE, columns, resampled_means, resampled_quantiles,
+                                      row_bootstrap, settings_of)
+
     x = as_batch(images)
     d = int(np.prod(x.shape[1:]))
     ks_int = _check_ks(ks, d)
+    n = x.shape[0]
+    boot = row_bootstrap(None if labels is None else as_labels(labels, n), n,
+                         settings_of(bootstrap))
     basis_all = None
     if any(k < d for k in ks_int):
         if train_inputs is None:
@@ -407,16 +459,22 @@ def input_margin_rows(model: "nn.Module", images: Any, labels: Any, *,
                        max_iter=max_iter, overshoot=overshoot, candidates=candidates,
                        device=device, batch_size=batch_size)
         ok = res.attacked & res.converged
+        per_image = np.where(ok, res.margin, np.nan)
         v = res.margin[ok]
+        values = [float(v.mean()) if v.size else float("nan"),
+                  float(np.median(v)) if v.size else float("nan")]
+        unc = [dict(NONE), dict(NONE)]
+        if boot is not None:
+            samples = np.concatenate([resampled_means(boot, per_image)[:, None],
+                                      resampled_quantiles(boot, per_image, [0.5])], axis=1)
+            unc = columns(boot, samples, values)
         common = dict(hook_a=INPUT_HOOK, pos_a=0, scale_a=FULL_SCALE, pca_k=k)
         rows += [
-            dict(common, measure="input_margin_mean",
-                 value=float(v.mean()) if v.size else float("nan")),
-            dict(common, measure="input_margin_median",
-                 value=float(np.median(v)) if v.size else float("nan")),
-            dict(common, measure="input_margin_n", value=float(res.attacked.sum())),
+            dict(common, measure="input_margin_mean", value=values[0], **unc[0]),
+            dict(common, measure="input_margin_median", value=values[1], **unc[1]),
+            dict(common, measure="input_margin_n", value=float(res.attacked.sum()), **NONE),
             dict(common, measure="input_margin_not_converged",
-                 value=float((res.attacked & ~res.converged).sum())),
+                 value=float((res.attacked & ~res.converged).sum()), **NONE),
         ]
     return rows
 

@@ -17,6 +17,17 @@ Plain autograd, not captum: the gradient of one logit per row is a few lines
 (``torch.autograd.grad`` of Σ_i S_{c_i}(x_i), which in eval mode is row i's own gradient), where
 captum would add a dependency for the same call.
 
+Uncertainty and chance of the share rows [ours] (:mod:`rra.layers.intervals`; methods.md §4):
+``lo``, ``hi`` from the class-stratified bootstrap of the per-image shares (the mean over the
+images with a defined share, Σ_i W[b, i] s_i f_i / Σ_i W[b, i] f_i; per class over the class's
+images). ``null`` = m / HW, the share of a flat map: the least any map can have (the top m of
+HW values hold at least m/HW of the mass), i.e. "no concentration at all". It is a reference,
+not a shuffled-row chance level: the share depends only on the multiset of a map's values, so
+shuffling pixels (or pairing maps with other images) leaves it unchanged and there is no
+permutation null. ``p`` stays null: every map but a flat one lies above m/HW, so a test of
+value > m/HW would be trivially significant and say nothing (and the bootstrap sd is not an sd
+under a null). B = 0: the four columns null.
+
 First-layer filters: the weights of the first ``Conv2d`` (module order), out × in × kh × kw,
 scaled for display [ours]: ``"filter"`` maps each filter's min..max to 0..1 (a constant filter
 to 0.5); ``"global"`` maps w ↦ (w / max|w| + 1) / 2 over all filters (0 → 0.5, relative
@@ -31,7 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -41,6 +52,8 @@ from rra.layers.common import (FULL_SCALE, INPUT_HOOK, HookRunner, as_batch, as_
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+    from rra.metrics.uncertainty import Settings
 
 TOP = 0.05
 NORMALISE = ("filter", "global")
@@ -75,19 +88,42 @@ class Saliency:
     share_pred: np.ndarray   # (n,)
     top: float
 
-    def rows(self) -> list[dict]:
+    def rows(self, bootstrap: "Mapping[str, Any] | Settings | None" = None) -> list[dict]:
         """Tidy rows (``hook_a`` = ``input``, ``pos_a`` = 0, ``scale_a`` = ``full``):
         ``saliency_top{p}pct_share_true`` / ``_pred`` (p = 100·top), the mean over all images
-        and, with ``class`` (the true class), over the images of each class."""
+        and, with ``class`` (the true class), over the images of each class; with ``lo``,
+        ``hi`` (class-stratified bootstrap of the per-image shares, ``bootstrap`` =
+        ``metrics.bootstrap``, None: the defaults, B = 0: null) and ``null`` = m / HW, the
+        share of a flat map (``p`` null; module docstring)."""
+        from rra.layers.intervals import (NONE, columns, resampled_class_means, resampled_means,
+                                          row_bootstrap, settings_of)
+
         name = f"saliency_top{100 * self.top:g}pct_share"
         common = dict(hook_a=INPUT_HOOK, pos_a=0, scale_a=FULL_SCALE)
+        classes = np.unique(self.labels)
+        boot = row_bootstrap(self.labels, self.labels.size, settings_of(bootstrap))
         out: list[dict] = []
         for which, v in (("true", self.share_true), ("pred", self.share_pred)):
-            out.append(dict(common, measure=f"{name}_{which}", value=_nanmean(v)))
-            for c in np.unique(self.labels):
+            values = [_nanmean(v), *(_nanmean(v[self.labels == c]) for c in classes)]
+            unc = [dict(NONE) for _ in values]
+            if boot is not None:
+                samples = np.concatenate([resampled_means(boot, v)[:, None],
+                                          resampled_class_means(boot, v)], axis=1)
+                unc = columns(boot, samples, values)
+                for u in unc:
+                    u["null"] = self.flat_share
+            out.append(dict(common, measure=f"{name}_{which}", value=values[0], **unc[0]))
+            for c, value, u in zip(classes, values[1:], unc[1:]):
                 out.append(dict(common, measure=f"{name}_{which}", **{"class": int(c)},
-                                value=_nanmean(v[self.labels == c])))
+                                value=value, **u))
         return out
+
+    @property
+    def flat_share(self) -> float:
+        """The top share of a flat (uniform) map, m / HW with m = ⌈top · H · W⌉: the least a
+        map can have (the chance level of the table)."""
+        hw = int(np.prod(self.true.shape[1:]))
+        return max(1, math.ceil(self.top * hw - 1e-9)) / hw
 
 
 def saliency_maps(model: "nn.Module", images: Any, labels: Any, *, top: float = TOP,
@@ -133,10 +169,12 @@ def saliency_maps(model: "nn.Module", images: Any, labels: Any, *, top: float = 
 
 
 def saliency_rows(model: "nn.Module", images: Any, labels: Any, *, top: float = TOP,
-                  device: Any = "auto", batch_size: int = 256) -> list[dict]:
-    """The scalar rows of :func:`saliency_maps` (see :meth:`Saliency.rows`)."""
+                  device: Any = "auto", batch_size: int = 256,
+                  bootstrap: "Mapping[str, Any] | Settings | None" = None) -> list[dict]:
+    """The scalar rows of :func:`saliency_maps` (see :meth:`Saliency.rows`; ``bootstrap``:
+    ``metrics.bootstrap``)."""
     return saliency_maps(model, images, labels, top=top, device=device,
-                         batch_size=batch_size).rows()
+                         batch_size=batch_size).rows(bootstrap)
 
 
 def first_layer_filters(model: "nn.Module", layer: str | None = None,

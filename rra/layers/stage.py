@@ -137,7 +137,8 @@ def _translation(model, probe: ProbeImages, train, hooks, s, dev):
     rows = translation_sensitivity(model, probe.inputs, hooks, fill=black_fill(probe.info),
                                    max_shift=int(s["max_shift"]), scales=s["scales"],
                                    device=dev, batch_size=int(s["batch_size"]),
-                                   positions=_positions(hooks))
+                                   positions=_positions(hooks), labels=probe.labels,
+                                   bootstrap=s.get("bootstrap"))
     return rows, {}, hooks
 
 
@@ -175,12 +176,13 @@ def _margins(model, probe: ProbeImages, train: ProbeImages, hooks, s, dev):
     bs = int(s["batch_size"])
     rows = hidden_margin_rows(model, probe.inputs, probe.labels, hooks,
                               quantiles=s["quantiles"], positions=_positions(hooks),
-                              device=dev, batch_size=bs)
+                              device=dev, batch_size=bs, bootstrap=s.get("bootstrap"))
     take = first_per_class(probe.labels, s["deepfool_per_class"])
     rows += input_margin_rows(model, probe.inputs[take], probe.labels[take],
                               train_inputs=train.inputs, ks=s["pca_k"],
                               max_iter=int(s["max_iter"]), overshoot=float(s["overshoot"]),
-                              candidates=int(s["candidates"]), device=dev, batch_size=bs)
+                              candidates=int(s["candidates"]), device=dev, batch_size=bs,
+                              bootstrap=s.get("bootstrap"))
     return rows, {}, hooks
 
 
@@ -196,7 +198,7 @@ def _saliency(model, probe: ProbeImages, train, hooks, s, dev):
     arrays = {"rows": shown, "images": probe.images[shown], "labels": probe.labels[shown],
               "predicted": sal.predicted[shown], "true": sal.true[shown],
               "pred": sal.pred[shown], "filters": first_layer_filters(model)}
-    return sal.rows(), arrays, ["input"]
+    return sal.rows(s.get("bootstrap")), arrays, ["input"]
 
 
 def _fragmentation(model, probe: ProbeImages, train, hooks, s, dev):

@@ -735,14 +735,16 @@ def translation_maps(df: pl.DataFrame, *, row: str = "variant",
     """(2S+1)² heat maps of one translation measure (``translation_cosine`` or
     ``translation_rel_change``) at one scale: x = dx, y = dy (content moved right / down for
     positive values), one panel per hook (columns, forward order) and ``row`` value; mean over
-    seeds. [source: translation-sensitivity maps; ours: layout]"""
+    seeds; cells indistinguishable from chance (p ≥ :data:`P_CHANCE`, the translate of another
+    image) faded, the bootstrap interval and chance level in the tooltip. [source:
+    translation-sensitivity maps; ours: layout, fading]"""
     require_columns(df, [row, "hook_a", "pos_a", "dx", "dy", "measure", "value"],
                     "translation_maps")
     measure = df["measure"].unique().to_list()
     if len(measure) != 1:
         raise ValueError(f"translation_maps: one measure per figure, got {measure}")
-    agg = _check_rows(aggregate(df, [row, "hook_a", "pos_a", "dx", "dy"], "translation_maps"),
-                      "translation_maps")
+    agg = _check_rows(aggregate(df, [row, "hook_a", "pos_a", "dx", "dy"], "translation_maps",
+                                chance=True), "translation_maps")
     cosine = measure[0] == "translation_cosine"
     low = min(0.0, float(agg["mean"].min())) if cosine else 0.0
     scale = (alt.Scale(scheme=HEAT, domain=[low, 1.0]) if cosine
@@ -754,8 +756,9 @@ def translation_maps(df: pl.DataFrame, *, row: str = "variant",
         y=alt.Y("dy:O", sort=shifts, title="dy"),
         color=alt.Color("mean:Q", title="cosine" if cosine else "‖Δh‖ / ‖h‖", scale=scale,
                         legend=GRADIENT),
+        opacity=faded(),
         tooltip=[row, "hook_a", "dx", "dy", alt.Tooltip("mean:Q", format=".4f"),
-                 alt.Tooltip("sd:Q", format=".4f"), "n"],
+                 alt.Tooltip("sd:Q", format=".4f"), "n", *chance_tooltip()],
     ).properties(width=alt.Step(9), height=alt.Step(9))
     return chart.facet(row=alt.Row(f"{row}:N", title=None,
                                    header=alt.Header(labelAngle=0, labelAlign="left")),
@@ -767,21 +770,28 @@ def radial_curves(df: pl.DataFrame, *, color: str = "variant",
                   title: str = "Radial translation profiles") -> alt.FacetChart:
     """Radial profiles p(r) (mean of a translation map over max(|dx|, |dy|) = r) against r,
     one line per ``color`` value and scale (dashed: the other scale), one panel per measure
-    (rows) and hook (columns, forward order); mean over seeds. [source: radial profile]"""
+    (rows) and hook (columns, forward order); mean over seeds; error bars: the bootstrap
+    interval (mean over seeds), faded points: p ≥ :data:`P_CHANCE`. [source: radial profile;
+    ours: bars, fading]"""
     require_columns(df, ["measure", "scale_a", color, "hook_a", "pos_a", "radius", "value"],
                     "radial_curves")
     keys = ["measure", "scale_a", color, "hook_a", "pos_a", "radius"]
-    agg = _check_rows(aggregate(df, keys, "radial_curves"), "radial_curves")
+    agg = _check_rows(aggregate(df, keys, "radial_curves", chance=True), "radial_curves")
     hooks = agg.sort("pos_a")["hook_a"].unique(maintain_order=True).to_list()
-    chart = alt.Chart(agg).mark_line(point=True).encode(
+    base = alt.Chart().encode(
         x=alt.X("radius:O", title="r = max(|dx|, |dy|)", axis=alt.Axis(labelAngle=0)),
-        y=alt.Y("mean:Q", title=None, scale=alt.Scale(zero=False)),
         color=alt.Color(f"{color}:N", title=color),
         strokeDash=alt.StrokeDash("scale_a:N", sort=scale_order(agg["scale_a"].to_list()),
                                   title="scale"),
+    )
+    line = base.mark_line().encode(y=alt.Y("mean:Q", title=None, scale=alt.Scale(zero=False)))
+    points = base.mark_point(filled=True).encode(
+        y=alt.Y("mean:Q", title=None, scale=alt.Scale(zero=False)), opacity=faded(),
         tooltip=["measure", "scale_a", color, "hook_a", "radius",
-                 alt.Tooltip("mean:Q", format=".4f"), alt.Tooltip("sd:Q", format=".4f"), "n"],
-    ).properties(width=110, height=90)
+                 alt.Tooltip("mean:Q", format=".4f"), alt.Tooltip("sd:Q", format=".4f"), "n",
+                 *chance_tooltip()])
+    bars = base.mark_rule().encode(y="ci_lo:Q", y2="ci_hi:Q", opacity=faded())
+    chart = alt.layer(line, bars, points, data=agg).properties(width=110, height=90)
     return (chart.facet(row=alt.Row("measure:N", title=None,
                                     header=alt.Header(labelAngle=0, labelAlign="left")),
                         column=alt.Column("hook_a:N", sort=hooks, title="hook"))
@@ -792,14 +802,18 @@ def margin_boxes(df: pl.DataFrame, *, color: str = "variant",
                  title: str = "Hidden margins per hook") -> alt.LayerChart:
     """Box-like marks per hook (forward order) and ``color`` value from the quantile rows of
     ``hidden_margin``: a bar from the lowest to the highest reported quantile (the quartiles by
-    default) and a tick at the median (0.5, when reported); each quantile the mean over seeds.
-    [ours]"""
+    default) and a tick at the median (0.5, when reported); each quantile the mean over seeds;
+    a black rule: the bootstrap interval of the median (mean over seeds; ``mid_lo``,
+    ``mid_hi``; absent without one). [ours]"""
     require_columns(df, [color, "hook_a", "pos_a", "quantile", "value"], "margin_boxes")
-    agg = aggregate(df, [color, "hook_a", "pos_a", "quantile"], "margin_boxes")
+    agg = aggregate(df, [color, "hook_a", "pos_a", "quantile"], "margin_boxes", chance=True)
+    median = pl.col("quantile") == 0.5
     wide = (agg.group_by(color, "hook_a", "pos_a")
             .agg(lo=pl.col("mean").sort_by("quantile").first(),
                  hi=pl.col("mean").sort_by("quantile").last(),
-                 mid=pl.col("mean").filter(pl.col("quantile") == 0.5).first(),
+                 mid=pl.col("mean").filter(median).first(),
+                 mid_lo=pl.col("ci_lo").filter(median).first(),
+                 mid_hi=pl.col("ci_hi").filter(median).first(),
                  q_lo=pl.col("quantile").min(), q_hi=pl.col("quantile").max(),
                  n=pl.col("n").max())
             .sort(color, "pos_a"))
@@ -810,45 +824,63 @@ def margin_boxes(df: pl.DataFrame, *, color: str = "variant",
         color=alt.Color(f"{color}:N", title=color),
         tooltip=[color, "hook_a", alt.Tooltip("lo:Q", format=".4f"),
                  alt.Tooltip("mid:Q", format=".4f"), alt.Tooltip("hi:Q", format=".4f"),
+                 alt.Tooltip("mid_lo:Q", format=".4f", title="median: interval lo"),
+                 alt.Tooltip("mid_hi:Q", format=".4f", title="median: interval hi"),
                  "q_lo", "q_hi", "n"],
     )
     box = base.mark_bar(opacity=0.6, size=8).encode(
         y=alt.Y("lo:Q", title="normalised hidden margin d̃", scale=alt.Scale(type="log")),
         y2="hi:Q")
-    median = base.mark_tick(thickness=2, size=10).encode(y="mid:Q", color=alt.value("black"))
-    return alt.layer(box, median).properties(width=alt.Step(30), height=220, title=title)
+    median_tick = base.mark_tick(thickness=2, size=10).encode(y="mid:Q",
+                                                              color=alt.value("black"))
+    interval = base.mark_rule(strokeWidth=1.5).encode(y="mid_lo:Q", y2="mid_hi:Q",
+                                                      color=alt.value("black"))
+    return alt.layer(box, median_tick, interval).properties(width=alt.Step(30), height=220,
+                                                            title=title)
 
 
 def margin_vs_k(df: pl.DataFrame, *, color: str = "variant",
-                title: str = "Input margin vs PCA subspace") -> alt.Chart:
+                title: str = "Input margin vs PCA subspace") -> alt.LayerChart:
     """Mean DeepFool input margin against the number k of PCA directions it may move in
     (``pca_k``; the largest k is D, the unconstrained margin), one line per ``color`` value,
-    mean over seeds; log-log axes. [ours: after constrained margins]"""
+    mean over seeds, error bars: the bootstrap interval (mean over seeds); log-log axes.
+    [ours: after constrained margins]"""
     require_columns(df, [color, "pca_k", "value"], "margin_vs_k")
-    agg = _check_rows(aggregate(df, [color, "pca_k"], "margin_vs_k"), "margin_vs_k")
-    return alt.Chart(agg).mark_line(point=True).encode(
+    agg = _check_rows(aggregate(df, [color, "pca_k"], "margin_vs_k", chance=True),
+                      "margin_vs_k")
+    base = alt.Chart(agg).encode(
         x=alt.X("pca_k:Q", title="k (PCA directions; largest = D, unconstrained)",
                 scale=alt.Scale(type="log")),
-        y=alt.Y("mean:Q", title="mean input margin ‖r‖", scale=alt.Scale(type="log")),
         color=alt.Color(f"{color}:N", title=color),
-        tooltip=[color, "pca_k", alt.Tooltip("mean:Q", format=".4f"),
-                 alt.Tooltip("sd:Q", format=".4f"), "n"],
-    ).properties(width=300, height=220, title=title)
+    )
+    y = alt.Y("mean:Q", title="mean input margin ‖r‖", scale=alt.Scale(type="log"))
+    line = base.mark_line(point=True).encode(
+        y=y, tooltip=[color, "pca_k", alt.Tooltip("mean:Q", format=".4f"),
+                      alt.Tooltip("sd:Q", format=".4f"), "n", *chance_tooltip()[:2]])
+    bars = base.mark_rule().encode(y="ci_lo:Q", y2="ci_hi:Q")
+    return alt.layer(line, bars).properties(width=300, height=220, title=title)
 
 
 def variant_bars(df: pl.DataFrame, *, color: str = "variant", column: str = "measure",
                  title: str = "per variant") -> alt.FacetChart:
-    """One bar per ``color`` value (mean over seeds, a rule for min–max), one panel per
-    ``column`` value. [ours]"""
+    """One bar per ``color`` value (mean over seeds, a thin rule for min–max over seeds), one
+    panel per ``column`` value; a thick black rule: the bootstrap interval (mean over seeds),
+    a dashed line: the chance level (mean over the panel, where the table has one). [ours]"""
     require_columns(df, [color, column, "value"], "variant_bars")
-    agg = _check_rows(aggregate(df, [column, color], "variant_bars"), "variant_bars")
+    agg = _check_rows(aggregate(df, [column, color], "variant_bars", chance=True),
+                      "variant_bars")
     base = alt.Chart().encode(x=alt.X(f"{color}:N", title=None, axis=alt.Axis(labelAngle=-30)))
     bars = base.mark_bar().encode(
         y=alt.Y("mean:Q", title="value"), color=alt.Color(f"{color}:N", legend=None),
         tooltip=[column, color, alt.Tooltip("mean:Q", format=".4f"),
-                 alt.Tooltip("min:Q", format=".4f"), alt.Tooltip("max:Q", format=".4f"), "n"])
+                 alt.Tooltip("min:Q", format=".4f"), alt.Tooltip("max:Q", format=".4f"), "n",
+                 *chance_tooltip()])
     spread = base.mark_rule().encode(y="min:Q", y2="max:Q")
-    return (alt.layer(bars, spread, data=agg).properties(width=alt.Step(26), height=160)
+    interval = base.mark_rule(strokeWidth=3, color="black").encode(y="ci_lo:Q", y2="ci_hi:Q")
+    chance = alt.Chart().mark_rule(strokeDash=[4, 3], color="black").encode(
+        y=alt.Y("mean(chance):Q", title="value"))
+    return (alt.layer(bars, spread, interval, chance, data=agg)
+            .properties(width=alt.Step(26), height=160)
             .facet(column=alt.Column(f"{column}:N", title=None)).properties(title=title))
 
 

@@ -94,7 +94,9 @@ def _translation_maps(rep: Report, place: Place, rows: pl.DataFrame, model: str,
              caption=f"cos(h(x), h(x shifted by (dx, dy))) per hook (columns, forward "
                      f"order) at scale {scale}, mean over the probe and the seeds, "
                      f"shifts in [−{side}, {side}]² with black fill; rows: attention · "
-                     "augmentation variant (E7)",
+                     "augmentation variant; faded cells: p ≥ 0.05 against the chance level, "
+                     "the same cosine with the translate of another probe image (interval, "
+                     "chance level and p in the tooltip; E7)",
              selection={**selection, "scale": scale, "measure": "translation_cosine"})
 
 
@@ -114,7 +116,9 @@ def _translation_radial(rep: Report, place: Place, rows: pl.DataFrame, model: st
                      "max(|dx|, |dy|) = r against r: cosine (top) and relative "
                      "Euclidean change ‖h(x) − h(x')‖ / ‖h(x)‖ (bottom), per hook "
                      "(columns); solid and dashed lines: the two pooled scales; mean "
-                     "over seeds (E7)", selection=selection)
+                     "over seeds; bars: bootstrap interval over the probe images; faded "
+                     "points: p ≥ 0.05 against the translate of another image (cosine: "
+                     "more similar, change: smaller; E7)", selection=selection)
 
 
 def _translation_summary(rep: Report, place: Place, rows: pl.DataFrame, model: str,
@@ -132,7 +136,9 @@ def _translation_summary(rep: Report, place: Place, rows: pl.DataFrame, model: s
              inputs=inputs, title=f"Translation sensitivity per hook: {model}",
              caption="Mean of the cosine and relative-change maps over every shift "
                      "but (0, 0), per hook, one row per pooled scale; line: mean over "
-                     "seeds (E7)", selection={**selection, "band": rep.opts["band"]})
+                     "seeds; bars: bootstrap interval over the probe images; faded points: "
+                     "p ≥ 0.05 against the translate of another image (E7)",
+             selection={**selection, "band": rep.opts["band"]})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +198,8 @@ def margins_figures(rep: Report, dirs: Sequence[LayerDir], place: Place) -> None
                  caption="d̃ = (z_y − z_j) / ‖∇_h (z_y − z_j)‖ / sqrt(tr Cov h) per hook "
                          "(forward order) over the correctly classified probe images (j the "
                          "runner-up class): bar from the first to the third quartile, tick at "
-                         "the median, each the mean over seeds (E9)",
+                         "the median, each the mean over seeds; black rule: bootstrap interval "
+                         "of the median over the probe images (no chance level; E9)",
                  selection={**place.selection, "models": list(models)})
     pca = _layer_frame(dirs, pl.col("measure") == "input_margin_mean")
     if pca.height == 0:
@@ -205,8 +212,9 @@ def margins_figures(rep: Report, dirs: Sequence[LayerDir], place: Place) -> None
              caption="Mean DeepFool margin ‖r‖ (normalised input space, ≤ 50 steps, "
                      "overshoot 0.02) over the correctly classified attacked probe images, "
                      "with every step confined to the top-k principal directions of the "
-                     "training subset; the largest k is D (unconstrained); mean over seeds "
-                     "(E9)",
+                     "training subset; the largest k is D (unconstrained); mean over seeds; "
+                     "bars: bootstrap interval over the attacked images (no chance level; "
+                     "E9)",
              selection={**place.selection, "pca_k": sorted(pca["pca_k"].unique().to_list())})
 
 
@@ -239,7 +247,10 @@ def _saliency_share_figure(rep: Report, dirs: Sequence[LayerDir], place: Place) 
              inputs=_inputs_of(dirs), title="Saliency concentration per variant",
              caption="Share of the saliency mass max_c |∂S/∂x| in the top 5 % of pixels, "
                      "mean over the probe images, for the true and the predicted class; "
-                     "bar: mean over seeds, rule: min–max (E9)", selection=place.selection)
+                     "bar: mean over seeds, thin rule: min–max over seeds, thick rule: "
+                     "bootstrap interval over the probe images, dashed line: the share of a "
+                     "flat map (⌈0.05 HW⌉ / HW, the least possible; E9)",
+             selection=place.selection)
 
 
 def _saliency_tiles(arrays: dict[str, dict[str, Any]]) -> pl.DataFrame:
