@@ -1,6 +1,8 @@
 # Model training (rra/train): one job per run of the grid. Checkpoints are not declared outputs,
 # so an interrupted job resumes from its last complete epoch when rerun.
 
+from rra.train.summary import TABLE_COLUMNS as SUMMARY_COLUMNS
+
 
 rule train:
     input:
@@ -31,7 +33,8 @@ rule train:
         " --on-spec-change restart --device {params.device} --threads {threads} 2> {log}"
 
 
-# Accuracy summary: every run's metrics.json in one table.
+# Accuracy summary: every run's metrics.json in one table. `columns` (unused by the command)
+# makes a change of the table's columns rerun the rule, as a params change does.
 rule summary:
     input:
         lambda w: [r["metrics"] for r in summary_runs(w.dataset)],
@@ -41,6 +44,7 @@ rule summary:
     params:
         runs=lambda w: rc.as_json(summary_runs(w.dataset)),
         stem=lambda w, output: output[0].removesuffix(".parquet"),
+        columns=",".join(SUMMARY_COLUMNS),
     log:
         os.path.join(DATASET_DIR, "logs/summary.log"),
     benchmark:

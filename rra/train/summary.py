@@ -32,6 +32,8 @@ COLUMNS = {"eval_acc": "float", "train_acc": "float", "eval_loss": "float", "tra
 #: the accuracy's interval and chance level (module docstring)
 CHANCE_COLUMNS = {"eval_acc_lo": "float", "eval_acc_hi": "float", "eval_acc_null": "float",
                   "eval_acc_p": "float"}
+#: every column of the table, in order (the summary rule reruns when they change)
+TABLE_COLUMNS = (*IDENTITY, *COLUMNS, *CHANCE_COLUMNS)
 #: coverage of the accuracy's Wilson interval (the metric tables' default level)
 LEVEL = 0.95
 
