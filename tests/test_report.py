@@ -435,6 +435,32 @@ def test_accuracy_cost_draws_the_wilson_interval_and_fades_chance():
     assert "datum.chance_like" in spec
 
 
+def test_accuracy_frame_carries_the_interval_from_tables_and_metrics_json(tmp_path):
+    """accuracy.parquet's interval columns reach the frame; a run's metrics.json gets the same
+    interval as the summary computes; an older table without them gives nulls and a chart
+    without the interval."""
+    from rra.train.summary import accuracy_chance
+
+    metrics = {"eval_acc": 0.8, "n_eval": 50, "model_args": {"num_classes": 10}}
+    run_dir = tmp_path / "r-none-standard-s0"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    new = pl.DataFrame([{"model": "r", "attention": "se", "augmentation": "standard", "seed": 0,
+                         "eval_acc": 0.9, "eval_acc_lo": 0.8, "eval_acc_hi": 0.95,
+                         "eval_acc_null": 0.1, "eval_acc_p": 0.0}])
+    new.write_parquet(tmp_path / "new.parquet")
+    new.drop("eval_acc_lo", "eval_acc_hi", "eval_acc_null", "eval_acc_p").write_parquet(
+        tmp_path / "old.parquet")
+    df = frames.accuracy_frame([tmp_path / "new.parquet", run_dir / "metrics.json"])
+    want = accuracy_chance(metrics)
+    row = df.filter(pl.col("attention") == "none").row(0, named=True)
+    assert {c: row[c] for c in want} == pytest.approx(want)
+    assert df.filter(pl.col("attention") == "se")["eval_acc_lo"].to_list() == [0.8]
+    old = frames.accuracy_frame([tmp_path / "old.parquet"])
+    assert old["eval_acc_lo"].to_list() == [None]
+    assert "acc_lo" not in frames.accuracy_cost_frame(old).columns
+
+
 def test_accuracy_cost_shows_elementwise_and_live_params():
     """cost.parquet's params_live, flops_elementwise and flops_total (rra.models.cost) reach
     the report table and the scatter; flops_total_ratio is computed when absent."""

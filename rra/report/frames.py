@@ -114,11 +114,15 @@ ACCURACY_REQUIRED = ("model", "attention", "augmentation", "seed", "eval_acc")
 
 
 def accuracy_frame(files: Sequence[PathLike]) -> pl.DataFrame:
-    """Final accuracy per run: columns model, attention, augmentation, seed, eval_acc.
+    """Final accuracy per run: columns model, attention, augmentation, seed, eval_acc and the
+    accuracy's interval and chance level (``rra.train.summary.CHANCE_COLUMNS``; null where a
+    table predates them).
 
     Reads ``accuracy.parquet`` files as they are, or ``metrics.json`` files (identity from the
-    run directory name).
+    run directory name; interval and chance level computed as the summary does).
     """
+    from rra.train.summary import CHANCE_COLUMNS, accuracy_chance
+
     frames = []
     for path in map(Path, files):
         if path.suffix == ".parquet":
@@ -128,15 +132,19 @@ def accuracy_frame(files: Sequence[PathLike]) -> pl.DataFrame:
             metrics = read_json(path)
             if "eval_acc" not in metrics:
                 raise ValueError(f"{path}: expected an 'eval_acc' key")
-            df = pl.DataFrame([{**asdict(run), "eval_acc": float(metrics["eval_acc"])}])
+            chance = accuracy_chance(metrics) if "n_eval" in metrics else {}
+            df = pl.DataFrame([{**asdict(run), "eval_acc": float(metrics["eval_acc"]), **chance}])
         missing = [c for c in ACCURACY_REQUIRED if c not in df.columns]
         if missing:
             raise ValueError(f"{path}: accuracy table lacks column(s) {missing}")
         frames.append(df.select(pl.col("model", "attention", "augmentation").cast(pl.Utf8),
-                                pl.col("seed").cast(pl.Int64), pl.col("eval_acc").cast(pl.Float64)))
+                                pl.col("seed").cast(pl.Int64), pl.col("eval_acc").cast(pl.Float64),
+                                *[(pl.col(c) if c in df.columns else pl.lit(None))
+                                  .cast(pl.Float64).alias(c) for c in CHANCE_COLUMNS]))
     return pl.concat(frames) if frames else pl.DataFrame(
         schema={"model": pl.Utf8, "attention": pl.Utf8, "augmentation": pl.Utf8,
-                "seed": pl.Int64, "eval_acc": pl.Float64})
+                "seed": pl.Int64, "eval_acc": pl.Float64,
+                **{c: pl.Float64 for c in CHANCE_COLUMNS}})
 
 
 def accuracy_cost_frame(accuracy: pl.DataFrame, cost: pl.DataFrame | None = None) -> pl.DataFrame:
@@ -159,7 +167,8 @@ def accuracy_cost_frame(accuracy: pl.DataFrame, cost: pl.DataFrame | None = None
     keys = ["model", "attention", "augmentation"]
     chance = ({"acc_lo": pl.col("eval_acc_lo").mean(), "acc_hi": pl.col("eval_acc_hi").mean(),
                "acc_chance": pl.col("eval_acc_null").mean(), "acc_p_max": pl.col("eval_acc_p").max()}
-              if "eval_acc_lo" in accuracy.columns else {})
+              if "eval_acc_lo" in accuracy.columns
+              and accuracy["eval_acc_lo"].null_count() < accuracy.height else {})
     out = (accuracy.group_by(keys)
            .agg(acc_mean=pl.col("eval_acc").mean(), acc_sd=pl.col("eval_acc").std(ddof=1),
                 acc_min=pl.col("eval_acc").min(), acc_max=pl.col("eval_acc").max(),

@@ -34,7 +34,8 @@ def accuracy_figure(rep: Report, dataset: str) -> None:
     rep.emit(charts.accuracy_cost(frame, title=f"{what}, {dataset}"), f"{dataset}/accuracy",
              kind="training", group=training_group(dataset), title=f"{what}: {dataset}",
              inputs=[*sources, *costs[:1]],
-             caption="Top-1 evaluation accuracy, mean ± sd over seeds"
+             caption="Top-1 evaluation accuracy, mean ± sd over seeds, with each run's 95 % "
+                     "Wilson interval (mean bounds over seeds); faded: not above chance (1/C)"
                      + ("; parameters, FLOPs and ratios to each model's baseline (none), and "
                         "accuracy against the ratios" if cost is not None else ""),
              selection={"dataset": dataset})
@@ -130,7 +131,9 @@ def _hyperparams_figure(rep: Report, group: str, panel: pl.DataFrame, files: lis
              inputs=files, title=f"RRA hyper-parameters: {name}",
              caption="kNN class purity, kNN-vote accuracy and NNTS to logits per hook "
                      "(colour, forward order) against one parameter at a time, mean over "
-                     f"seeds; the others at the reference (*): {ref_text}",
+                     "seeds; bars: bootstrap interval over probe rows (mean over seeds); faded "
+                     "points: indistinguishable from chance (p ≥ 0.05 in some seed); the others "
+                     f"at the reference (*): {ref_text}",
              selection={**selection, "values": {p: panel_values(panel, p) for p in shown},
                         "seeds": {p: panel_seeds(panel, p) for p in shown}})
 
@@ -152,14 +155,18 @@ def stac_figures(rep: Report, dataset: str) -> None:
                                                     f"(k = {meta['k']}, {meta['criterion']}, "
                                                     f"{rule}{cost})"),
                  f"{dataset}/stac-scales-{path.stem}", kind="stac",
-                 group=f"{dataset} · STAC scale choice (E4)", inputs=[path],
+                 group=f"{dataset} · STAC scale choice (E4)",
+                 inputs=[path, *([meta["classrepsim"]] if meta["classrepsim"] else [])],
                  title=f"Chosen STAC scales: {path.stem}",
                  caption="Class-mean ClassRepSim S_v[s, full] and class-response agreement "
                          "A_v[s, full] of the baseline at the last block v of each stage against "
                          f"the pooled scale s, on the held-out probe {probe}; dashed: the "
                          f"threshold of the deciding measure ({meta['criterion']}); red: the "
                          f"chosen scale ({how}, within the FLOPs budget); ring: the criterion's "
-                         "pick where the budget moved it",
+                         "pick where the budget moved it; bars: bootstrap interval over probe "
+                         "rows (agreement: mean of the per-class intervals), faded points: "
+                         "ClassRepSim indistinguishable from chance (p ≥ 0.05), read from the "
+                         "baseline's ClassRepSim table (none when it is gone or changed)",
                  selection={"dataset": dataset, "baseline": meta["baseline"],
                             "criterion": meta["criterion"], "tau": meta["tau"],
                             "delta": meta["delta"], "k": meta["k"], "scales": meta["scales"],
