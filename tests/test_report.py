@@ -881,12 +881,12 @@ def test_stac_scales_frame_and_chart(tmp_path):
     assert spec["facet"]["sort"] == ["stage 0 · layer1.1", "stage 1 · layer2.0"]
     layers = spec["spec"]["layer"]
     marks = [layer["mark"]["type"] for layer in layers]
-    assert marks == ["rule", "line", "point", "text", "point"]
+    assert marks == ["rule", "line", "rule", "point", "point", "text", "point"]
     assert layers[0]["encoding"]["y"]["field"] == "tau"
     assert layers[0]["transform"] == [{"filter": "datum.criterion"}]
     assert layers[1]["encoding"]["x"]["sort"] == [1, 2, 4]
     assert layers[1]["encoding"]["color"]["field"] == "evidence"
-    assert layers[2]["transform"] == [{"filter": "datum.chosen"}]
+    assert layers[4]["transform"] == [{"filter": "datum.chosen"}]
     assert len(only_dataset(chart)) == 5
     no_tau = {k: v for k, v in STAC.items() if k != "tau"}
     for broken, match in ((no_tau, r"lacks key\(s\) \['tau'\]"),
@@ -930,7 +930,75 @@ def test_stac_scales_figure_shows_both_measures_and_the_budget(tmp_path):
     assert {r["evidence"] for r in data} == {"ClassRepSim S[s, full]",
                                              "class-response agreement A[s, full]"}
     layers = chart.to_dict()["spec"]["layer"]
-    assert layers[4]["transform"] == [{"filter": "datum.rule && !datum.chosen"}]
+    assert layers[6]["transform"] == [{"filter": "datum.rule && !datum.chosen"}]
+
+
+def stac_classrepsim(path: Path, *, k: int = 10) -> Path:
+    """A baseline's ClassRepSim table behind STAC_BOTH: S[s, full] with an interval, a chance
+    level and p (stage 0's scale 1 indistinguishable from chance) and two classes of agreement
+    (class mean = the file's value), plus rows the choice does not read (k = 3, [s, 2])."""
+    rows = []
+    for st in STAC_BOTH["stages"]:
+        for scale, v in st["jaccard"].items():
+            common = dict(hook_a=st["hook"], pos_a=st["stage"], scale_a=scale, k=k)
+            rows += [dict(common, scale_b="full", measure="classrepsim_mean", value=v,
+                          lo=v - 0.05, hi=v + 0.04, null=0.1 * st["stage"] + 0.05,
+                          p=0.3 if (st["stage"], scale) == (0, "1") else 1e-6),
+                     dict(common, scale_b="full", k=3, measure="classrepsim_mean", value=0.0,
+                          lo=0.0, hi=0.0, null=0.0, p=1.0),
+                     dict(common, scale_b="2", measure="classrepsim_mean", value=0.0,
+                          lo=0.0, hi=0.0, null=0.0, p=1.0)]
+        for scale, a in st["agreement"].items():
+            for cls, off, half in ((0, 0.01, 0.02), (1, -0.01, 0.04)):
+                rows.append(dict(hook_a=st["hook"], pos_a=st["stage"], scale_a=scale,
+                                 scale_b="full", k=k, measure="class_response_agreement",
+                                 **{"class": cls}, value=a + off, lo=a + off - half,
+                                 hi=a + off + half))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame(rows, run_id("none", 0)).write_parquet(path)
+    return path
+
+
+def test_stac_scales_figure_draws_the_classrepsim_intervals(tmp_path):
+    """#15: the evidence's bootstrap interval and chance level, read from the ClassRepSim table
+    the choice names (found under the file's dataset folder when the results moved), drawn as
+    bars with chance-like points faded; none when the table is gone or changed."""
+    dataset = tmp_path / "results" / "toy"
+    tail = "resnet20-none-none-s0/metrics/val-all-s0/euclidean-auto/classrepsim.parquet"
+    table = stac_classrepsim(dataset / tail)
+    moved = {**STAC_BOTH, "classrepsim": f"/elsewhere/results/toy/{tail}",
+             "classrepsim_sha256": sha256_file(table)}
+    df, meta = frames.stac_scales_frame(write_json(dataset / "stac_scales" / "b.json", moved))
+    assert meta["classrepsim"] == table and df.height == 12
+    cell = {(r["stage"], r["measure"], r["scale"]): r for r in df.iter_rows(named=True)}
+    j = cell[(1, "jaccard", 2)]
+    assert (j["lo"], j["hi"], j["null"], j["p"]) == (
+        pytest.approx(0.492 - 0.05), pytest.approx(0.492 + 0.04), pytest.approx(0.15), 1e-6)
+    assert cell[(0, "jaccard", 1)]["p"] == 0.3
+    a = cell[(0, "agreement", 4)]  # mean over the two classes of the per-class interval
+    assert (a["lo"], a["hi"]) == (pytest.approx(0.904 - 0.03), pytest.approx(0.904 + 0.03))
+    assert a["null"] is None and a["p"] is None
+    chart = charts.stac_scales_chart(df)
+    layers = chart.to_dict()["spec"]["layer"]
+    assert [lay["mark"]["type"] if isinstance(lay["mark"], dict) else lay["mark"]
+            for lay in layers] == ["rule", "line", "rule", "point", "point", "text", "point"]
+    bars, points = layers[2]["encoding"], layers[3]["encoding"]
+    assert (bars["y"]["field"], bars["y2"]["field"]) == ("lo", "hi")
+    fade = {"condition": {"test": "datum.chance_like", "value": charts.FADED}, "value": 1.0}
+    assert bars["opacity"] == fade and points["opacity"] == fade
+    assert {"lo", "hi", "null", "p"} <= {t["field"] for t in points["tooltip"]}
+    faded = {(r["stage"], r["measure"], r["scale"]) for r in only_dataset(chart)
+             if r["chance_like"]}
+    assert faded == {(0, "jaccard", 1)}
+    # a table rewritten since the choice, a file without the table's path: plain values
+    for data in ({**moved, "classrepsim_sha256": "0" * 64}, STAC_BOTH):
+        df, meta = frames.stac_scales_frame(write_json(dataset / "stac_scales" / "c.json", data))
+        assert meta["classrepsim"] is None and df.height == 12
+        assert df.select(pl.col("lo", "hi", "null", "p").null_count()).row(0) == (12,) * 4
+        assert not any(r["chance_like"] for r in only_dataset(charts.stac_scales_chart(df)))
+    # the path as written, when it is there
+    at = {**moved, "classrepsim": str(table)}
+    assert frames.stac_scales_frame(write_json(tmp_path / "d.json", at))[1]["classrepsim"] == table
 
 
 # --------------------------------------------------------------------- E2: RRA hyper-parameters
@@ -976,7 +1044,23 @@ def e2_tables(probe: str, spec: str, seed: int) -> dict[str, list[dict]]:
             out["knn"].append(dict(measure="knn_recall", hook_a=h, pos_a=pos[h], scale_a=scale,
                                    k=5, backend="annoy" if annoy else "exact",
                                    value=E2_RECALL[h] if annoy else 1.0))
+    for name in ("class_response", "nnts"):
+        for row in out[name]:
+            row.update(e2_uncertainty(row, seed))
     return out
+
+
+def e2_uncertainty(row: dict, seed: int) -> dict:
+    """The lo, hi, null, p of an E2 table row: an interval around the value that differs by
+    hook, measure and seed, and a stem whose seed 1 is indistinguishable from chance."""
+    v, pos = row["value"], row["pos_a"]
+    return {"lo": v - 0.01 * (pos + 1) - 0.001 * seed, "hi": v + 0.02 + 0.003 * seed,
+            "null": 0.1 + 0.01 * pos + 0.1 * (row["measure"] == "nnts"),
+            "p": 0.3 if (row["hook_a"] == "stem" and seed == 1) else 1e-4 * (pos + 1)}
+
+
+#: an analysis whose tables were written before the uncertainty columns existed
+E2_OLD_TABLES = ("test-n4-s0", "cosine-auto")
 
 
 @pytest.fixture(scope="module")
@@ -992,7 +1076,10 @@ def e2_results(tmp_path_factory) -> Path:
             # the tables say "annoy", as the metrics stage writes the requested backend
             constants = dict(run, distance=distance, backend=backend.split("-")[0])
             for name, rows in e2_tables(probe, spec, seed).items():
-                frame(rows, constants).write_parquet(mdir / f"{name}.parquet")
+                table = frame(rows, constants)
+                if (probe, spec) == E2_OLD_TABLES:
+                    table = table.drop("lo", "hi", "null", "p")
+                table.write_parquet(mdir / f"{name}.parquet")
             write_json(mdir / "manifest.json", {"run": run, "ks": [3, 5]})
             annoy = "annoy" in spec
             write_json(run_dir / "knn" / probe / spec / "manifest.json", {
@@ -1081,6 +1168,57 @@ def test_panel_frame_holds_the_others_at_the_reference(e2_results):
         hyperparams.reference_setting(summary, E2_REFERENCE, k=7)
 
 
+def test_panel_frame_carries_the_source_rows_intervals(e2_results):
+    """#15: lo, hi, null, p of each panel row are those of its class_response / nnts row (the
+    NNTS to the logits: the row of the hook and the last hook); null for tables without them."""
+    folders = metric_folders(e2_results)
+    summary = hyperparams.summary_frame(folders)
+    assert summary.columns == hyperparams.SUMMARY_COLUMNS
+    panel = hyperparams.panel_frame(summary, REF)
+    assert panel.columns == hyperparams.PANEL_COLUMNS
+    assert {c: panel.schema[c] for c in ("lo", "hi", "null", "p")} == {
+        c: pl.Float64 for c in ("lo", "hi", "null", "p")}
+    source = {(f.probe, f.distance, f.backend, f.run.seed): f for f in folders}
+    ci = ["lo", "hi", "null", "p"]
+
+    def table_row(name: str, where: pl.Expr, seed: int, probe="test-n8-s0",
+                  distance="euclidean", backend="auto") -> dict:
+        rows = read_tables([source[(probe, distance, backend, seed)]], name, where)
+        assert rows.height == 1
+        return rows.select(ci).row(0, named=True)
+
+    def panel_row(parameter: str, setting: str, measure: str, hook: str, seed: int) -> dict:
+        rows = panel.filter((pl.col("parameter") == parameter) & (pl.col("setting") == setting)
+                            & (pl.col("measure") == measure) & (pl.col("hook_a") == hook)
+                            & (pl.col("seed") == seed))
+        assert rows.height == 1
+        return rows.select(ci).row(0, named=True)
+
+    at = (pl.col("hook_a") == "layer1.0") & (pl.col("k") == 3) & (pl.col("scale_a") == "full")
+    for seed in (0, 1):
+        purity = table_row("class_response", at & (pl.col("measure") == "knn_purity"), seed)
+        assert purity["lo"] is not None and purity["p"] is not None
+        assert panel_row("probe", "test-n8-s0", "knn_purity", "layer1.0", seed) == purity
+        logits = table_row("nnts", at & (pl.col("hook_b") == "fc"), seed)
+        assert panel_row("probe", "test-n8-s0", "nnts_to_logits", "layer1.0", seed) == logits
+    # the scale panel (scale "1") and the k panel (k = 5) read their own rows
+    one = (pl.col("hook_a") == "stem") & (pl.col("k") == 3) & (pl.col("scale_a") == "1") & (
+        pl.col("measure") == "knn_vote_accuracy")
+    assert panel_row("scale", "1", "knn_vote_accuracy", "stem", 1) == table_row(
+        "class_response", one, 1, probe="test-n4-s0")
+    # the cosine analysis's tables predate the columns: null, the euclidean ones are not
+    cosine = panel.filter((pl.col("parameter") == "distance") & (pl.col("setting") == "cosine"))
+    assert cosine.height and cosine.select(pl.all_horizontal(pl.col(ci).is_null()).all()).item()
+    euclid = panel.filter((pl.col("parameter") == "distance") & (pl.col("setting") == "euclidean"))
+    assert euclid.select(pl.col(ci).is_not_null().all()).row(0) == (True,) * 4
+    # a summary frame without the columns (older code, a hand-made frame): null columns
+    bare = hyperparams.panel_frame(summary.drop(ci), REF)
+    assert bare.columns == hyperparams.PANEL_COLUMNS and bare.height == panel.height
+    assert bare.select(pl.col(ci).null_count()).row(0) == (bare.height,) * 4
+    logits = hyperparams.nnts_to_logits(read_tables(folders, "nnts").drop(ci))
+    assert logits.select(pl.col(ci).null_count()).row(0) == (logits.height,) * 4
+
+
 def test_hyperparam_panels_spec_and_values(e2_results):
     panel = hyperparams.panel_frame(hyperparams.summary_frame(metric_folders(e2_results)), REF)
     chart = charts.hyperparam_panels(panel, parameters=hyperparams.PARAMETERS)
@@ -1090,8 +1228,8 @@ def test_hyperparam_panels_spec_and_values(e2_results):
     assert row["facet"]["column"]["field"] == "parameter"
     assert row["facet"]["column"]["sort"] == list(hyperparams.PARAMETERS)
     assert row["resolve"]["scale"]["x"] == "independent"
-    assert row["spec"]["encoding"]["color"]["sort"] == {"field": "pos_a", "op": "min",
-                                                        "order": "ascending"}
+    assert row["spec"]["layer"][0]["encoding"]["color"]["sort"] == {
+        "field": "pos_a", "op": "min", "order": "ascending"}
     purity, vote, nnts = (datasets_of(chart)[i] for i in range(3))
     assert len(purity) == 4 * 2 * 3 + 5 and len(vote) == 4 * 2 * 3 + 5 and len(nnts) == 4 * 2 * 3
     r = next(r for r in purity if r["parameter"] == "probe" and r["setting"] == "test-n8-s0"
@@ -1099,6 +1237,26 @@ def test_hyperparam_panels_spec_and_values(e2_results):
     # 0.3 + 0.1·1 + 0.03·2 + 0.02·seed, mean over seeds 0 and 1
     assert r["mean"] == pytest.approx(0.47) and r["n"] == 2 and r["label"] == "test-n8-s0"
     assert {r["label"] for r in purity if r["parameter"] == "k"} == {"3 *", "5"}
+    # #15: the interval (mean over seeds of lo, hi) as bars, chance-like points faded
+    rows = panel.filter((pl.col("parameter") == "probe") & (pl.col("setting") == "test-n8-s0")
+                        & (pl.col("measure") == "knn_purity") & (pl.col("hook_a") == "layer1.0"))
+    assert rows.height == 2
+    assert r["ci_lo"] == pytest.approx(rows["lo"].mean())
+    assert r["ci_hi"] == pytest.approx(rows["hi"].mean())
+    assert r["chance"] == pytest.approx(rows["null"].mean()) and r["p_max"] == rows["p"].max()
+    assert not r["chance_like"]
+    stem = [x for x in purity if x["hook_a"] == "stem" and x["parameter"] == "probe"]
+    assert stem and all(x["chance_like"] for x in stem)  # seed 1's p = 0.3
+    assert not any(x["chance_like"] for x in purity if x["hook_a"] != "stem")
+    cosine = next(x for x in purity if x["parameter"] == "distance" and x["setting"] == "cosine")
+    assert cosine["ci_lo"] is None and not cosine["chance_like"]  # a table without the columns
+    layers = row["spec"]["layer"]
+    assert [lay["mark"]["type"] for lay in layers] == ["line", "rule", "point"]
+    bars, points = layers[1]["encoding"], layers[2]["encoding"]
+    assert (bars["y"]["field"], bars["y2"]["field"]) == ("ci_lo", "ci_hi")
+    fade = {"condition": {"test": "datum.chance_like", "value": charts.FADED}, "value": 1.0}
+    assert bars["opacity"] == fade and points["opacity"] == fade
+    assert {"ci_lo", "ci_hi", "chance", "p_max"} <= {t["field"] for t in points["tooltip"]}
 
 
 # parameter, measure → max_abs_change, n_hooks (see e2_offset and e2_tables)

@@ -33,7 +33,9 @@ One parameter varies at a time, the others stay at the reference (:func:`panel_f
 Summary measures per hook (:data:`SUMMARY_MEASURES`): kNN class purity, kNN-vote accuracy, and
 NNTS to the logits (the last hook, at the same scale; :func:`nnts_to_logits`). The scale panel
 has no NNTS to the logits: NNTS compares two hooks at one scale, and the logits exist at
-``full`` only.
+``full`` only. Every row keeps its source row's ``lo``, ``hi`` (bootstrap interval over probe
+rows), ``null`` (chance level) and ``p`` (:data:`UNCERTAINTY`, methods.md §4), null where the
+table has none (``metrics.bootstrap.B`` = 0, tables written before the columns existed).
 
 Guideline (:func:`guideline`): with x̄_h(v) the mean over seeds of a measure at hook h and
 parameter value v,
@@ -68,9 +70,12 @@ PARAMETERS = ("probe", "distance", "backend", "k", "scale")
 ANALYSIS_PARAMETERS = ("probe", "distance", "backend")
 SUMMARY_MEASURES = ("knn_purity", "knn_vote_accuracy", "nnts_to_logits")
 VARIANT = ("dataset", "model", "attention", "augmentation")
+#: the metric tables' uncertainty columns, carried from the source rows (methods.md §4)
+UNCERTAINTY = ("lo", "hi", "null", "p")
 PANEL_SCHEMA = {"parameter": pl.Utf8, "setting": pl.Utf8, "setting_pos": pl.Int64,
                 "reference": pl.Boolean, "seed": pl.Int64, "measure": pl.Utf8,
-                "hook_a": pl.Utf8, "pos_a": pl.Int64, "value": pl.Float64}
+                "hook_a": pl.Utf8, "pos_a": pl.Int64, "value": pl.Float64,
+                **{c: pl.Float64 for c in UNCERTAINTY}}
 PANEL_COLUMNS = list(PANEL_SCHEMA)
 GUIDELINE_COLUMNS = [*VARIANT, "parameter", "values", "reference", "measure", "statistic",
                      "setting", "value", "n_hooks", "n_seeds"]
@@ -80,7 +85,8 @@ GUIDELINE_SCHEMA = {c: pl.Utf8 for c in GUIDELINE_COLUMNS} | {
 TABLES = {"panels": [*VARIANT, *PANEL_COLUMNS], "guideline": GUIDELINE_COLUMNS}
 RUN_IDENTITY = ["dataset", "model", "attention", "augmentation", "seed", "probe", "distance",
                 "backend"]
-SUMMARY_COLUMNS = [*RUN_IDENTITY, "measure", "hook_a", "pos_a", "scale_a", "k", "value"]
+SUMMARY_COLUMNS = [*RUN_IDENTITY, "measure", "hook_a", "pos_a", "scale_a", "k", "value",
+                   *UNCERTAINTY]
 
 
 @dataclass(frozen=True)
@@ -133,15 +139,22 @@ def _with_setting(df: pl.DataFrame, folder: MetricFolder) -> pl.DataFrame:
                            backend=pl.lit(folder.backend))
 
 
+def with_uncertainty(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` with the :data:`UNCERTAINTY` columns it lacks added as nulls (Float64)."""
+    return df.with_columns(pl.lit(None, pl.Float64).alias(c)
+                           for c in UNCERTAINTY if c not in df.columns)
+
+
 def nnts_to_logits(nnts: pl.DataFrame) -> pl.DataFrame:
     """Rows NNTS(hook, last hook) per run, scale and k, as measure ``nnts_to_logits``.
 
     The last hook is the one of largest forward position at that scale (the logits at
-    ``full``). Output columns: those of the nnts table (``hook_b``/``pos_b`` = the last hook).
-    [ours: summary of the NNTS matrix's last column]
+    ``full``). Output columns: those of the nnts table (``hook_b``/``pos_b`` = the last hook),
+    the source rows' ``lo``, ``hi``, ``null`` and ``p`` included (null columns where the frame
+    lacks them). [ours: summary of the NNTS matrix's last column]
     """
     group = [c for c in [*RUN_IDENTITY, "scale_a", "k"] if c in nnts.columns]
-    df = nnts.filter(pl.col("measure") == "nnts")
+    df = with_uncertainty(nnts).filter(pl.col("measure") == "nnts")
     return (df.filter(pl.col("pos_b") == pl.col("pos_b").max().over(group))
               .with_columns(measure=pl.lit("nnts_to_logits")))
 
@@ -151,17 +164,18 @@ def summary_frame(folders: Sequence[MetricFolder]) -> pl.DataFrame:
 
     Measures: ``knn_purity`` and ``knn_vote_accuracy`` (class_response table) and
     ``nnts_to_logits`` (:func:`nnts_to_logits` of the nnts table). probe/distance/backend are
-    the folder's setting (:func:`_with_setting`). Columns: :data:`SUMMARY_COLUMNS`.
+    the folder's setting (:func:`_with_setting`). Columns: :data:`SUMMARY_COLUMNS`, with the
+    source rows' ``lo``, ``hi``, ``null``, ``p`` (null where a table lacks them).
     """
     frames = []
     for f in folders:
         response = read_tables([f], "class_response",
                                pl.col("measure").is_in(["knn_purity", "knn_vote_accuracy"]))
         nnts = _with_setting(read_tables([f], "nnts", pl.col("measure") == "nnts"), f)
-        frames += [_with_setting(response, f).select(SUMMARY_COLUMNS),
+        frames += [with_uncertainty(_with_setting(response, f)).select(SUMMARY_COLUMNS),
                    nnts_to_logits(nnts).select(SUMMARY_COLUMNS)]
     if not frames:
-        return read_tables([], "nnts").select(SUMMARY_COLUMNS)
+        return with_uncertainty(read_tables([], "nnts")).select(SUMMARY_COLUMNS)
     return pl.concat(frames, how="vertical")
 
 
@@ -229,7 +243,7 @@ def value_order(parameter: str, values: Iterable[Any]) -> list[str]:
 def _panel(rows: pl.DataFrame, parameter: str, column: str, values: list[str],
            ref: Reference) -> pl.DataFrame:
     pos = {v: i for i, v in enumerate(values)}
-    rows = rows.with_columns(setting=pl.col(column).cast(pl.Utf8))
+    rows = with_uncertainty(rows).with_columns(setting=pl.col(column).cast(pl.Utf8))
     rows = rows.filter(pl.col("setting").is_in(values))
     return rows.with_columns(
         parameter=pl.lit(parameter), setting_pos=pl.col("setting").replace_strict(pos),
@@ -268,7 +282,8 @@ def panel_frame(summary: pl.DataFrame, ref: Reference, *, what: str = "E2") -> p
     """The E2 small-multiple rows of one model variant (see the module docstring).
 
     ``summary``: :func:`summary_frame` rows of one (dataset, model, attention, augmentation).
-    Returns :data:`PANEL_COLUMNS` rows (one per parameter, value, seed, measure, hook), empty
+    Returns :data:`PANEL_COLUMNS` rows (one per parameter, value, seed, measure, hook; ``lo``,
+    ``hi``, ``null``, ``p`` those of the source row, null where ``summary`` lacks them), empty
     when no run of the variant was analysed under ≥ 2 values of probe, distance or backend.
     ``what`` names the variant in warnings.
     """
@@ -307,6 +322,9 @@ def guideline(panel: pl.DataFrame, ref: Reference) -> pl.DataFrame:
     Columns: parameter, values (``", "``-joined, in order), reference, measure, statistic
     (``max_abs_change``), setting (null), value, n_hooks, n_seeds. Rows in
     :data:`PARAMETERS` then :data:`SUMMARY_MEASURES` order.
+
+    A derived decision: it compares the values (means over seeds) only and ignores the panel's
+    intervals and chance levels (``lo``, ``hi``, ``null``, ``p``), which the panels figure draws.
     """
     means = panel.group_by("parameter", "setting", "measure", "hook_a").agg(
         mean=pl.col("value").mean())

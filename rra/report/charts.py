@@ -376,15 +376,21 @@ def stac_scales_chart(df: pl.DataFrame, *, title: str = "Chosen STAC scales",
     stage as a dashed rule, the chosen scale as a large red point labelled "chosen" (or
     "chosen (< threshold)" when it misses the criterion: no scale qualified, or the FLOPs
     budget moved it), and the criterion's own pick, where the budget moved it, as a hollow ring.
+    Bars: the bootstrap interval over probe rows (``lo``–``hi``); points faded where p ≥
+    :data:`P_CHANCE` (ClassRepSim indistinguishable from chance; the agreement has no chance
+    level); interval, chance level and p in the tooltip.
 
     ``df``: from :func:`rra.report.frames.stac_scales_frame` (columns stage, stage_label,
-    measure, scale, value, criterion, chosen, rule, qualified, tau); frames without
-    ``measure``/``criterion``/``rule`` are read as one deciding measure. [ours]
+    measure, scale, value, criterion, chosen, rule, qualified, tau, lo, hi, null, p); frames
+    without ``measure``/``criterion``/``rule`` are read as one deciding measure, frames without
+    ``lo``/``hi``/``null``/``p`` draw no bars and nothing faded. [ours]
     """
     require_columns(df, ["stage", "stage_label", "scale", "value", "chosen", "qualified", "tau"],
                     "stac_scales_chart")
-    defaults = {"measure": pl.lit("jaccard"), "criterion": pl.lit(True), "rule": pl.col("chosen")}
+    defaults = {"measure": pl.lit("jaccard"), "criterion": pl.lit(True), "rule": pl.col("chosen"),
+                **{c: pl.lit(None, pl.Float64) for c in UNCERTAINTY}}
     df = df.with_columns(**{c: e for c, e in defaults.items() if c not in df.columns})
+    df = df.with_columns(chance_like=(pl.col("p") >= P_CHANCE).fill_null(False))
     df = _check_rows(df.sort("stage", "measure", "scale"), "stac_scales_chart")
     stages = df["stage_label"].unique(maintain_order=True).to_list()
     scales = sorted(df["scale"].unique().to_list())
@@ -393,11 +399,20 @@ def stac_scales_chart(df: pl.DataFrame, *, title: str = "Chosen STAC scales",
     x = alt.X("scale:O", sort=scales, title="scale s (pooled s × s)",
               axis=alt.Axis(labelAngle=0))
     y_scale = alt.Scale(domain=[0, 1])
-    line = alt.Chart().mark_line(point=True).encode(
-        x=x, y=alt.Y("value:Q", title="class mean at the stage's last block", scale=y_scale),
-        color=alt.Color("evidence:N", title="measure", legend=alt.Legend(orient="bottom")),
-        order="scale:Q",
+    y_title = "class mean at the stage's last block"
+    color = alt.Color("evidence:N", title="measure", legend=alt.Legend(orient="bottom"))
+    line = alt.Chart().mark_line().encode(
+        x=x, y=alt.Y("value:Q", title=y_title, scale=y_scale), color=color, order="scale:Q")
+    bars = alt.Chart().mark_rule().encode(
+        x=x, y=alt.Y("lo:Q", title=y_title, scale=y_scale), y2="hi:Q", color=color,
+        opacity=faded())
+    points = alt.Chart().mark_point(filled=True).encode(
+        x=x, y=alt.Y("value:Q", title=y_title, scale=y_scale), color=color, opacity=faded(),
         tooltip=["stage_label", "evidence", "scale", alt.Tooltip("value:Q", format=".4f"),
+                 alt.Tooltip("lo:Q", format=".4f", title="interval lo"),
+                 alt.Tooltip("hi:Q", format=".4f", title="interval hi"),
+                 alt.Tooltip("null:Q", format=".4f", title="chance level"),
+                 alt.Tooltip("p:Q", format=".3g"),
                  "criterion", "chosen", "qualified", alt.Tooltip("tau:Q", format=".4f")],
     )
     rule = alt.Chart().transform_filter("datum.criterion").mark_rule(
@@ -409,10 +424,13 @@ def stac_scales_chart(df: pl.DataFrame, *, title: str = "Chosen STAC scales",
                            alt.value("chosen (< threshold)")))
     moved = alt.Chart().transform_filter("datum.rule && !datum.chosen").mark_point(
         size=220, color="#e45756", strokeDash=[2, 2]).encode(x=x, y="value:Q")
-    return (alt.layer(rule, line, point, label, moved, data=df)
+    heading = alt.TitleParams(title, subtitle=[
+        f"bars: bootstrap interval over probe rows (agreement: mean of the per-class intervals); "
+        f"faded points: p ≥ {P_CHANCE} (indistinguishable from chance)"])
+    return (alt.layer(rule, line, bars, points, point, label, moved, data=df)
             .properties(width=alt.Step(40), height=160)
             .facet(facet=alt.Facet("stage_label:N", sort=stages, title=None), columns=columns)
-            .properties(title=title))
+            .properties(title=heading))
 
 
 def text_table(rows: Sequence[str], cells: Sequence[tuple[str, Sequence[str]]], *, what: str,
@@ -639,13 +657,16 @@ def hyperparam_panels(df: pl.DataFrame, *, parameters: Sequence[str],
     """Small multiples: each summary measure (rows) against each parameter's values (columns),
     one line per hook (colour in forward order), mean over seeds; the reference value of each
     parameter is marked with "*". y is shared along a row, so the panels of one measure show
-    which parameter moves it most. [ours]
+    which parameter moves it most. Bars: the bootstrap interval over probe rows (mean over
+    seeds of ``lo``/``hi``); points faded where p ≥ :data:`P_CHANCE` in some seed
+    (indistinguishable from chance); interval, chance level and p in the tooltip. [ours]
 
     ``df``: :func:`rra.metrics.hyperparams.panel_frame` rows (parameter, setting, setting_pos,
-    reference, seed, measure, hook_a, pos_a, value). ``parameters``: column order.
+    reference, seed, measure, hook_a, pos_a, value and, where present, lo, hi, null, p: panels
+    without them draw no bars and nothing faded). ``parameters``: column order.
     """
     keys = ["measure", "parameter", "setting", "setting_pos", "reference", "hook_a", "pos_a"]
-    agg = aggregate(df, keys, "hyperparam_panels")
+    agg = aggregate(df, keys, "hyperparam_panels", chance=True)
     agg = _check_rows(agg.with_columns(label=pl.when(pl.col("reference"))
                                        .then(pl.col("setting") + " *")
                                        .otherwise(pl.col("setting"))), "hyperparam_panels")
@@ -658,21 +679,29 @@ def hyperparam_panels(df: pl.DataFrame, *, parameters: Sequence[str],
         part = agg.filter(pl.col("measure") == measure)
         if part.height == 0:
             continue
-        chart = alt.Chart(part).mark_line(point=True).encode(
+        base = alt.Chart().encode(
             x=alt.X("label:N", sort=alt.EncodingSortField("setting_pos", op="min"), title=None,
                     axis=alt.Axis(labelAngle=-30)),
-            y=alt.Y("mean:Q", title=name, scale=alt.Scale(zero=False)),
             color=alt.Color("hook_a:N", sort=HOOK_A, title="hook (forward order)",
                             scale=alt.Scale(scheme="viridis")),
-            order=alt.Order("setting_pos:Q"),
+        )
+        y = alt.Y("mean:Q", title=name, scale=alt.Scale(zero=False))
+        line = base.mark_line().encode(y=y, order=alt.Order("setting_pos:Q"))
+        bars = base.mark_rule().encode(
+            y=alt.Y("ci_lo:Q", title=name, scale=alt.Scale(zero=False)), y2="ci_hi:Q",
+            opacity=faded())
+        points = base.mark_point(filled=True).encode(
+            y=y, opacity=faded(),
             tooltip=["parameter", "setting", "hook_a", alt.Tooltip("mean:Q", format=".4f"),
-                     alt.Tooltip("sd:Q", format=".4f"), "n"],
-        ).properties(width=width, height=130)
+                     alt.Tooltip("sd:Q", format=".4f"), "n", *chance_tooltip()])
+        chart = alt.layer(line, bars, points, data=part).properties(width=width, height=130)
         rows.append(chart.facet(column=alt.Column("parameter:N", sort=shown, title=None))
                     .resolve_scale(x="independent"))
     return alt.vconcat(*rows).properties(title=alt.TitleParams(
         title, subtitle=["one parameter varies, the others stay at the reference (*); "
-                         "line: mean over seeds, one per hook"]))
+                         "line: mean over seeds, one per hook; bars: bootstrap interval over "
+                         f"probe rows (mean over seeds); faded points: p ≥ {P_CHANCE} "
+                         "(indistinguishable from chance)"]))
 
 
 def guideline_table(df: pl.DataFrame, *, title: str = "RRA hyper-parameter guideline"

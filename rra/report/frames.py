@@ -302,12 +302,64 @@ def knn_backend_note(files: Sequence[PathLike]) -> str:
 
 STAC_KEYS = ("scales", "tau", "k", "stages", "baseline")
 STAGE_KEYS = ("stage", "hook", "scale", "qualified", "evidence")
+#: ClassRepSim table measure → the scale-choice file's measure (rra.stac.TABLE_MEASURE)
+STAC_TABLE_MEASURES = {"classrepsim_mean": "jaccard", "class_response_agreement": "agreement"}
+
+
+def stac_table(path: PathLike, data: dict[str, Any]) -> Path | None:
+    """The ClassRepSim table a scale-choice file (``path``, contents ``data``) was chosen from,
+    if it is still there and unchanged: the file's ``classrepsim`` path as written (relative to
+    the working directory or absolute) or, for a moved results folder, its last five parts
+    (``{run}/metrics/{probe}/{spec}/classrepsim.parquet``) under the file's dataset folder; the
+    first that exists and whose SHA-256 is the recorded ``classrepsim_sha256`` (when recorded).
+    None otherwise (older files, a table rewritten since the choice)."""
+    from rra.io import sha256_file
+
+    name = data.get("classrepsim")
+    if not isinstance(name, str) or not name:
+        return None
+    given = Path(name)
+    candidates = [given]
+    if len(given.parts) >= 5:
+        candidates.append(Path(path).parent.parent / Path(*given.parts[-5:]))
+    digest = data.get("classrepsim_sha256")
+    for c in candidates:
+        if c.is_file() and (digest is None or sha256_file(c) == digest):
+            return c
+    return None
+
+
+def stac_intervals(table: PathLike, hooks: Sequence[str], k: int) -> pl.DataFrame:
+    """The uncertainty columns of the scale-choice evidence, from its ClassRepSim table.
+
+    Per (hook, measure, scale) at ``k`` and [scale, full]: ``jaccard`` (``classrepsim_mean``
+    rows) its ``lo``, ``hi``, ``null``, ``p``; ``agreement`` (one ``class_response_agreement``
+    row per class) the mean over classes of the per-class ``lo``, ``hi`` (the table has no
+    interval of the class mean; classes resampled independently, this band is the wider) and
+    no chance level (``null``, ``p`` null). Columns: hook, measure, scale, lo, hi, null, p;
+    null where the table lacks the columns (``metrics.bootstrap.B`` = 0, older tables).
+    """
+    from rra.metrics.tables import scan_tables
+
+    rows = (scan_tables([table])
+            .filter(pl.col("measure").is_in(list(STAC_TABLE_MEASURES))
+                    & (pl.col("k") == int(k)) & pl.col("hook_a").is_in(list(hooks))
+                    & (pl.col("scale_b") == "full") & (pl.col("scale_a") != "full"))
+            .collect())
+    rows = rows.filter(pl.col("scale_a").str.contains(r"^\d+$"))
+    return (rows.group_by("hook_a", "measure", "scale_a")
+            .agg(lo=pl.col("lo").mean(), hi=pl.col("hi").mean(), null=pl.col("null").mean(),
+                 p=pl.col("p").max())
+            .select(hook=pl.col("hook_a"),
+                    measure=pl.col("measure").replace_strict(STAC_TABLE_MEASURES),
+                    scale=pl.col("scale_a").cast(pl.Int64), lo="lo", hi="hi", null="null",
+                    p="p"))
 
 
 def stac_scales_frame(path: PathLike) -> tuple[pl.DataFrame, dict[str, Any]]:
     """One row per (stage, evidence measure, candidate scale) of a :func:`rra.stac.choose_scales`
-    file, and the file's ``criterion``, ``tau``, ``delta``, ``k``, ``baseline``, ``scales`` and
-    ``budget``.
+    file, and the file's ``criterion``, ``tau``, ``delta``, ``k``, ``baseline``, ``scales``,
+    ``budget`` and ``classrepsim`` (the table the intervals were read from, or None).
 
     Columns: stage, hook, stage_label (``stage {i} · {hook}``), measure (``jaccard``:
     class-mean ClassRepSim S_hook[scale, full]; ``agreement``: class-mean class-response
@@ -315,7 +367,9 @@ def stac_scales_frame(path: PathLike) -> tuple[pl.DataFrame, dict[str, Any]]:
     its criterion), scale (int), value, criterion (whether this measure decided), chosen (the
     stage's scale, on the deciding measure), rule (the criterion's pick before the FLOPs budget,
     on the deciding measure), qualified (whether the stage's scale meets the criterion), tau
-    (the stage's threshold on the deciding measure: τ, or A[s_max, full] − δ). [ours]
+    (the stage's threshold on the deciding measure: τ, or A[s_max, full] − δ), and lo, hi, null,
+    p from the ClassRepSim table the choice was read from (:func:`stac_table`,
+    :func:`stac_intervals`; null when that table is gone or changed, or lacks them). [ours]
     """
     path = Path(path)
     data = read_json(path)
@@ -356,10 +410,18 @@ def stac_scales_frame(path: PathLike) -> tuple[pl.DataFrame, dict[str, Any]]:
               "scale": pl.Int64, "value": pl.Float64, "criterion": pl.Boolean,
               "chosen": pl.Boolean, "rule": pl.Boolean, "qualified": pl.Boolean,
               "tau": pl.Float64}
+    df = pl.DataFrame(rows, schema=schema)
+    table = stac_table(path, data)
+    ci_schema = {"lo": pl.Float64, "hi": pl.Float64, "null": pl.Float64, "p": pl.Float64}
+    if table is not None:
+        ci = stac_intervals(table, df["hook"].unique().to_list(), int(data["k"]))
+        df = df.join(ci.cast(ci_schema), on=["hook", "measure", "scale"], how="left")
+    else:
+        df = df.with_columns(pl.lit(None, t).alias(c) for c, t in ci_schema.items())
     meta = {"criterion": criterion, "tau": tau, "delta": data.get("delta"), "k": int(data["k"]),
             "baseline": data["baseline"], "scales": list(data["scales"]),
-            "budget": data.get("budget")}
-    return pl.DataFrame(rows, schema=schema).sort("stage", "measure", "scale"), meta
+            "budget": data.get("budget"), "classrepsim": table}
+    return df.sort("stage", "measure", "scale"), meta
 
 
 # ---------------------------------------------------------------------------------------------
