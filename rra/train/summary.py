@@ -52,7 +52,7 @@ def wilson_interval(acc: float, n: int, level: float = LEVEL) -> tuple[float, fl
 
 def accuracy_chance(metrics: Mapping[str, Any]) -> dict[str, float | None]:
     """:data:`CHANCE_COLUMNS` of one run's ``metrics.json`` (module docstring)."""
-    from rra.metrics.uncertainty import p_value
+    from scipy.special import ndtr   # the p of rra.metrics.uncertainty, a layer above this one
 
     classes = (metrics.get("model_args") or {}).get("num_classes")
     n, acc = int(metrics["n_eval"]), float(metrics["eval_acc"])
@@ -61,7 +61,8 @@ def accuracy_chance(metrics: Mapping[str, Any]) -> dict[str, float | None]:
     lo, hi = wilson_interval(acc, n)
     q = 1.0 / int(classes)
     return {"eval_acc_lo": lo, "eval_acc_hi": hi, "eval_acc_null": q,
-            "eval_acc_p": p_value(acc, q, float(np.sqrt(q * (1 - q) / n)))}
+            "eval_acc_p": float(ndtr(-(acc - q) / np.sqrt(q * (1 - q) / n))) if classes > 1
+            else None}
 
 
 def accuracy_summary(runs: Sequence[Mapping[str, Any]], dataset: str, out_stem: PathLike) -> Any:
