@@ -45,15 +45,12 @@ NONE: dict[str, Any] = dict(lo=None, hi=None, null=None, p=None)
 ORDER_STREAM = 31
 
 
-def settings_of(bootstrap: Mapping[str, Any] | U.Settings | None) -> U.Settings:
-    """``metrics.bootstrap`` as :class:`~rra.metrics.uncertainty.Settings` (None: the defaults,
-    B = 200)."""
-    return U.Settings.of(bootstrap)
-
-
-def row_bootstrap(labels: Any, n: int, settings: U.Settings) -> U.RowBootstrap | None:
-    """The stratified row bootstrap of n images (``labels`` None: one stratum), or None when
-    the settings switch it off (B = 0) or there are no images."""
+def row_bootstrap(labels: Any, n: int,
+                  bootstrap: Mapping[str, Any] | U.Settings | None) -> U.RowBootstrap | None:
+    """The stratified row bootstrap of n images (``labels`` None: one stratum) under
+    ``metrics.bootstrap`` (:meth:`~rra.metrics.uncertainty.Settings.of`; None: the defaults,
+    B = 200), or None when the settings switch it off (B = 0) or there are no images."""
+    settings = U.Settings.of(bootstrap)
     if not settings.enabled or n < 1:
         return None
     y = np.zeros(n, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)

@@ -114,11 +114,11 @@ class HiddenMargins:
         sqrt tr Cov(h) held at its probe value; no chance level (module docstring); the
         counts and the spread keep null columns."""
         from rra.layers.intervals import (NONE, columns, resampled_means, resampled_quantiles,
-                                          row_bootstrap, settings_of)
+                                          row_bootstrap)
 
         qs = _check_quantiles(quantiles)
         n = self.correct.size
-        boot = row_bootstrap(self.labels, n, settings_of(bootstrap))
+        boot = row_bootstrap(self.labels, n, bootstrap)
         out: list[dict] = []
         for h in self.hooks:
             common = dict(hook_a=h, pos_a=self.positions.get(h), scale_a=FULL_SCALE)
@@ -435,14 +435,13 @@ def input_margin_rows(model: "nn.Module", images: Any, labels: Any, *,
     null columns (module docstring).
     """
     from rra.layers.intervals import (NONE, columns, resampled_means, resampled_quantiles,
-                                      row_bootstrap, settings_of)
+                                      row_bootstrap)
 
     x = as_batch(images)
     d = int(np.prod(x.shape[1:]))
     ks_int = _check_ks(ks, d)
     n = x.shape[0]
-    boot = row_bootstrap(None if labels is None else as_labels(labels, n), n,
-                         settings_of(bootstrap))
+    boot = row_bootstrap(None if labels is None else as_labels(labels, n), n, bootstrap)
     basis_all = None
     if any(k < d for k in ks_int):
         if train_inputs is None:

@@ -292,6 +292,7 @@ def activation_patterns(model: "nn.Module", probe: Any, labels: Any, hooks: Sequ
     ``relu_tree_fidelity`` (probe), ``relu_tree_fidelity_train``, ``relu_tree_depth``,
     ``relu_tree_leaves``.
     """
+    from rra.layers.intervals import row_bootstrap
     from rra.metrics import uncertainty as U
 
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -310,8 +311,7 @@ def activation_patterns(model: "nn.Module", probe: Any, labels: Any, hooks: Sequ
     train_codes = (relu_codes(model, train, hook_list, device=device, batch_size=batch_size,
                               name="train") if train is not None else None)
     n = x.shape[0]
-    boot = (U.RowBootstrap(y, settings.B, settings.seed, settings.level)
-            if settings.enabled else None)
+    boot = row_bootstrap(y, x.shape[0], settings)
     rows: list[dict] = []
     for h in hook_list:
         common = dict(hook_a=h, pos_a=pos[h])

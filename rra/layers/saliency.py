@@ -96,12 +96,12 @@ class Saliency:
         ``metrics.bootstrap``, None: the defaults, B = 0: null) and ``null`` = m / HW, the
         share of a flat map (``p`` null; module docstring)."""
         from rra.layers.intervals import (NONE, columns, resampled_class_means, resampled_means,
-                                          row_bootstrap, settings_of)
+                                          row_bootstrap)
 
         name = f"saliency_top{100 * self.top:g}pct_share"
         common = dict(hook_a=INPUT_HOOK, pos_a=0, scale_a=FULL_SCALE)
         classes = np.unique(self.labels)
-        boot = row_bootstrap(self.labels, self.labels.size, settings_of(bootstrap))
+        boot = row_bootstrap(self.labels, self.labels.size, bootstrap)
         out: list[dict] = []
         for which, v in (("true", self.share_true), ("pred", self.share_pred)):
             values = [_nanmean(v), *(_nanmean(v[self.labels == c]) for c in classes)]

@@ -169,7 +169,8 @@ def translation_sensitivity(model: "nn.Module", probe: Any, hooks: Sequence[str]
     d ≠ (0, 0)); ``translation_cosine_radial`` and ``translation_rel_change_radial`` with
     ``radius``; ``translation_zero_norm_fraction`` (share of probe images with h(x) = 0).
     """
-    from rra.layers.intervals import row_bootstrap, settings_of
+    from rra.layers.intervals import row_bootstrap
+    from rra.metrics.uncertainty import Settings
 
     x_all = as_batch(probe, "probe", ndim=4)
     n, c, h, w = x_all.shape
@@ -180,7 +181,7 @@ def translation_sensitivity(model: "nn.Module", probe: Any, hooks: Sequence[str]
     scale_list = parse_scales(scales)
     fill_t = _fill_tensor(fill, c)
     shifts = shift_grid(s)
-    settings = settings_of(bootstrap)
+    settings = Settings.of(bootstrap)
     boot = row_bootstrap(None if labels is None else as_labels(labels, n), n, settings)
     batches = image_batches(n, batch_size, settings.seed)
     with on_device(model, device, inference=True) as dev:
