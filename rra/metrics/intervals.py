@@ -142,10 +142,19 @@ def class_response_stats(u: RunUncertainty, cr) -> dict[tuple, dict]:
     votes = u.class_stats(correct, q, np.sqrt(q * (1 - q)))
     for c in range(C):
         out["knn_vote_accuracy_class", c, None] = votes[c]
-    out["knn_vote_accuracy", None, None] = U.stats(
-        boot, boot.mean(correct), cr.vote_accuracy, float(nc @ q / u.n),
-        float(np.sqrt(nc @ (q * (1 - q)))) / u.n)
+    out["knn_vote_accuracy", None, None] = vote_stats(boot, correct, nc, q, cr.vote_accuracy)[0]
     return out
+
+
+def vote_stats(boot: U.RowBootstrap, correct: np.ndarray, sizes: np.ndarray, q: np.ndarray,
+               value: float) -> tuple[dict, np.ndarray]:
+    """(stats, resampled values) of a kNN-vote accuracy: the mean of the 0/1 votes ``correct``
+    of m rows, n_c of them in class c (``sizes``), chance of a correct vote q_c per class:
+    null Σ_c n_c q_c / m, sd under the null √(Σ_c n_c q_c (1 − q_c)) / m."""
+    m = correct.size
+    samples = boot.mean(correct)
+    return U.stats(boot, samples, value, float(sizes @ q / m),
+                   float(np.sqrt(sizes @ (q * (1 - q)))) / m), samples
 
 
 # ---------------------------------------------------------------------------------------------
@@ -454,22 +463,16 @@ class PlacementUncertainty:
         """``placement_acc``: per held-out row 1[vote = y_q]; null Σ_c m_c q_c / m, sd under
         the null √(Σ_c m_c q_c (1 − q_c)) / m."""
         correct = np.asarray(correct, dtype=np.float64)
-        q = self.vote_chance(k)
-        samples = self.boot.mean(correct)
-        null = float(self.q_sizes @ q / self.m)
-        sd = float(np.sqrt(self.q_sizes @ (q * (1 - q)))) / self.m
-        return U.stats(self.boot, samples, float(correct.mean()), null, sd), samples
+        return vote_stats(self.boot, correct, self.q_sizes, self.vote_chance(k),
+                          float(correct.mean()))
 
     def train_acc_stats(self, correct: np.ndarray, k: int) -> tuple[dict, np.ndarray]:
         """``placement_train_acc``: the stats of ``knn_vote_accuracy`` of the reference rows'
         leave-one-out graph (:func:`class_response_stats`)."""
         u = self.ref
         correct = np.asarray(correct, dtype=np.float64)
-        q = u.vote_chance(k)
-        nc = u.boot.sizes.astype(np.float64)
-        samples = u.boot.mean(correct)
-        return U.stats(u.boot, samples, float(correct.mean()), float(nc @ q / u.n),
-                       float(np.sqrt(nc @ (q * (1 - q)))) / u.n), samples
+        return vote_stats(u.boot, correct, u.boot.sizes.astype(np.float64), u.vote_chance(k),
+                          float(correct.mean()))
 
     def gap_stats(self, value: float, train: np.ndarray, heldout: np.ndarray) -> dict:
         """``placement_gap``: resampled as the difference of the two independent resamples;
